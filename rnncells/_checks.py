@@ -1,0 +1,160 @@
+"""Argument checks at the API boundary.
+
+Every public entry point calls these once; the backends behind them assume
+valid input.  Each message names the argument, the expected and the actual.
+"""
+
+import numpy as np
+
+from .params import expected_shapes
+
+PEEPHOLES = (None, "full", "diagonal")
+CANDIDATES = ("tanh", "sigmoid")
+FLOATS = (np.dtype("float32"), np.dtype("float64"))
+
+
+def lstm_variant(peephole, candidate):
+    if peephole not in PEEPHOLES:
+        raise ValueError(f"peephole={peephole!r} is not one of None, 'full', 'diagonal'")
+    if candidate not in CANDIDATES:
+        raise ValueError(f"candidate={candidate!r} is not one of 'tanh', 'sigmoid'")
+
+
+def gru_variant(reset_after):
+    if not isinstance(reset_after, (bool, np.bool_)):
+        raise ValueError(f"reset_after={reset_after!r} must be True or False")
+
+
+def float_dtype(dtype):
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype={dtype!r} is not a dtype; expected 'float32' or 'float64'") from None
+    if dt not in FLOATS:
+        raise TypeError(f"dtype={dt.name} is not supported; expected float32 or float64")
+    return dt
+
+
+def sizes(**named):
+    for name, n in named.items():
+        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"{name}={n!r} must be a positive integer")
+
+
+def module_name(a):
+    """'numpy' or 'cupy' for an array, None for anything else."""
+    top = type(a).__module__.split(".")[0]
+    return top if top in ("numpy", "cupy") and hasattr(a, "shape") and hasattr(a, "dtype") else None
+
+
+def array_module(named):
+    """The one array module (numpy or cupy) of all the named arrays."""
+    first = None
+    for name, a in named.items():
+        mod = module_name(a)
+        if mod is None:
+            raise TypeError(f"{name} must be a numpy or cupy array, got {type(a).__name__}")
+        if first is None:
+            first = (name, mod)
+        elif mod != first[1]:
+            raise TypeError(
+                f"{name} is a {mod} array but {first[0]} is a {first[1]} array; "
+                "all arrays of one call must be on the same device"
+            )
+    if first[1] == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
+def _shape_error(name, actual, expected, meaning):
+    return ValueError(f"{name} has shape {tuple(actual)}; expected {tuple(expected)} = {meaning}")
+
+
+def call(cell, x, params, states, *, lengths=None, peephole=None, sequence=True):
+    """Check one forward call; returns (xp, H, lengths as a host int array or None).
+
+    `states` maps each state's name ("h0", "c0", or "h", "c" for one step) to
+    an array or None.
+    """
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
+    given = {k: v for k, v in states.items() if v is not None}
+    named = {"x": x, **{f"params[{k!r}]": v for k, v in params.items()}, **given}
+    xp = array_module(named)
+
+    dtype = x.dtype
+    if dtype not in FLOATS:
+        raise TypeError(f"x has dtype {dtype}; expected float32 or float64")
+    for name, a in named.items():
+        if a.dtype != dtype:
+            raise TypeError(f"{name} has dtype {a.dtype} but x has {dtype}; all arrays of one call share one dtype")
+
+    layout = ("seq_len", "batch", "input_size") if sequence else ("batch", "input_size")
+    if x.ndim != len(layout):
+        raise ValueError(f"x has shape {tuple(x.shape)}; expected ({', '.join(layout)})")
+    B, I = x.shape[-2:]
+
+    if "weight_hh" not in params:
+        raise ValueError("params is missing 'weight_hh'")
+    if params["weight_hh"].ndim != 2:
+        raise ValueError(f"params['weight_hh'] has shape {tuple(params['weight_hh'].shape)}; expected a 2-D array")
+    H = params["weight_hh"].shape[1]
+    bias = "bias_ih" in params or "bias_hh" in params
+    want = expected_shapes(cell, I, H, peephole=peephole, bias=bias)
+    for k in want:
+        if k not in params:
+            why = f"peephole={peephole!r}" if k == "weight_ch" else ("bias" if k.startswith("bias") else cell)
+            raise ValueError(f"params is missing {k!r}, needed for {why}")
+    for k in params:
+        if k not in want:
+            raise ValueError(f"params has unexpected key {k!r} (expected keys: {', '.join(want)})")
+    G = "4" if cell == "lstm" else "3"
+    meaning = {
+        "weight_ih": f"({G}*hidden_size, input_size)",
+        "weight_hh": f"({G}*hidden_size, hidden_size)",
+        "bias_ih": f"({G}*hidden_size,)",
+        "bias_hh": f"({G}*hidden_size,)",
+        "weight_ch": "(3*hidden_size, hidden_size)" if peephole == "full" else "(3*hidden_size,)",
+    }
+    for k, shape in want.items():
+        if tuple(params[k].shape) != shape:
+            raise _shape_error(f"params[{k!r}]", params[k].shape, shape, meaning[k])
+    for name, a in given.items():
+        if tuple(a.shape) != (B, H):
+            raise _shape_error(name, a.shape, (B, H), "(batch, hidden_size)")
+    if lengths is not None:
+        lengths = _lengths(lengths, T=x.shape[0], B=B)
+    return xp, H, lengths
+
+
+def _lengths(lengths, T, B):
+    if module_name(lengths) == "cupy":
+        lengths = lengths.get()
+    arr = np.asarray(lengths)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"lengths has dtype {arr.dtype}; expected an integer dtype")
+    if arr.shape != (B,):
+        raise _shape_error("lengths", arr.shape, (B,), "(batch,)")
+    bad = np.flatnonzero((arr < 0) | (arr > T))
+    if bad.size:
+        k = bad[0]
+        raise ValueError(f"lengths[{k}] = {arr[k]} is out of range; each length must be in [0, seq_len={T}]")
+    return arr.astype(np.int64)
+
+
+def grad(name, g, shape, dtypes, xp):
+    """An incoming gradient: None means zeros; otherwise it must match its output."""
+    if g is None:
+        return xp.zeros(shape, dtype=dtypes[0])
+    mod = module_name(g)
+    if mod is None:
+        raise TypeError(f"{name} must be a numpy or cupy array, got {type(g).__name__}")
+    if mod != xp.__name__:
+        raise TypeError(f"{name} is a {mod} array but the forward ran on {xp.__name__}")
+    if g.dtype not in dtypes:
+        raise TypeError(f"{name} has dtype {g.dtype}; expected {' or '.join(map(str, dtypes))} (the forward's dtype)")
+    if tuple(g.shape) != tuple(shape):
+        raise _shape_error(name, g.shape, shape, "the shape of the output it is the gradient of")
+    return g

@@ -1,0 +1,165 @@
+"""Per-step pointwise work in vectorised NumPy: the CPU twin of kernels/*.cu.
+
+Each function is one fused kernel of the speed plan: it reads the GEMM
+results of one step, writes every output element (no caller-side zeroing),
+and handles `lengths` itself: an item with t >= lengths[b] keeps its state,
+writes a zero output and gets a zero pre-activation gradient.
+
+LSTM (a = xw + hw, split a_i a_f a_g a_o; diagonal peepholes w_i, w_f, w_o):
+    i = σ(a_i + w_i∘c)  f = σ(a_f + w_f∘c)  g = act(a_g)
+    c' = f∘c + i∘g      o = σ(a_o + w_o∘c')  h' = o∘tanh(c')
+GRU, reset_after (gh = h Whhᵀ, b_hn the n part of bias_hh):
+    r = σ(xw_r + gh_r)  z = σ(xw_z + gh_z)  n = tanh(xw_n + r∘(gh_n + b_hn))
+    h' = (1 − z)∘n + z∘h
+GRU, reset before (two GEMMs per step, so two kernels):
+    r, z as above; rh = r∘h;  then n = tanh(xw_n + rh Whnᵀ), h' as above.
+
+Buffers: hc is (B, 2H) holding [h | c]; gates (B, 4H) the activations saved
+for backward; da (B, 4H) the gradient of the pre-activations.  The backward
+kernels write the pointwise part of d(state)_prev, and the caller adds the
+recurrent GEMM's part into the same buffer.
+"""
+
+import numpy as np
+
+from .reference import sigmoid
+
+ACT = {"tanh": np.tanh, "sigmoid": sigmoid}
+# d act / d a, written in terms of the activation's output
+DACT = {"tanh": lambda g: 1.0 - g * g, "sigmoid": lambda g: g * (1.0 - g)}
+
+
+def _active(t, lengths):
+    return None if lengths is None else (t < lengths)[:, None]
+
+
+def _commit(out, new, old, active):
+    """out = new where the item is active, else old (a carried state or 0)."""
+    if active is None:
+        out[...] = new
+    else:
+        out[...] = np.where(active, new, old)
+
+
+def _split(a, H):
+    return [a[:, k * H : (k + 1) * H] for k in range(a.shape[1] // H)]
+
+
+def lstm_forward_step(t, xw, hw, hc, hc_next, y, gates, w_peep, lengths, peephole, candidate):
+    """xw, hw [B, 4H]; hc, hc_next [B, 2H]; y [B, H]; gates [B, 4H]; w_peep [3H] (diagonal)."""
+    H = y.shape[1]
+    h, c = hc[:, :H], hc[:, H:]
+    a_i, a_f, a_g, a_o = _split(xw + hw, H)
+    if peephole == "diagonal":
+        w_i, w_f, w_o = w_peep[:H], w_peep[H : 2 * H], w_peep[2 * H :]
+        a_i, a_f = a_i + w_i * c, a_f + w_f * c
+    i, f, g = sigmoid(a_i), sigmoid(a_f), ACT[candidate](a_g)
+    c1 = f * c + i * g
+    if peephole == "diagonal":
+        a_o = a_o + w_o * c1
+    o = sigmoid(a_o)
+    h1 = o * np.tanh(c1)
+    for k, v in enumerate((i, f, g, o)):
+        gates[:, k * H : (k + 1) * H] = v
+    active = _active(t, lengths)
+    _commit(hc_next[:, :H], h1, h, active)
+    _commit(hc_next[:, H:], c1, c, active)
+    _commit(y, h1, 0.0, active)
+
+
+def lstm_backward_step(t, gates, hc, hc_next, dy, dhc_next, dhc, da, w_peep, lengths, peephole, candidate):
+    """da [B, 4H] and dhc [B, 2H] (pointwise part of d[h | c]_prev) from dy [B, H], dhc_next [B, 2H]."""
+    H = dy.shape[1]
+    i, f, g, o = _split(gates, H)
+    c, c1 = hc[:, H:], hc_next[:, H:]
+    dh = dhc_next[:, :H] + dy
+    tc = np.tanh(c1)
+    da_o = dh * tc * o * (1.0 - o)
+    dc = dhc_next[:, H:] + dh * o * (1.0 - tc * tc)
+    if peephole == "diagonal":
+        w_i, w_f, w_o = w_peep[:H], w_peep[H : 2 * H], w_peep[2 * H :]
+        dc = dc + da_o * w_o
+    da_i = dc * g * i * (1.0 - i)
+    da_f = dc * c * f * (1.0 - f)
+    da_g = dc * i * DACT[candidate](g)
+    dc_prev = dc * f
+    if peephole == "diagonal":
+        dc_prev = dc_prev + da_i * w_i + da_f * w_f
+    active = _active(t, lengths)
+    for k, v in enumerate((da_i, da_f, da_g, da_o)):
+        _commit(da[:, k * H : (k + 1) * H], v, 0.0, active)
+    _commit(dhc[:, :H], 0.0, dhc_next[:, :H], active)
+    _commit(dhc[:, H:], dc_prev, dhc_next[:, H:], active)
+
+
+def gru_forward_step(t, xw, gh, b_hn, h, h_next, y, gates, lengths):
+    """reset_after.  xw, gh [B, 3H]; b_hn [H]; h, h_next, y [B, H]; gates [B, 4H] = r, z, n, gh_n + b_hn."""
+    H = h.shape[1]
+    x_r, x_z, x_n = _split(xw, H)
+    h_r, h_z, h_n = _split(gh, H)
+    r, z = sigmoid(x_r + h_r), sigmoid(x_z + h_z)
+    ghn = h_n + b_hn
+    n = np.tanh(x_n + r * ghn)
+    h1 = (1.0 - z) * n + z * h
+    for k, v in enumerate((r, z, n, ghn)):
+        gates[:, k * H : (k + 1) * H] = v
+    active = _active(t, lengths)
+    _commit(h_next, h1, h, active)
+    _commit(y, h1, 0.0, active)
+
+
+def gru_backward_step(t, gates, h, dy, dh_next, dh, dgi, dgh, lengths):
+    """reset_after.  dgi, dgh [B, 3H]: gradients of xw and of gh; dh [B, H] the pointwise part of dh_prev."""
+    H = h.shape[1]
+    r, z, n, ghn = _split(gates, H)
+    dh1 = dh_next + dy
+    da_n = dh1 * (1.0 - z) * (1.0 - n * n)
+    da_z = dh1 * (h - n) * z * (1.0 - z)
+    da_r = da_n * ghn * r * (1.0 - r)
+    active = _active(t, lengths)
+    for k, v in enumerate((da_r, da_z, da_n)):
+        _commit(dgi[:, k * H : (k + 1) * H], v, 0.0, active)
+    for k, v in enumerate((da_r, da_z, da_n * r)):
+        _commit(dgh[:, k * H : (k + 1) * H], v, 0.0, active)
+    _commit(dh, dh1 * z, dh_next, active)
+
+
+def gru_rz_step(xw, ghrz, h, gates, rh):
+    """reset before, first half.  ghrz [B, 2H] = h Whh_rzᵀ; gates [B, 3H] gets r, z; rh [B, H] = r∘h."""
+    H = h.shape[1]
+    r = sigmoid(xw[:, :H] + ghrz[:, :H])
+    gates[:, :H] = r
+    gates[:, H : 2 * H] = sigmoid(xw[:, H : 2 * H] + ghrz[:, H:])
+    rh[...] = r * h
+
+
+def gru_n_step(t, xw, ghn, h, h_next, y, gates, lengths):
+    """reset before, second half.  ghn [B, H] = rh Whnᵀ; gates [B, 3H] gets n."""
+    H = h.shape[1]
+    z = gates[:, H : 2 * H]
+    n = np.tanh(xw[:, 2 * H :] + ghn)
+    gates[:, 2 * H :] = n
+    h1 = (1.0 - z) * n + z * h
+    active = _active(t, lengths)
+    _commit(h_next, h1, h, active)
+    _commit(y, h1, 0.0, active)
+
+
+def gru_n_backward_step(t, gates, h, dy, dh_next, dh, dg, lengths):
+    """reset before, first half.  dg [B, 3H] gets da_z and da_n; dh [B, H] = z∘dh1 (or the carry)."""
+    H = h.shape[1]
+    r, z, n = _split(gates, H)
+    dh1 = dh_next + dy
+    active = _active(t, lengths)
+    _commit(dg[:, H : 2 * H], dh1 * (h - n) * z * (1.0 - z), 0.0, active)
+    _commit(dg[:, 2 * H :], dh1 * (1.0 - z) * (1.0 - n * n), 0.0, active)
+    _commit(dh, dh1 * z, dh_next, active)
+
+
+def gru_rz_backward_step(t, gates, h, drh, dh, dg, lengths):
+    """reset before, second half.  drh [B, H] = da_n Whn; dg gets da_r; dh += r∘drh."""
+    H = h.shape[1]
+    r = gates[:, :H]
+    active = _active(t, lengths)
+    _commit(dg[:, :H], drh * h * r * (1.0 - r), 0.0, active)
+    _commit(dh, dh + r * drh, dh, active)

@@ -1,0 +1,169 @@
+"""The public functions of DESIGN.md: check the arguments once, then dispatch.
+
+The backend follows the arrays (NumPy arrays -> the NumPy backend).  Every
+function also takes `backend="reference"` to run the float64 tape reference
+instead, which is how the other backends are verified.  A one-step cell is
+the sequence path with T = 1.
+"""
+
+from functools import partial
+from types import SimpleNamespace
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _checks, _numpy, _sequence, reference
+
+BACKENDS = ("reference", "numpy", "cupy")
+
+
+def _sequence_backend(K, xp):
+    return SimpleNamespace(**{f: partial(getattr(_sequence, f), K, xp) for f in _FUNCS})
+
+
+_FUNCS = ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward")
+_IMPLS = {"reference": reference, "numpy": _sequence_backend(_numpy, np)}
+
+
+def _backend(name, xp):
+    if name is None:
+        name = xp.__name__
+    if name not in BACKENDS:
+        raise ValueError(f"backend={name!r} is not one of {', '.join(map(repr, BACKENDS))}")
+    if name == "cupy":
+        raise NotImplementedError("the CuPy backend (CUDA kernels) is not built yet; pass NumPy arrays")
+    if name == "reference" and xp is not np:
+        raise TypeError("backend='reference' runs on the CPU: pass NumPy arrays")
+    return name, _IMPLS[name]
+
+
+class Context(NamedTuple):
+    """What a forward keeps for its backward; pass it back unchanged."""
+
+    cell: str  # "lstm" or "gru"
+    step: bool  # made by a one-step *_cell_forward
+    backend: str
+    xp: object
+    dtype: object
+    y_shape: tuple  # (T, B, H)
+    inner: object  # the backend's own saved buffers
+
+
+def _zeros(xp, a, shape, dtype):
+    return xp.zeros(shape, dtype=dtype) if a is None else a
+
+
+def _context(ctx, cell, step):
+    fn = f"{cell}_cell_backward" if step else f"{cell}_backward"
+    if not isinstance(ctx, Context):
+        raise TypeError(f"ctx must be the Context returned by the forward, got {type(ctx).__name__}")
+    if ctx.cell != cell or ctx.step != step:
+        made = f"{ctx.cell}_cell_forward" if ctx.step else f"{ctx.cell}_forward"
+        raise ValueError(f"{fn} was given the ctx of {made}")
+    return _IMPLS[ctx.backend]
+
+
+def _dtype_out(ctx):
+    """The dtypes an incoming gradient may have: the forward's; the reference casts any float to float64."""
+    return _checks.FLOATS if ctx.backend == "reference" else (ctx.dtype,)
+
+
+def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candidate="tanh", *, backend=None):
+    """Run an LSTM over a sequence.
+
+    x (T, B, I); h0, c0 (B, H) or None for zeros; lengths (B,) ints in
+    [0, T] or None (item b then runs lengths[b] steps, its later outputs are
+    zero and its final state is the one after its last step).  `peephole` is
+    None, "full" or "diagonal"; `candidate` "tanh" or "sigmoid" (DESIGN.md).
+    Returns y (T, B, H), (hT, cT) and a ctx for `lstm_backward`.
+    """
+    _checks.lstm_variant(peephole, candidate)
+    xp, H, lengths = _checks.call("lstm", x, params, {"h0": h0, "c0": c0}, lengths=lengths, peephole=peephole)
+    T, B, _ = x.shape
+    name, impl = _backend(backend, xp)
+    h0, c0 = _zeros(xp, h0, (B, H), x.dtype), _zeros(xp, c0, (B, H), x.dtype)
+    y, hT, cT, inner = impl.lstm_forward(x, params, h0, c0, lengths, peephole, candidate)
+    return y, (hT, cT), Context("lstm", False, name, xp, x.dtype, (T, B, H), inner)
+
+
+def lstm_backward(ctx, dy, dhT=None, dcT=None):
+    """Gradients of an `lstm_forward`: dx, (dh0, dc0), dparams.
+
+    dy (T, B, H), dhT, dcT (B, H); None means zero.  dparams has the keys and
+    shapes of params.
+    """
+    impl = _context(ctx, "lstm", step=False)
+    T, B, H = ctx.y_shape
+    dt = _dtype_out(ctx)
+    dy = _checks.grad("dy", dy, (T, B, H), dt, ctx.xp)
+    dhT, dcT = (_checks.grad(n, g, (B, H), dt, ctx.xp) for n, g in (("dhT", dhT), ("dcT", dcT)))
+    dx, dh0, dc0, dp = impl.lstm_backward(ctx.inner, dy, dhT, dcT)
+    return dx, (dh0, dc0), dp
+
+
+def lstm_cell_forward(x, h, c, params, peephole=None, candidate="tanh", *, backend=None):
+    """One LSTM step: x (B, I), h, c (B, H) -> h1, c1, ctx for `lstm_cell_backward`."""
+    _checks.lstm_variant(peephole, candidate)
+    xp, H, _ = _checks.call("lstm", x, params, {"h": h, "c": c}, peephole=peephole, sequence=False)
+    B = x.shape[0]
+    name, impl = _backend(backend, xp)
+    h, c = _zeros(xp, h, (B, H), x.dtype), _zeros(xp, c, (B, H), x.dtype)
+    _, h1, c1, inner = impl.lstm_forward(x[None], params, h, c, None, peephole, candidate)
+    return h1, c1, Context("lstm", True, name, xp, x.dtype, (1, B, H), inner)
+
+
+def lstm_cell_backward(ctx, dh1, dc1):
+    """Gradients of one `lstm_cell_forward` step: dx, dh, dc, dparams (None means zero)."""
+    impl = _context(ctx, "lstm", step=True)
+    _, B, H = ctx.y_shape
+    dt = _dtype_out(ctx)
+    dh1, dc1 = (_checks.grad(n, g, (B, H), dt, ctx.xp) for n, g in (("dh1", dh1), ("dc1", dc1)))
+    dx, dh, dc, dp = impl.lstm_backward(ctx.inner, ctx.xp.zeros(ctx.y_shape, dt[0]), dh1, dc1)
+    return dx[0], dh, dc, dp
+
+
+def gru_forward(x, params, h0=None, lengths=None, reset_after=True, *, backend=None):
+    """Run a GRU over a sequence.
+
+    x (T, B, I); h0 (B, H) or None for zeros; lengths as in `lstm_forward`.
+    reset_after=True is torch.nn.GRU / cuDNN, False is Cho et al. / Keras.
+    Returns y (T, B, H), hT (B, H) and a ctx for `gru_backward`.
+    """
+    _checks.gru_variant(reset_after)
+    xp, H, lengths = _checks.call("gru", x, params, {"h0": h0}, lengths=lengths)
+    T, B, _ = x.shape
+    name, impl = _backend(backend, xp)
+    h0 = _zeros(xp, h0, (B, H), x.dtype)
+    y, hT, inner = impl.gru_forward(x, params, h0, lengths, reset_after)
+    return y, hT, Context("gru", False, name, xp, x.dtype, (T, B, H), inner)
+
+
+def gru_backward(ctx, dy, dhT=None):
+    """Gradients of a `gru_forward`: dx, dh0, dparams (None means zero)."""
+    impl = _context(ctx, "gru", step=False)
+    T, B, H = ctx.y_shape
+    dt = _dtype_out(ctx)
+    dy = _checks.grad("dy", dy, (T, B, H), dt, ctx.xp)
+    dhT = _checks.grad("dhT", dhT, (B, H), dt, ctx.xp)
+    return impl.gru_backward(ctx.inner, dy, dhT)
+
+
+def gru_cell_forward(x, h, params, reset_after=True, *, backend=None):
+    """One GRU step: x (B, I), h (B, H) -> h1, ctx for `gru_cell_backward`."""
+    _checks.gru_variant(reset_after)
+    xp, H, _ = _checks.call("gru", x, params, {"h": h}, sequence=False)
+    B = x.shape[0]
+    name, impl = _backend(backend, xp)
+    h = _zeros(xp, h, (B, H), x.dtype)
+    _, h1, inner = impl.gru_forward(x[None], params, h, None, reset_after)
+    return h1, Context("gru", True, name, xp, x.dtype, (1, B, H), inner)
+
+
+def gru_cell_backward(ctx, dh1):
+    """Gradients of one `gru_cell_forward` step: dx, dh, dparams (None means zero)."""
+    impl = _context(ctx, "gru", step=True)
+    _, B, H = ctx.y_shape
+    dt = _dtype_out(ctx)
+    dh1 = _checks.grad("dh1", dh1, (B, H), dt, ctx.xp)
+    dx, dh, dp = impl.gru_backward(ctx.inner, ctx.xp.zeros(ctx.y_shape, dt[0]), dh1)
+    return dx[0], dh, dp

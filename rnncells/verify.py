@@ -1,0 +1,170 @@
+"""Verification tiers shared by `rnncells check` and the tests.
+
+Tier 1: the reference against float64 central differences.
+Tier 2: a backend against the reference, on the same random problem.
+Errors are relative to the largest magnitude of the expected array:
+max|got − want| / max|want|, the worst over every output and gradient.
+"""
+
+import itertools
+from typing import NamedTuple
+
+import numpy as np
+
+from . import api, reference
+from .params import init_gru_params, init_lstm_params
+
+VARIANTS = [("lstm", {"peephole": p, "candidate": c}) for p in (None, "full", "diagonal") for c in ("tanh", "sigmoid")]
+VARIANTS += [("gru", {"reset_after": r}) for r in (True, False)]
+
+BOUNDS = {"fd": 1e-7, "float64": 1e-10, "float32": 1e-5}
+
+
+def variant_name(cell, variant):
+    """'lstm peephole=full candidate=sigmoid', 'gru reset_after=True'."""
+    return " ".join([cell] + [f"{k}={v}" for k, v in variant.items()])
+
+
+def rel_err(got, want):
+    """max|got − want| / max|want| (0 for two empty or two all-zero arrays)."""
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    if got.shape != want.shape:
+        raise ValueError(f"shapes differ: {got.shape} vs {want.shape}")
+    diff = np.max(np.abs(got - want), initial=0.0)
+    scale = np.max(np.abs(want), initial=0.0)
+    return float(diff / scale) if scale > 0 else (0.0 if diff == 0 else float("inf"))
+
+
+class Problem(NamedTuple):
+    """A random call: inputs, the incoming gradients and the variant."""
+
+    cell: str
+    variant: dict
+    step: bool  # one step (*_cell_*) rather than a sequence
+    x: np.ndarray
+    states: dict  # "h0"/"c0" (sequence) or "h"/"c" (step)
+    params: dict
+    lengths: object
+    douts: dict  # "dy", "dhT", "dcT" (sequence) or "dh1", "dc1" (step)
+
+
+def problem(cell, variant, *, T=4, B=3, I=3, H=2, lengths=None, step=False, dtype="float64", seed=0):
+    """A random problem; the arrays are drawn in float64 and then cast, so dtypes share values."""
+    rng = np.random.default_rng(seed)
+    if cell == "lstm":
+        params = init_lstm_params(I, H, peephole=variant["peephole"], dtype="float64", seed=seed)
+    else:
+        params = init_gru_params(I, H, dtype="float64", seed=seed)
+    params = {k: (v * 2.0).astype(dtype) for k, v in params.items()}  # larger weights: richer nonlinearity
+    names = ("h", "c") if cell == "lstm" else ("h",)
+    if step:
+        x = rng.standard_normal((B, I))
+        states = {n: rng.standard_normal((B, H)).astype(dtype) for n in names}
+        douts = {f"d{n}1": rng.standard_normal((B, H)).astype(dtype) for n in names}
+    else:
+        x = rng.standard_normal((T, B, I))
+        states = {f"{n}0": rng.standard_normal((B, H)).astype(dtype) for n in names}
+        douts = {"dy": rng.standard_normal((T, B, H)).astype(dtype)}
+        douts.update({f"d{n}T": rng.standard_normal((B, H)).astype(dtype) for n in names})
+    return Problem(cell, variant, step, x.astype(dtype), states, params, lengths, douts)
+
+
+def run(p, backend):
+    """Forward and backward of a problem: {name: array} of every output and gradient."""
+    if p.step:
+        fwd = api.lstm_cell_forward if p.cell == "lstm" else api.gru_cell_forward
+        *outs, ctx = fwd(p.x, *p.states.values(), p.params, **p.variant, backend=backend)
+        bwd = api.lstm_cell_backward if p.cell == "lstm" else api.gru_cell_backward
+        *grads, dparams = bwd(ctx, *p.douts.values())
+        names = [n + "1" for n in p.states] + ["dx"] + ["d" + n for n in p.states]
+    else:
+        fwd = api.lstm_forward if p.cell == "lstm" else api.gru_forward
+        y, state, ctx = fwd(p.x, p.params, *p.states.values(), lengths=p.lengths, **p.variant, backend=backend)
+        bwd = api.lstm_backward if p.cell == "lstm" else api.gru_backward
+        dx, dstate, dparams = bwd(ctx, *p.douts.values())
+        state, dstate = (s if isinstance(s, tuple) else (s,) for s in (state, dstate))
+        outs, grads = [y, *state], [dx, *dstate]
+        names = ["y"] + [n[0] + "T" for n in p.states] + ["dx"] + ["d" + n for n in p.states]
+    got = dict(zip(names, [*outs, *grads]))
+    got.update({f"d{k}": v for k, v in dparams.items()})
+    return got
+
+
+def _loss(p, **inputs):
+    """L = Σ dout ∘ out over every output, on the reference."""
+    q = p._replace(**inputs)
+    out = run(q, "reference")
+    outs = [out["y"], *(out[n[0] + "T"] for n in p.states)] if not p.step else [out[n + "1"] for n in p.states]
+    return sum(float(np.sum(d * o)) for d, o in zip(p.douts.values(), outs))
+
+
+def fd_error(p, eps=1e-6):
+    """Tier 1: worst relative error of the reference's gradients against central differences."""
+    got = run(p, "reference")
+    worst = 0.0
+    wrt = {"x": ("dx", p.x)}
+    wrt.update({n: ("d" + n, a) for n, a in p.states.items()})
+    wrt.update({k: ("d" + k, a) for k, a in p.params.items()})
+    for name, (gname, a) in wrt.items():
+        fd = np.zeros(a.shape)
+        for idx in itertools.product(*map(range, a.shape)):
+            for sign in (1, -1):
+                b = a.copy()
+                b[idx] += sign * eps
+                if name == "x":
+                    fd[idx] += sign * _loss(p, x=b)
+                elif name in p.states:
+                    fd[idx] += sign * _loss(p, states={**p.states, name: b})
+                else:
+                    fd[idx] += sign * _loss(p, params={**p.params, name: b})
+        worst = max(worst, rel_err(got[gname], fd / (2 * eps)))
+    return worst
+
+
+def backend_error(p, backend="numpy"):
+    """Tier 2: worst relative error of a backend against the reference, and the dtypes it returned."""
+    want, got = run(p, "reference"), run(p, backend)
+    if set(want) != set(got):
+        raise AssertionError(f"{backend} returned {sorted(got)}, the reference {sorted(want)}")
+    dtypes = {np.asarray(v).dtype for v in got.values()}
+    return max(rel_err(got[k], want[k]) for k in want), dtypes
+
+
+def deriv_error(op, seed=0, eps=1e-6):
+    """Tier 1 for one `deriv` rule: its gradients against central differences, broadcast operands included."""
+    rng = np.random.default_rng(seed)
+    x, y = _operands(op, rng)
+    z = reference.RULES[op].fwd(x, y)
+    dz = rng.standard_normal(np.shape(z))
+    grads = reference.deriv(dz, x, y, op)
+    worst = 0.0
+    for k, (g, a) in enumerate(zip(grads, (x, y))):
+        fd = np.zeros(np.shape(a))
+        for idx in itertools.product(*map(range, np.shape(a))):
+            for sign in (1, -1):
+                b = a.copy()
+                b[idx] += sign * eps
+                args = (b, y) if k == 0 else (x, b)
+                fd[idx] += sign * np.sum(dz * reference.RULES[op].fwd(*args))
+        if g.shape != np.shape(a):
+            raise AssertionError(f"deriv({op!r}) gave a gradient of shape {g.shape} for an operand of {np.shape(a)}")
+        worst = max(worst, rel_err(g, fd / (2 * eps)))
+    return worst
+
+
+def _operands(op, rng):
+    """Random operands for one operator; binary component-wise ones get a broadcast (3, 1) y."""
+    n = rng.standard_normal
+    if op == "matmul":
+        return n((3, 4)), n((4, 2))
+    if op == "div":
+        return n((3, 5)), 1.5 + rng.random((3, 1))
+    if op in ("mul", "add", "sub"):
+        return n((3, 5)), n((3, 1))
+    if op == "reciprocal":
+        return 1.5 + rng.random((3, 5)), None
+    if op == "inverse":
+        return n((4, 4)) + 4 * np.eye(4), None
+    if op in ("scale", "offset"):
+        return n((3, 5)), -1.7
+    return n((3, 5)), None
