@@ -16,6 +16,7 @@ from .api import (
     lstm_cell_forward,
     lstm_forward,
 )
+from .modules import GRU, LSTM, GRUCell, LSTMCell
 from .params import init_gru_params, init_lstm_params
 
 __version__ = "0.1.0"
@@ -32,4 +33,8 @@ __all__ = [
     "gru_cell_backward",
     "gru_forward",
     "gru_backward",
+    "LSTMCell",
+    "GRUCell",
+    "LSTM",
+    "GRU",
 ]

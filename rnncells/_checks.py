@@ -125,11 +125,12 @@ def call(cell, x, params, states, *, lengths=None, peephole=None, sequence=True)
         if tuple(a.shape) != (B, H):
             raise _shape_error(name, a.shape, (B, H), "(batch, hidden_size)")
     if lengths is not None:
-        lengths = _lengths(lengths, T=x.shape[0], B=B)
+        lengths = lengths_array(lengths, T=x.shape[0], B=B)
     return xp, H, lengths
 
 
-def _lengths(lengths, T, B):
+def lengths_array(lengths, T, B):
+    """`lengths` as a host int64 array, checked: shape (B,), integers in [0, T]."""
     if module_name(lengths) == "cupy":
         lengths = lengths.get()
     arr = np.asarray(lengths)

@@ -1,0 +1,253 @@
+"""Objects for training loops: parameters and accumulated gradients held together.
+
+    lstm = rc.LSTM(I, H, num_layers=2, bidirectional=True)
+    y, (hT, cT), ctx = lstm.forward(x)              # x (T, B, I)
+    dx, (dh0, dc0) = lstm.backward(ctx, dy)          # adds into lstm.grads
+    for k in lstm.params: lstm.params[k] -= lr * lstm.grads[k]
+    lstm.zero_grad()
+
+Parameter names are torch.nn's (weight_ih_l0, bias_hh_l1_reverse, ...; the
+cells use weight_ih, ...), so state dicts carry over.  The reverse direction
+of a layer reads each item backward from its own last step, as torch does
+for packed sequences.
+"""
+
+import numpy as np
+
+from . import _checks, api
+from .params import init_gru_params, init_lstm_params
+
+
+class _Holder:
+    """Parameters (`params`) and their accumulated gradients (`grads`), one key each."""
+
+    def zero_grad(self):
+        """Set every accumulated gradient to zero."""
+        for g in self.grads.values():
+            g[...] = 0
+
+    def _accumulate(self, dparams, suffix=""):
+        for k, g in dparams.items():
+            self.grads[k + suffix] += g
+
+
+class LSTMCell(_Holder):
+    """One LSTM step with its parameters; `peephole` and `candidate` as in `rnncells.lstm_forward`."""
+
+    def __init__(self, input_size, hidden_size, bias=True, *, peephole=None, candidate="tanh",
+                 dtype="float32", xp=np, seed=0):  # fmt: skip
+        _checks.lstm_variant(peephole, candidate)
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.peephole, self.candidate = peephole, candidate
+        self.params = init_lstm_params(input_size, hidden_size, peephole=peephole, bias=bias, dtype=dtype, xp=xp,
+                                       seed=seed)  # fmt: skip
+        self.grads = {k: xp.zeros_like(v) for k, v in self.params.items()}
+
+    def forward(self, x, hx=None):
+        """x (B, I), hx = (h, c) or None for zeros -> h1, c1, ctx."""
+        h, c = (None, None) if hx is None else hx
+        return api.lstm_cell_forward(x, h, c, self.params, self.peephole, self.candidate)
+
+    __call__ = forward
+
+    def backward(self, ctx, dh1, dc1=None):
+        """dx, dh, dc of one step; the parameter gradients are added into `grads`."""
+        dx, dh, dc, dp = api.lstm_cell_backward(ctx, dh1, dc1)
+        self._accumulate(dp)
+        return dx, dh, dc
+
+
+class GRUCell(_Holder):
+    """One GRU step with its parameters; `reset_after` as in `rnncells.gru_forward`."""
+
+    def __init__(self, input_size, hidden_size, bias=True, *, reset_after=True, dtype="float32", xp=np, seed=0):
+        _checks.gru_variant(reset_after)
+        self.input_size, self.hidden_size, self.reset_after = input_size, hidden_size, reset_after
+        self.params = init_gru_params(input_size, hidden_size, bias=bias, dtype=dtype, xp=xp, seed=seed)
+        self.grads = {k: xp.zeros_like(v) for k, v in self.params.items()}
+
+    def forward(self, x, h=None):
+        """x (B, I), h (B, H) or None for zeros -> h1, ctx."""
+        return api.gru_cell_forward(x, h, self.params, self.reset_after)
+
+    __call__ = forward
+
+    def backward(self, ctx, dh1):
+        """dx, dh of one step; the parameter gradients are added into `grads`."""
+        dx, dh, dp = api.gru_cell_backward(ctx, dh1)
+        self._accumulate(dp)
+        return dx, dh
+
+
+def _reverse(xp, x, lengths):
+    """Each item's first lengths[b] steps in reverse order; later steps stay put (an involution)."""
+    T, B = x.shape[:2]
+    if lengths is None:
+        return x[::-1]
+    t = np.arange(T)[:, None]
+    idx = np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)  # [T, B]
+    return xp.take_along_axis(x, xp.asarray(idx)[:, :, None], axis=0)
+
+
+class _Stack(_Holder):
+    """Layers × directions of one sequence function; LSTM and GRU differ in their state and call."""
+
+    _states = ()  # the state names: ("h", "c") or ("h",)
+
+    def _build(self, init, input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dtype, xp, seed):
+        _checks.sizes(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.batch_first, self.bidirectional = batch_first, bidirectional
+        self.num_directions = 2 if bidirectional else 1
+        self.xp = xp
+        self.params = {}
+        for layer in range(num_layers):
+            size = input_size if layer == 0 else hidden_size * self.num_directions
+            for d in range(self.num_directions):
+                p = init(size, hidden_size, bias=bias, dtype=dtype, xp=xp, seed=seed + layer * 2 + d)
+                self.params.update({k + self._suffix(layer, d): v for k, v in p.items()})
+        self.grads = {k: xp.zeros_like(v) for k, v in self.params.items()}
+
+    @staticmethod
+    def _suffix(layer, d):
+        return f"_l{layer}" + ("_reverse" if d else "")
+
+    def _layer(self, layer, d):
+        s = self._suffix(layer, d)
+        return {k[: -len(s)]: v for k, v in self.params.items() if k.endswith(s)}
+
+    def _forward(self, x, states, lengths):
+        _checks.array_module({"x": x})
+        if x.ndim != 3 or x.shape[-1] != self.input_size:
+            layout = "(batch, seq_len, input_size)" if self.batch_first else "(seq_len, batch, input_size)"
+            raise ValueError(f"x has shape {tuple(x.shape)}; expected {layout} with input_size={self.input_size}")
+        if self.batch_first:
+            x = x.swapaxes(0, 1)
+        T, B = x.shape[:2]
+        LD, H = self.num_layers * self.num_directions, self.hidden_size
+        for name, s in zip(self._states, states):
+            if s is not None and tuple(s.shape) != (LD, B, H):
+                raise ValueError(
+                    f"{name}0 has shape {tuple(s.shape)}; expected {(LD, B, H)} = "
+                    "(num_layers*num_directions, batch, hidden_size)"
+                )
+        if lengths is not None:
+            lengths = _checks.lengths_array(lengths, T, B)
+        ctxs, finals, inp = [], [[] for _ in self._states], x
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(self.num_directions):
+                k = layer * self.num_directions + d
+                s0 = [None if s is None else s[k] for s in states]
+                xin = _reverse(self.xp, inp, lengths) if d else inp
+                y, sT, ctx = self._call(xin, self._layer(layer, d), s0, lengths)
+                outs.append(_reverse(self.xp, y, lengths) if d else y)
+                ctxs.append(ctx)
+                for f, s in zip(finals, sT):
+                    f.append(s)
+            inp = self.xp.concatenate(outs, axis=-1) if self.bidirectional else outs[0]
+        y = inp.swapaxes(0, 1) if self.batch_first else inp
+        return y, [self.xp.stack(f) for f in finals], (ctxs, lengths, x.shape, y.shape)
+
+    def _backward(self, ctx, dy, dstates):
+        ctxs, lengths, x_shape, y_shape = ctx
+        xp, H, D = self.xp, self.hidden_size, self.num_directions
+        dy = _checks.grad("dy", dy, y_shape, (ctxs[0].dtype,), xp)
+        if self.batch_first:
+            dy = dy.swapaxes(0, 1)
+        T, B = x_shape[:2]
+        dstates = [_checks.grad(f"d{n}T", g, (self.num_layers * D, B, H), (ctxs[0].dtype,), xp)
+                   for n, g in zip(self._states, dstates)]  # fmt: skip
+        d0 = [[None] * len(ctxs) for _ in self._states]
+        dinp = dy
+        for layer in reversed(range(self.num_layers)):
+            dnext = 0
+            for d in range(D):
+                k = layer * D + d
+                dyd = dinp[:, :, d * H : (d + 1) * H]
+                dx, ds0, dp = self._call_backward(ctxs[k], _reverse(xp, dyd, lengths) if d else dyd,
+                                                  [s[k] for s in dstates])  # fmt: skip
+                dnext = dnext + (_reverse(xp, dx, lengths) if d else dx)
+                self._accumulate(dp, self._suffix(layer, d))
+                for out, s in zip(d0, ds0):
+                    out[k] = s
+            dinp = dnext
+        dx = dinp.swapaxes(0, 1) if self.batch_first else dinp
+        return dx, [xp.stack(s) for s in d0]
+
+
+class LSTM(_Stack):
+    """A multi-layer, optionally bidirectional LSTM with torch.nn.LSTM's parameter names.
+
+    `peephole` and `candidate` as in `rnncells.lstm_forward`; the peephole
+    weights are named weight_ch_l{k}[_reverse].
+    """
+
+    _states = ("h", "c")
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, bidirectional=False, *,
+                 peephole=None, candidate="tanh", dtype="float32", xp=np, seed=0):  # fmt: skip
+        _checks.lstm_variant(peephole, candidate)
+        self.peephole, self.candidate = peephole, candidate
+
+        def init(*a, **kw):
+            return init_lstm_params(*a, peephole=peephole, **kw)
+
+        self._build(init, input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dtype, xp, seed)
+
+    def _call(self, x, p, s0, lengths):
+        y, (h, c), ctx = api.lstm_forward(x, p, *s0, lengths=lengths, peephole=self.peephole,
+                                          candidate=self.candidate)  # fmt: skip
+        return y, (h, c), ctx
+
+    def _call_backward(self, ctx, dy, dsT):
+        dx, (dh, dc), dp = api.lstm_backward(ctx, dy, *dsT)
+        return dx, (dh, dc), dp
+
+    def forward(self, x, hx=None, lengths=None):
+        """x (T, B, I) (or (B, T, I) with batch_first), hx = (h0, c0) each (L·D, B, H) or None.
+
+        Returns y (T, B, D·H), (hT, cT) and a ctx for `backward`.
+        """
+        y, (hT, cT), ctx = self._forward(x, (None, None) if hx is None else hx, lengths)
+        return y, (hT, cT), ctx
+
+    __call__ = forward
+
+    def backward(self, ctx, dy, dhT=None, dcT=None):
+        """dx, (dh0, dc0); the parameter gradients are added into `grads`."""
+        dx, (dh0, dc0) = self._backward(ctx, dy, (dhT, dcT))
+        return dx, (dh0, dc0)
+
+
+class GRU(_Stack):
+    """A multi-layer, optionally bidirectional GRU with torch.nn.GRU's parameter names."""
+
+    _states = ("h",)
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, bidirectional=False, *,
+                 reset_after=True, dtype="float32", xp=np, seed=0):  # fmt: skip
+        _checks.gru_variant(reset_after)
+        self.reset_after = reset_after
+        self._build(init_gru_params, input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dtype,
+                    xp, seed)  # fmt: skip
+
+    def _call(self, x, p, s0, lengths):
+        y, h, ctx = api.gru_forward(x, p, *s0, lengths=lengths, reset_after=self.reset_after)
+        return y, (h,), ctx
+
+    def _call_backward(self, ctx, dy, dsT):
+        dx, dh, dp = api.gru_backward(ctx, dy, *dsT)
+        return dx, (dh,), dp
+
+    def forward(self, x, h0=None, lengths=None):
+        """x (T, B, I) (or (B, T, I) with batch_first), h0 (L·D, B, H) or None -> y, hT, ctx."""
+        y, (hT,), ctx = self._forward(x, (h0,), lengths)
+        return y, hT, ctx
+
+    __call__ = forward
+
+    def backward(self, ctx, dy, dhT=None):
+        """dx, dh0; the parameter gradients are added into `grads`."""
+        dx, (dh0,) = self._backward(ctx, dy, (dhT,))
+        return dx, dh0
