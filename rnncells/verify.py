@@ -153,18 +153,24 @@ def deriv_error(op, seed=0, eps=1e-6):
 
 
 def _operands(op, rng):
-    """Random operands for one operator; binary component-wise ones get a broadcast (3, 1) y."""
-    n = rng.standard_normal
+    """Random operands of random shapes for one operator.
+
+    Binary component-wise operators get, by turns, a same-shape y, a column
+    y (m, 1) broadcast across the batch, and a row y (n,) broadcast down it.
+    """
+    m, n, k = rng.integers(1, 6, size=3)
+    r = rng.standard_normal
+    y_shape = [(m, n), (m, 1), (n,)][rng.integers(3)]
     if op == "matmul":
-        return n((3, 4)), n((4, 2))
-    if op == "div":
-        return n((3, 5)), 1.5 + rng.random((3, 1))
+        return r((m, k)), r((k, n))
     if op in ("mul", "add", "sub"):
-        return n((3, 5)), n((3, 1))
+        return r((m, n)), r(y_shape)
+    if op == "div":
+        return r((m, n)), rng.choice([-1, 1], size=y_shape) * (0.5 + rng.random(y_shape))
     if op == "reciprocal":
-        return 1.5 + rng.random((3, 5)), None
+        return rng.choice([-1, 1], size=(m, n)) * (0.5 + rng.random((m, n))), None
     if op == "inverse":
-        return n((4, 4)) + 4 * np.eye(4), None
+        return r((m, m)) + 2 * m * np.eye(m), None
     if op in ("scale", "offset"):
-        return n((3, 5)), -1.7
-    return n((3, 5)), None
+        return r((m, n)), float(r())
+    return r((m, n)), None

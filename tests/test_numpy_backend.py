@@ -1,0 +1,43 @@
+"""Tier 2: the NumPy backend against the reference."""
+
+import numpy as np
+import pytest
+
+from rnncells import verify
+
+VARIANTS = [pytest.param(c, v, id=verify.variant_name(c, v).replace(" ", "-")) for c, v in verify.VARIANTS]
+SHAPES = [
+    dict(T=5, B=3, I=4, H=3),
+    dict(T=1, B=1, I=1, H=1),
+    dict(T=7, B=5, I=2, H=1),
+    dict(T=3, B=1, I=6, H=5),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{T}B{B}I{I}H{H}".format(**s))
+@pytest.mark.parametrize("cell,variant", VARIANTS)
+def test_sequence_matches_reference(cell, variant, shape, dtype):
+    rng = np.random.default_rng(shape["T"] * 10 + shape["B"])
+    lengths = rng.integers(0, shape["T"] + 1, size=shape["B"])
+    for kw in ({}, {"lengths": lengths}):
+        err, dtypes = verify.backend_error(verify.problem(cell, variant, dtype=dtype, **shape, **kw))
+        assert err <= verify.BOUNDS[dtype]
+        assert dtypes == {np.dtype(dtype)}  # float32 stays float32
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("cell,variant", VARIANTS)
+def test_one_step_matches_reference(cell, variant, dtype):
+    err, dtypes = verify.backend_error(verify.problem(cell, variant, dtype=dtype, step=True, B=4, I=3, H=5))
+    assert err <= verify.BOUNDS[dtype]
+    assert dtypes == {np.dtype(dtype)}
+
+
+def test_backend_comparison_can_fail(monkeypatch):
+    """Break the NumPy candidate activation and tier 2 must see it."""
+    from rnncells import _numpy
+
+    monkeypatch.setitem(_numpy.ACT, "tanh", lambda a: np.tanh(1.01 * a))
+    p = verify.problem("lstm", {"peephole": None, "candidate": "tanh"})
+    assert verify.backend_error(p)[0] > 1e-4
