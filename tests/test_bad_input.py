@@ -1,0 +1,98 @@
+"""Bad input raises at the API boundary, naming the argument, the expected and the actual."""
+
+import numpy as np
+import pytest
+
+import rnncells as rc
+
+T, B, I, H = 4, 3, 2, 5
+
+
+def lstm(**kw):
+    return rc.init_lstm_params(I, H, dtype="float64", **kw)
+
+
+def x3(dtype="float64"):
+    return np.zeros((T, B, I), dtype=dtype)
+
+
+class FakeCupyArray:
+    """Stands in for a cupy.ndarray: only its module and shape/dtype matter to the checks."""
+
+    __module__ = "cupy._core.core"
+    shape, dtype, ndim = (B, H), np.dtype("float64"), 2
+
+
+CASES = [
+    # shapes
+    (lambda: rc.lstm_forward(np.zeros((B, I)), lstm()), ValueError, r"x has shape \(3, 2\); expected \(seq_len, batch, input_size\)"),
+    (lambda: rc.lstm_forward(np.zeros((T, B, I + 1)), lstm()), ValueError, r"params\['weight_ih'\] has shape \(20, 2\); expected \(20, 3\)"),
+    (lambda: rc.lstm_forward(x3(), lstm(), h0=np.zeros((H, B))), ValueError, r"h0 has shape \(5, 3\); expected \(3, 5\) = \(batch, hidden_size\)"),
+    (lambda: rc.lstm_cell_forward(np.zeros((B, I)), np.zeros((B, H)), np.zeros((B, H + 1)), lstm()), ValueError, r"c has shape \(3, 6\); expected \(3, 5\)"),
+    (lambda: rc.gru_forward(x3(), {**rc.init_gru_params(I, H, dtype="float64"), "bias_hh": np.zeros(3)}), ValueError, r"params\['bias_hh'\] has shape \(3,\); expected \(15,\) = \(3\*hidden_size,\)"),
+    (lambda: rc.lstm_forward(x3(), lstm(peephole="diagonal"), peephole="full"), ValueError, r"params\['weight_ch'\] has shape \(15,\); expected \(15, 5\)"),
+    # dtypes
+    (lambda: rc.lstm_forward(x3("int64"), lstm()), TypeError, r"x has dtype int64; expected float32 or float64"),
+    (lambda: rc.lstm_forward(x3("float32"), lstm()), TypeError, r"params\['weight_ih'\] has dtype float64 but x has float32"),
+    (lambda: rc.lstm_forward(x3(), lstm(), h0=np.zeros((B, H), "float32")), TypeError, r"h0 has dtype float32 but x has float64"),
+    (lambda: rc.init_lstm_params(I, H, dtype="float16"), TypeError, r"dtype=float16 is not supported"),
+    # keys
+    (lambda: rc.lstm_forward(x3(), {k: v for k, v in lstm().items() if k != "bias_hh"}), ValueError, r"params is missing 'bias_hh'"),
+    (lambda: rc.lstm_forward(x3(), lstm(), peephole="full"), ValueError, r"params is missing 'weight_ch', needed for peephole='full'"),
+    (lambda: rc.lstm_forward(x3(), lstm(peephole="full")), ValueError, r"params has unexpected key 'weight_ch'"),
+    (lambda: rc.lstm_forward(x3(), [1, 2]), TypeError, r"params must be a dict of arrays, got list"),
+    # lengths
+    (lambda: rc.lstm_forward(x3(), lstm(), lengths=np.array([1, 9, 2])), ValueError, r"lengths\[1\] = 9 is out of range; each length must be in \[0, seq_len=4\]"),
+    (lambda: rc.lstm_forward(x3(), lstm(), lengths=np.array([1, -1, 2])), ValueError, r"lengths\[1\] = -1 is out of range"),
+    (lambda: rc.lstm_forward(x3(), lstm(), lengths=np.array([1, 2])), ValueError, r"lengths has shape \(2,\); expected \(3,\) = \(batch,\)"),
+    (lambda: rc.gru_forward(x3(), rc.init_gru_params(I, H, dtype="float64"), lengths=np.array([1.0, 2.0, 3.0])), TypeError, r"lengths has dtype float64; expected an integer dtype"),
+    # array kinds and devices
+    (lambda: rc.lstm_forward(x3().tolist(), lstm()), TypeError, r"x must be a numpy or cupy array, got list"),
+    (lambda: rc.lstm_forward(x3(), lstm(), h0=FakeCupyArray()), TypeError, r"h0 is a cupy array but x is a numpy array; all arrays of one call must be on the same device"),
+    # variant names
+    (lambda: rc.lstm_forward(x3(), lstm(), peephole="ful"), ValueError, r"peephole='ful' is not one of None, 'full', 'diagonal'"),
+    (lambda: rc.lstm_forward(x3(), lstm(), candidate="relu"), ValueError, r"candidate='relu' is not one of 'tanh', 'sigmoid'"),
+    (lambda: rc.gru_forward(x3(), rc.init_gru_params(I, H, dtype="float64"), reset_after="yes"), ValueError, r"reset_after='yes' must be True or False"),
+    (lambda: rc.lstm_forward(x3(), lstm(), backend="jax"), ValueError, r"backend='jax' is not one of 'reference', 'numpy', 'cupy'"),
+    (lambda: rc.init_gru_params(0, H), ValueError, r"input_size=0 must be a positive integer"),
+    # objects
+    (lambda: rc.LSTM(I, H, num_layers=2, dtype="float64")(x3(), (np.zeros((1, B, H)), None)), ValueError, r"h0 has shape \(1, 3, 5\); expected \(2, 3, 5\) = \(num_layers\*num_directions, batch, hidden_size\)"),
+    (lambda: rc.GRU(I, H, batch_first=True, dtype="float64")(np.zeros((B, T, I + 1))), ValueError, r"x has shape \(3, 4, 3\); expected \(batch, seq_len, input_size\) with input_size=2"),
+]
+
+
+@pytest.mark.parametrize("call,exc,message", CASES)
+def test_bad_input_is_named(call, exc, message):
+    with pytest.raises(exc, match=message):
+        call()
+
+
+def _lstm_ctx():
+    return rc.lstm_forward(x3(), lstm())[2]
+
+
+BACKWARD_CASES = [
+    (lambda: rc.lstm_backward(_lstm_ctx(), np.zeros((T, B, H + 1))), ValueError, r"dy has shape \(4, 3, 6\); expected \(4, 3, 5\)"),
+    (lambda: rc.lstm_backward(_lstm_ctx(), None, dcT=np.zeros((B, H), "float32")), TypeError, r"dcT has dtype float32; expected float64"),
+    (lambda: rc.gru_backward(_lstm_ctx(), None), ValueError, r"gru_backward was given the ctx of lstm_forward"),
+    (lambda: rc.lstm_cell_backward(_lstm_ctx(), None, None), ValueError, r"lstm_cell_backward was given the ctx of lstm_forward"),
+    (lambda: rc.lstm_backward("ctx", None), TypeError, r"ctx must be the Context returned by the forward, got str"),
+    (lambda: rc.lstm_backward(_lstm_ctx(), FakeCupyArray()), TypeError, r"dy is a cupy array but the forward ran on numpy"),
+]
+
+
+@pytest.mark.parametrize("call,exc,message", BACKWARD_CASES)
+def test_bad_backward_input_is_named(call, exc, message):
+    with pytest.raises(exc, match=message):
+        call()
+
+
+def test_none_gradients_mean_zero():
+    x = np.random.default_rng(0).standard_normal((T, B, I))
+    y, _, ctx = rc.lstm_forward(x, lstm())
+    dx0, (dh0, dc0), dp = rc.lstm_backward(ctx, None)
+    zeros = np.zeros_like
+    dx1, (dh1, dc1), dq = rc.lstm_backward(ctx, zeros(y), zeros(dh0), zeros(dc0))
+    for a, b in [(dx0, dx1), (dh0, dh1), (dc0, dc1), *((dp[k], dq[k]) for k in dp)]:
+        np.testing.assert_array_equal(a, b)
+        assert not a.any()

@@ -1,0 +1,38 @@
+"""`rnncells check`: its table and its exit status."""
+
+import subprocess
+import sys
+
+from rnncells import check, verify
+
+
+def test_check_passes_with_one_row_per_variant_dtype_and_backend():
+    lines = []
+    assert check.main(out=lines.append) == 0
+    rows = [line for line in lines if line[:1].isdigit()]
+    assert len(rows) == len(verify.reference.RULES) + 3 * len(verify.VARIANTS)
+    assert all(line.endswith("ok") for line in rows)
+    for cell, variant in verify.VARIANTS:
+        name = verify.variant_name(cell, variant)
+        assert sum(name in line for line in rows) == 3  # FD, float64, float32
+    assert lines[-1] == "all rows passed"
+
+
+def test_check_fails_on_a_bad_or_nan_row(monkeypatch):
+    def rows():
+        yield 1, "good", "float64", "x", 1e-12, 1e-10
+        yield 2, "bad", "float32", "x", 1e-3, 1e-5
+        yield 2, "nan", "float32", "x", float("nan"), 1e-5
+
+    monkeypatch.setattr(check, "rows", rows)
+    lines = []
+    assert check.main(out=lines.append) == 1
+    assert [line.split()[-1] for line in lines[1:4]] == ["ok", "FAIL", "FAIL"]
+    assert lines[-1] == "2 row(s) failed"
+
+
+def test_command_line_entry_point_runs_check():
+    r = subprocess.run([sys.executable, "-m", "rnncells", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "check" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "rnncells", "nonsense"], capture_output=True, text=True)
+    assert r.returncode == 2 and "invalid choice" in r.stderr

@@ -1,0 +1,63 @@
+"""The training-loop objects, without torch: composition, accumulation, reversal."""
+
+import numpy as np
+import pytest
+
+import rnncells as rc
+from rnncells.modules import _reverse
+
+
+def test_reverse_reads_each_item_backward_from_its_own_last_step():
+    x = np.arange(4 * 3).reshape(4, 3, 1)  # x[t, b] = 3t + b
+    got = _reverse(np, x, np.array([4, 2, 0]))[:, :, 0]
+    np.testing.assert_array_equal(got, [[9, 4, 2], [6, 1, 5], [3, 7, 8], [0, 10, 11]])
+    np.testing.assert_array_equal(_reverse(np, _reverse(np, x, np.array([1, 3, 2])), np.array([1, 3, 2])), x)
+
+
+@pytest.mark.parametrize("cls,fn", [(rc.LSTM, rc.lstm_forward), (rc.GRU, rc.gru_forward)])
+def test_one_layer_object_is_the_function_on_its_params(cls, fn):
+    m = cls(3, 4, dtype="float64", seed=7)
+    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    params = {k[: -len("_l0")]: v for k, v in m.params.items()}
+    y_fn = fn(x, params)[0]
+    y_obj = m(x)[0]
+    np.testing.assert_array_equal(y_obj, y_fn)
+
+
+def test_batch_first_is_a_transpose():
+    x = np.random.default_rng(1).standard_normal((5, 2, 3))
+    a, b = rc.GRU(3, 4, dtype="float64", bidirectional=True), rc.GRU(3, 4, dtype="float64", bidirectional=True,
+                                                                     batch_first=True)
+    ya, ha, _ = a(x)
+    yb, hb, _ = b(x.swapaxes(0, 1))
+    np.testing.assert_array_equal(ya, yb.swapaxes(0, 1))
+    np.testing.assert_array_equal(ha, hb)
+
+
+def test_gradients_accumulate_until_zero_grad():
+    cell = rc.LSTMCell(3, 2, dtype="float64", peephole="diagonal")
+    rng = np.random.default_rng(2)
+    x, h, c, dh = (rng.standard_normal(s) for s in [(4, 3), (4, 2), (4, 2), (4, 2)])
+    _, _, ctx = cell(x, (h, c))  # a nonzero state, so every parameter gets a gradient
+    cell.backward(ctx, dh)
+    once = {k: v.copy() for k, v in cell.grads.items()}
+    assert all(v.any() for v in once.values())
+    cell.backward(ctx, dh)
+    for k in once:
+        np.testing.assert_allclose(cell.grads[k], 2 * once[k], rtol=1e-15)
+    cell.zero_grad()
+    assert not any(v.any() for v in cell.grads.values())
+
+
+def test_peephole_stack_names_its_extra_weights_like_torch():
+    m = rc.LSTM(3, 4, num_layers=2, bidirectional=True, peephole="full")
+    assert {"weight_ch_l0", "weight_ch_l1_reverse"} <= set(m.params)
+    assert m.params["weight_ch_l1"].shape == (12, 4) and m.params["weight_ih_l1"].shape == (16, 8)
+
+
+def test_float32_objects_stay_float32():
+    m = rc.LSTM(3, 4, num_layers=2, peephole="full", candidate="sigmoid")
+    x = np.random.default_rng(3).standard_normal((5, 2, 3)).astype("float32")
+    y, (h, c), ctx = m(x)
+    dx, (dh, dc) = m.backward(ctx, np.ones_like(y))
+    assert {a.dtype for a in (y, h, c, dx, dh, dc, *m.grads.values())} == {np.dtype("float32")}
