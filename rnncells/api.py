@@ -17,11 +17,13 @@ from . import _checks, _numpy, _sequence, reference
 BACKENDS = ("reference", "numpy", "cupy")
 
 
+_FUNCS = ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward")
+
+
 def _sequence_backend(K, xp):
+    """The orchestration of `_sequence` bound to an array module and its pointwise kernels."""
     return SimpleNamespace(**{f: partial(getattr(_sequence, f), K, xp) for f in _FUNCS})
 
-
-_FUNCS = ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward")
 _IMPLS = {"reference": reference, "numpy": _sequence_backend(_numpy, np)}
 
 

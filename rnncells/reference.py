@@ -186,9 +186,13 @@ class Tape:
         return fwd, bwd
 
 
+def _name(v):
+    """A variable's name, or a constant's value."""
+    return v.name if isinstance(v, Var) else f"{v:g}"
+
+
 def _text(template, z, x, y):
-    name = lambda v: v.name if isinstance(v, Var) else f"{v:g}"  # noqa: E731
-    return template.format(z=z.name, x=name(x), y=name(y) if y is not None else "")
+    return template.format(z=z.name, x=_name(x), y=_name(y) if y is not None else "")
 
 
 # --- the cells, written on the tape ------------------------------------------
@@ -204,7 +208,7 @@ _GRU_ROWS = {"weight_ih": "rzn", "weight_hh": "rzn", "bias_ih": "rzn", "bias_hh"
 _LEAF = {"weight_ih": "W_{}x", "weight_hh": "W_{}h", "bias_ih": "b_{}x", "bias_hh": "b_{}h"}
 
 
-def _param_leaves(tape, params, rows, H, peephole=None):
+def _param_leaves(params, rows, H, peephole=None):
     """One leaf per gate block of every parameter, as (H, ·) column-layout arrays."""
     leaves = {}  # (param key, gate) -> Var
     for key, gates in rows.items():
@@ -301,14 +305,14 @@ def equations(cell, *, peephole=None, candidate="tanh", reset_after=True, bias=T
         from .params import init_lstm_params
 
         params = init_lstm_params(I, H, peephole=peephole, bias=bias, dtype="float64")
-        P = _param_leaves(tape, params, _LSTM_ROWS, H, peephole)
+        P = _param_leaves(params, _LSTM_ROWS, H, peephole)
         b = _merged_biases(tape, P, "ifCo")
     else:
         _checks.gru_variant(reset_after)
         from .params import init_gru_params
 
         params = init_gru_params(I, H, bias=bias, dtype="float64")
-        P = _param_leaves(tape, params, _GRU_ROWS, H)
+        P = _param_leaves(params, _GRU_ROWS, H)
         b = _merged_biases(tape, P, "rz" if reset_after else "rzn")
     pre = len(tape.eqs)
     x, h, c = (Var(n, np.zeros((1, 1))) for n in ("x_t", _PREV["h"], _PREV["c"]))
@@ -396,7 +400,7 @@ def _run(x, params, states, lengths, rows, merged, peephole, step):
     for L in np.unique(lengths):
         cols = np.flatnonzero(lengths == L)
         tape = Tape()
-        leaves = _param_leaves(tape, params, rows, H, peephole)
+        leaves = _param_leaves(params, rows, H, peephole)
         b = _merged_biases(tape, leaves, merged)
         xs = [Var("x_t", x[t, cols].T) for t in range(L)]
         s0 = tuple(Var(n, np.asarray(s[cols], dtype=np.float64).T) for n, s in zip("hc", states))
