@@ -15,9 +15,14 @@ GRU, reset before (two GEMMs per step, so two kernels):
     r, z as above; rh = r∘h;  then n = tanh(xw_n + rh Whnᵀ), h' as above.
 
 Buffers: hc is (B, 2H) holding [h | c]; gates (B, 4H) the activations saved
-for backward; da (B, 4H) the gradient of the pre-activations.  The backward
-kernels write the pointwise part of d(state)_prev, and the caller adds the
-recurrent GEMM's part into the same buffer.
+for backward (None: inference, nothing saved); da (B, 4H) the gradient of
+the pre-activations.  A state's gradient travels in two parts: `dpw`, written
+by the previous backward kernel, and `dmm`, the recurrent GEMM's output; the
+next backward kernel adds them, so no GEMM has to accumulate.
+
+Besides the kernels, a backend's ops provide `lengths` (the host lengths in
+the form its kernels read), `gemm` (out = a @ b into a preallocated buffer)
+and `column_sum` (the bias gradients).
 """
 
 import numpy as np
@@ -27,6 +32,21 @@ from .reference import sigmoid
 ACT = {"tanh": np.tanh, "sigmoid": sigmoid}
 # d act / d a, written in terms of the activation's output
 DACT = {"tanh": lambda g: 1.0 - g * g, "sigmoid": lambda g: g * (1.0 - g)}
+
+
+def lengths(host_lengths):
+    """The lengths as the kernels read them (NumPy reads the host array)."""
+    return host_lengths
+
+
+def gemm(a, b, out):
+    """out = a @ b."""
+    np.matmul(a, b, out=out)
+
+
+def column_sum(a):
+    """Σ over the rows of a [rows, cols] matrix."""
+    return a.sum(axis=0)
 
 
 def _active(t, lengths):
@@ -59,23 +79,26 @@ def lstm_forward_step(t, xw, hw, hc, hc_next, y, gates, w_peep, lengths, peephol
         a_o = a_o + w_o * c1
     o = sigmoid(a_o)
     h1 = o * np.tanh(c1)
-    for k, v in enumerate((i, f, g, o)):
-        gates[:, k * H : (k + 1) * H] = v
+    if gates is not None:
+        for k, v in enumerate((i, f, g, o)):
+            gates[:, k * H : (k + 1) * H] = v
     active = _active(t, lengths)
     _commit(hc_next[:, :H], h1, h, active)
     _commit(hc_next[:, H:], c1, c, active)
     _commit(y, h1, 0.0, active)
 
 
-def lstm_backward_step(t, gates, hc, hc_next, dy, dhc_next, dhc, da, w_peep, lengths, peephole, candidate):
-    """da [B, 4H] and dhc [B, 2H] (pointwise part of d[h | c]_prev) from dy [B, H], dhc_next [B, 2H]."""
+def lstm_backward_step(t, gates, hc, hc_next, dy, dpw, dmm, dpw_out, da, w_peep, lengths, peephole, candidate):
+    """da [B, 4H] and dpw_out [B, 2H] from dy [B, H] and d[h | c] = dpw [B, 2H] + dmm [B, H or 2H]."""
     H = dy.shape[1]
     i, f, g, o = _split(gates, H)
     c, c1 = hc[:, H:], hc_next[:, H:]
-    dh = dhc_next[:, :H] + dy
+    dh_in = dpw[:, :H] + dmm[:, :H]
+    dc_in = dpw[:, H:] + dmm[:, H:] if peephole == "full" else dpw[:, H:]
+    dh = dh_in + dy
     tc = np.tanh(c1)
     da_o = dh * tc * o * (1.0 - o)
-    dc = dhc_next[:, H:] + dh * o * (1.0 - tc * tc)
+    dc = dc_in + dh * o * (1.0 - tc * tc)
     if peephole == "diagonal":
         w_i, w_f, w_o = w_peep[:H], w_peep[H : 2 * H], w_peep[2 * H :]
         dc = dc + da_o * w_o
@@ -88,8 +111,8 @@ def lstm_backward_step(t, gates, hc, hc_next, dy, dhc_next, dhc, da, w_peep, len
     active = _active(t, lengths)
     for k, v in enumerate((da_i, da_f, da_g, da_o)):
         _commit(da[:, k * H : (k + 1) * H], v, 0.0, active)
-    _commit(dhc[:, :H], 0.0, dhc_next[:, :H], active)
-    _commit(dhc[:, H:], dc_prev, dhc_next[:, H:], active)
+    _commit(dpw_out[:, :H], 0.0, dh_in, active)
+    _commit(dpw_out[:, H:], dc_prev, dc_in, active)
 
 
 def gru_forward_step(t, xw, gh, b_hn, h, h_next, y, gates, lengths):
@@ -101,18 +124,20 @@ def gru_forward_step(t, xw, gh, b_hn, h, h_next, y, gates, lengths):
     ghn = h_n + b_hn
     n = np.tanh(x_n + r * ghn)
     h1 = (1.0 - z) * n + z * h
-    for k, v in enumerate((r, z, n, ghn)):
-        gates[:, k * H : (k + 1) * H] = v
+    if gates is not None:
+        for k, v in enumerate((r, z, n, ghn)):
+            gates[:, k * H : (k + 1) * H] = v
     active = _active(t, lengths)
     _commit(h_next, h1, h, active)
     _commit(y, h1, 0.0, active)
 
 
-def gru_backward_step(t, gates, h, dy, dh_next, dh, dgi, dgh, lengths):
-    """reset_after.  dgi, dgh [B, 3H]: gradients of xw and of gh; dh [B, H] the pointwise part of dh_prev."""
+def gru_backward_step(t, gates, h, dy, dpw, dmm, dpw_out, dgi, dgh, lengths):
+    """reset_after.  dgi, dgh [B, 3H]: gradients of xw and of gh; dh = dpw + dmm [B, H]."""
     H = h.shape[1]
     r, z, n, ghn = _split(gates, H)
-    dh1 = dh_next + dy
+    dh_in = dpw + dmm
+    dh1 = dh_in + dy
     da_n = dh1 * (1.0 - z) * (1.0 - n * n)
     da_z = dh1 * (h - n) * z * (1.0 - z)
     da_r = da_n * ghn * r * (1.0 - r)
@@ -121,7 +146,7 @@ def gru_backward_step(t, gates, h, dy, dh_next, dh, dgi, dgh, lengths):
         _commit(dgi[:, k * H : (k + 1) * H], v, 0.0, active)
     for k, v in enumerate((da_r, da_z, da_n * r)):
         _commit(dgh[:, k * H : (k + 1) * H], v, 0.0, active)
-    _commit(dh, dh1 * z, dh_next, active)
+    _commit(dpw_out, dh1 * z, dh_in, active)
 
 
 def gru_rz_step(xw, ghrz, h, gates, rh):
@@ -145,21 +170,22 @@ def gru_n_step(t, xw, ghn, h, h_next, y, gates, lengths):
     _commit(y, h1, 0.0, active)
 
 
-def gru_n_backward_step(t, gates, h, dy, dh_next, dh, dg, lengths):
-    """reset before, first half.  dg [B, 3H] gets da_z and da_n; dh [B, H] = z∘dh1 (or the carry)."""
+def gru_n_backward_step(t, gates, h, dy, dpw, dmm, dpw_out, dg, lengths):
+    """reset before, first half.  dg [B, 3H] gets da_z and da_n; dpw_out [B, H] = z∘dh1 (or the carry)."""
     H = h.shape[1]
     r, z, n = _split(gates, H)
-    dh1 = dh_next + dy
+    dh_in = dpw + dmm
+    dh1 = dh_in + dy
     active = _active(t, lengths)
     _commit(dg[:, H : 2 * H], dh1 * (h - n) * z * (1.0 - z), 0.0, active)
     _commit(dg[:, 2 * H :], dh1 * (1.0 - z) * (1.0 - n * n), 0.0, active)
-    _commit(dh, dh1 * z, dh_next, active)
+    _commit(dpw_out, dh1 * z, dh_in, active)
 
 
-def gru_rz_backward_step(t, gates, h, drh, dh, dg, lengths):
-    """reset before, second half.  drh [B, H] = da_n Whn; dg gets da_r; dh += r∘drh."""
+def gru_rz_backward_step(t, gates, h, drh, dpw_out, dg, lengths):
+    """reset before, second half.  drh [B, H] = da_n Whn; dg gets da_r; dpw_out += r∘drh."""
     H = h.shape[1]
     r = gates[:, :H]
     active = _active(t, lengths)
     _commit(dg[:, :H], drh * h * r * (1.0 - r), 0.0, active)
-    _commit(dh, dh + r * drh, dh, active)
+    _commit(dpw_out, dpw_out + r * drh, dpw_out, active)

@@ -70,22 +70,24 @@ def _dtype_out(ctx):
     return _checks.FLOATS if ctx.backend == "reference" else (ctx.dtype,)
 
 
-def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candidate="tanh", *, backend=None):
+def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candidate="tanh", *, training=True,
+                 backend=None):  # fmt: skip
     """Run an LSTM over a sequence.
 
     x (T, B, I); h0, c0 (B, H) or None for zeros; lengths (B,) ints in
     [0, T] or None (item b then runs lengths[b] steps, its later outputs are
     zero and its final state is the one after its last step).  `peephole` is
     None, "full" or "diagonal"; `candidate` "tanh" or "sigmoid" (DESIGN.md).
-    Returns y (T, B, H), (hT, cT) and a ctx for `lstm_backward`.
+    Returns y (T, B, H), (hT, cT) and a ctx for `lstm_backward` (None with
+    training=False, which saves nothing for a backward).
     """
     _checks.lstm_variant(peephole, candidate)
     xp, H, lengths = _checks.call("lstm", x, params, {"h0": h0, "c0": c0}, lengths=lengths, peephole=peephole)
     T, B, _ = x.shape
     name, impl = _backend(backend, xp)
     h0, c0 = _zeros(xp, h0, (B, H), x.dtype), _zeros(xp, c0, (B, H), x.dtype)
-    y, hT, cT, inner = impl.lstm_forward(x, params, h0, c0, lengths, peephole, candidate)
-    return y, (hT, cT), Context("lstm", False, name, xp, x.dtype, (T, B, H), inner)
+    y, hT, cT, inner = impl.lstm_forward(x, params, h0, c0, lengths, peephole, candidate, training)
+    return y, (hT, cT), Context("lstm", False, name, xp, x.dtype, (T, B, H), inner) if training else None
 
 
 def lstm_backward(ctx, dy, dhT=None, dcT=None):
@@ -124,20 +126,21 @@ def lstm_cell_backward(ctx, dh1, dc1):
     return dx[0], dh, dc, dp
 
 
-def gru_forward(x, params, h0=None, lengths=None, reset_after=True, *, backend=None):
+def gru_forward(x, params, h0=None, lengths=None, reset_after=True, *, training=True, backend=None):
     """Run a GRU over a sequence.
 
     x (T, B, I); h0 (B, H) or None for zeros; lengths as in `lstm_forward`.
     reset_after=True is torch.nn.GRU / cuDNN, False is Cho et al. / Keras.
-    Returns y (T, B, H), hT (B, H) and a ctx for `gru_backward`.
+    Returns y (T, B, H), hT (B, H) and a ctx for `gru_backward` (None with
+    training=False).
     """
     _checks.gru_variant(reset_after)
     xp, H, lengths = _checks.call("gru", x, params, {"h0": h0}, lengths=lengths)
     T, B, _ = x.shape
     name, impl = _backend(backend, xp)
     h0 = _zeros(xp, h0, (B, H), x.dtype)
-    y, hT, inner = impl.gru_forward(x, params, h0, lengths, reset_after)
-    return y, hT, Context("gru", False, name, xp, x.dtype, (T, B, H), inner)
+    y, hT, inner = impl.gru_forward(x, params, h0, lengths, reset_after, training)
+    return y, hT, Context("gru", False, name, xp, x.dtype, (T, B, H), inner) if training else None
 
 
 def gru_backward(ctx, dy, dhT=None):

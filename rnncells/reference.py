@@ -344,13 +344,13 @@ def _variant_name(cell, peephole, candidate, reset_after):
 # run exactly L steps on a tape of their own; nothing is masked.
 
 
-def lstm_forward(x, params, h0, c0, lengths, peephole, candidate):
+def lstm_forward(x, params, h0, c0, lengths, peephole, candidate, training=True):
     """y, hT, cT, ctx for validated row-layout inputs, computed on the tape in float64."""
 
     def step(tape, P, b, x_t, h, c):
         return _lstm_step(tape, P, b, x_t, h, c, peephole, candidate)
 
-    return _run(x, params, (h0, c0), lengths, _LSTM_ROWS, "ifCo", peephole, step)
+    return _run(x, params, (h0, c0), lengths, _LSTM_ROWS, "ifCo", peephole, step, training)
 
 
 def lstm_backward(ctx, dy, dhT, dcT):
@@ -358,13 +358,13 @@ def lstm_backward(ctx, dy, dhT, dcT):
     return _backprop(ctx, dy, (dhT, dcT))
 
 
-def gru_forward(x, params, h0, lengths, reset_after):
+def gru_forward(x, params, h0, lengths, reset_after, training=True):
     """y, hT, ctx for validated row-layout inputs, computed on the tape in float64."""
 
     def step(tape, P, b, x_t, h):
         return (_gru_step(tape, P, b, x_t, h, reset_after),)
 
-    return _run(x, params, (h0,), lengths, _GRU_ROWS, "rz" if reset_after else "rzn", None, step)
+    return _run(x, params, (h0,), lengths, _GRU_ROWS, "rz" if reset_after else "rzn", None, step, training)
 
 
 def gru_backward(ctx, dy, dhT):
@@ -389,7 +389,7 @@ class _Context(NamedTuple):
     groups: list
 
 
-def _run(x, params, states, lengths, rows, merged, peephole, step):
+def _run(x, params, states, lengths, rows, merged, peephole, step, training):
     x = np.asarray(x, dtype=np.float64)
     T, B, I = x.shape
     H = states[0].shape[1]
@@ -412,7 +412,7 @@ def _run(x, params, states, lengths, rows, merged, peephole, step):
         for out, v in zip(final, s):
             out[cols] = v.value.T
         groups.append(_Group(cols, tape, leaves, xs, s0, ys, s))
-    return (y, *final, _Context((T, B, I, H), params, rows, groups))
+    return (y, *final, _Context((T, B, I, H), params, rows, groups) if training else None)
 
 
 def _backprop(ctx, dy, dstates):
