@@ -1,11 +1,14 @@
 """The public functions of DESIGN.md: check the arguments once, then dispatch.
 
 The backend follows the arrays (NumPy arrays -> the NumPy backend).  Every
-function also takes `backend="reference"` to run the float64 tape reference
-instead, which is how the other backends are verified.  A one-step cell is
-the sequence path with T = 1.
+function also takes `backend=`: "reference" runs the float64 tape reference,
+which is how the other backends are verified, and "cuda-host" runs the CUDA
+kernels compiled for the CPU (g++) on NumPy arrays, which is how the kernels
+and their orchestration are verified without a GPU.  A one-step cell is the
+sequence path with T = 1.
 """
 
+import functools
 from functools import partial
 from types import SimpleNamespace
 from typing import NamedTuple
@@ -14,17 +17,30 @@ import numpy as np
 
 from . import _checks, _numpy, _sequence, reference
 
-BACKENDS = ("reference", "numpy", "cupy")
+BACKENDS = ("reference", "numpy", "cuda-host", "cupy")
 
 
 _FUNCS = ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward")
 
 
-def _sequence_backend(K, xp):
-    """The orchestration of `_sequence` bound to an array module and its pointwise kernels."""
-    return SimpleNamespace(**{f: partial(getattr(_sequence, f), K, xp) for f in _FUNCS})
+def _sequence_backend(ops, xp):
+    """The orchestration of `_sequence` bound to an array module and its per-step ops."""
+    return SimpleNamespace(**{f: partial(getattr(_sequence, f), ops, xp) for f in _FUNCS})
 
-_IMPLS = {"reference": reference, "numpy": _sequence_backend(_numpy, np)}
+
+@functools.lru_cache(maxsize=None)
+def _impl(name):
+    if name == "reference":
+        return reference
+    if name == "numpy":
+        return _sequence_backend(_numpy, np)
+    if name == "cuda-host":
+        from . import cuda
+
+        return _sequence_backend(cuda.host_ops(), np)
+    from . import _cupy
+
+    return _sequence_backend(_cupy.ops(), _cupy.cupy)
 
 
 def _backend(name, xp):
@@ -32,11 +48,9 @@ def _backend(name, xp):
         name = xp.__name__
     if name not in BACKENDS:
         raise ValueError(f"backend={name!r} is not one of {', '.join(map(repr, BACKENDS))}")
-    if name == "cupy":
-        raise NotImplementedError("the CuPy backend (CUDA kernels) is not built yet; pass NumPy arrays")
-    if name == "reference" and xp is not np:
-        raise TypeError("backend='reference' runs on the CPU: pass NumPy arrays")
-    return name, _IMPLS[name]
+    if (name == "cupy") != (xp.__name__ == "cupy"):
+        raise TypeError(f"backend={name!r} cannot run on {xp.__name__} arrays")
+    return name, _impl(name)
 
 
 class Context(NamedTuple):
@@ -62,7 +76,7 @@ def _context(ctx, cell, step):
     if ctx.cell != cell or ctx.step != step:
         made = f"{ctx.cell}_cell_forward" if ctx.step else f"{ctx.cell}_forward"
         raise ValueError(f"{fn} was given the ctx of {made}")
-    return _IMPLS[ctx.backend]
+    return _impl(ctx.backend)
 
 
 def _dtype_out(ctx):

@@ -1,42 +1,99 @@
-"""`rnncells check`: the correctness tiers that run here, one row each.
+"""`rnncells check`: the correctness tiers that can run here, one row each.
 
 Tier 1: every `deriv` rule and every cell variant's reference gradients
-against float64 central differences.  Tier 2: the NumPy backend against the
-reference in float64 and float32.  Each variant row is the worst over one
-step, a sequence, and a sequence with `lengths` (one item of length 0).
+against float64 central differences.  Tier 2: the NumPy backend, and the
+CUDA kernels run on the host (`cuda-host`), against the reference.  Tier 3,
+where a GPU is present: the CuPy backend against the reference.  Each
+variant row is the worst over one step, a sequence, a sequence with
+`lengths` (one item of length 0) and a wide one (H = 300, several blocks).
+Then every kernel instantiation compiled with NVRTC for sm_80 and sm_90.
 """
+
+import shutil
 
 import numpy as np
 
 from . import reference, verify
 
-_MODES = ({"step": True}, {}, {"lengths": np.array([4, 0, 2])})
+_MODES = (
+    {"step": True},
+    {},
+    {"lengths": np.array([4, 0, 2])},
+    {"T": 3, "B": 5, "I": 7, "H": 300, "lengths": np.array([3, 1, 2, 0, 3])},
+)
+
+
+def _nvrtc_missing():
+    try:
+        import cuda.bindings.nvrtc  # noqa: F401
+    except ImportError:
+        return "needs cuda-bindings and an NVRTC library: pip install 'rnncells[nvrtc]'"
+    return None
+
+
+def backends():
+    """[(backend, reason it cannot run or None)] for tiers 2 and 3 here."""
+    return [
+        ("numpy", None),
+        ("cuda-host", None if shutil.which("g++") else "needs g++ to build the kernels for the host"),
+        ("cupy", None if verify.gpu_available() else "no CUDA GPU (or no CuPy) here"),
+    ]
 
 
 def rows():
-    """Yield (tier, what, dtype, backend, worst relative error, bound)."""
+    """Yield (tier, what, dtype, backend, worst relative error, bound); error None means not run."""
     for op in reference.RULES:
         yield 1, f"deriv {op}", "float64", "reference vs FD", verify.deriv_error(op), verify.BOUNDS["fd"]
     for cell, variant in verify.VARIANTS:
-        worst = max(verify.fd_error(verify.problem(cell, variant, **m)) for m in _MODES)
+        worst = max(verify.fd_error(verify.problem(cell, variant, **m)) for m in _MODES[:3])
         yield 1, verify.variant_name(cell, variant), "float64", "reference vs FD", worst, verify.BOUNDS["fd"]
-    for cell, variant in verify.VARIANTS:
-        for dtype in ("float64", "float32"):
-            worst = 0.0
-            for m in _MODES:
-                err, dtypes = verify.backend_error(verify.problem(cell, variant, dtype=dtype, **m))
-                worst = max(worst, err if dtypes == {np.dtype(dtype)} else float("inf"))
-            yield 2, verify.variant_name(cell, variant), dtype, "numpy vs reference", worst, verify.BOUNDS[dtype]
+    for backend, why in backends():
+        tier = 3 if backend == "cupy" else 2
+        if why:
+            yield tier, f"{backend}: {why}", "-", f"{backend} vs reference", None, None
+            continue
+        for cell, variant in verify.VARIANTS:
+            for dtype in ("float64", "float32"):
+                worst = 0.0
+                for m in _MODES:
+                    err, dtypes = verify.backend_error(verify.problem(cell, variant, dtype=dtype, **m), backend)
+                    worst = max(worst, err if dtypes == {np.dtype(dtype)} else float("inf"))
+                name = verify.variant_name(cell, variant)
+                yield tier, name, dtype, f"{backend} vs reference", worst, verify.BOUNDS[dtype]
+
+
+def kernel_rows(archs=("80", "90")):
+    """Yield (instantiation, {arch: (registers, spill stores, spill loads)}), or raise if NVRTC fails."""
+    from . import cuda
+
+    reports = {arch: cuda.nvrtc_report(arch) for arch in archs}
+    for name in cuda.instantiations():
+        yield name, {arch: reports[arch][name] for arch in archs}
 
 
 def main(out=print):
-    """Print the table; return 0 if every row is within its bound, else 1."""
-    out(f"{'tier':<5}{'what':<42}{'dtype':<9}{'backend':<22}{'worst rel err':>14}{'bound':>10}  result")
+    """Print the tables; return 0 if every row that ran is within its bound, else 1."""
+    out(f"{'tier':<5}{'what':<42}{'dtype':<9}{'backend':<24}{'worst rel err':>14}{'bound':>10}  result")
     failed = 0
     for tier, what, dtype, backend, err, bound in rows():
+        if err is None:
+            out(f"{tier:<5}{what}  (not run)")
+            continue
         ok = err <= bound  # NaN fails
         failed += not ok
-        out(f"{tier:<5}{what:<42}{dtype:<9}{backend:<22}{err:>14.2e}{bound:>10.0e}  {'ok' if ok else 'FAIL'}")
-    out("tier 3 (CuPy backend on a GPU): not run, the CUDA kernels are not built yet")
+        out(f"{tier:<5}{what:<42}{dtype:<9}{backend:<24}{err:>14.2e}{bound:>10.0e}  {'ok' if ok else 'FAIL'}")
+    out("")
+    why = _nvrtc_missing()
+    if why:
+        out(f"kernels compiled with NVRTC for sm_80, sm_90: not run ({why})")
+    else:
+        out(f"{'kernel (NVRTC; registers / spill stores / spill loads in bytes)':<66}{'sm_80':>14}{'sm_90':>14}")
+        try:
+            for name, rep in kernel_rows():
+                cells = "".join(f"{'%d / %d / %d' % rep[a]:>14}" for a in ("80", "90"))
+                out(f"{name:<66}{cells}")
+        except RuntimeError as e:
+            failed += 1
+            out(f"FAIL: {e}")
     out(f"{failed} row(s) failed" if failed else "all rows passed")
     return 1 if failed else 0

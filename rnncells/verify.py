@@ -17,7 +17,17 @@ from .params import init_gru_params, init_lstm_params
 VARIANTS = [("lstm", {"peephole": p, "candidate": c}) for p in (None, "full", "diagonal") for c in ("tanh", "sigmoid")]
 VARIANTS += [("gru", {"reset_after": r}) for r in (True, False)]
 
-BOUNDS = {"fd": 1e-7, "float64": 1e-10, "float32": 1e-5}
+BOUNDS = {"fd": 1e-7, "float64": 1e-10, "float32": 1e-5, "float32-tf32": 1e-3}
+
+
+def gpu_available():
+    """True when CuPy imports and sees a CUDA device."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no CuPy, no driver, no device: all mean "no GPU here"
+        return False
 
 
 def variant_name(cell, variant):
@@ -121,9 +131,23 @@ def fd_error(p, eps=1e-6):
     return worst
 
 
+def _on_device(p):
+    """The problem's arrays copied to the current CUDA device (lengths stay on the host)."""
+    import cupy
+
+    def put(d):
+        return {k: cupy.asarray(v) for k, v in d.items()}
+
+    return p._replace(x=cupy.asarray(p.x), states=put(p.states), params=put(p.params), douts=put(p.douts))
+
+
 def backend_error(p, backend="numpy"):
-    """Tier 2: worst relative error of a backend against the reference, and the dtypes it returned."""
-    want, got = run(p, "reference"), run(p, backend)
+    """Tiers 2 and 3: worst relative error of a backend against the reference, and the dtypes it returned."""
+    want = run(p, "reference")
+    if backend == "cupy":
+        got = {k: v.get() for k, v in run(_on_device(p), backend).items()}
+    else:
+        got = run(p, backend)
     if set(want) != set(got):
         raise AssertionError(f"{backend} returned {sorted(got)}, the reference {sorted(want)}")
     dtypes = {np.asarray(v).dtype for v in got.values()}

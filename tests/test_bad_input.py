@@ -53,8 +53,9 @@ CASES = [
     (lambda: rc.lstm_forward(x3(), lstm(), peephole="ful"), ValueError, r"peephole='ful' is not one of None, 'full', 'diagonal'"),
     (lambda: rc.lstm_forward(x3(), lstm(), candidate="relu"), ValueError, r"candidate='relu' is not one of 'tanh', 'sigmoid'"),
     (lambda: rc.gru_forward(x3(), rc.init_gru_params(I, H, dtype="float64"), reset_after="yes"), ValueError, r"reset_after='yes' must be True or False"),
-    (lambda: rc.lstm_forward(x3(), lstm(), backend="jax"), ValueError, r"backend='jax' is not one of 'reference', 'numpy', 'cupy'"),
+    (lambda: rc.lstm_forward(x3(), lstm(), backend="jax"), ValueError, r"backend='jax' is not one of 'reference', 'numpy', 'cuda-host', 'cupy'"),
     (lambda: rc.init_gru_params(0, H), ValueError, r"input_size=0 must be a positive integer"),
+    (lambda: rc.lstm_forward(x3(), lstm(), backend="cupy"), TypeError, r"backend='cupy' cannot run on numpy arrays"),
     # objects
     (lambda: rc.LSTM(I, H, num_layers=2, dtype="float64")(x3(), (np.zeros((1, B, H)), None)), ValueError, r"h0 has shape \(1, 3, 5\); expected \(2, 3, 5\) = \(num_layers\*num_directions, batch, hidden_size\)"),
     (lambda: rc.GRU(I, H, batch_first=True, dtype="float64")(np.zeros((B, T, I + 1))), ValueError, r"x has shape \(3, 4, 3\); expected \(batch, seq_len, input_size\) with input_size=2"),

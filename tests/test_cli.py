@@ -9,12 +9,13 @@ from rnncells import check, verify
 def test_check_passes_with_one_row_per_variant_dtype_and_backend():
     lines = []
     assert check.main(out=lines.append) == 0
-    rows = [line for line in lines if line[:1].isdigit()]
-    assert len(rows) == len(verify.reference.RULES) + 3 * len(verify.VARIANTS)
+    rows = [line for line in lines if line[:1].isdigit() and not line.endswith("(not run)")]
+    running = [b for b, why in check.backends() if why is None]
+    assert len(rows) == len(verify.reference.RULES) + (1 + 2 * len(running)) * len(verify.VARIANTS)
     assert all(line.endswith("ok") for line in rows)
     for cell, variant in verify.VARIANTS:
-        name = verify.variant_name(cell, variant)
-        assert sum(name in line for line in rows) == 3  # FD, float64, float32
+        name = verify.variant_name(cell, variant) + " "
+        assert sum(name in line for line in rows) == 1 + 2 * len(running)  # FD, then float64 and float32 each
     assert lines[-1] == "all rows passed"
 
 
@@ -25,6 +26,7 @@ def test_check_fails_on_a_bad_or_nan_row(monkeypatch):
         yield 2, "nan", "float32", "x", float("nan"), 1e-5
 
     monkeypatch.setattr(check, "rows", rows)
+    monkeypatch.setattr(check, "kernel_rows", lambda: iter(()))
     lines = []
     assert check.main(out=lines.append) == 1
     assert [line.split()[-1] for line in lines[1:4]] == ["ok", "FAIL", "FAIL"]
@@ -36,3 +38,16 @@ def test_command_line_entry_point_runs_check():
     assert r.returncode == 0 and "check" in r.stdout
     r = subprocess.run([sys.executable, "-m", "rnncells", "nonsense"], capture_output=True, text=True)
     assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_check_lists_every_kernel_for_both_architectures():
+    import pytest
+
+    pytest.importorskip("cuda.bindings.nvrtc")
+    from rnncells import cuda
+
+    lines = []
+    check.main(out=lines.append)
+    kernel_lines = [line for line in lines if line.split("<")[0] in {n.split("<")[0] for n in cuda.instantiations()}]
+    assert len(kernel_lines) == len(cuda.instantiations())
+    assert all(line.count(" / 0 / 0") == 2 for line in kernel_lines)  # sm_80 and sm_90, no spills

@@ -1,0 +1,35 @@
+// Device helpers shared by the pointwise kernels (lstm.cu, gru.cu, reduce.cu).
+//
+// Template parameters of every kernel: S is the storage type (what the
+// buffers hold), C the compute type (what the arithmetic runs in); today
+// S = C = float or double, half storage with float compute comes later.
+// One thread per element (b, j) of a [B, H] step; no shared memory.
+#pragma once
+
+constexpr int PEEPHOLE_NONE = 0;
+constexpr int PEEPHOLE_FULL = 1;      // all in the recurrent GEMM ([h | c] against [Whh | Wch])
+constexpr int PEEPHOLE_DIAGONAL = 2;  // w_i∘c, w_f∘c, w_o∘c' in the kernel
+
+// σ(a) = 1 / (1 + e^-a) through e = e^-|a| <= 1: no overflow for any |a|, NaN stays NaN.
+template <typename C>
+__device__ __forceinline__ C sigmoid(const C a) {
+  const C e = exp(-fabs(a));
+  return a >= C(0) ? C(1) / (C(1) + e) : e / (C(1) + e);
+}
+
+// The LSTM candidate g = tanh(a) (the standard cell) or σ(a) (the seed's), and dg/da from g.
+template <bool SIGMOID, typename C>
+__device__ __forceinline__ C candidate(const C a) {
+  if constexpr (SIGMOID) return sigmoid(a);
+  else return tanh(a);
+}
+template <bool SIGMOID, typename C>
+__device__ __forceinline__ C candidate_grad(const C g) {
+  if constexpr (SIGMOID) return g * (C(1) - g);
+  else return C(1) - g * g;
+}
+
+// An item runs lengths[b] steps; past them it keeps its state and writes zeros.
+__device__ __forceinline__ bool is_active(const int* __restrict__ lengths, const int t, const int b) {
+  return lengths == nullptr || t < lengths[b];
+}

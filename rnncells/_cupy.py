@@ -1,0 +1,88 @@
+"""The CuPy backend: the kernels of kernels/ on the current device, cuBLAS for the GEMMs.
+
+Everything runs on CuPy's current stream.  Kernels compile once per device
+(NVRTC through RawModule with name expressions); launch failures raise from
+CuPy.  The step loop allocates nothing: `gemm` writes into the
+orchestration's preallocated buffers through cuBLAS with explicit leading
+dimensions, so strided views such as hc[t, :, :H] need no copy.  TF32 follows
+CuPy's own switch: CUPY_TF32=1 allows it in float32 GEMMs, otherwise it is off.
+"""
+
+import functools
+import os
+
+import cupy
+import numpy as np
+from cupy_backends.cuda.libs import cublas
+
+from . import cuda
+
+
+@functools.lru_cache(maxsize=None)
+def _module(device_id):
+    """Every instantiation, compiled for one device."""
+    del device_id  # the cache key: RawModule compiles for the current device
+    return cupy.RawModule(
+        code=cuda.program_source(),
+        options=("--std=c++17", f"--include-path={cuda.kernel_dir()}"),
+        name_expressions=cuda.instantiations(),
+    )
+
+
+def _launch(name, grid, block, args):
+    kernel = _module(cupy.cuda.Device().id).get_function(name)
+    conv = [np.int32(a) if isinstance(a, (int, np.integer)) else (np.uintp(0) if a is None else a) for a in args]
+    kernel(grid, block, tuple(conv))
+
+
+@functools.lru_cache(maxsize=None)
+def _handle(device_id):
+    """A cuBLAS handle of our own per device, so CuPy's handle state is never touched."""
+    del device_id
+    handle = cublas.create()
+    cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
+    return handle
+
+
+_ONE = {np.dtype("float32"): np.ones(1, np.float32), np.dtype("float64"): np.ones(1, np.float64)}
+_ZERO = {np.dtype("float32"): np.zeros(1, np.float32), np.dtype("float64"): np.zeros(1, np.float64)}
+
+
+def _operand(m):
+    """(op, leading dimension) of a 2-D operand for the column-major call below."""
+    rows, cols = m.shape
+    rs, cs = (s // m.itemsize for s in m.strides)
+    if cs == 1 or cols == 1:  # row-major: its memory is the column-major transpose
+        return cublas.CUBLAS_OP_N, max(rs if rows > 1 else cols, cols, 1)
+    if rs == 1 or rows == 1:  # column-major (a transposed contiguous matrix)
+        return cublas.CUBLAS_OP_T, max(cs if cols > 1 else rows, rows, 1)
+    raise ValueError(f"gemm operand with strides {m.strides} is neither row- nor column-major")
+
+
+def gemm(a, b, out):
+    """out = a @ b, float32 or float64; out row-major with unit column stride.
+
+    Row-major out = a b is column-major outᵀ = bᵀ aᵀ, so b goes first.
+    """
+    (M, K), N = a.shape, b.shape[1]
+    if M == 0 or N == 0:
+        return
+    if K == 0:
+        out[...] = 0
+        return
+    op_b, ldb = _operand(b)
+    op_a, lda = _operand(a)
+    ldc = max(out.strides[0] // out.itemsize, N)
+    handle = _handle(cupy.cuda.Device().id)
+    cublas.setStream(handle, cupy.cuda.get_current_stream().ptr)
+    tf32 = out.dtype == np.float32 and os.environ.get("CUPY_TF32", "0") == "1"
+    cublas.setMathMode(handle, cublas.CUBLAS_TF32_TENSOR_OP_MATH if tf32 else cublas.CUBLAS_DEFAULT_MATH)
+    fn = cublas.sgemm if out.dtype == np.float32 else cublas.dgemm
+    one, zero = _ONE[out.dtype], _ZERO[out.dtype]
+    fn(handle, op_b, op_a, N, M, K, one.ctypes.data, b.data.ptr, ldb, a.data.ptr, lda, zero.ctypes.data,
+       out.data.ptr, ldc)  # fmt: skip
+
+
+def ops():
+    """The per-step ops of the CuPy backend."""
+    return cuda.KernelOps(_launch, cupy, gemm)

@@ -1,0 +1,281 @@
+"""The CUDA kernels of kernels/: every instantiation, and three ways to run them.
+
+- `nvrtc_report(arch)`: compile for sm_80 / sm_90 with no GPU (NVRTC through
+  cuda-bindings) and read registers and spills from ptxas.
+- `HostLauncher`: g++ builds the same sources with kernels/host.h into a
+  shared library; kernels then run on NumPy buffers (tests, `rnncells check`).
+- `CupyLauncher`: NVRTC through CuPy's RawModule on the current device.
+
+`KernelOps` turns the orchestration's per-step calls (the protocol of
+`rnncells._numpy`) into launches of the right instantiation, whichever
+launcher it is given.
+"""
+
+import ctypes
+import functools
+import hashlib
+import importlib.resources
+import math
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+SOURCES = ("lstm.cu", "gru.cu", "reduce.cu")
+BLOCK = 256  # threads per block for every pointwise kernel
+CHUNK = 64  # rows per partial sum in column_sum
+_TYPES = {np.dtype("float32"): ("float", "float"), np.dtype("float64"): ("double", "double")}  # storage, compute
+_PEEPHOLE = {None: 0, "full": 1, "diagonal": 2}  # PEEPHOLE_* in common.cuh
+
+
+def kernel_dir():
+    """The folder of the .cu sources (kernels/ in a checkout, rnncells/kernels once installed)."""
+    return Path(str(importlib.resources.files("rnncells.kernels")))
+
+
+def program_source():
+    """The one translation unit that holds every kernel."""
+    return "".join(f'#include "{name}"\n' for name in SOURCES)
+
+
+def _flag(v):
+    return "true" if v else "false"
+
+
+def lstm_forward_name(dtype, peephole, candidate, training):
+    """The instantiation of lstm_forward_step for a variant, as a C++ name expression."""
+    s, c = _TYPES[np.dtype(dtype)]
+    return f"lstm_forward_step<{s}, {c}, {_PEEPHOLE[peephole]}, {_flag(candidate == 'sigmoid')}, {_flag(training)}>"
+
+
+def lstm_backward_name(dtype, peephole, candidate):
+    """The instantiation of lstm_backward_step for a variant."""
+    s, c = _TYPES[np.dtype(dtype)]
+    return f"lstm_backward_step<{s}, {c}, {_PEEPHOLE[peephole]}, {_flag(candidate == 'sigmoid')}>"
+
+
+def plain_name(kernel, dtype, *flags):
+    """The instantiation of a kernel templated only on <S, C> (and any bool flags)."""
+    s, c = _TYPES[np.dtype(dtype)]
+    return f"{kernel}<{', '.join([s, c, *map(_flag, flags)])}>"
+
+
+_GRU = ("gru_backward_step", "gru_rz_step", "gru_n_step", "gru_n_backward_step", "gru_rz_backward_step")
+_REDUCE = ("column_partial_sums", "column_totals")
+
+
+def instantiations():
+    """Every kernel instantiation a backend can launch."""
+    names = []
+    for dtype in _TYPES:
+        for peephole in _PEEPHOLE:
+            for candidate in ("tanh", "sigmoid"):
+                names += [lstm_forward_name(dtype, peephole, candidate, tr) for tr in (True, False)]
+                names.append(lstm_backward_name(dtype, peephole, candidate))
+        names += [plain_name("gru_forward_step", dtype, tr) for tr in (True, False)]
+        names += [plain_name(k, dtype) for k in _GRU + _REDUCE]
+    return names
+
+
+class KernelOps:
+    """The per-step ops of `rnncells._sequence`, as launches of the CUDA kernels.
+
+    `launcher(name, grid, block, args)` runs one instantiation; `gemm(a, b,
+    out)` is the backend's out = a @ b.  Arguments follow the kernels'
+    signatures: ints for scalars, arrays (or None for a null pointer).
+    """
+
+    def __init__(self, launcher, xp, gemm):
+        self.launcher, self.xp, self.gemm = launcher, xp, gemm
+
+    def _launch(self, name, n, *args, grid_y=1):
+        if n > 0:
+            self.launcher(name, (math.ceil(n / BLOCK), grid_y, 1), (BLOCK, 1, 1), args)
+
+    def lengths(self, host_lengths):
+        """Lengths as the kernels read them: int32 on the buffers' device."""
+        return self.xp.asarray(host_lengths, dtype=np.int32)
+
+    def column_sum(self, a):
+        """Σ over the rows of a contiguous [rows, cols] matrix, deterministically (two fixed-order passes)."""
+        rows, cols = a.shape
+        chunks = math.ceil(rows / CHUNK)
+        partial = self.xp.empty((chunks, cols), dtype=a.dtype)
+        out = self.xp.empty(cols, dtype=a.dtype)
+        if chunks == 0:
+            out[...] = 0
+            return out
+        self._launch(plain_name("column_partial_sums", a.dtype), cols, rows, cols, CHUNK, a, partial, grid_y=chunks)
+        self._launch(plain_name("column_totals", a.dtype), cols, chunks, cols, partial, out)
+        return out
+
+    def lstm_forward_step(self, t, xw, hw, hc, hc_next, y, gates, w_peep, lengths, peephole, candidate):
+        """One LSTM step's pointwise forward (see kernels/lstm.cu)."""
+        B, H = y.shape
+        name = lstm_forward_name(y.dtype, peephole, candidate, gates is not None)
+        self._launch(name, B * H, t, B, H, xw, hw, hc, hc_next, y, gates, w_peep, lengths)
+
+    def lstm_backward_step(self, t, gates, hc, hc_next, dy, dpw, dmm, dpw_out, da, w_peep, lengths, peephole,
+                           candidate):  # fmt: skip
+        """One LSTM step's pointwise backward."""
+        B, H = dy.shape
+        name = lstm_backward_name(dy.dtype, peephole, candidate)
+        self._launch(name, B * H, t, B, H, dmm.shape[1], gates, hc, hc_next, dy, dpw, dmm, dpw_out, da, w_peep, lengths)
+
+    def gru_forward_step(self, t, xw, gh, b_hn, h, h_next, y, gates, lengths):
+        """One GRU (reset_after) step's pointwise forward (see kernels/gru.cu)."""
+        B, H = y.shape
+        name = plain_name("gru_forward_step", y.dtype, gates is not None)
+        self._launch(name, B * H, t, B, H, xw, gh, b_hn, h, h_next, y, gates, lengths)
+
+    def gru_backward_step(self, t, gates, h, dy, dpw, dmm, dpw_out, dgi, dgh, lengths):
+        """One GRU (reset_after) step's pointwise backward."""
+        B, H = dy.shape
+        self._launch(plain_name("gru_backward_step", dy.dtype), B * H, t, B, H, gates, h, dy, dpw, dmm, dpw_out, dgi,
+                     dgh, lengths)  # fmt: skip
+
+    def gru_rz_step(self, xw, ghrz, h, gates, rh):
+        """GRU (reset before): r, z and r∘h."""
+        B, H = h.shape
+        self._launch(plain_name("gru_rz_step", h.dtype), B * H, B, H, xw, ghrz, h, gates, rh)
+
+    def gru_n_step(self, t, xw, ghn, h, h_next, y, gates, lengths):
+        """GRU (reset before): n and the new state."""
+        B, H = h.shape
+        self._launch(plain_name("gru_n_step", h.dtype), B * H, t, B, H, xw, ghn, h, h_next, y, gates, lengths)
+
+    def gru_n_backward_step(self, t, gates, h, dy, dpw, dmm, dpw_out, dg, lengths):
+        """GRU (reset before): da_z, da_n and z∘dh."""
+        B, H = h.shape
+        self._launch(plain_name("gru_n_backward_step", h.dtype), B * H, t, B, H, gates, h, dy, dpw, dmm, dpw_out, dg,
+                     lengths)  # fmt: skip
+
+    def gru_rz_backward_step(self, t, gates, h, drh, dpw_out, dg, lengths):
+        """GRU (reset before): da_r, and r∘d(r∘h) into dh."""
+        B, H = h.shape
+        self._launch(plain_name("gru_rz_backward_step", h.dtype), B * H, t, B, H, gates, h, drh, dpw_out, dg, lengths)
+
+
+# --- the host build -----------------------------------------------------------
+
+
+def host_source(names):
+    """C++ that includes the kernels and exports one `extern "C"` launcher per instantiation."""
+    lines = ['#include "host.h"', program_source()]
+    for k, name in enumerate(names):
+        lines.append(
+            f'extern "C" void rnncells_{k}(unsigned gx, unsigned gy, unsigned bx, void** args) '
+            f"{{ launch(&{name}, dim3{{gx, gy, 1}}, dim3{{bx, 1, 1}}, args); }}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def build_host_library(out_dir, sanitize=False):
+    """Compile every instantiation for the host with g++; returns the shared library's path."""
+    if shutil.which("g++") is None:
+        raise RuntimeError("the host build of the kernels needs g++ on PATH")
+    names = instantiations()
+    src = Path(out_dir) / "host_kernels.cpp"
+    src.write_text(host_source(names))
+    lib = Path(out_dir) / ("host_kernels_asan.so" if sanitize else "host_kernels.so")
+    flags = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"] if sanitize else ["-O2"]
+    cmd = ["g++", "-std=c++17", "-shared", "-fPIC", *flags, f"-I{kernel_dir()}", str(src), "-o", str(lib)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"g++ failed on the kernels:\n{r.stderr}")
+    return lib
+
+
+class HostLauncher:
+    """Runs kernel instantiations on the CPU from a library made by `build_host_library`.
+
+    Every array argument must be a C-contiguous NumPy array of the kernel's
+    type: a strided view passed to a kernel is an orchestration bug, so it
+    raises here instead of reading the wrong elements.
+    """
+
+    def __init__(self, library):
+        self.lib = ctypes.CDLL(str(library))
+        self.index = {name: k for k, name in enumerate(instantiations())}
+
+    def __call__(self, name, grid, block, args):
+        holders = []
+        for k, a in enumerate(args):
+            if a is None:
+                holders.append(ctypes.c_void_p(None))
+            elif isinstance(a, (int, np.integer)):
+                holders.append(ctypes.c_int(int(a)))
+            else:
+                if not a.flags.c_contiguous:
+                    raise ValueError(f"{name}: argument {k} is not C-contiguous (shape {a.shape}, strides {a.strides})")
+                holders.append(ctypes.c_void_p(a.ctypes.data))
+        packed = (ctypes.c_void_p * len(holders))(*(ctypes.cast(ctypes.pointer(h), ctypes.c_void_p) for h in holders))
+        getattr(self.lib, f"rnncells_{self.index[name]}")(grid[0], grid[1], block[0], packed)
+
+
+@functools.lru_cache(maxsize=None)
+def host_ops():
+    """KernelOps running the host-built kernels on NumPy buffers (built once per process)."""
+    lib = build_host_library(tempfile.mkdtemp(prefix="rnncells-host-"))
+
+    def gemm(a, b, out):
+        np.matmul(a, b, out=out)
+
+    return KernelOps(HostLauncher(lib), np, gemm)
+
+
+# --- NVRTC without a GPU ------------------------------------------------------
+
+_PTXAS = re.compile(
+    r"Compiling entry function '(\w+)' for 'sm_\d+'.*?"
+    r"(\d+) bytes spill stores, (\d+) bytes spill loads.*?Used (\d+) registers",
+    re.S,
+)
+
+
+def nvrtc_report(arch):
+    """Compile every instantiation for sm_<arch> with NVRTC; {name: (registers, spill stores, spill loads)}.
+
+    Needs cuda-bindings and an NVRTC library (the `nvrtc` extra); no GPU.
+    Raises RuntimeError with NVRTC's log if the compile fails.
+    """
+    from cuda.bindings import nvrtc
+
+    names = instantiations()
+    err, prog = nvrtc.nvrtcCreateProgram(program_source().encode(), b"rnncells.cu", 0, [], [])
+    _nvrtc_check(err, "nvrtcCreateProgram")
+    for n in names:
+        _nvrtc_check(nvrtc.nvrtcAddNameExpression(prog, n.encode())[0], "nvrtcAddNameExpression")
+    opts = [f"--gpu-architecture=sm_{arch}", "--std=c++17", f"--include-path={kernel_dir()}", "--ptxas-options=-v"]
+    (status,) = nvrtc.nvrtcCompileProgram(prog, len(opts), [o.encode() for o in opts])
+    _, size = nvrtc.nvrtcGetProgramLogSize(prog)
+    log = b" " * size
+    nvrtc.nvrtcGetProgramLog(prog, log)
+    log = log.decode(errors="replace")
+    if status != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+        raise RuntimeError(f"NVRTC failed for sm_{arch}:\n{log}")
+    lowered = {nvrtc.nvrtcGetLoweredName(prog, n.encode())[1].decode(): n for n in names}
+    report = {lowered[m[1]]: (int(m[4]), int(m[2]), int(m[3])) for m in _PTXAS.finditer(log)}
+    nvrtc.nvrtcDestroyProgram(prog)
+    missing = set(names) - set(report)
+    if missing:
+        raise RuntimeError(f"ptxas reported nothing for {sorted(missing)[:3]} ...")
+    return report
+
+
+def _nvrtc_check(err, what):
+    from cuda.bindings import nvrtc
+
+    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+        raise RuntimeError(f"{what} failed: {err}")
+
+
+def source_hash():
+    """A hash of the kernel sources, for caches keyed on them."""
+    h = hashlib.sha256()
+    for name in (*SOURCES, "common.cuh"):
+        h.update((kernel_dir() / name).read_bytes())
+    return h.hexdigest()[:16]

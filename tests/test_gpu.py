@@ -1,0 +1,68 @@
+"""Tier 3, on a real GPU (marked `gpu`): the CuPy backend against the reference and against cuDNN."""
+
+import numpy as np
+import pytest
+
+from rnncells import verify
+
+pytestmark = pytest.mark.gpu
+VARIANTS = [pytest.param(c, v, id=verify.variant_name(c, v).replace(" ", "-")) for c, v in verify.VARIANTS]
+MODES = [
+    dict(step=True, B=4, I=3, H=5),
+    dict(T=6, B=3, I=4, H=5),
+    dict(T=6, B=5, I=4, H=300, lengths=np.array([6, 0, 3, 1, 6])),
+    dict(T=20, B=64, I=128, H=256),
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cell,variant", VARIANTS)
+def test_cupy_backend_matches_reference_tf32_off(cell, variant, dtype, monkeypatch):
+    monkeypatch.delenv("CUPY_TF32", raising=False)
+    for m in MODES:
+        err, dtypes = verify.backend_error(verify.problem(cell, variant, dtype=dtype, **m), "cupy")
+        assert err <= verify.BOUNDS[dtype], m
+        assert dtypes == {np.dtype(dtype)}
+
+
+@pytest.mark.parametrize("cell,variant", VARIANTS)
+def test_cupy_backend_matches_reference_tf32_on(cell, variant, monkeypatch):
+    monkeypatch.setenv("CUPY_TF32", "1")  # our recurrent GEMMs read it per call
+    for m in MODES:
+        err, _ = verify.backend_error(verify.problem(cell, variant, dtype="float32", **m), "cupy")
+        assert err <= verify.BOUNDS["float32-tf32"], m
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_cupy_backend_matches_cudnn(cell):
+    torch = pytest.importorskip("torch")
+    import cupy
+
+    import rnncells as rc
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    T, B, I, H = 50, 32, 64, 128
+    mod = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(I, H).cuda()
+    params = {k[:-3]: cupy.asarray(v.detach()) for k, v in mod.named_parameters()}
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    dy = rng.standard_normal((T, B, H)).astype(np.float32)
+    tx = torch.tensor(x, device="cuda", requires_grad=True)
+    ty = mod(tx)[0]
+    (ty * torch.tensor(dy, device="cuda")).sum().backward()
+    fwd, bwd = (rc.lstm_forward, rc.lstm_backward) if cell == "lstm" else (rc.gru_forward, rc.gru_backward)
+    y, _, ctx = fwd(cupy.asarray(x), params)
+    dx, _, dp = bwd(ctx, cupy.asarray(dy))
+    assert verify.rel_err(y.get(), ty.detach().cpu().numpy()) <= 1e-5
+    assert verify.rel_err(dx.get(), tx.grad.cpu().numpy()) <= 1e-5
+    for k, v in mod.named_parameters():
+        assert verify.rel_err(dp[k[:-3]].get(), v.grad.cpu().numpy()) <= 1e-5, k
+
+
+@pytest.mark.parametrize("cell,variant", VARIANTS)
+def test_training_step_gradients_are_bitwise_repeatable(cell, variant):
+    p = verify._on_device(verify.problem(cell, variant, T=30, B=16, I=32, H=64, dtype="float32"))
+    first = {k: v.get().tobytes() for k, v in verify.run(p, "cupy").items()}
+    for _ in range(3):
+        assert {k: v.get().tobytes() for k, v in verify.run(p, "cupy").items()} == first

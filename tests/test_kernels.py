@@ -1,0 +1,179 @@
+"""The CUDA kernels without a GPU: NVRTC for sm_80 and sm_90, and their source run on the host.
+
+The host runs go through the same orchestration as the CuPy backend
+(`rnncells._sequence`), with NumPy buffers standing in for device memory and
+the g++-built kernels standing in for the launches, so a wrong offset, a
+missed step or a wrong GEMM transpose fails here, not only on a GPU.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from rnncells import api, cuda, verify
+
+VARIANTS = [pytest.param(c, v, id=verify.variant_name(c, v).replace(" ", "-")) for c, v in verify.VARIANTS]
+needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="the host build needs g++")
+
+
+@pytest.mark.parametrize("arch", ["80", "90"])
+def test_every_instantiation_compiles_without_spills(arch):
+    pytest.importorskip("cuda.bindings.nvrtc")
+    report = cuda.nvrtc_report(arch)
+    assert set(report) == set(cuda.instantiations())
+    for name, (registers, spill_stores, spill_loads) in report.items():
+        assert (spill_stores, spill_loads) == (0, 0), name
+        assert registers <= 64, (name, registers)  # full occupancy at 256 threads per block
+
+
+def test_instantiations_cover_every_variant_and_dtype():
+    names = cuda.instantiations()
+    assert len(names) == len(set(names))
+    for dtype in ("float32", "float64"):
+        for p in (None, "full", "diagonal"):
+            for c in ("tanh", "sigmoid"):
+                assert cuda.lstm_forward_name(dtype, p, c, True) in names
+                assert cuda.lstm_forward_name(dtype, p, c, False) in names
+                assert cuda.lstm_backward_name(dtype, p, c) in names
+
+
+class PoisonedNumpy:
+    """NumPy whose `empty` is NaN-filled: an element a kernel fails to write shows up as NaN."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def empty(shape, dtype=float):
+        return np.full(shape, np.nan, dtype=dtype)
+
+
+@pytest.fixture
+def poisoned_host(monkeypatch):
+    """backend='cuda-host' with poisoned buffers; yields the ops so a test may alter them."""
+    ops = cuda.host_ops()
+    impl = api._sequence_backend(ops, PoisonedNumpy())
+    real = api._impl
+    monkeypatch.setattr(api, "_impl", lambda name: impl if name == "cuda-host" else real(name))
+    return ops
+
+
+SHAPES = [
+    dict(T=4, B=3, I=3, H=2),
+    dict(T=1, B=1, I=1, H=1),
+    dict(T=3, B=3, I=5, H=100),  # B·H = 300: two blocks, the second partly idle
+    dict(T=2, B=1, I=2, H=257),
+]
+
+
+@needs_gxx
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{T}B{B}I{I}H{H}".format(**s))
+@pytest.mark.parametrize("cell,variant", VARIANTS)
+def test_host_run_matches_reference(poisoned_host, cell, variant, shape, dtype):
+    lengths = np.random.default_rng(shape["H"]).integers(0, shape["T"] + 1, size=shape["B"])
+    for kw in ({}, {"lengths": lengths}, {"step": True}):
+        err, dtypes = verify.backend_error(verify.problem(cell, variant, dtype=dtype, **shape, **kw), "cuda-host")
+        assert err <= verify.BOUNDS[dtype]
+        assert dtypes == {np.dtype(dtype)}
+
+
+@needs_gxx
+@pytest.mark.parametrize("cell,variant", VARIANTS)
+def test_host_inference_kernels_give_the_training_outputs(poisoned_host, cell, variant):
+    import rnncells as rc
+
+    p = verify.problem(cell, variant, T=5, B=3, H=70, lengths=np.array([5, 2, 0]), dtype="float32")
+    fwd = rc.lstm_forward if cell == "lstm" else rc.gru_forward
+    args = (p.x, p.params, *p.states.values())
+    train = fwd(*args, lengths=p.lengths, **p.variant, backend="cuda-host")
+    infer = fwd(*args, lengths=p.lengths, **p.variant, training=False, backend="cuda-host")
+    assert infer[-1] is None
+    np.testing.assert_array_equal(train[0], infer[0])
+
+
+@needs_gxx
+def test_poison_catches_an_unwritten_element(poisoned_host, monkeypatch):
+    """Launch the forward kernel with one block too few and the comparison must fail."""
+    real = cuda.KernelOps._launch
+
+    def short(self, name, n, *args, grid_y=1):
+        return real(self, name, n - cuda.BLOCK if name.startswith("lstm_forward_step") else n, *args, grid_y=grid_y)
+
+    monkeypatch.setattr(cuda.KernelOps, "_launch", short)
+    p = verify.problem("lstm", {"peephole": None, "candidate": "tanh"}, B=3, H=100)  # 300 threads: two blocks
+    err, _ = verify.backend_error(p, "cuda-host")
+    assert not err <= verify.BOUNDS["float64"]
+
+
+@needs_gxx
+def test_host_launcher_rejects_a_strided_buffer():
+    a = np.zeros((4, 6), np.float32)
+    with pytest.raises(ValueError, match="argument 3 is not C-contiguous"):
+        cuda.host_ops().launcher(cuda.plain_name("column_totals", "float32"), (1, 1, 1), (256, 1, 1),
+                                 (1, 3, a, a[:, ::2]))  # fmt: skip
+
+
+@needs_gxx
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("rows,cols", [(1, 1), (63, 5), (64, 300), (1000, 257)])
+def test_column_sum_is_right_and_bitwise_repeatable(rows, cols, dtype):
+    a = np.random.default_rng(rows).standard_normal((rows, cols)).astype(dtype)
+    got = cuda.host_ops().column_sum(a)
+    assert verify.rel_err(got, a.astype(np.float64).sum(0)) <= (1e-6 if dtype == "float32" else 1e-14)
+    assert got.dtype == np.dtype(dtype)
+    for _ in range(3):
+        assert cuda.host_ops().column_sum(a).tobytes() == got.tobytes()
+
+
+ASAN_SCRIPT = textwrap.dedent(
+    """
+    import sys, tempfile
+    import numpy as np
+    from rnncells import api, cuda, verify
+
+    lib = cuda.build_host_library(tempfile.mkdtemp(), sanitize=True)
+    ops = cuda.KernelOps(cuda.HostLauncher(lib), np, lambda a, b, out: np.matmul(a, b, out=out))
+    if sys.argv[1] == "run":
+        api._impl = lambda name, real=api._impl: api._sequence_backend(ops, np) if name == "cuda-host" else real(name)
+        worst = 0.0
+        for cell, variant in verify.VARIANTS:
+            for kw in ({}, {"lengths": np.array([3, 0, 2])}, {"step": True}):
+                p = verify.problem(cell, variant, T=3, B=3, I=2, H=33, dtype="float32", **kw)
+                worst = max(worst, verify.backend_error(p, "cuda-host")[0])
+        print("worst", worst)
+    else:  # every buffer one row too short for the H the kernel is told
+        B, H = 3, 5
+        buf = lambda *s: np.zeros(s, np.float32)
+        args = (0, B, H + 1, buf(B, 4 * H), buf(B, 4 * H), buf(B, 2 * H), buf(B, 2 * H), buf(B, H), buf(B, 4 * H),
+                None, None)
+        ops.launcher(cuda.lstm_forward_name("float32", None, "tanh", True), (1, 1, 1), (256, 1, 1), args)
+        print("no error reported")
+    """
+)
+
+
+def _asan_run(mode):
+    libasan = subprocess.run(["g++", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    env = dict(os.environ, LD_PRELOAD=libasan, ASAN_OPTIONS="detect_leaks=0")
+    return subprocess.run([sys.executable, "-c", ASAN_SCRIPT, mode], capture_output=True, text=True, env=env)
+
+
+@needs_gxx
+def test_address_sanitizer_build_runs_every_variant_cleanly():
+    r = _asan_run("run")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "ERROR: AddressSanitizer" not in r.stderr and "runtime error" not in r.stderr
+    assert float(r.stdout.split()[-1]) <= verify.BOUNDS["float32"]
+
+
+@needs_gxx
+def test_address_sanitizer_catches_an_out_of_bounds_index():
+    r = _asan_run("overflow")
+    assert r.returncode != 0
+    assert "AddressSanitizer: heap-buffer-overflow" in r.stderr and "lstm.cu" in r.stderr
