@@ -37,8 +37,12 @@ def kernel_dir():
 
 
 def program_source():
-    """The one translation unit that holds every kernel."""
-    return "".join(f'#include "{name}"\n' for name in SOURCES)
+    """The one translation unit that holds every kernel.
+
+    It opens with a hash of the sources because compilers' caches (CuPy's on
+    disk) key on this text, and the includes alone would not change with them.
+    """
+    return f"// kernels {source_hash()}\n" + "".join(f'#include "{name}"\n' for name in SOURCES)
 
 
 def _flag(v):

@@ -177,3 +177,14 @@ def test_address_sanitizer_catches_an_out_of_bounds_index():
     r = _asan_run("overflow")
     assert r.returncode != 0
     assert "AddressSanitizer: heap-buffer-overflow" in r.stderr and "lstm.cu" in r.stderr
+
+
+def test_program_text_changes_with_the_kernel_sources(tmp_path, monkeypatch):
+    """Compilers cache on the program text: an edited kernel must change it."""
+    for f in cuda.kernel_dir().iterdir():
+        if f.suffix in (".cu", ".cuh", ".h"):
+            (tmp_path / f.name).write_bytes(f.read_bytes())
+    monkeypatch.setattr(cuda, "kernel_dir", lambda: tmp_path)
+    before = cuda.program_source()
+    (tmp_path / "gru.cu").write_text((tmp_path / "gru.cu").read_text() + "\n// edited\n")
+    assert cuda.program_source() != before
