@@ -33,7 +33,10 @@ _PEEPHOLE = {None: 0, "full": 1, "diagonal": 2}  # PEEPHOLE_* in common.cuh
 
 def kernel_dir():
     """The folder of the .cu sources (kernels/ in a checkout, rnncells/kernels once installed)."""
-    return Path(str(importlib.resources.files("rnncells.kernels")))
+    try:
+        return Path(str(importlib.resources.files("rnncells.kernels")))
+    except ModuleNotFoundError:  # a checkout on PYTHONPATH, not installed: kernels/ beside rnncells/
+        return Path(__file__).resolve().parent.parent / "kernels"
 
 
 def program_source():

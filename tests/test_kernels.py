@@ -158,23 +158,24 @@ ASAN_SCRIPT = textwrap.dedent(
 )
 
 
-def _asan_run(mode):
+def _asan_run(mode, cwd):
     libasan = subprocess.run(["g++", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
     env = dict(os.environ, LD_PRELOAD=libasan, ASAN_OPTIONS="detect_leaks=0")
-    return subprocess.run([sys.executable, "-c", ASAN_SCRIPT, mode], capture_output=True, text=True, env=env)
+    # cwd: import the same rnncells as this test process, not a checkout the shell happens to be in
+    return subprocess.run([sys.executable, "-c", ASAN_SCRIPT, mode], capture_output=True, text=True, env=env, cwd=cwd)
 
 
 @needs_gxx
-def test_address_sanitizer_build_runs_every_variant_cleanly():
-    r = _asan_run("run")
+def test_address_sanitizer_build_runs_every_variant_cleanly(tmp_path):
+    r = _asan_run("run", tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ERROR: AddressSanitizer" not in r.stderr and "runtime error" not in r.stderr
     assert float(r.stdout.split()[-1]) <= verify.BOUNDS["float32"]
 
 
 @needs_gxx
-def test_address_sanitizer_catches_an_out_of_bounds_index():
-    r = _asan_run("overflow")
+def test_address_sanitizer_catches_an_out_of_bounds_index(tmp_path):
+    r = _asan_run("overflow", tmp_path)
     assert r.returncode != 0
     assert "AddressSanitizer: heap-buffer-overflow" in r.stderr and "lstm.cu" in r.stderr
 
