@@ -66,3 +66,28 @@ def test_training_step_gradients_are_bitwise_repeatable(cell, variant):
     first = {k: v.get().tobytes() for k, v in verify.run(p, "cupy").items()}
     for _ in range(3):
         assert {k: v.get().tobytes() for k, v in verify.run(p, "cupy").items()} == first
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_torch_adapter_on_cuda_matches_cudnn(kind):
+    torch = pytest.importorskip("torch")
+    import rnncells.torch as rt
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    ref = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(64, 128, num_layers=2, bidirectional=True).cuda()
+    ours = (rt.LSTM if kind == "lstm" else rt.GRU)(64, 128, num_layers=2, bidirectional=True).cuda()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(40, 16, 64, device="cuda")
+    lengths = torch.randint(1, 41, (16,))
+    outs = []
+    for m in (ref, ours):
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        y = torch.nn.utils.rnn.pad_packed_sequence(m(packed)[0], total_length=40)[0]
+        m.zero_grad()
+        (y * torch.linspace(-1, 1, y.numel(), device="cuda").view_as(y)).sum().backward()
+        outs.append((y.detach(), {n: p.grad.detach() for n, p in m.named_parameters()}))
+    (y_ref, g_ref), (y_ours, g_ours) = outs
+    assert verify.rel_err(y_ours.cpu().numpy(), y_ref.cpu().numpy()) <= 1e-5
+    for n in g_ref:
+        assert verify.rel_err(g_ours[n].cpu().numpy(), g_ref[n].cpu().numpy()) <= 1e-5, n

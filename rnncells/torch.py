@@ -1,0 +1,319 @@
+"""PyTorch adapter: drop-in torch.nn.LSTM, GRU, LSTMCell and GRUCell backed by rnncells.
+
+    from rnncells.torch import LSTM          # instead of torch.nn.LSTM
+    lstm = LSTM(10, 20, num_layers=2, bidirectional=True, dropout=0.1)
+    output, (h_n, c_n) = lstm(packed_or_padded_input, (h0, c0))
+
+Same constructor arguments, parameter names, state_dict keys, inputs
+(padded, batch_first, unbatched, PackedSequence) and return values as
+torch.nn; extra keyword arguments select our variants (`peephole`,
+`candidate` for the LSTMs, `reset_after` for the GRUs), their extra weights
+named weight_ch_l{k}[_reverse] (weight_ch for the cells).
+
+Each layer and direction is one `torch.autograd.Function` whose forward and
+backward are rnncells' own (NumPy for CPU tensors; CuPy, zero-copy through
+DLPack and on torch's current stream, for CUDA tensors).  The glue between
+layers (unpacking, per-item reversal, concatenation, dropout) is ordinary
+torch, so dropout draws from torch's generator.
+"""
+
+import contextlib
+import math
+
+import numpy as np
+
+try:
+    import torch
+except ImportError as e:  # pragma: no cover - the message is the point
+    raise ImportError("rnncells.torch needs PyTorch: pip install 'rnncells[torch]'") from e
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
+
+from . import _checks, api
+from .params import expected_shapes
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+def _array(t):
+    """A tensor's data as a NumPy (CPU) or CuPy (CUDA) array, without a copy."""
+    if t is None:
+        return None
+    t = t.detach()
+    if t.is_cuda:
+        import cupy
+
+        return cupy.from_dlpack(t)
+    return t.numpy()
+
+
+def _tensor(a):
+    return torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.from_dlpack(a)
+
+
+def _on_stream(device):
+    """CuPy work on torch's current stream of a CUDA device (nothing to do on the CPU)."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    import cupy
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(cupy.cuda.Device(device.index))
+    stack.enter_context(cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream))
+    return stack
+
+
+class _Sequence(torch.autograd.Function):
+    """One layer, one direction: rnncells' forward, and rnncells' backward for autograd."""
+
+    @staticmethod
+    def forward(ctx, cell, variant, keys, lengths, x, *tensors):
+        ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None: zero for us
+        n = 2 if cell == "lstm" else 1
+        states, params = tensors[:n], dict(zip(keys, map(_array, tensors[n:])))
+        ctx.cell, ctx.keys, ctx.given, ctx.device = cell, keys, [s is not None for s in states], x.device
+        fwd = api.lstm_forward if cell == "lstm" else api.gru_forward
+        with _on_stream(x.device):
+            y, state, ctx.rc = fwd(_array(x), params, *map(_array, states), lengths=lengths,
+                                   training=any(ctx.needs_input_grad), **variant)  # fmt: skip
+        return tuple(map(_tensor, (y, *(state if cell == "lstm" else (state,)))))
+
+    @staticmethod
+    def backward(ctx, dy, *dstates):
+        if all(g is None for g in (dy, *dstates)):  # nothing flows back through this node
+            return (None,) * (5 + len(ctx.given) + len(ctx.keys))
+        bwd = api.lstm_backward if ctx.cell == "lstm" else api.gru_backward
+        with _on_stream(ctx.device):
+            dx, dstate, dp = bwd(ctx.rc, _array(dy), *map(_array, dstates))  # ctx.rc lives as long as the graph
+        dstate = dstate if ctx.cell == "lstm" else (dstate,)
+        dstate = [_tensor(d) if given else None for d, given in zip(dstate, ctx.given)]
+        return (None, None, None, None, _tensor(dx), *dstate, *(_tensor(dp[k]) for k in ctx.keys))
+
+
+def _reverse(x, lengths):
+    """Each item's first lengths[b] steps in reverse order (torch ops, so autograd sees it)."""
+    if lengths is None:
+        return x.flip(0)
+    T = x.shape[0]
+    t = np.arange(T)[:, None]
+    idx = torch.as_tensor(np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t), device=x.device)
+    return x.gather(0, idx.unsqueeze(-1).expand_as(x))
+
+
+def _pack_like(y, packed):
+    """y (T, B, F), batch in the original order, as a PackedSequence laid out like `packed`."""
+    order = packed.sorted_indices
+    order = torch.arange(y.shape[1], device=y.device) if order is None else order
+    rows = [y[t, order[:n]] for t, n in enumerate(packed.batch_sizes.tolist())]
+    return PackedSequence(torch.cat(rows), packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
+
+
+def _check_construction(dtype, sizes):
+    dtype = torch.get_default_dtype() if dtype is None else dtype
+    if dtype not in _DTYPES:
+        raise NotImplementedError(f"dtype={dtype} is not supported yet by rnncells.torch (float32, float64 are)")
+    _checks.sizes(**sizes)
+    return dtype
+
+
+class _RNN(nn.Module):
+    """Layers × directions of one cell kind, with torch.nn.RNNBase's arguments and names."""
+
+    _cell = ""  # "lstm" or "gru"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, proj_size=0, device=None, dtype=None, **variant):  # fmt: skip
+        super().__init__()
+        if proj_size:
+            raise NotImplementedError(f"proj_size={proj_size} is not supported yet by rnncells.torch")
+        if not (isinstance(dropout, (int, float)) and 0 <= dropout <= 1) or isinstance(dropout, bool):
+            raise ValueError(f"dropout={dropout!r} must be a number in [0, 1]")
+        dtype = _check_construction(dtype, dict(input_size=input_size, hidden_size=hidden_size,
+                                                num_layers=num_layers))  # fmt: skip
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
+        self.bidirectional, self.proj_size, self.variant = bidirectional, 0, variant
+        D = 2 if bidirectional else 1
+        peephole = variant.get("peephole")
+        self._keys = list(expected_shapes(self._cell, 1, 1, peephole=peephole, bias=bias))
+        for layer in range(num_layers):
+            size = input_size if layer == 0 else hidden_size * D
+            for d in range(D):
+                shapes = expected_shapes(self._cell, size, hidden_size, peephole=peephole, bias=bias)
+                for key, shape in shapes.items():  # torch's order: weight_ih, weight_hh, bias_ih, bias_hh
+                    w = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
+                    self.register_parameter(key + self._suffix(layer, d), w)
+        self.reset_parameters()
+
+    @staticmethod
+    def _suffix(layer, d):
+        return f"_l{layer}" + ("_reverse" if d else "")
+
+    def reset_parameters(self):
+        """Every parameter from U(-1/√H, 1/√H), in registration order, as torch.nn does."""
+        k = 1.0 / math.sqrt(self.hidden_size)
+        for w in self.parameters():
+            nn.init.uniform_(w, -k, k)
+
+    def flatten_parameters(self):
+        """torch compacts its weights for cuDNN here; ours need no compaction, so this does nothing."""
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}"
+        for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0),
+                              ("bidirectional", False)):  # fmt: skip
+            if getattr(self, name) != default:
+                s += f", {name}={getattr(self, name)}"
+        return s + "".join(f", {k}={v!r}" for k, v in self.variant.items())
+
+    def _states(self, hx, B, unbatched):
+        """hx as a list of (L·D, B, H) tensors or Nones, checked."""
+        n = 2 if self._cell == "lstm" else 1
+        states = [None] * n if hx is None else (list(hx) if n == 2 else [hx])
+        want = (self.num_layers * (2 if self.bidirectional else 1), B, self.hidden_size)
+        names = ("h0", "c0")
+        for k, s in enumerate(states):
+            if s is None:
+                continue
+            s = s.unsqueeze(1) if unbatched else s
+            if tuple(s.shape) != want:
+                raise ValueError(f"{names[k]} has shape {tuple(s.shape)}; expected {want} = "
+                                 "(num_layers*num_directions, batch, hidden_size)")  # fmt: skip
+            states[k] = s
+        return states
+
+    def _run(self, input, hx):
+        packed = isinstance(input, PackedSequence)
+        unbatched = not packed and input.dim() == 2
+        if packed:
+            x, lengths = pad_packed_sequence(input)
+            lengths = lengths.numpy()
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"input has {input.dim()} dimensions; expected 2 (unbatched) or 3")
+            x, lengths = input, None
+            x = x.unsqueeze(1) if unbatched else (x.transpose(0, 1) if self.batch_first else x)
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input has {x.shape[-1]} features; expected input_size={self.input_size}")
+        states = self._states(hx, x.shape[1], unbatched)
+        D = 2 if self.bidirectional else 1
+        finals, inp = [[] for _ in states], x
+        for layer in range(self.num_layers):
+            if layer > 0 and self.dropout > 0:
+                inp = nn.functional.dropout(inp, self.dropout, self.training)
+            outs = []
+            for d in range(D):
+                k = layer * D + d
+                params = [getattr(self, key + self._suffix(layer, d)) for key in self._keys]
+                s0 = [None if s is None else s[k] for s in states]
+                xin = _reverse(inp, lengths) if d else inp
+                y, *sT = _Sequence.apply(self._cell, self.variant, self._keys, lengths, xin, *s0, *params)
+                outs.append(_reverse(y, lengths) if d else y)
+                for f, s in zip(finals, sT):
+                    f.append(s)
+            inp = torch.cat(outs, dim=-1) if D == 2 else outs[0]
+        finals = [torch.stack(f) for f in finals]
+        if packed:
+            out = _pack_like(inp, input)
+        elif unbatched:
+            out, finals = inp.squeeze(1), [f.squeeze(1) for f in finals]
+        else:
+            out = inp.transpose(0, 1) if self.batch_first else inp
+        return out, finals
+
+
+class LSTM(_RNN):
+    """Drop-in torch.nn.LSTM (proj_size=0); `peephole` and `candidate` as in rnncells.lstm_forward."""
+
+    _cell = "lstm"
+
+    def __init__(self, *args, peephole=None, candidate="tanh", **kwargs):
+        _checks.lstm_variant(peephole, candidate)
+        super().__init__(*args, peephole=peephole, candidate=candidate, **kwargs)
+
+    def forward(self, input, hx=None):
+        """input (T, B, I), (B, T, I) with batch_first, (T, I) unbatched, or a PackedSequence.
+
+        Returns output, (h_n, c_n) exactly as torch.nn.LSTM does.
+        """
+        out, (h, c) = self._run(input, hx)
+        return out, (h, c)
+
+
+class GRU(_RNN):
+    """Drop-in torch.nn.GRU; `reset_after=False` gives the Cho et al. / Keras variant."""
+
+    _cell = "gru"
+
+    def __init__(self, *args, reset_after=True, **kwargs):
+        _checks.gru_variant(reset_after)
+        super().__init__(*args, reset_after=reset_after, **kwargs)
+
+    def forward(self, input, hx=None):
+        """input as for LSTM; returns output, h_n exactly as torch.nn.GRU does."""
+        out, (h,) = self._run(input, hx)
+        return out, h
+
+
+class _Cell(nn.Module):
+    """One step, with torch.nn.RNNCellBase's arguments and names."""
+
+    _cell = ""
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, **variant):
+        super().__init__()
+        dtype = _check_construction(dtype, dict(input_size=input_size, hidden_size=hidden_size))
+        self.input_size, self.hidden_size, self.bias, self.variant = input_size, hidden_size, bias, variant
+        shapes = expected_shapes(self._cell, input_size, hidden_size, peephole=variant.get("peephole"), bias=bias)
+        for key, shape in shapes.items():
+            self.register_parameter(key, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
+        self._keys = list(shapes)
+        self.reset_parameters()
+
+    reset_parameters = _RNN.reset_parameters
+
+    def extra_repr(self):
+        return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False") + "".join(
+            f", {k}={v!r}" for k, v in self.variant.items()
+        )
+
+    def _step(self, input, states):
+        if input.dim() not in (1, 2):
+            raise ValueError(f"input has {input.dim()} dimensions; expected 1 (unbatched) or 2")
+        unbatched = input.dim() == 1
+        x = input.unsqueeze(0) if unbatched else input
+        states = [None if s is None else (s.unsqueeze(0) if unbatched else s) for s in states]
+        params = [getattr(self, k) for k in self._keys]
+        _, *out = _Sequence.apply(self._cell, self.variant, self._keys, None, x.unsqueeze(0), *states, *params)
+        return [o.squeeze(0) for o in out] if unbatched else out
+
+
+class LSTMCell(_Cell):
+    """Drop-in torch.nn.LSTMCell; `peephole` and `candidate` as in rnncells.lstm_forward."""
+
+    _cell = "lstm"
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, peephole=None,
+                 candidate="tanh"):  # fmt: skip
+        _checks.lstm_variant(peephole, candidate)
+        super().__init__(input_size, hidden_size, bias, device, dtype, peephole=peephole, candidate=candidate)
+
+    def forward(self, input, hx=None):
+        """input (B, I) or (I,); hx = (h, c) or None -> (h1, c1), as torch.nn.LSTMCell."""
+        h, c = self._step(input, [None, None] if hx is None else list(hx))
+        return h, c
+
+
+class GRUCell(_Cell):
+    """Drop-in torch.nn.GRUCell; `reset_after=False` gives the Cho et al. / Keras variant."""
+
+    _cell = "gru"
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, reset_after=True):
+        _checks.gru_variant(reset_after)
+        super().__init__(input_size, hidden_size, bias, device, dtype, reset_after=reset_after)
+
+    def forward(self, input, hx=None):
+        """input (B, I) or (I,); hx (B, H) or None -> h1, as torch.nn.GRUCell."""
+        (h,) = self._step(input, [hx])
+        return h

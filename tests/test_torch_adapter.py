@@ -1,0 +1,228 @@
+"""rnncells.torch against torch.nn: constructor, names, state dicts, calls, values and every gradient."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
+
+import rnncells.torch as rt  # noqa: E402
+from rnncells import api  # noqa: E402
+
+BOUND = 1e-10
+PAIRS = {"lstm": (nn.LSTM, rt.LSTM), "gru": (nn.GRU, rt.GRU)}
+CELLS = {"lstm": (nn.LSTMCell, rt.LSTMCell), "gru": (nn.GRUCell, rt.GRUCell)}
+
+
+def close(a, b, bound=BOUND):
+    a, b = a.detach().double(), b.detach().double()
+    assert a.shape == b.shape
+    assert (a - b).abs().max() <= bound * max(b.abs().max(), 1e-300)
+
+
+def twins(kind, *args, **kw):
+    """A torch.nn module and ours with the same weights (ours loads torch's state dict)."""
+    ref = PAIRS[kind][0](*args, dtype=torch.float64, **kw)
+    ours = PAIRS[kind][1](*args, dtype=torch.float64, **kw)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def grads_of(module, inputs, outputs, seed):
+    """Backpropagate a random projection of every output; the gradients of inputs and parameters."""
+    g = torch.Generator().manual_seed(seed)
+    flat = [o.data if isinstance(o, nn.utils.rnn.PackedSequence) else o for o in outputs]
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in flat)
+    tensors = [t for t in inputs if t is not None] + list(module.parameters())
+    return torch.autograd.grad(loss, tensors)
+
+
+def flatten(out):
+    y, state = out
+    return [y, *(state if isinstance(state, tuple) else (state,))]
+
+
+CONFIGS = [
+    dict(T=5, B=3, I=4, H=6, num_layers=1, bidirectional=False, batch_first=False, packed=False, hx=True),
+    dict(T=7, B=4, I=3, H=5, num_layers=2, bidirectional=True, batch_first=False, packed=False, hx=False),
+    dict(T=6, B=5, I=2, H=3, num_layers=3, bidirectional=False, batch_first=True, packed=False, hx=True),
+    dict(T=6, B=5, I=3, H=4, num_layers=2, bidirectional=True, batch_first=True, packed=True, hx=True),
+    dict(T=4, B=4, I=5, H=2, num_layers=1, bidirectional=True, batch_first=False, packed=True, hx=False),
+    dict(T=1, B=1, I=1, H=1, num_layers=2, bidirectional=True, batch_first=False, packed=False, hx=True),
+    dict(T=6, B=1, I=3, H=4, num_layers=2, bidirectional=True, batch_first=False, packed="unbatched", hx=True),
+]
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_values_and_every_gradient_match_torch(kind, cfg):
+    T, B, I, H = cfg["T"], cfg["B"], cfg["I"], cfg["H"]
+    kw = {k: cfg[k] for k in ("num_layers", "bidirectional", "batch_first")}
+    ref, ours = twins(kind, I, H, **kw)
+    g = torch.Generator().manual_seed(T * 100 + B)
+    L = cfg["num_layers"] * (2 if cfg["bidirectional"] else 1)
+    if cfg["packed"] == "unbatched":
+        x = torch.randn(T, I, generator=g, dtype=torch.float64, requires_grad=True)
+        states = [torch.randn(L, H, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    else:
+        x = torch.randn((B, T, I) if cfg["batch_first"] else (T, B, I), generator=g, dtype=torch.float64,
+                        requires_grad=True)  # fmt: skip
+        states = [torch.randn(L, B, H, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    hx = (tuple(states) if kind == "lstm" else states[0]) if cfg["hx"] else None
+    lengths = torch.randint(1, T + 1, (B,), generator=g)
+
+    def inp():  # a graph of its own for each model: the first backward frees the packing's
+        if cfg["packed"] is True:
+            return pack_padded_sequence(x, lengths, batch_first=cfg["batch_first"], enforce_sorted=False)
+        return x
+
+    out_ref, out_ours = ref(inp(), hx), ours(inp(), hx)
+    for a, b in zip(flatten(out_ours), flatten(out_ref)):
+        if isinstance(b, nn.utils.rnn.PackedSequence):
+            assert torch.equal(a.batch_sizes, b.batch_sizes) and torch.equal(a.sorted_indices, b.sorted_indices)
+            a, b = a.data, b.data
+        close(a, b)
+    inputs = [x, *(states[: 2 if kind == "lstm" else 1] if cfg["hx"] else [])]
+    for a, b in zip(grads_of(ours, inputs, flatten(out_ours), 7), grads_of(ref, inputs, flatten(out_ref), 7)):
+        close(a, b)
+
+
+@pytest.mark.parametrize("unbatched", [False, True])
+@pytest.mark.parametrize("with_hx", [False, True])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_cells_match_torch_cells(kind, with_hx, unbatched):
+    ref = CELLS[kind][0](4, 3, dtype=torch.float64)
+    ours = CELLS[kind][1](4, 3, dtype=torch.float64)
+    ours.load_state_dict(ref.state_dict())
+    lead = () if unbatched else (5,)
+    x = torch.randn(*lead, 4, dtype=torch.float64, requires_grad=True)
+    states = [torch.randn(*lead, 3, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    hx = (tuple(states) if kind == "lstm" else states[0]) if with_hx else None
+    a, b = ours(x, hx), ref(x, hx)
+    a, b = (list(a), list(b)) if kind == "lstm" else ([a], [b])
+    for u, v in zip(a, b):
+        close(u, v)
+    inputs = [x, *(states[: 2 if kind == "lstm" else 1] if with_hx else [])]
+    for u, v in zip(grads_of(ours, inputs, a, 3), grads_of(ref, inputs, b, 3)):
+        close(u, v)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_state_dicts_round_trip_and_seeded_init_matches_torch(kind):
+    torch.manual_seed(0)
+    ref = PAIRS[kind][0](3, 4, num_layers=2, bidirectional=True)
+    torch.manual_seed(0)
+    ours = PAIRS[kind][1](3, 4, num_layers=2, bidirectional=True)
+    assert list(ours.state_dict()) == list(ref.state_dict())
+    for k, v in ref.state_dict().items():
+        assert torch.equal(ours.state_dict()[k], v), k  # same registration order: same draws
+    back = PAIRS[kind][0](3, 4, num_layers=2, bidirectional=True)
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.mul_(1.5)
+    back.load_state_dict(ours.state_dict())
+    for k, v in ours.state_dict().items():
+        assert torch.equal(back.state_dict()[k], v)
+
+
+def test_peephole_weights_are_named_like_the_others():
+    m = rt.LSTM(3, 4, num_layers=2, bidirectional=True, peephole="full")
+    names = [n for n, _ in m.named_parameters()]
+    assert names[:5] == ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0", "weight_ch_l0"]
+    assert "weight_ch_l1_reverse" in names and m.weight_ch_l1.shape == (12, 4)
+    assert rt.LSTMCell(3, 4, peephole="diagonal").weight_ch.shape == (12,)
+    assert "peephole='full'" in repr(m)
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_optimizer_steps_follow_torch(kind, opt):
+    ref, ours = twins(kind, 3, 5, num_layers=2, bidirectional=True)
+    make = {"sgd": lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), "adam": lambda p: torch.optim.Adam(p, lr=1e-2)}
+    opts = [make[opt](m.parameters()) for m in (ref, ours)]
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        x = torch.randn(6, 4, 3, generator=g, dtype=torch.float64)
+        target = torch.randn(6, 4, 10, generator=g, dtype=torch.float64)
+        for m, o in zip((ref, ours), opts):
+            o.zero_grad()
+            ((m(x)[0] - target) ** 2).mean().backward()
+            o.step()
+    for (k, a), (_, b) in zip(ours.named_parameters(), ref.named_parameters()):
+        assert (a - b).abs().max() <= 1e-8, k
+
+
+def test_dropout_between_layers_follows_train_and_eval_and_the_seed():
+    m = rt.LSTM(3, 4, num_layers=3, dropout=0.5, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    m.train()
+    torch.manual_seed(11)
+    a = m(x)[0]
+    torch.manual_seed(11)
+    b = m(x)[0]
+    torch.manual_seed(12)
+    c = m(x)[0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    m.eval()
+    plain = rt.LSTM(3, 4, num_layers=3, dtype=torch.float64)
+    plain.load_state_dict(m.state_dict())
+    assert torch.equal(m(x)[0], plain(x)[0])
+    assert not torch.equal(a, plain(x)[0])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: rt.LSTM(2, 3, peephole="full", candidate="sigmoid", dtype=torch.float64),
+        lambda: rt.LSTM(2, 3, peephole="diagonal", bidirectional=True, dtype=torch.float64),
+        lambda: rt.GRU(2, 3, reset_after=False, num_layers=2, dtype=torch.float64),
+    ],
+)
+def test_our_variants_pass_torch_gradcheck(make):
+    m = make()
+    x = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, *p: m(x)[0], (x, *m.parameters()), eps=1e-6, atol=1e-7)
+
+
+def test_backward_can_run_twice_on_a_retained_graph():
+    m = rt.LSTM(3, 4)
+    y = m(torch.randn(5, 2, 3))[0].sum()
+    (g1,) = torch.autograd.grad(y, m.weight_hh_l0, retain_graph=True)
+    (g2,) = torch.autograd.grad(y, m.weight_hh_l0)
+    assert torch.equal(g1, g2)
+
+
+def test_autograd_runs_our_backward_once_per_layer_and_direction(monkeypatch):
+    calls = []
+    real = api.lstm_backward
+    monkeypatch.setattr(api, "lstm_backward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    m = rt.LSTM(3, 4, num_layers=2, bidirectional=True)
+    m(torch.randn(5, 2, 3))[0].sum().backward()
+    assert len(calls) == 4
+
+
+def test_no_grad_saves_nothing_and_gives_the_same_output():
+    m = rt.GRU(3, 4)
+    x = torch.randn(5, 2, 3)
+    with torch.no_grad():
+        y0 = m(x)[0]
+    assert y0.grad_fn is None and torch.equal(y0, m(x)[0].detach())
+
+
+@pytest.mark.parametrize(
+    "make,exc,message",
+    [
+        (lambda: rt.LSTM(3, 4, proj_size=2), NotImplementedError, "proj_size=2 is not supported yet"),
+        (lambda: rt.GRU(3, 4, dtype=torch.float16), NotImplementedError, "dtype=torch.float16 is not supported yet"),
+        (lambda: rt.LSTM(3, 4, dropout=1.5), ValueError, r"dropout=1.5 must be a number in \[0, 1\]"),
+        (lambda: rt.LSTM(3, 4, peephole="ful"), ValueError, "peephole='ful'"),
+        (lambda: rt.GRUCell(3, 0), ValueError, "hidden_size=0 must be a positive integer"),
+        (lambda: rt.LSTM(3, 4)(torch.randn(5, 2, 4)), ValueError, "input has 4 features; expected input_size=3"),
+        (lambda: rt.GRU(3, 4, num_layers=2)(torch.randn(5, 2, 3), torch.zeros(1, 2, 4)), ValueError,
+         r"h0 has shape \(1, 2, 4\); expected \(2, 2, 4\)"),
+    ],
+)
+def test_unsupported_options_and_bad_calls_are_named(make, exc, message):
+    with pytest.raises(exc, match=message):
+        make()
