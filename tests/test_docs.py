@@ -20,3 +20,16 @@ def test_every_public_name_has_a_docstring():
                   if not n.startswith("_")]  # fmt: skip
     missing = [n for n, m in names if not (m.__doc__ or "").strip()]
     assert not missing, missing
+
+
+def test_torch_adapter_names_have_docstrings():
+    import pytest
+
+    pytest.importorskip("torch")
+    import rnncells.torch as rt
+
+    names = [(f"rnncells.torch.{n}", getattr(rt, n)) for n in ("LSTM", "GRU", "LSTMCell", "GRUCell")]
+    for n, cls in list(names):
+        names += [(f"{n}.{m}", f) for m, f in vars(cls).items() if callable(f) and not m.startswith("_")]
+    missing = [n for n, m in names if not (m.__doc__ or "").strip()]
+    assert not missing, missing
