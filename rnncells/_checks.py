@@ -6,7 +6,7 @@ valid input.  Each message names the argument, the expected and the actual.
 
 import numpy as np
 
-from .params import expected_shapes
+from . import params as _params  # the module, not its names: params imports this module too
 
 PEEPHOLES = (None, "full", "diagonal")
 CANDIDATES = ("tanh", "sigmoid")
@@ -102,7 +102,7 @@ def call(cell, x, params, states, *, lengths=None, peephole=None, sequence=True)
         raise ValueError(f"params['weight_hh'] has shape {tuple(params['weight_hh'].shape)}; expected a 2-D array")
     H = params["weight_hh"].shape[1]
     bias = "bias_ih" in params or "bias_hh" in params
-    want = expected_shapes(cell, I, H, peephole=peephole, bias=bias)
+    want = _params.expected_shapes(cell, I, H, peephole=peephole, bias=bias)
     for k in want:
         if k not in params:
             why = f"peephole={peephole!r}" if k == "weight_ch" else ("bias" if k.startswith("bias") else cell)

@@ -79,14 +79,20 @@ class GRUCell(_Holder):
         return dx, dh
 
 
+def reverse_index(T, lengths):
+    """[T, B] source steps that read each item's first lengths[b] steps backward; later steps stay put.
+
+    The permutation is its own inverse, so it also maps gradients back.
+    """
+    t = np.arange(T)[:, None]
+    return np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)
+
+
 def _reverse(xp, x, lengths):
-    """Each item's first lengths[b] steps in reverse order; later steps stay put (an involution)."""
-    T, B = x.shape[:2]
+    """x [T, B, ...] with each item's valid steps reversed (all of them without lengths)."""
     if lengths is None:
         return x[::-1]
-    t = np.arange(T)[:, None]
-    idx = np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)  # [T, B]
-    return xp.take_along_axis(x, xp.asarray(idx)[:, :, None], axis=0)
+    return xp.take_along_axis(x, xp.asarray(reverse_index(x.shape[0], lengths))[:, :, None], axis=0)
 
 
 class _Stack(_Holder):

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from . import _checks, api
+from .modules import reverse_index
 from .params import expected_shapes
 
 _DTYPES = (torch.float32, torch.float64)
@@ -91,12 +92,10 @@ class _Sequence(torch.autograd.Function):
 
 
 def _reverse(x, lengths):
-    """Each item's first lengths[b] steps in reverse order (torch ops, so autograd sees it)."""
+    """Each item's valid steps reversed, as torch ops so autograd sees it (see modules.reverse_index)."""
     if lengths is None:
         return x.flip(0)
-    T = x.shape[0]
-    t = np.arange(T)[:, None]
-    idx = torch.as_tensor(np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t), device=x.device)
+    idx = torch.as_tensor(reverse_index(x.shape[0], lengths), device=x.device)
     return x.gather(0, idx.unsqueeze(-1).expand_as(x))
 
 
