@@ -9,7 +9,6 @@ sequence path with T = 1.
 """
 
 import functools
-from functools import partial
 from types import SimpleNamespace
 from typing import NamedTuple
 
@@ -18,14 +17,12 @@ import numpy as np
 from . import _checks, _numpy, _sequence, reference
 
 BACKENDS = ("reference", "numpy", "cuda-host", "cupy")
-
-
 _FUNCS = ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward")
 
 
 def _sequence_backend(ops, xp):
     """The orchestration of `_sequence` bound to an array module and its per-step ops."""
-    return SimpleNamespace(**{f: partial(getattr(_sequence, f), ops, xp) for f in _FUNCS})
+    return SimpleNamespace(**{f: functools.partial(getattr(_sequence, f), ops, xp) for f in _FUNCS})
 
 
 @functools.lru_cache(maxsize=None)

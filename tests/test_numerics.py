@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-import rnncells as rc
 from rnncells import verify
 
 VARIANTS = [pytest.param(c, v, id=verify.variant_name(c, v).replace(" ", "-")) for c, v in verify.VARIANTS]

@@ -1,6 +1,5 @@
 """rnncells.torch against torch.nn: constructor, names, state dicts, calls, values and every gradient."""
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
