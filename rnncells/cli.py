@@ -1,4 +1,4 @@
-"""The `rnncells` command line: `rnncells demo`, `rnncells check`."""
+"""The `rnncells` command line: `rnncells demo`, `rnncells check`, `rnncells bench`."""
 
 import argparse
 import sys
@@ -15,15 +15,44 @@ def main(argv=None):
     demo.add_argument("--steps", type=_positive, default=2000, help="training steps per cell (default 2000)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--plot", metavar="PNG", help="write the loss curves here (needs matplotlib)")
+    bench = sub.add_parser("bench", help="time rnncells next to torch.nn (cuDNN) and a torch cell loop")
+    bench.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when a GPU is present")
+    bench.add_argument("--preset", choices=("full", "quick"), help="default: full on a GPU, quick on the CPU")
+    bench.add_argument("--cell", choices=("lstm", "gru", "both"), default="both")
+    bench.add_argument("--repeats", type=_positive, default=20, help="timed calls per measurement (default 20)")
+    bench.add_argument("--warmup", type=int, default=5, help="untimed calls first (default 5)")
+    bench.add_argument("--out", default="bench/results", help="folder for the JSON record (default bench/results)")
+    bench.add_argument("--plot", metavar="PNG", help="write a plot of the ratios here (needs matplotlib)")
     args = parser.parse_args(argv)
     if args.command == "check":
         from . import check
 
         return check.main()
+    if args.command == "bench":
+        return _bench(args)
     from . import demo
 
     cells = ("lstm", "gru") if args.cell == "both" else (args.cell,)
     demo.main(cells, seq_len=args.seq_len, steps=args.steps, seed=args.seed, plot_path=args.plot)
+    return 0
+
+
+def _bench(args):
+    from . import bench
+    from .verify import gpu_available
+
+    device = args.device or ("cuda" if gpu_available() else "cpu")
+    if device == "cuda" and not gpu_available():
+        print("rnncells bench --device cuda: no CUDA GPU (or no CuPy) here", file=sys.stderr)
+        return 2
+    preset = args.preset or ("full" if device == "cuda" else "quick")
+    cells = ("lstm", "gru") if args.cell == "both" else (args.cell,)
+    device, rows = bench.run(preset, cells, device, repeats=args.repeats, warmup=args.warmup)
+    settings = dict(preset=preset, cells=cells, repeats=args.repeats, warmup=args.warmup)
+    print(f"results written to {bench.write_json(device, rows, args.out, settings)}")
+    if args.plot:
+        bench.plot(rows, args.plot)
+        print(f"ratios plotted to {args.plot}")
     return 0
 
 

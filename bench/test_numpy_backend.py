@@ -1,0 +1,27 @@
+"""pytest-benchmark: the NumPy backend on the CPU (train step = forward + backward).
+
+    pytest bench --benchmark-enable        # time them; CI runs each once as a test
+The GPU side-by-side with cuDNN is `rnncells bench` (rnncells/bench.py).
+"""
+
+import numpy as np
+import pytest
+
+import rnncells as rc
+from rnncells import verify
+
+SHAPES = [dict(T=50, B=16, I=64, H=64), dict(T=20, B=64, I=256, H=256)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{T}B{B}I{I}H{H}".format(**s))
+@pytest.mark.parametrize("cell,variant", verify.VARIANTS, ids=lambda v: str(v).replace(" ", ""))
+def test_train_step(benchmark, cell, variant, shape):
+    p = verify.problem(cell, variant, dtype="float32", **shape)
+    fwd, bwd = (rc.lstm_forward, rc.lstm_backward) if cell == "lstm" else (rc.gru_forward, rc.gru_backward)
+
+    def step():
+        *_, ctx = fwd(p.x, p.params, *p.states.values(), **variant)
+        return bwd(ctx, p.douts["dy"])
+
+    dx = benchmark(step)[0]
+    assert dx.shape == p.x.shape and dx.dtype == np.float32 and np.isfinite(dx).all()

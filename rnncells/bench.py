@@ -1,0 +1,266 @@
+"""`rnncells bench`: our time next to cuDNN's, one row per configuration, with the ratio.
+
+Three implementations, timed side by side in one process on one device:
+  rnncells     our backend (the CUDA kernels through CuPy; NumPy on the CPU)
+  torch.nn     torch.nn.LSTM / GRU (cuDNN on a GPU)
+  torch loop   a Python loop over torch.nn.LSTMCell / GRUCell: the lower anchor
+Modes: "forward" (inference, nothing saved) and "train" (forward + backward,
+dx included for everyone).  Precision: fp32 with TF32 off and, on a GPU, on.
+Timing: `warmup` untimed calls, then `repeats` timed ones (CUDA events on a
+GPU, perf_counter on the CPU), inputs rotated among `rotate` sets so caches
+do not flatter anyone; the median is reported, and every configuration is
+measured twice (pass 1, pass 2) so the table shows its own noise.
+ratio = torch.nn time / rnncells time: above 1, we are faster.
+"""
+
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Config(NamedTuple):
+    """One benchmark shape."""
+
+    cell: str
+    T: int
+    B: int
+    I: int  # noqa: E741 - the design's name for the input size
+    H: int
+    group: str
+
+
+def configs(preset, cells=("lstm", "gru")):
+    """'full': the GPU set (fastrnns standard, small batch, large); 'quick': small shapes for the CPU and CI."""
+    shapes = []
+    if preset == "full":
+        shapes.append((100, 64, 512, 512, "standard"))
+        shapes += [(T, B, H, H, "small batch") for T in (100, 1000) for H in (256, 512, 1024) for B in (1, 4, 16)]
+        shapes.append((100, 256, 1024, 1024, "large"))
+    elif preset == "quick":
+        shapes += [(20, 16, 64, 64, "quick"), (20, 4, 128, 128, "quick")]
+    else:
+        raise ValueError(f"preset={preset!r} is not one of 'full', 'quick'")
+    return [Config(c, *s) for c in cells for s in shapes]
+
+
+# --- the implementations: each returns a step() closure over rotated inputs ---
+
+
+def _ours(cfg, mode, xp, rotate, seed):
+    from . import api
+    from .params import init_gru_params, init_lstm_params
+
+    init = init_lstm_params if cfg.cell == "lstm" else init_gru_params
+    params = init(cfg.I, cfg.H, xp=xp, seed=seed)
+    rng = np.random.default_rng(seed)
+    xs = [xp.asarray(rng.standard_normal((cfg.T, cfg.B, cfg.I), dtype=np.float32)) for _ in range(rotate)]
+    dy = xp.asarray(rng.standard_normal((cfg.T, cfg.B, cfg.H), dtype=np.float32))
+    fwd = api.lstm_forward if cfg.cell == "lstm" else api.gru_forward
+    bwd = api.lstm_backward if cfg.cell == "lstm" else api.gru_backward
+    k = [0]
+
+    def step():
+        x = xs[k[0] % rotate]
+        k[0] += 1
+        out = fwd(x, params, training=mode == "train")
+        if mode == "train":
+            bwd(out[-1], dy)
+
+    return step
+
+
+def _torch(cfg, mode, device, rotate, seed, loop):
+    import torch
+
+    torch.manual_seed(seed)
+    cls = {"lstm": (torch.nn.LSTM, torch.nn.LSTMCell), "gru": (torch.nn.GRU, torch.nn.GRUCell)}[cfg.cell][loop]
+    m = cls(cfg.I, cfg.H).to(device)
+    g = torch.Generator().manual_seed(seed)
+    xs = [torch.randn(cfg.T, cfg.B, cfg.I, generator=g).to(device) for _ in range(rotate)]
+    dy = torch.randn(cfg.T, cfg.B, cfg.H, generator=g).to(device)
+    for x in xs:
+        x.requires_grad_(mode == "train")
+    k = [0]
+
+    def run(x):
+        if not loop:
+            return m(x)[0]
+        state, ys = None, []
+        for t in range(cfg.T):
+            state = m(x[t], state)
+            ys.append(state[0] if cfg.cell == "lstm" else state)
+        return torch.stack(ys)
+
+    def step():
+        x = xs[k[0] % rotate]
+        k[0] += 1
+        if mode == "train":
+            m.zero_grad(set_to_none=True)
+            x.grad = None
+            run(x).backward(dy)
+        else:
+            with torch.no_grad():
+                run(x)
+
+    return step
+
+
+IMPLEMENTATIONS = ("rnncells", "torch.nn", "torch loop")
+
+
+class _CpuTimer:
+    """Milliseconds of one call on the CPU."""
+
+    def __call__(self, fn):
+        start = time.perf_counter()
+        fn()
+        return 1e3 * (time.perf_counter() - start)
+
+
+class _CudaTimer:
+    """Milliseconds of one call's GPU work, between two CUDA events on the legacy default stream.
+
+    CuPy and torch both issue to that stream by default, so one pair of events times either.
+    """
+
+    def __init__(self):
+        import cupy
+
+        self.cupy = cupy
+        self.start, self.end = cupy.cuda.Event(), cupy.cuda.Event()
+
+    def __call__(self, fn):
+        self.start.record()
+        fn()
+        self.end.record()
+        self.end.synchronize()
+        return self.cupy.cuda.get_elapsed_time(self.start, self.end)
+
+
+def time_step(step, timer, warmup, repeats):
+    """Median and all samples (ms) of `repeats` timed calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        timer(step)
+    samples = [timer(step) for _ in range(repeats)]
+    return statistics.median(samples), samples
+
+
+def _set_tf32(on):
+    import os
+
+    os.environ["CUPY_TF32"] = "1" if on else "0"  # read per call by our recurrent GEMMs
+    try:
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = on
+        torch.backends.cudnn.allow_tf32 = on
+    except ImportError:
+        pass
+
+
+def environment(device):
+    """Versions and the machine, for the JSON record."""
+    import numpy
+
+    env = {"python": platform.python_version(), "numpy": numpy.__version__, "platform": platform.platform()}
+    try:
+        import torch
+
+        env["torch"] = torch.__version__
+        env["cudnn"] = torch.backends.cudnn.version() if device == "cuda" else None
+    except ImportError:
+        env["torch"] = None
+    if device == "cuda":
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        env.update(
+            device=props["name"].decode() if isinstance(props["name"], bytes) else props["name"],
+            driver=cupy.cuda.runtime.driverGetVersion(),
+            cuda_runtime=cupy.cuda.runtime.runtimeGetVersion(),
+            cupy=cupy.__version__,
+        )
+    else:
+        env["device"] = f"CPU: {platform.processor() or platform.machine()}"
+    return env
+
+
+def run(preset="full", cells=("lstm", "gru"), device=None, modes=("forward", "train"), repeats=20, warmup=5,
+        rotate=4, passes=2, out=print):  # fmt: skip
+    """Time every implementation on every configuration; returns the result rows."""
+    from .verify import gpu_available
+
+    device = device or ("cuda" if gpu_available() else "cpu")
+    if device == "cuda":
+        import cupy as xp
+
+        timer, precisions = _CudaTimer(), ("fp32", "tf32")
+    else:
+        xp, timer, precisions = np, _CpuTimer(), ("fp32",)
+    try:
+        import torch  # noqa: F401
+
+        impls = IMPLEMENTATIONS
+    except ImportError:
+        impls = ("rnncells",)
+        out("torch is not installed: timing rnncells alone, with no ratio")
+    rows = []
+    header = f"{'cell':<5}{'T':>5}{'B':>5}{'H':>6}  {'mode':<8}{'prec':<6}{'pass':>4}"
+    out(header + "".join(f"{n + ' ms':>14}" for n in impls) + f"{'ratio':>8}")
+    for cfg in configs(preset, cells):
+        for mode in modes:
+            for prec in precisions:
+                _set_tf32(prec == "tf32")
+                for p in range(1, passes + 1):
+                    times = {}
+                    for name in impls:
+                        if name == "rnncells":
+                            step = _ours(cfg, mode, xp, rotate, seed=p)
+                        else:
+                            step = _torch(cfg, mode, device, rotate, seed=p, loop=name == "torch loop")
+                        times[name], samples = time_step(step, timer, warmup, repeats)
+                    ratio = times["torch.nn"] / times["rnncells"] if "torch.nn" in times else None
+                    rows.append(dict(cfg._asdict(), mode=mode, precision=prec, pass_=p, ms=times, ratio=ratio))
+                    cells_ms = "".join(f"{times[n]:>14.3f}" for n in impls)
+                    r = f"{ratio:>8.2f}" if ratio is not None else f"{'-':>8}"
+                    out(f"{cfg.cell:<5}{cfg.T:>5}{cfg.B:>5}{cfg.H:>6}  {mode:<8}{prec:<6}{p:>4}{cells_ms}{r}")
+    _set_tf32(False)
+    return device, rows
+
+
+def write_json(device, rows, out_dir, settings):
+    """bench/results/<time>-<device>.json with the environment, the command and every row."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = out_dir / f"{stamp}-{device}.json"
+    record = {"environment": environment(device), "command": " ".join(sys.argv), "settings": settings, "rows": rows}
+    path.write_text(json.dumps(record, indent=1))
+    return path
+
+
+def plot(rows, path):
+    """A bar per configuration and mode: torch.nn time / rnncells time (pass 1), with the line at 1."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install 'rnncells[plot]'") from None
+    kept = [r for r in rows if r["pass_"] == 1 and r["ratio"] is not None]
+    labels = [f"{r['cell']} T{r['T']} B{r['B']} H{r['H']} {r['mode']} {r['precision']}" for r in kept]
+    fig, ax = plt.subplots(figsize=(8, 0.25 * len(kept) + 1.5))
+    ax.barh(range(len(kept)), [r["ratio"] for r in kept])
+    ax.axvline(1.0, color="gray", linestyle="--")
+    ax.set_yticks(range(len(kept)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("torch.nn time / rnncells time (>1: rnncells faster)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

@@ -1,0 +1,50 @@
+"""`rnncells bench` end to end on the CPU: the harness, the table, the JSON record and the plot."""
+
+import json
+
+import pytest
+
+from rnncells import bench, cli
+
+
+def test_time_step_takes_the_median_after_the_warmup():
+    calls, costs = [], iter([100.0, 100.0, 3.0, 1.0, 2.0])
+    median, samples = bench.time_step(lambda: calls.append(1), lambda fn: (fn(), next(costs))[1], 2, 3)
+    assert len(calls) == 5 and samples == [3.0, 1.0, 2.0] and median == 2.0
+
+
+def test_presets_cover_the_configurations_the_issue_names():
+    full = bench.configs("full", cells=("lstm",))
+    assert (100, 64, 512, 512) in [(c.T, c.B, c.I, c.H) for c in full]
+    assert {(c.B, c.H, c.T) for c in full if c.group == "small batch"} == {
+        (B, H, T) for B in (1, 4, 16) for H in (256, 512, 1024) for T in (100, 1000)
+    }
+    assert (100, 256, 1024) in [(c.T, c.B, c.H) for c in full]
+    with pytest.raises(ValueError, match="preset='huge'"):
+        bench.configs("huge")
+
+
+def test_cpu_run_times_all_three_and_records_them(tmp_path, capsys):
+    pytest.importorskip("torch")
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "ratios.png"
+    argv = ["bench", "--device", "cpu", "--cell", "gru", "--repeats", "2", "--warmup", "1", "--out", str(tmp_path),
+            "--plot", str(png)]  # fmt: skip
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "torch.nn ms" in out and "torch loop ms" in out and "results written to" in out
+    (path,) = tmp_path.glob("*-cpu.json")
+    record = json.loads(path.read_text())
+    assert record["environment"]["torch"] and record["environment"]["device"].startswith("CPU")
+    rows = record["rows"]
+    assert len(rows) == 2 * 2 * 2  # two quick shapes, two modes, two passes
+    for r in rows:
+        assert set(r["ms"]) == set(bench.IMPLEMENTATIONS) and all(v > 0 for v in r["ms"].values())
+        assert r["ratio"] == pytest.approx(r["ms"]["torch.nn"] / r["ms"]["rnncells"])
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cuda_without_a_gpu_is_refused(capsys, monkeypatch):
+    monkeypatch.setattr("rnncells.verify.gpu_available", lambda: False)
+    assert cli.main(["bench", "--device", "cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
