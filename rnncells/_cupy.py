@@ -48,38 +48,22 @@ _ONE = {np.dtype("float32"): np.ones(1, np.float32), np.dtype("float64"): np.one
 _ZERO = {np.dtype("float32"): np.zeros(1, np.float32), np.dtype("float64"): np.zeros(1, np.float64)}
 
 
-def _operand(m):
-    """(op, leading dimension) of a 2-D operand for the column-major call below."""
-    rows, cols = m.shape
-    rs, cs = (s // m.itemsize for s in m.strides)
-    if cs == 1 or cols == 1:  # row-major: its memory is the column-major transpose
-        return cublas.CUBLAS_OP_N, max(rs if rows > 1 else cols, cols, 1)
-    if rs == 1 or rows == 1:  # column-major (a transposed contiguous matrix)
-        return cublas.CUBLAS_OP_T, max(cs if cols > 1 else rows, rows, 1)
-    raise ValueError(f"gemm operand with strides {m.strides} is neither row- nor column-major")
-
-
 def gemm(a, b, out):
-    """out = a @ b, float32 or float64; out row-major with unit column stride.
-
-    Row-major out = a b is column-major outᵀ = bᵀ aᵀ, so b goes first.
-    """
+    """out = a @ b, float32 or float64, through cuBLAS (arguments from `cuda.gemm_plan`)."""
     (M, K), N = a.shape, b.shape[1]
     if M == 0 or N == 0:
         return
     if K == 0:
         out[...] = 0
         return
-    op_b, ldb = _operand(b)
-    op_a, lda = _operand(a)
-    ldc = max(out.strides[0] // out.itemsize, N)
+    op_b, op_a, m, n, k, ldb, lda, ldc = cuda.gemm_plan(a, b, out)
     handle = _handle(cupy.cuda.Device().id)
     cublas.setStream(handle, cupy.cuda.get_current_stream().ptr)
     tf32 = out.dtype == np.float32 and os.environ.get("CUPY_TF32", "0") == "1"
     cublas.setMathMode(handle, cublas.CUBLAS_TF32_TENSOR_OP_MATH if tf32 else cublas.CUBLAS_DEFAULT_MATH)
     fn = cublas.sgemm if out.dtype == np.float32 else cublas.dgemm
     one, zero = _ONE[out.dtype], _ZERO[out.dtype]
-    fn(handle, op_b, op_a, N, M, K, one.ctypes.data, b.data.ptr, ldb, a.data.ptr, lda, zero.ctypes.data,
+    fn(handle, op_b, op_a, m, n, k, one.ctypes.data, b.data.ptr, ldb, a.data.ptr, lda, zero.ctypes.data,
        out.data.ptr, ldc)  # fmt: skip
 
 

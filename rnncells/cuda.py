@@ -166,6 +166,36 @@ class KernelOps:
         self._launch(plain_name("gru_rz_backward_step", h.dtype), B * H, t, B, H, gates, h, drh, dpw_out, dg, lengths)
 
 
+# --- cuBLAS arguments for the row-major GEMMs of the orchestration -------------
+
+OP_N, OP_T = 0, 1  # cublasOperation_t
+
+
+def _operand(m):
+    """(op, leading dimension) of a 2-D row-major view as a column-major cuBLAS operand."""
+    rows, cols = m.shape
+    rs, cs = (s // m.itemsize for s in m.strides)
+    if cs == 1 or cols == 1:  # row-major: its memory is the column-major transpose
+        return OP_N, max(rs if rows > 1 else cols, cols, 1)
+    if rs == 1 or rows == 1:  # column-major (a transposed contiguous matrix)
+        return OP_T, max(cs if cols > 1 else rows, rows, 1)
+    raise ValueError(f"gemm operand with strides {m.strides} is neither row- nor column-major")
+
+
+def gemm_plan(a, b, out):
+    """cuBLAS gemm arguments for row-major out = a @ b: (op_b, op_a, m, n, k, ldb, lda, ldc).
+
+    Row-major out = a b is column-major outᵀ = bᵀ aᵀ, so b is cuBLAS's first
+    operand: gemm(op_b, op_a, m=N, n=M, k=K, b, ldb, a, lda, out, ldc).  Each
+    operand may be row-major with any row stride (hc[t, :, :H]) or the
+    transpose of a contiguous matrix (W.T).
+    """
+    (M, K), N = a.shape, b.shape[1]
+    op_b, ldb = _operand(b)
+    op_a, lda = _operand(a)
+    return op_b, op_a, N, M, K, ldb, lda, max(out.strides[0] // out.itemsize, N)
+
+
 # --- the host build -----------------------------------------------------------
 
 

@@ -6,6 +6,7 @@ the g++-built kernels standing in for the launches, so a wrong offset, a
 missed step or a wrong GEMM transpose fails here, not only on a GPU.
 """
 
+import ctypes
 import os
 import shutil
 import subprocess
@@ -189,3 +190,55 @@ def test_program_text_changes_with_the_kernel_sources(tmp_path, monkeypatch):
     before = cuda.program_source()
     (tmp_path / "gru.cu").write_text((tmp_path / "gru.cu").read_text() + "\n// edited\n")
     assert cuda.program_source() != before
+
+
+def cublas_gemm(op_a, op_b, m, n, k, A, lda, B, ldb, C, ldc, dtype):
+    """cuBLAS's column-major C (m×n) = op(A) op(B), on raw addresses, with its argument rules."""
+    ctype = {np.dtype("float32"): ctypes.c_float, np.dtype("float64"): ctypes.c_double}[np.dtype(dtype)]
+    size = np.dtype(dtype).itemsize
+
+    def view(ptr, rows, cols, ld):
+        assert ld >= max(1, rows), f"ld={ld} < rows={rows}: CUBLAS_STATUS_INVALID_VALUE"
+        buf = np.ctypeslib.as_array((ctype * (ld * (cols - 1) + rows)).from_address(ptr))
+        return np.lib.stride_tricks.as_strided(buf, shape=(rows, cols), strides=(size, ld * size))
+
+    a = view(A, *((m, k) if op_a == cuda.OP_N else (k, m)), lda)
+    b = view(B, *((k, n) if op_b == cuda.OP_N else (n, k)), ldb)
+    c = view(C, m, n, ldc)
+    c[...] = (a if op_a == cuda.OP_N else a.T) @ (b if op_b == cuda.OP_N else b.T)
+
+
+def planned_gemm(a, b, out):
+    """out = a @ b the way rnncells._cupy calls cuBLAS, run by the emulator above."""
+    op_b, op_a, m, n, k, ldb, lda, ldc = cuda.gemm_plan(a, b, out)
+    cublas_gemm(op_b, op_a, m, n, k, b.ctypes.data, ldb, a.ctypes.data, lda, out.ctypes.data, ldc, out.dtype)
+
+
+@pytest.mark.parametrize(
+    "a,b",
+    [
+        (np.arange(12.0).reshape(3, 4), np.arange(20.0).reshape(5, 4).T),  # x Wᵀ
+        (np.arange(24.0).reshape(3, 8)[:, :4], np.arange(20.0).reshape(5, 4).T),  # hc[t, :, :H] Wᵀ
+        (np.arange(18.0).reshape(3, 6)[:, 4:], np.arange(10.0).reshape(2, 5)),  # dg[t, :, 2H:] Whn
+        (np.arange(4.0).reshape(1, 4), np.arange(4.0).reshape(1, 4).T),  # one row, one column
+        (np.arange(3.0).reshape(3, 1), np.arange(5.0).reshape(1, 5)),  # K = 1
+        (np.arange(12.0).reshape(4, 3).T, np.arange(8.0).reshape(4, 2)),  # a transposed
+    ],
+)
+def test_gemm_plan_drives_column_major_cublas_to_the_row_major_product(a, b):
+    out = np.full((a.shape[0], b.shape[1]), np.nan)
+    planned_gemm(a, b, out)
+    np.testing.assert_array_equal(out, a @ b)
+
+
+@needs_gxx
+@pytest.mark.parametrize("cell,variant", VARIANTS)
+def test_orchestration_with_the_cublas_argument_plan_matches_reference(cell, variant, monkeypatch):
+    """Every GEMM call site of the sequence code, with its real strides, through the cuBLAS mapping."""
+    ops = cuda.KernelOps(cuda.host_ops().launcher, np, planned_gemm)
+    real = api._impl
+    monkeypatch.setattr(api, "_impl", lambda n: api._sequence_backend(ops, PoisonedNumpy()) if n == "cuda-host"
+                        else real(n))  # fmt: skip
+    for kw in ({}, {"lengths": np.array([5, 0, 2])}, {"step": True}):
+        p = verify.problem(cell, variant, T=5, B=3, I=4, H=3, dtype="float64", **kw)
+        assert verify.backend_error(p, "cuda-host")[0] <= verify.BOUNDS["float64"]
