@@ -28,6 +28,13 @@ void call_packed(void (*kernel)(A...), void** args, std::index_sequence<I...>) {
   kernel(*static_cast<std::remove_cv_t<A>*>(args[I])...);
 }
 
+// The kernel's parameter kinds, 'i' for a scalar and 'p' for a pointer, so a caller can check its arguments.
+template <typename... A>
+const char* signature(void (*)(A...)) {
+  static const char kinds[] = {(std::is_pointer_v<A> ? 'p' : 'i')..., '\0'};
+  return kinds;
+}
+
 template <typename... A>
 void launch(void (*kernel)(A...), dim3 grid, dim3 block, void** args) {
   gridDim = grid;

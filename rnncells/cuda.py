@@ -200,13 +200,14 @@ def gemm_plan(a, b, out):
 
 
 def host_source(names):
-    """C++ that includes the kernels and exports one `extern "C"` launcher per instantiation."""
+    """C++ that includes the kernels and exports, per instantiation, a launcher and its signature."""
     lines = ['#include "host.h"', program_source()]
     for k, name in enumerate(names):
         lines.append(
             f'extern "C" void rnncells_{k}(unsigned gx, unsigned gy, unsigned bx, void** args) '
             f"{{ launch(&{name}, dim3{{gx, gy, 1}}, dim3{{bx, 1, 1}}, args); }}"
         )
+        lines.append(f'extern "C" const char* rnncells_{k}_signature() {{ return signature(&{name}); }}')
     return "\n".join(lines) + "\n"
 
 
@@ -229,16 +230,26 @@ def build_host_library(out_dir, sanitize=False):
 class HostLauncher:
     """Runs kernel instantiations on the CPU from a library made by `build_host_library`.
 
-    Every array argument must be a C-contiguous NumPy array of the kernel's
-    type: a strided view passed to a kernel is an orchestration bug, so it
-    raises here instead of reading the wrong elements.
+    Every call is checked against the kernel's own parameter list (count, and
+    scalar or pointer at each position), and every array argument must be
+    C-contiguous: a mismatch is an orchestration bug that would be undefined
+    behaviour on a GPU, so it raises here.  `KernelOps` builds the same
+    argument lists for the GPU, so these checks cover those launches too.
     """
 
     def __init__(self, library):
         self.lib = ctypes.CDLL(str(library))
         self.index = {name: k for k, name in enumerate(instantiations())}
+        self.signatures = {}
+        for name, k in self.index.items():
+            fn = getattr(self.lib, f"rnncells_{k}_signature")
+            fn.restype = ctypes.c_char_p
+            self.signatures[name] = fn().decode()
 
     def __call__(self, name, grid, block, args):
+        kinds = "".join("i" if isinstance(a, (int, np.integer)) else "p" for a in args)
+        if kinds != self.signatures[name]:
+            raise TypeError(f"{name} takes ({self.signatures[name]}) but was given ({kinds}); i: scalar, p: pointer")
         holders = []
         for k, a in enumerate(args):
             if a is None:

@@ -121,6 +121,19 @@ def test_host_launcher_rejects_a_strided_buffer():
 
 
 @needs_gxx
+def test_host_launcher_checks_arguments_against_the_kernel_signature():
+    launcher = cuda.host_ops().launcher
+    name = cuda.plain_name("column_totals", "float32")
+    assert launcher.signatures[name] == "iipp"
+    a = np.zeros(4, np.float32)
+    with pytest.raises(TypeError, match=r"takes \(iipp\) but was given \(iip\)"):
+        launcher(name, (1, 1, 1), (256, 1, 1), (1, 4, a))
+    with pytest.raises(TypeError, match=r"takes \(iipp\) but was given \(ipip\)"):
+        launcher(name, (1, 1, 1), (256, 1, 1), (1, a, 4, a))
+    assert all(set(sig) <= {"i", "p"} and sig for sig in launcher.signatures.values())
+
+
+@needs_gxx
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("rows,cols", [(1, 1), (63, 5), (64, 300), (1000, 257)])
 def test_column_sum_is_right_and_bitwise_repeatable(rows, cols, dtype):
