@@ -269,8 +269,9 @@ def host_ops():
     """KernelOps running the host-built kernels on NumPy buffers (built once per process)."""
     from . import _numpy
 
-    lib = build_host_library(tempfile.mkdtemp(prefix="rnncells-host-"))
-    return KernelOps(HostLauncher(lib), np, _numpy.gemm)
+    with tempfile.TemporaryDirectory(prefix="rnncells-host-") as tmp:  # a loaded library outlives its file
+        launcher = HostLauncher(build_host_library(tmp))
+    return KernelOps(launcher, np, _numpy.gemm)
 
 
 # --- NVRTC without a GPU ------------------------------------------------------

@@ -147,11 +147,11 @@ def test_column_sum_is_right_and_bitwise_repeatable(rows, cols, dtype):
 
 ASAN_SCRIPT = textwrap.dedent(
     """
-    import sys, tempfile
+    import sys
     import numpy as np
     from rnncells import _numpy, api, cuda, verify
 
-    lib = cuda.build_host_library(tempfile.mkdtemp(), sanitize=True)
+    lib = cuda.build_host_library(".", sanitize=True)  # the test's tmp_path
     ops = cuda.KernelOps(cuda.HostLauncher(lib), np, _numpy.gemm)
     if sys.argv[1] == "run":
         api._impl = lambda name, real=api._impl: api._sequence_backend(ops, np) if name == "cuda-host" else real(name)
