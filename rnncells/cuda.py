@@ -216,9 +216,10 @@ def build_host_library(out_dir, sanitize=False):
     if shutil.which("g++") is None:
         raise RuntimeError("the host build of the kernels needs g++ on PATH")
     names = instantiations()
-    src = Path(out_dir) / "host_kernels.cpp"
+    out_dir = Path(out_dir).resolve()  # dlopen reads a bare file name as a library-path search
+    src = out_dir / "host_kernels.cpp"
     src.write_text(host_source(names))
-    lib = Path(out_dir) / ("host_kernels_asan.so" if sanitize else "host_kernels.so")
+    lib = out_dir / ("host_kernels_asan.so" if sanitize else "host_kernels.so")
     flags = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"] if sanitize else ["-O2"]
     cmd = ["g++", "-std=c++17", "-shared", "-fPIC", *flags, f"-I{kernel_dir()}", str(src), "-o", str(lib)]
     r = subprocess.run(cmd, capture_output=True, text=True)
