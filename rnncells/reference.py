@@ -43,9 +43,12 @@ def _T(m):
 
 
 class Rule(NamedTuple):
-    """One operator: z = fwd(x, y) and its derivative, each with its notation."""
+    """One operator: z = fwd(x, y) and its derivative, each with its notation.
 
-    arity: int  # operands that get a derivative; a constant `y` gets none
+    A unary operator's `bwd` returns (dx,), a binary one's (dx, dy); a
+    constant `y` (scale, offset) gets no derivative.
+    """
+
     fwd: Callable  # z = fwd(x, y)
     text: str  # the right-hand side of z, in the slides' notation
     bwd: Callable  # (dx,) or (dx, dy) = bwd(dz, x, y)
@@ -55,44 +58,44 @@ class Rule(NamedTuple):
 # fmt: off
 RULES = {
     # matrix product (the slides' "*"): z = x y
-    "matmul": Rule(2, lambda x, y: x @ y, "{x} {y}",
+    "matmul": Rule(lambda x, y: x @ y, "{x} {y}",
                    lambda dz, x, y: (dz @ _T(y), _T(x) @ dz),
                    ("d{x} += d{z} {y}ᵀ", "d{y} += {x}ᵀ d{z}")),
     # component-wise product (the slides' "∘")
-    "mul": Rule(2, lambda x, y: x * y, "{x} ∘ {y}",
+    "mul": Rule(lambda x, y: x * y, "{x} ∘ {y}",
                 lambda dz, x, y: (dz * y, dz * x),
                 ("d{x} += d{z} ∘ {y}", "d{y} += d{z} ∘ {x}")),
-    "add": Rule(2, lambda x, y: x + y, "{x} + {y}",
+    "add": Rule(lambda x, y: x + y, "{x} + {y}",
                 lambda dz, x, y: (dz, dz),
                 ("d{x} += d{z}", "d{y} += d{z}")),
-    "sub": Rule(2, lambda x, y: x - y, "{x} − {y}",
+    "sub": Rule(lambda x, y: x - y, "{x} − {y}",
                 lambda dz, x, y: (dz, -dz),
                 ("d{x} += d{z}", "d{y} += −d{z}")),
-    "div": Rule(2, lambda x, y: x / y, "{x} / {y}",
+    "div": Rule(lambda x, y: x / y, "{x} / {y}",
                 lambda dz, x, y: (dz / y, -dz * x / (y * y)),
                 ("d{x} += d{z} / {y}", "d{y} += −d{z} ∘ {x} / {y}²")),
-    "tanh": Rule(1, lambda x, y: np.tanh(x), "tanh({x})",
+    "tanh": Rule(lambda x, y: np.tanh(x), "tanh({x})",
                  lambda dz, x, y: (dz * (1.0 - np.tanh(x) ** 2),),
                  ("d{x} += d{z} ∘ (1 − tanh²({x}))",)),
-    "sigmoid": Rule(1, lambda x, y: sigmoid(x), "σ({x})",
+    "sigmoid": Rule(lambda x, y: sigmoid(x), "σ({x})",
                     lambda dz, x, y: (dz * sigmoid(x) * (1.0 - sigmoid(x)),),
                     ("d{x} += d{z} ∘ σ({x}) ∘ (1 − σ({x}))",)),
     # over the last axis; its Jacobian diag(s) − s sᵀ, not the sigmoid's
-    "softmax": Rule(1, lambda x, y: _softmax(x), "softmax({x})",
+    "softmax": Rule(lambda x, y: _softmax(x), "softmax({x})",
                     lambda dz, x, y: ((dz - np.sum(dz * _softmax(x), -1, keepdims=True)) * _softmax(x),),
                     ("d{x} += (d{z} − Σ(d{z} ∘ {z})) ∘ {z}",)),
-    "reciprocal": Rule(1, lambda x, y: 1.0 / x, "1 / {x}",
+    "reciprocal": Rule(lambda x, y: 1.0 / x, "1 / {x}",
                        lambda dz, x, y: (-dz / (x * x),),
                        ("d{x} += −d{z} / {x}²",)),
     # matrix inverse: d(X⁻¹) = −X⁻¹ dX X⁻¹
-    "inverse": Rule(1, lambda x, y: np.linalg.inv(x), "{x}⁻¹",
+    "inverse": Rule(lambda x, y: np.linalg.inv(x), "{x}⁻¹",
                     lambda dz, x, y: (-_T(np.linalg.inv(x)) @ dz @ _T(np.linalg.inv(x)),),
                     ("d{x} += −{z}ᵀ d{z} {z}ᵀ",)),
     # the constant forms; the constant a is passed as y
-    "scale": Rule(1, lambda x, a: a * x, "{y}·{x}",
+    "scale": Rule(lambda x, a: a * x, "{y}·{x}",
                   lambda dz, x, a: (a * dz,),
                   ("d{x} += {y}·d{z}",)),
-    "offset": Rule(1, lambda x, a: a + x, "{y} + {x}",
+    "offset": Rule(lambda x, a: a + x, "{y} + {x}",
                    lambda dz, x, a: (dz,),
                    ("d{x} += d{z}",)),
 }
