@@ -48,18 +48,25 @@ def rows():
         worst = max(verify.fd_error(verify.problem(cell, variant, **m)) for m in _MODES[:3])
         yield 1, verify.variant_name(cell, variant), "float64", "reference vs FD", worst, verify.BOUNDS["fd"]
     for backend, why in backends():
-        tier = 3 if backend == "cupy" else 2
         if why:
-            yield tier, f"{backend}: {why}", "-", f"{backend} vs reference", None, None
-            continue
-        for cell, variant in verify.VARIANTS:
-            for dtype in ("float64", "float32"):
-                worst = 0.0
-                for m in _MODES:
-                    err, dtypes = verify.backend_error(verify.problem(cell, variant, dtype=dtype, **m), backend)
-                    worst = max(worst, err if dtypes == {np.dtype(dtype)} else float("inf"))
-                name = verify.variant_name(cell, variant)
-                yield tier, name, dtype, f"{backend} vs reference", worst, verify.BOUNDS[dtype]
+            yield 3 if backend == "cupy" else 2, f"{backend}: {why}", "-", f"{backend} vs reference", None, None
+        else:
+            yield from backend_rows(backend)
+
+
+def backend_rows(backend):
+    """Yield the rows of one backend against the reference: every variant, float64 and float32.
+
+    A row's error is the worst over the modes; a wrong output dtype counts as infinite.
+    """
+    tier = 3 if backend == "cupy" else 2
+    for cell, variant in verify.VARIANTS:
+        for dtype in ("float64", "float32"):
+            worst = 0.0
+            for m in _MODES:
+                err, dtypes = verify.backend_error(verify.problem(cell, variant, dtype=dtype, **m), backend)
+                worst = max(worst, err if dtypes == {np.dtype(dtype)} else float("inf"))
+            yield tier, verify.variant_name(cell, variant), dtype, f"{backend} vs reference", worst, verify.BOUNDS[dtype]
 
 
 def kernel_rows(archs=("80", "90")):
