@@ -29,8 +29,14 @@ def _module(device_id):
     )
 
 
+@functools.lru_cache(maxsize=None)
+def _function(device_id, name):
+    """One instantiation's kernel, looked up once per device rather than on every launch."""
+    return _module(device_id).get_function(name)
+
+
 def _launch(name, grid, block, args):
-    kernel = _module(cupy.cuda.Device().id).get_function(name)
+    kernel = _function(cupy.cuda.Device().id, name)
     conv = [np.int32(a) if isinstance(a, (int, np.integer)) else (np.uintp(0) if a is None else a) for a in args]
     kernel(grid, block, tuple(conv))
 

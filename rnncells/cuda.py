@@ -4,7 +4,7 @@
   cuda-bindings) and read registers and spills from ptxas.
 - `HostLauncher`: g++ builds the same sources with kernels/host.h into a
   shared library; kernels then run on NumPy buffers (tests, `rnncells check`).
-- `CupyLauncher`: NVRTC through CuPy's RawModule on the current device.
+- `rnncells._cupy`: NVRTC through CuPy's RawModule on the current device.
 
 `KernelOps` turns the orchestration's per-step calls (the protocol of
 `rnncells._numpy`) into launches of the right instantiation, whichever
