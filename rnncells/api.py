@@ -76,7 +76,7 @@ def _context(ctx, cell, step):
     return _impl(ctx.backend)
 
 
-def _dtype_out(ctx):
+def _grad_dtypes(ctx):
     """The dtypes an incoming gradient may have: the forward's; the reference casts any float to float64."""
     return _checks.FLOATS if ctx.backend == "reference" else (ctx.dtype,)
 
@@ -109,7 +109,7 @@ def lstm_backward(ctx, dy, dhT=None, dcT=None):
     """
     impl = _context(ctx, "lstm", step=False)
     T, B, H = ctx.y_shape
-    dt = _dtype_out(ctx)
+    dt = _grad_dtypes(ctx)
     dy = _checks.grad("dy", dy, (T, B, H), dt, ctx.xp)
     dhT, dcT = (_checks.grad(n, g, (B, H), dt, ctx.xp) for n, g in (("dhT", dhT), ("dcT", dcT)))
     dx, dh0, dc0, dp = impl.lstm_backward(ctx.inner, dy, dhT, dcT)
@@ -131,7 +131,7 @@ def lstm_cell_backward(ctx, dh1, dc1):
     """Gradients of one `lstm_cell_forward` step: dx, dh, dc, dparams (None means zero)."""
     impl = _context(ctx, "lstm", step=True)
     _, B, H = ctx.y_shape
-    dt = _dtype_out(ctx)
+    dt = _grad_dtypes(ctx)
     dh1, dc1 = (_checks.grad(n, g, (B, H), dt, ctx.xp) for n, g in (("dh1", dh1), ("dc1", dc1)))
     dx, dh, dc, dp = impl.lstm_backward(ctx.inner, ctx.xp.zeros(ctx.y_shape, dt[0]), dh1, dc1)
     return dx[0], dh, dc, dp
@@ -158,7 +158,7 @@ def gru_backward(ctx, dy, dhT=None):
     """Gradients of a `gru_forward`: dx, dh0, dparams (None means zero)."""
     impl = _context(ctx, "gru", step=False)
     T, B, H = ctx.y_shape
-    dt = _dtype_out(ctx)
+    dt = _grad_dtypes(ctx)
     dy = _checks.grad("dy", dy, (T, B, H), dt, ctx.xp)
     dhT = _checks.grad("dhT", dhT, (B, H), dt, ctx.xp)
     return impl.gru_backward(ctx.inner, dy, dhT)
@@ -179,7 +179,7 @@ def gru_cell_backward(ctx, dh1):
     """Gradients of one `gru_cell_forward` step: dx, dh, dparams (None means zero)."""
     impl = _context(ctx, "gru", step=True)
     _, B, H = ctx.y_shape
-    dt = _dtype_out(ctx)
+    dt = _grad_dtypes(ctx)
     dh1 = _checks.grad("dh1", dh1, (B, H), dt, ctx.xp)
     dx, dh, dp = impl.gru_backward(ctx.inner, ctx.xp.zeros(ctx.y_shape, dt[0]), dh1)
     return dx[0], dh, dp
