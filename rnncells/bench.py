@@ -166,9 +166,7 @@ def _set_tf32(on):
 
 def environment(device):
     """Versions and the machine, for the JSON record."""
-    import numpy
-
-    env = {"python": platform.python_version(), "numpy": numpy.__version__, "platform": platform.platform()}
+    env = {"python": platform.python_version(), "numpy": np.__version__, "platform": platform.platform()}
     try:
         import torch
 
