@@ -7,7 +7,7 @@
 #pragma once
 
 constexpr int PEEPHOLE_NONE = 0;
-constexpr int PEEPHOLE_FULL = 1;      // all in the recurrent GEMM ([h | c] against [Whh | Wch])
+constexpr int PEEPHOLE_FULL = 1;      // c Wchᵀ from a GEMM of its own, added in the kernel
 constexpr int PEEPHOLE_DIAGONAL = 2;  // w_i∘c, w_f∘c, w_o∘c' in the kernel
 
 // σ(a) = 1 / (1 + e^-a) through e = e^-|a| <= 1: no overflow for any |a|, NaN stays NaN.
@@ -29,7 +29,7 @@ __device__ __forceinline__ C candidate_grad(const C g) {
   else return C(1) - g * g;
 }
 
-// An item runs lengths[b] steps; past them it keeps its state and writes zeros.
+// An item runs lengths[b] steps; past them it writes zero outputs and its gradient passes through.
 __device__ __forceinline__ bool is_active(const int* __restrict__ lengths, const int t, const int b) {
   return lengths == nullptr || t < lengths[b];
 }

@@ -3,6 +3,8 @@
 // reset_after (torch.nn.GRU, cuDNN), gh = h Whhᵀ, b_hn the n part of bias_hh:
 //   r = σ(xw_r + gh_r)   z = σ(xw_z + gh_z)   n = tanh(xw_n + r∘(gh_n + b_hn))
 //   h' = (1 − z)∘n + z∘h
+// h' is stored once, in y, which is also the next step's h (past an item's length y is 0, and
+// its last h' goes to h_last).
 // backward, dh = dh' + dy:
 //   da_n = dh∘(1 − z)∘(1 − n²)   da_z = dh∘(h − n)∘z(1 − z)   da_r = da_n∘(gh_n + b_hn)∘r(1 − r)
 //   dgi = [da_r, da_z, da_n]     dgh = [da_r, da_z, r∘da_n]     dh_prev = z∘dh (+ dgh Whh, next kernel)
@@ -15,9 +17,9 @@ __global__ void gru_forward_step(const int t, const int B, const int H,
                                  const S* __restrict__ xw,        // [B, 3H] x Wihᵀ + b_ih + [b_hr, b_hz, 0]
                                  const S* __restrict__ gh,        // [B, 3H] h Whhᵀ
                                  const S* __restrict__ b_hn,      // [H]
-                                 const S* __restrict__ h,         // [B, H]
-                                 S* __restrict__ h_next,          // [B, H]
-                                 S* __restrict__ y,               // [B, H]
+                                 const S* __restrict__ h,         // [B, H] before the step
+                                 S* __restrict__ y,               // [B, H] h', also the next step's h
+                                 S* __restrict__ h_last,          // [B, H] h' of each item's last step, or null
                                  S* __restrict__ gates,           // [B, 4H] r z n (gh_n + b_hn), when TRAINING
                                  const int* __restrict__ lengths  // [B] or null
 ) {
@@ -39,8 +41,8 @@ __global__ void gru_forward_step(const int t, const int B, const int H,
     gates[g + 3 * H] = S(ghn);
   }
   const bool active = is_active(lengths, t, b);
-  h_next[idx] = active ? S(h1) : h[idx];
   y[idx] = active ? S(h1) : S(0);
+  if (h_last != nullptr && active) h_last[idx] = S(h1);
 }
 
 template <typename S, typename C>
@@ -100,9 +102,9 @@ template <typename S, typename C>
 __global__ void gru_n_step(const int t, const int B, const int H,
                            const S* __restrict__ xw,        // [B, 3H]
                            const S* __restrict__ ghn,       // [B, H] (r∘h) Whnᵀ
-                           const S* __restrict__ h,         // [B, H]
-                           S* __restrict__ h_next,          // [B, H]
-                           S* __restrict__ y,               // [B, H]
+                           const S* __restrict__ h,         // [B, H] before the step
+                           S* __restrict__ y,               // [B, H] h', also the next step's h
+                           S* __restrict__ h_last,          // [B, H] h' of each item's last step, or null
                            S* __restrict__ gates,           // [B, 3H] reads z, gets n
                            const int* __restrict__ lengths  // [B] or null
 ) {
@@ -115,8 +117,8 @@ __global__ void gru_n_step(const int t, const int B, const int H,
   gates[a + 2 * H] = S(n);
   const C h1 = (C(1) - z) * n + z * C(h[idx]);
   const bool active = is_active(lengths, t, b);
-  h_next[idx] = active ? S(h1) : h[idx];
   y[idx] = active ? S(h1) : S(0);
+  if (h_last != nullptr && active) h_last[idx] = S(h1);
 }
 
 template <typename S, typename C>

@@ -4,7 +4,7 @@ Everything runs on CuPy's current stream.  Kernels compile once per device
 (NVRTC through RawModule with name expressions); launch failures raise from
 CuPy.  The step loop allocates nothing: `gemm` writes into the
 orchestration's preallocated buffers through cuBLAS with explicit leading
-dimensions, so strided views such as hc[t, :, :H] need no copy.  TF32 follows
+dimensions, so strided views such as dg[t, :, 2H:] need no copy.  TF32 follows
 CuPy's own switch: CUPY_TF32=1 allows it in float32 GEMMs, otherwise it is off.
 """
 

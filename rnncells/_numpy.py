@@ -2,10 +2,12 @@
 
 Each function is one fused kernel of the speed plan: it reads the GEMM
 results of one step, writes every output element (no caller-side zeroing),
-and handles `lengths` itself: an item with t >= lengths[b] keeps its state,
-writes a zero output and gets a zero pre-activation gradient.
+and handles `lengths` itself: an item with t >= lengths[b] writes a zero
+output, keeps its cell state, and gets a zero pre-activation gradient while
+its state's gradient passes through.
 
-LSTM (a = xw + hw, split a_i a_f a_g a_o; diagonal peepholes w_i, w_f, w_o):
+LSTM (a = xw + hw, split a_i a_f a_g a_o; full peepholes add cw = c Wchᵀ to
+a_i a_f a_o; diagonal peepholes w_i, w_f, w_o):
     i = σ(a_i + w_i∘c)  f = σ(a_f + w_f∘c)  g = act(a_g)
     c' = f∘c + i∘g      o = σ(a_o + w_o∘c')  h' = o∘tanh(c')
 GRU, reset_after (gh = h Whhᵀ, b_hn the n part of bias_hh):
@@ -14,9 +16,11 @@ GRU, reset_after (gh = h Whhᵀ, b_hn the n part of bias_hh):
 GRU, reset before (two GEMMs per step, so two kernels):
     r, z as above; rh = r∘h;  then n = tanh(xw_n + rh Whnᵀ), h' as above.
 
-Buffers: hc is (B, 2H) holding [h | c]; gates (B, 4H) the activations saved
-for backward (None: inference, nothing saved); da (B, 4H) the gradient of
-the pre-activations.  A state's gradient travels in two parts: `dpw`, written
+Buffers: h' is written once, to y (B, H), which is also the next step's h
+(so past an item's length h reads as 0) and, with lengths, to h_last (B, H)
+while the item runs; c and c_next (B, H) are the cell states; gates (B, 4H)
+the activations saved for backward (None: inference, nothing saved); da
+(B, 4H) the gradient of the pre-activations.  A state's gradient travels in two parts: `dpw`, written
 by the previous backward kernel, and `dmm`, the recurrent GEMM's output; the
 next backward kernel adds them, so no GEMM has to accumulate.
 
@@ -61,15 +65,24 @@ def _commit(out, new, old, active):
         out[...] = np.where(active, new, old)
 
 
+def _commit_h(t, h1, y, h_last, lengths):
+    """h' to y (0 past the item's length) and, while the item runs, to h_last (if given)."""
+    active = _active(t, lengths)
+    _commit(y, h1, 0.0, active)
+    if h_last is not None:
+        _commit(h_last, h1, h_last, active)
+
+
 def _split(a, H):
     return [a[:, k * H : (k + 1) * H] for k in range(a.shape[1] // H)]
 
 
-def lstm_forward_step(t, xw, hw, hc, hc_next, y, gates, w_peep, lengths, peephole, candidate):
-    """xw, hw [B, 4H]; hc, hc_next [B, 2H]; y [B, H]; gates [B, 4H]; w_peep [3H] (diagonal)."""
+def lstm_forward_step(t, xw, hw, cw, c, c_next, y, h_last, gates, w_peep, lengths, peephole, candidate):
+    """xw, hw [B, 4H]; cw [B, 3H] (full); c, c_next, y, h_last [B, H]; gates [B, 4H]; w_peep [3H] (diagonal)."""
     H = y.shape[1]
-    h, c = hc[:, :H], hc[:, H:]
     a_i, a_f, a_g, a_o = _split(xw + hw, H)
+    if peephole == "full":
+        a_i, a_f, a_o = a_i + cw[:, :H], a_f + cw[:, H : 2 * H], a_o + cw[:, 2 * H :]
     if peephole == "diagonal":
         w_i, w_f, w_o = w_peep[:H], w_peep[H : 2 * H], w_peep[2 * H :]
         a_i, a_f = a_i + w_i * c, a_f + w_f * c
@@ -82,17 +95,14 @@ def lstm_forward_step(t, xw, hw, hc, hc_next, y, gates, w_peep, lengths, peephol
     if gates is not None:
         for k, v in enumerate((i, f, g, o)):
             gates[:, k * H : (k + 1) * H] = v
-    active = _active(t, lengths)
-    _commit(hc_next[:, :H], h1, h, active)
-    _commit(hc_next[:, H:], c1, c, active)
-    _commit(y, h1, 0.0, active)
+    _commit(c_next, c1, c, _active(t, lengths))
+    _commit_h(t, h1, y, h_last, lengths)
 
 
-def lstm_backward_step(t, gates, hc, hc_next, dy, dpw, dmm, dpw_out, da, w_peep, lengths, peephole, candidate):
+def lstm_backward_step(t, gates, c, c1, dy, dpw, dmm, dpw_out, da, w_peep, lengths, peephole, candidate):
     """da [B, 4H] and dpw_out [B, 2H] from dy [B, H] and d[h | c] = dpw [B, 2H] + dmm [B, H or 2H]."""
     H = dy.shape[1]
     i, f, g, o = _split(gates, H)
-    c, c1 = hc[:, H:], hc_next[:, H:]
     dh_in = dpw[:, :H] + dmm[:, :H]
     dc_in = dpw[:, H:] + dmm[:, H:] if peephole == "full" else dpw[:, H:]
     dh = dh_in + dy
@@ -115,8 +125,8 @@ def lstm_backward_step(t, gates, hc, hc_next, dy, dpw, dmm, dpw_out, da, w_peep,
     _commit(dpw_out[:, H:], dc_prev, dc_in, active)
 
 
-def gru_forward_step(t, xw, gh, b_hn, h, h_next, y, gates, lengths):
-    """reset_after.  xw, gh [B, 3H]; b_hn [H]; h, h_next, y [B, H]; gates [B, 4H] = r, z, n, gh_n + b_hn."""
+def gru_forward_step(t, xw, gh, b_hn, h, y, h_last, gates, lengths):
+    """reset_after.  xw, gh [B, 3H]; b_hn [H]; h, y, h_last [B, H]; gates [B, 4H] = r, z, n, gh_n + b_hn."""
     H = h.shape[1]
     x_r, x_z, x_n = _split(xw, H)
     h_r, h_z, h_n = _split(gh, H)
@@ -127,9 +137,7 @@ def gru_forward_step(t, xw, gh, b_hn, h, h_next, y, gates, lengths):
     if gates is not None:
         for k, v in enumerate((r, z, n, ghn)):
             gates[:, k * H : (k + 1) * H] = v
-    active = _active(t, lengths)
-    _commit(h_next, h1, h, active)
-    _commit(y, h1, 0.0, active)
+    _commit_h(t, h1, y, h_last, lengths)
 
 
 def gru_backward_step(t, gates, h, dy, dpw, dmm, dpw_out, dgi, dgh, lengths):
@@ -158,16 +166,14 @@ def gru_rz_step(xw, ghrz, h, gates, rh):
     rh[...] = r * h
 
 
-def gru_n_step(t, xw, ghn, h, h_next, y, gates, lengths):
+def gru_n_step(t, xw, ghn, h, y, h_last, gates, lengths):
     """reset before, second half.  ghn [B, H] = rh Whnᵀ; gates [B, 3H] gets n."""
     H = h.shape[1]
     z = gates[:, H : 2 * H]
     n = np.tanh(xw[:, 2 * H :] + ghn)
     gates[:, 2 * H :] = n
     h1 = (1.0 - z) * n + z * h
-    active = _active(t, lengths)
-    _commit(h_next, h1, h, active)
-    _commit(y, h1, 0.0, active)
+    _commit_h(t, h1, y, h_last, lengths)
 
 
 def gru_n_backward_step(t, gates, h, dy, dpw, dmm, dpw_out, dg, lengths):

@@ -5,14 +5,18 @@ Generic over the array module `xp` and the backend's per-step `ops`
 orchestration serves every backend and CI checks it with host-run kernels:
 
 forward   xw = x Wihᵀ (+ biases)                  one GEMM over all T·B rows
-          per step: ops.gemm(state, Wrecᵀ); ops.*_forward_step      (GRU reset before: two of each)
+          per step: ops.gemm(h, Whhᵀ) (peephole="full": and c Wchᵀ); ops.*_forward_step
+          (GRU reset before: two GEMMs and two kernels)
 backward  per step: ops.*_backward_step; ops.gemm(da, Wrec) -> the next step's dmm
           then dWih = daᵀ x, dWrec = daᵀ states, db = ops.column_sum(da), dx = da Wih
 
-Every buffer the loops touch is allocated before them.  For
-peephole="full" the recurrent GEMM is [h | c] against
-Wrec = [[Whh_i, Wch_i], [Whh_f, Wch_f], [Whh_g, 0], [Whh_o, Wch_o]], so the
-LSTM state is one (B, 2H) buffer [h | c] for every variant.
+Every buffer the loops touch is allocated before them.  h is stored once:
+the output y is the state, y[t] being the h that step t+1 reads (0 past an
+item's length; its last h is kept in h_last).  So besides x, the initial
+states and y, a forward keeps (G+1)·T·B·H elements for its backward: the
+LSTM's gates [T, B, 4H] and c [T, B, H], the GRU's gates [T, B, 4H] (reset
+before: [T, B, 3H] and r∘h [T, B, H]).  The backward reads y: it must not be
+written to in between.
 """
 
 from typing import NamedTuple
@@ -23,8 +27,10 @@ class LSTMContext(NamedTuple):
 
     x: object  # [T, B, I]
     params: dict
-    w_rec: object  # [4H, H], or [4H, 2H] for peephole="full"
-    hc: object  # [T+1, B, 2H]: [h | c] before each step, and the final state
+    h0: object  # [B, H]
+    c0: object  # [B, H]
+    y: object  # [T, B, H]: h after each step, the h of the next
+    cs: object  # [T, B, H]: c after each step
     gates: object  # [T, B, 4H]: i, f, g, o
     lengths: object  # [B] as the ops read them, or None
     peephole: object
@@ -36,11 +42,17 @@ class GRUContext(NamedTuple):
 
     x: object  # [T, B, I]
     params: dict
-    hs: object  # [T+1, B, H]
+    h0: object  # [B, H]
+    y: object  # [T, B, H]: h after each step, the h of the next
     gates: object  # [T, B, 4H]: r, z, n, gh_n + b_hn  (reset before: [T, B, 3H]: r, z, n)
     rh: object  # [T, B, H]: r∘h (reset before only), else None
     lengths: object
     reset_after: bool
+
+
+def _prev(s0, states, t):
+    """The state before step t: s0, then the one after step t − 1."""
+    return s0 if t == 0 else states[t - 1]
 
 
 def _input_gemm(x, w, bias=None):
@@ -62,6 +74,28 @@ def _rows(a):
     return a.reshape(-1, a.shape[-1])
 
 
+def _state_grad(xp, da, s0, states):
+    """Σ_t da[t]ᵀ (the state before step t): the gradient of a weight applied to the previous state."""
+    g = xp.zeros((da.shape[-1], s0.shape[-1]), dtype=da.dtype) if da.shape[0] == 0 else da[0].T @ s0
+    if da.shape[0] > 1:
+        g += _weight_grad(da[1:], states[:-1])
+    return g
+
+
+def _state_dot(xp, d, s0, states):
+    """Σ over steps and items of d[t] ∘ (the state before step t): a diagonal weight's gradient."""
+    if d.shape[0] == 0:
+        return xp.zeros(d.shape[-1], dtype=d.dtype)
+    return (d[0] * s0).sum(0) + (d[1:] * states[:-1]).sum((0, 1))
+
+
+def _last(y0, ys, h_last, T):
+    """The final state: h_last with lengths, else the last step's (y0 when there are no steps)."""
+    if h_last is not None:
+        return h_last
+    return (y0 if T == 0 else ys[T - 1]).copy()
+
+
 def lstm_forward(ops, xp, x, p, h0, c0, lengths, peephole, candidate, training=True):
     """y [T, B, H], hT, cT [B, H], ctx (None when not training)."""
     T, B, _ = x.shape
@@ -69,33 +103,40 @@ def lstm_forward(ops, xp, x, p, h0, c0, lengths, peephole, candidate, training=T
     lengths = None if lengths is None else ops.lengths(lengths)
     bias = p["bias_ih"] + p["bias_hh"] if "bias_ih" in p else None
     xw = _input_gemm(x, p["weight_ih"], bias)  # [T, B, 4H]
-    if peephole == "full":
+    w_hh = p["weight_hh"]  # [4H, H]
+    w_ch = p["weight_ch"] if peephole == "full" else None  # [3H, H]
+    w_peep = p["weight_ch"] if peephole == "diagonal" else None  # [3H]
+    y = xp.empty((T, B, H), dtype=x.dtype)  # [T, B, H]
+    cs = xp.empty((T if training else min(T, 2), B, H), dtype=x.dtype)  # [T, B, H] (inference: ping-pong)
+    gates = xp.empty((T, B, 4 * H), dtype=x.dtype) if training else None  # [T, B, 4H]
+    h_last = None if lengths is None else h0.copy()  # [B, H]
+    hw = xp.empty((B, 4 * H), dtype=x.dtype)  # [B, 4H]
+    cw = xp.empty((B, 3 * H), dtype=x.dtype) if w_ch is not None else None  # [B, 3H]
+    for t in range(T):
+        s = t if training else t % 2
+        c = c0 if t == 0 else cs[s - 1]  # cs[-1] is the other ping-pong row
+        ops.gemm(_prev(h0, y, t), w_hh.T, hw)
+        if cw is not None:
+            ops.gemm(c, w_ch.T, cw)
+        g_t = gates[t] if training else None
+        ops.lstm_forward_step(t, xw[t], hw, cw, c, cs[s], y[t], h_last, g_t, w_peep, lengths, peephole, candidate)
+    cT = c0.copy() if T == 0 else cs[T - 1 if training else (T - 1) % 2].copy()
+    ctx = LSTMContext(x, p, h0, c0, y, cs, gates, lengths, peephole, candidate) if training else None
+    return y, _last(h0, y, h_last, T), cT, ctx
+
+
+def lstm_backward(ops, xp, ctx, dy, dhT, dcT):
+    """dx [T, B, I], dh0, dc0 [B, H], dparams."""
+    x, p, y, cs, H = ctx.x, ctx.params, ctx.y, ctx.cs, dhT.shape[1]
+    T, B, _ = x.shape
+    if ctx.peephole == "full":  # da [B, 4H] against [[Whh, Wch]] with zeros for g: d[h | c] in one GEMM
         w_rec = xp.zeros((4 * H, 2 * H), dtype=x.dtype)  # [4H, 2H]
         w_rec[:, :H] = p["weight_hh"]
         for k, g in ((0, 0), (1, 1), (2, 3)):  # weight_ch rows i, f, o -> gates i, f, o
             w_rec[g * H : (g + 1) * H, H:] = p["weight_ch"][k * H : (k + 1) * H]
     else:
         w_rec = p["weight_hh"]  # [4H, H]
-    w_peep = p["weight_ch"] if peephole == "diagonal" else None  # [3H]
     n_rec = w_rec.shape[1]
-    hc = xp.empty((T + 1, B, 2 * H), dtype=x.dtype)  # [T+1, B, 2H]
-    hc[0, :, :H], hc[0, :, H:] = h0, c0
-    y = xp.empty((T, B, H), dtype=x.dtype)  # [T, B, H]
-    gates = xp.empty((T, B, 4 * H), dtype=x.dtype) if training else None  # [T, B, 4H]
-    hw = xp.empty((B, 4 * H), dtype=x.dtype)  # [B, 4H]
-    for t in range(T):
-        ops.gemm(hc[t, :, :n_rec], w_rec.T, hw)
-        g_t = gates[t] if training else None
-        ops.lstm_forward_step(t, xw[t], hw, hc[t], hc[t + 1], y[t], g_t, w_peep, lengths, peephole, candidate)
-    ctx = LSTMContext(x, p, w_rec, hc, gates, lengths, peephole, candidate) if training else None
-    return y, hc[T, :, :H].copy(), hc[T, :, H:].copy(), ctx
-
-
-def lstm_backward(ops, xp, ctx, dy, dhT, dcT):
-    """dx [T, B, I], dh0, dc0 [B, H], dparams."""
-    x, p, hc, H = ctx.x, ctx.params, ctx.hc, dhT.shape[1]
-    T, B, _ = x.shape
-    n_rec = ctx.w_rec.shape[1]
     w_peep = p["weight_ch"] if ctx.peephole == "diagonal" else None
     dy = xp.ascontiguousarray(dy)  # [T, B, H]
     da = xp.empty((T, B, 4 * H), dtype=x.dtype)  # [T, B, 4H]
@@ -104,20 +145,19 @@ def lstm_backward(ops, xp, ctx, dy, dhT, dcT):
     dpw[T % 2, :, :H], dpw[T % 2, :, H:] = dhT, dcT
     for t in reversed(range(T)):
         nxt, cur = (t + 1) % 2, t % 2
-        ops.lstm_backward_step(t, ctx.gates[t], hc[t], hc[t + 1], dy[t], dpw[nxt], dmm[nxt], dpw[cur], da[t], w_peep,
-                               ctx.lengths, ctx.peephole, ctx.candidate)  # fmt: skip
-        ops.gemm(da[t], ctx.w_rec, dmm[cur])
+        ops.lstm_backward_step(t, ctx.gates[t], _prev(ctx.c0, cs, t), cs[t], dy[t], dpw[nxt], dmm[nxt], dpw[cur], da[t],
+                               w_peep, ctx.lengths, ctx.peephole, ctx.candidate)  # fmt: skip
+        ops.gemm(da[t], w_rec, dmm[cur])
     dhc0 = dpw[0]
     dhc0[:, :n_rec] += dmm[0]
-    dp = {"weight_ih": _weight_grad(da, x)}
-    dw_rec = _weight_grad(da, hc[:T, :, :n_rec])  # [4H, n_rec]
-    dp["weight_hh"] = dw_rec[:, :H]
+    dp = {"weight_ih": _weight_grad(da, x), "weight_hh": _state_grad(xp, da, ctx.h0, y)}
     if ctx.peephole == "full":
-        dp["weight_ch"] = xp.concatenate([dw_rec[g * H : (g + 1) * H, H:] for g in (0, 1, 3)])
+        dw_ch = _state_grad(xp, da, ctx.c0, cs)  # [4H, H]
+        dp["weight_ch"] = xp.concatenate([dw_ch[g * H : (g + 1) * H] for g in (0, 1, 3)])
     elif ctx.peephole == "diagonal":
-        c, c1 = hc[:T, :, H:], hc[1:, :, H:]
         d_i, d_f, d_o = (da[:, :, g * H : (g + 1) * H] for g in (0, 1, 3))
-        dp["weight_ch"] = xp.concatenate([(d_i * c).sum((0, 1)), (d_f * c).sum((0, 1)), (d_o * c1).sum((0, 1))])
+        w_i, w_f = (_state_dot(xp, d, ctx.c0, cs) for d in (d_i, d_f))
+        dp["weight_ch"] = xp.concatenate([w_i, w_f, (d_o * cs).sum((0, 1))])  # w_o meets c', not c
     if "bias_ih" in p:
         dp["bias_ih"] = ops.column_sum(_rows(da))
         dp["bias_hh"] = dp["bias_ih"].copy()
@@ -131,9 +171,8 @@ def gru_forward(ops, xp, x, p, h0, lengths, reset_after, training=True):
     H = h0.shape[1]
     lengths = None if lengths is None else ops.lengths(lengths)
     bias = "bias_ih" in p
-    hs = xp.empty((T + 1, B, H), dtype=x.dtype)  # [T+1, B, H]
-    hs[0] = h0
     y = xp.empty((T, B, H), dtype=x.dtype)  # [T, B, H]
+    h_last = None if lengths is None else h0.copy()  # [B, H]
     w_hh = p["weight_hh"]  # [3H, H]
     if reset_after:
         # bias_hh's r, z parts fold into xw; its n part stays inside r∘(gh_n + b_hn)
@@ -146,8 +185,9 @@ def gru_forward(ops, xp, x, p, h0, lengths, reset_after, training=True):
         gates = xp.empty((T, B, 4 * H), dtype=x.dtype) if training else None  # [T, B, 4H]
         gh = xp.empty((B, 3 * H), dtype=x.dtype)  # [B, 3H]
         for t in range(T):
-            ops.gemm(hs[t], w_hh.T, gh)
-            ops.gru_forward_step(t, xw[t], gh, b_hn, hs[t], hs[t + 1], y[t], gates[t] if training else None, lengths)
+            h = _prev(h0, y, t)
+            ops.gemm(h, w_hh.T, gh)
+            ops.gru_forward_step(t, xw[t], gh, b_hn, h, y[t], h_last, gates[t] if training else None, lengths)
         rh = None
     else:
         xw = _input_gemm(x, p["weight_ih"], p["bias_ih"] + p["bias_hh"] if bias else None)  # [T, B, 3H]
@@ -157,18 +197,18 @@ def gru_forward(ops, xp, x, p, h0, lengths, reset_after, training=True):
         ghrz = xp.empty((B, 2 * H), dtype=x.dtype)  # [B, 2H]
         ghn = xp.empty((B, H), dtype=x.dtype)  # [B, H]
         for t in range(T):
-            s = t if training else 0
-            ops.gemm(hs[t], w_hh[: 2 * H].T, ghrz)
-            ops.gru_rz_step(xw[t], ghrz, hs[t], gates[s], rh[s])
+            s, h = (t if training else 0), _prev(h0, y, t)
+            ops.gemm(h, w_hh[: 2 * H].T, ghrz)
+            ops.gru_rz_step(xw[t], ghrz, h, gates[s], rh[s])
             ops.gemm(rh[s], w_hh[2 * H :].T, ghn)
-            ops.gru_n_step(t, xw[t], ghn, hs[t], hs[t + 1], y[t], gates[s], lengths)
-    ctx = GRUContext(x, p, hs, gates, rh, lengths, reset_after) if training else None
-    return y, hs[T].copy(), ctx
+            ops.gru_n_step(t, xw[t], ghn, h, y[t], h_last, gates[s], lengths)
+    ctx = GRUContext(x, p, h0, y, gates, rh, lengths, reset_after) if training else None
+    return y, _last(h0, y, h_last, T), ctx
 
 
 def gru_backward(ops, xp, ctx, dy, dhT):
     """dx [T, B, I], dh0 [B, H], dparams."""
-    x, p, hs, H = ctx.x, ctx.params, ctx.hs, dhT.shape[1]
+    x, p, y, H = ctx.x, ctx.params, ctx.y, dhT.shape[1]
     T, B, _ = x.shape
     w_hh = p["weight_hh"]
     dy = xp.ascontiguousarray(dy)  # [T, B, H]
@@ -180,22 +220,23 @@ def gru_backward(ops, xp, ctx, dy, dhT):
         dgh = xp.empty((T, B, 3 * H), dtype=x.dtype)  # [T, B, 3H]: gradient of gh
         for t in reversed(range(T)):
             nxt, cur = (t + 1) % 2, t % 2
-            ops.gru_backward_step(t, ctx.gates[t], hs[t], dy[t], dpw[nxt], dmm[nxt], dpw[cur], dg[t], dgh[t],
-                                  ctx.lengths)  # fmt: skip
+            ops.gru_backward_step(t, ctx.gates[t], _prev(ctx.h0, y, t), dy[t], dpw[nxt], dmm[nxt], dpw[cur], dg[t],
+                                  dgh[t], ctx.lengths)  # fmt: skip
             ops.gemm(dgh[t], w_hh, dmm[cur])
-        dp = {"weight_hh": _weight_grad(dgh, hs[:T])}
+        dp = {"weight_hh": _state_grad(xp, dgh, ctx.h0, y)}
     else:
         dgh = dg
         drh = xp.empty((B, H), dtype=x.dtype)  # [B, H]
         for t in reversed(range(T)):
             nxt, cur = (t + 1) % 2, t % 2
-            ops.gru_n_backward_step(t, ctx.gates[t], hs[t], dy[t], dpw[nxt], dmm[nxt], dpw[cur], dg[t], ctx.lengths)
+            h = _prev(ctx.h0, y, t)
+            ops.gru_n_backward_step(t, ctx.gates[t], h, dy[t], dpw[nxt], dmm[nxt], dpw[cur], dg[t], ctx.lengths)
             ops.gemm(dg[t, :, 2 * H :], w_hh[2 * H :], drh)
-            ops.gru_rz_backward_step(t, ctx.gates[t], hs[t], drh, dpw[cur], dg[t], ctx.lengths)
+            ops.gru_rz_backward_step(t, ctx.gates[t], h, drh, dpw[cur], dg[t], ctx.lengths)
             ops.gemm(dg[t, :, : 2 * H], w_hh[: 2 * H], dmm[cur])
         dp = {
             "weight_hh": xp.concatenate(
-                [_weight_grad(dg[:, :, : 2 * H], hs[:T]), _weight_grad(dg[:, :, 2 * H :], ctx.rh)]
+                [_state_grad(xp, dg[:, :, : 2 * H], ctx.h0, y), _weight_grad(dg[:, :, 2 * H :], ctx.rh)]
             )
         }
     dp["weight_ih"] = _weight_grad(dg, x)

@@ -90,7 +90,9 @@ def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candi
     zero and its final state is the one after its last step).  `peephole` is
     None, "full" or "diagonal"; `candidate` "tanh" or "sigmoid" (DESIGN.md).
     Returns y (T, B, H), (hT, cT) and a ctx for `lstm_backward` (None with
-    training=False, which saves nothing for a backward).
+    training=False, which saves nothing for a backward).  The ctx reads the
+    hidden states from y itself: copy y before writing into it if the
+    backward is still to come.
     """
     _checks.lstm_variant(peephole, candidate)
     xp, H, lengths = _checks.call("lstm", x, params, {"h0": h0, "c0": c0}, lengths=lengths, peephole=peephole)
@@ -143,7 +145,8 @@ def gru_forward(x, params, h0=None, lengths=None, reset_after=True, *, training=
     x (T, B, I); h0 (B, H) or None for zeros; lengths as in `lstm_forward`.
     reset_after=True is torch.nn.GRU / cuDNN, False is Cho et al. / Keras.
     Returns y (T, B, H), hT (B, H) and a ctx for `gru_backward` (None with
-    training=False).
+    training=False).  As in `lstm_forward`, the ctx reads the hidden states
+    from y: copy y before writing into it if the backward is still to come.
     """
     _checks.gru_variant(reset_after)
     xp, H, lengths = _checks.call("gru", x, params, {"h0": h0}, lengths=lengths)

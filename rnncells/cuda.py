@@ -119,24 +119,24 @@ class KernelOps:
         self._launch(plain_name("column_totals", a.dtype), cols, chunks, cols, partial, out)
         return out
 
-    def lstm_forward_step(self, t, xw, hw, hc, hc_next, y, gates, w_peep, lengths, peephole, candidate):
+    def lstm_forward_step(self, t, xw, hw, cw, c, c_next, y, h_last, gates, w_peep, lengths, peephole, candidate):
         """One LSTM step's pointwise forward (see kernels/lstm.cu)."""
         B, H = y.shape
         name = lstm_forward_name(y.dtype, peephole, candidate, gates is not None)
-        self._launch(name, B * H, t, B, H, xw, hw, hc, hc_next, y, gates, w_peep, lengths)
+        self._launch(name, B * H, t, B, H, xw, hw, cw, c, c_next, y, h_last, gates, w_peep, lengths)
 
-    def lstm_backward_step(self, t, gates, hc, hc_next, dy, dpw, dmm, dpw_out, da, w_peep, lengths, peephole,
+    def lstm_backward_step(self, t, gates, c, c_next, dy, dpw, dmm, dpw_out, da, w_peep, lengths, peephole,
                            candidate):  # fmt: skip
         """One LSTM step's pointwise backward."""
         B, H = dy.shape
         name = lstm_backward_name(dy.dtype, peephole, candidate)
-        self._launch(name, B * H, t, B, H, dmm.shape[1], gates, hc, hc_next, dy, dpw, dmm, dpw_out, da, w_peep, lengths)
+        self._launch(name, B * H, t, B, H, dmm.shape[1], gates, c, c_next, dy, dpw, dmm, dpw_out, da, w_peep, lengths)
 
-    def gru_forward_step(self, t, xw, gh, b_hn, h, h_next, y, gates, lengths):
+    def gru_forward_step(self, t, xw, gh, b_hn, h, y, h_last, gates, lengths):
         """One GRU (reset_after) step's pointwise forward (see kernels/gru.cu)."""
         B, H = y.shape
         name = plain_name("gru_forward_step", y.dtype, gates is not None)
-        self._launch(name, B * H, t, B, H, xw, gh, b_hn, h, h_next, y, gates, lengths)
+        self._launch(name, B * H, t, B, H, xw, gh, b_hn, h, y, h_last, gates, lengths)
 
     def gru_backward_step(self, t, gates, h, dy, dpw, dmm, dpw_out, dgi, dgh, lengths):
         """One GRU (reset_after) step's pointwise backward."""
@@ -149,10 +149,10 @@ class KernelOps:
         B, H = h.shape
         self._launch(plain_name("gru_rz_step", h.dtype), B * H, B, H, xw, ghrz, h, gates, rh)
 
-    def gru_n_step(self, t, xw, ghn, h, h_next, y, gates, lengths):
+    def gru_n_step(self, t, xw, ghn, h, y, h_last, gates, lengths):
         """GRU (reset before): n and the new state."""
         B, H = h.shape
-        self._launch(plain_name("gru_n_step", h.dtype), B * H, t, B, H, xw, ghn, h, h_next, y, gates, lengths)
+        self._launch(plain_name("gru_n_step", h.dtype), B * H, t, B, H, xw, ghn, h, y, h_last, gates, lengths)
 
     def gru_n_backward_step(self, t, gates, h, dy, dpw, dmm, dpw_out, dg, lengths):
         """GRU (reset before): da_z, da_n and z∘dh."""
@@ -187,7 +187,7 @@ def gemm_plan(a, b, out):
 
     Row-major out = a b is column-major outᵀ = bᵀ aᵀ, so b is cuBLAS's first
     operand: gemm(op_b, op_a, m=N, n=M, k=K, b, ldb, a, lda, out, ldc).  Each
-    operand may be row-major with any row stride (hc[t, :, :H]) or the
+    operand may be row-major with any row stride (dg[t, :, 2H:]) or the
     transpose of a contiguous matrix (W.T).
     """
     (M, K), N = a.shape, b.shape[1]

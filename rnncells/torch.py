@@ -77,13 +77,16 @@ class _Sequence(torch.autograd.Function):
         with _on_stream(x.device):
             y, state, ctx.rc = fwd(_array(x), params, *map(_array, states), lengths=lengths,
                                    training=any(ctx.needs_input_grad), **variant)  # fmt: skip
-        return tuple(map(_tensor, (y, *(state if cell == "lstm" else (state,)))))
+        outs = tuple(map(_tensor, (y, *(state if cell == "lstm" else (state,)))))
+        ctx.save_for_backward(outs[0])  # our backward reads y's memory: autograd now refuses it once written to
+        return outs
 
     @staticmethod
     def backward(ctx, dy, *dstates):
         if all(g is None for g in (dy, *dstates)):  # nothing flows back through this node
             return (None,) * (5 + len(ctx.given) + len(ctx.keys))
         bwd = api.lstm_backward if ctx.cell == "lstm" else api.gru_backward
+        _ = ctx.saved_tensors  # raises if y was modified in place since the forward
         with _on_stream(ctx.device):
             dx, dstate, dp = bwd(ctx.rc, _array(dy), *map(_array, dstates))  # ctx.rc lives as long as the graph
         dstate = dstate if ctx.cell == "lstm" else (dstate,)

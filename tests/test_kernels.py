@@ -164,8 +164,8 @@ ASAN_SCRIPT = textwrap.dedent(
     else:  # every buffer one row too short for the H the kernel is told
         B, H = 3, 5
         buf = lambda *s: np.zeros(s, np.float32)
-        args = (0, B, H + 1, buf(B, 4 * H), buf(B, 4 * H), buf(B, 2 * H), buf(B, 2 * H), buf(B, H), buf(B, 4 * H),
-                None, None)
+        args = (0, B, H + 1, buf(B, 4 * H), buf(B, 4 * H), None, buf(B, H), buf(B, H), buf(B, H), None,
+                buf(B, 4 * H), None, None)
         ops.launcher(cuda.lstm_forward_name("float32", None, "tanh", True), (1, 1, 1), (256, 1, 1), args)
         print("no error reported")
     """

@@ -192,6 +192,16 @@ def test_backward_can_run_twice_on_a_retained_graph():
     assert torch.equal(g1, g2)
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_writing_into_the_output_before_backward_is_refused(kind):
+    """Our backward reads the hidden states from y's memory, so autograd must refuse a modified y."""
+    m = PAIRS[kind][1](3, 4)
+    y = m(torch.randn(5, 2, 3))[0]
+    y.mul_(2.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+
+
 def test_autograd_runs_our_backward_once_per_layer_and_direction(monkeypatch):
     calls = []
     real = api.lstm_backward
