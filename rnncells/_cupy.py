@@ -65,7 +65,7 @@ def gemm(a, b, out):
     op_b, op_a, m, n, k, ldb, lda, ldc = cuda.gemm_plan(a, b, out)
     handle = _handle(cupy.cuda.Device().id)
     cublas.setStream(handle, cupy.cuda.get_current_stream().ptr)
-    tf32 = out.dtype == np.float32 and os.environ.get("CUPY_TF32", "0") == "1"
+    tf32 = out.dtype == np.float32 and _tf32()
     cublas.setMathMode(handle, cublas.CUBLAS_TF32_TENSOR_OP_MATH if tf32 else cublas.CUBLAS_DEFAULT_MATH)
     fn = cublas.sgemm if out.dtype == np.float32 else cublas.dgemm
     one, zero = _ONE[out.dtype], _ZERO[out.dtype]
@@ -73,6 +73,29 @@ def gemm(a, b, out):
        out.data.ptr, ldc)  # fmt: skip
 
 
+def _tf32():
+    return os.environ.get("CUPY_TF32", "0") == "1"
+
+
+def capture(ops, loop):
+    """CUDA stream capture of loop(ops) on a side stream; returns the launch of its graph on the current stream.
+
+    Every kernel is loaded first: a module load is no work a capture can record.
+    cuBLAS (CUDA ≥ 12.2) takes its workspace stream-ordered, so its calls capture as they are.
+    """
+    device = cupy.cuda.Device().id
+    for name in cuda.instantiations():
+        _function(device, name)
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        try:
+            loop(ops)
+        finally:
+            graph = stream.end_capture()
+    return graph.launch
+
+
 def ops():
     """The per-step ops of the CuPy backend."""
-    return cuda.KernelOps(_launch, cupy, gemm)
+    return cuda.KernelOps(_launch, cupy, gemm, capture=capture, graph_key=lambda: (cupy.cuda.Device().id, _tf32()))

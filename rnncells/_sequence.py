@@ -17,8 +17,16 @@ states and y, a forward keeps (G+1)·T·B·H elements for its backward: the
 LSTM's gates [T, B, 4H] and c [T, B, H], the GRU's gates [T, B, 4H] (reset
 before: [T, B, 3H] and r∘h [T, B, H]).  The backward reads y: it must not be
 written to in between.
+
+With a `rnncells._graphs.GraphCache` (graphs=), the loops run as CUDA graphs:
+the buffers come from a slot of the cache, each call copies its inputs
+(initial states, recurrent weights, lengths) into the slot's own input
+buffers, and the loop is captured on the slot's first call and replayed
+after.  Without one, the same buffers are allocated per call and the inputs
+are read where they are.
 """
 
+from types import SimpleNamespace as Buffers
 from typing import NamedTuple
 
 
@@ -33,6 +41,10 @@ class LSTMContext(NamedTuple):
     cs: object  # [T, B, H]: c after each step
     gates: object  # [T, B, 4H]: i, f, g, o
     lengths: object  # [B] as the ops read them, or None
+    w_hh: object  # [4H, H] the recurrent weights the forward used
+    w_ch: object  # [3H, H] (peephole="full") or None
+    w_peep: object  # [3H] (peephole="diagonal") or None
+    slot: object  # the graph slot that holds these buffers, or None
     peephole: object
     candidate: str
 
@@ -47,6 +59,8 @@ class GRUContext(NamedTuple):
     gates: object  # [T, B, 4H]: r, z, n, gh_n + b_hn  (reset before: [T, B, 3H]: r, z, n)
     rh: object  # [T, B, H]: r∘h (reset before only), else None
     lengths: object
+    w_hh: object  # [3H, H]
+    slot: object
     reset_after: bool
 
 
@@ -55,13 +69,12 @@ def _prev(s0, states, t):
     return s0 if t == 0 else states[t - 1]
 
 
-def _input_gemm(x, w, bias=None):
-    """[T, B, G·H] = x Wᵀ (+ bias), as one GEMM over all T·B rows."""
+def _input_gemm(xp, x, w, bias, out):
+    """out [T, B, G·H] = x Wᵀ (+ bias), as one GEMM over all T·B rows."""
     T, B, I = x.shape
-    xw = (x.reshape(T * B, I) @ w.T).reshape(T, B, w.shape[0])
+    xp.matmul(x.reshape(T * B, I), w.T, out=out.reshape(T * B, -1))
     if bias is not None:
-        xw += bias
-    return xw
+        out += bias
 
 
 def _weight_grad(da, inp):
@@ -89,75 +102,141 @@ def _state_dot(xp, d, s0, states):
     return (d[0] * s0).sum(0) + (d[1:] * states[:-1]).sum((0, 1))
 
 
-def _last(y0, ys, h_last, T):
-    """The final state: h_last with lengths, else the last step's (y0 when there are no steps)."""
-    if h_last is not None:
-        return h_last
-    return (y0 if T == 0 else ys[T - 1]).copy()
+# --- buffers, and graphs over them --------------------------------------------
 
 
-def lstm_forward(ops, xp, x, p, h0, c0, lengths, peephole, candidate, training=True):
+def _bind(b, slot, **inputs):
+    """The loop's inputs: copied into a graph slot's buffers (its graph reads them there), else used as they are."""
+    for name, value in inputs.items():
+        if slot is None:
+            setattr(b, name, value)
+        elif value is not None:
+            getattr(b, name)[...] = value
+
+
+def _buffers(graphs, ops, key, make):
+    """(slot, buffers): a free slot of the cache for this loop, or no slot and buffers of our own."""
+    slot = None if graphs is None else graphs.slot((*ops.graph_key(), *key), lambda: make(True))
+    return slot, (make(False) if slot is None else slot.buffers)
+
+
+def _run(slot, name, ops, loop):
+    """loop(ops), or the slot's graph of it."""
+    if slot is None:
+        loop(ops)
+    else:
+        slot.run(name, ops, loop)
+
+
+def _input_buffers(b, xp, dt, static, B, **shapes):
+    """A graph slot's copies of the loop's inputs (dtype dt; `lengths` int32 [B] when given)."""
+    if static:
+        for name, shape in shapes.items():
+            setattr(b, name, None if shape is None else xp.empty(shape, dtype="int32" if name == "lengths" else dt))
+    return b
+
+
+# --- LSTM -----------------------------------------------------------------------
+
+
+def _lstm_buffers(xp, dt, T, B, H, peephole, training, has_lengths, static):
+    e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
+    b = Buffers(
+        xw=e(T, B, 4 * H),  # [T, B, 4H] x Wihᵀ + biases
+        y=e(T, B, H),  # [T, B, H]
+        cs=e(T if training else min(T, 2), B, H),  # [T, B, H] (inference: two rows, ping-pong)
+        gates=e(T, B, 4 * H) if training else None,  # [T, B, 4H]
+        h_last=e(B, H) if has_lengths else None,  # [B, H]
+        hw=e(B, 4 * H),  # [B, 4H] h Whhᵀ
+        cw=e(B, 3 * H) if peephole == "full" else None,  # [B, 3H] c Wchᵀ
+    )
+    return _input_buffers(b, xp, dt, static, B, h0=(B, H), c0=(B, H), w_hh=(4 * H, H),
+                          w_ch=(3 * H, H) if peephole == "full" else None,
+                          w_peep=(3 * H,) if peephole == "diagonal" else None,
+                          lengths=(B,) if has_lengths else None)  # fmt: skip
+
+
+def _lstm_forward_steps(ops, b, T, peephole, candidate, training):
+    for t in range(T):
+        s = t if training else t % 2
+        c = b.c0 if t == 0 else b.cs[s - 1]  # inference: cs[-1] is the other row
+        ops.gemm(_prev(b.h0, b.y, t), b.w_hh.T, b.hw)
+        if b.cw is not None:
+            ops.gemm(c, b.w_ch.T, b.cw)
+        g_t = b.gates[t] if training else None
+        ops.lstm_forward_step(t, b.xw[t], b.hw, b.cw, c, b.cs[s], b.y[t], b.h_last, g_t, b.w_peep, b.lengths,
+                              peephole, candidate)  # fmt: skip
+
+
+def lstm_forward(ops, xp, x, p, h0, c0, lengths, peephole, candidate, training=True, graphs=None):
     """y [T, B, H], hT, cT [B, H], ctx (None when not training)."""
     T, B, _ = x.shape
     H = h0.shape[1]
-    lengths = None if lengths is None else ops.lengths(lengths)
-    bias = p["bias_ih"] + p["bias_hh"] if "bias_ih" in p else None
-    xw = _input_gemm(x, p["weight_ih"], bias)  # [T, B, 4H]
-    w_hh = p["weight_hh"]  # [4H, H]
-    w_ch = p["weight_ch"] if peephole == "full" else None  # [3H, H]
-    w_peep = p["weight_ch"] if peephole == "diagonal" else None  # [3H]
-    y = xp.empty((T, B, H), dtype=x.dtype)  # [T, B, H]
-    cs = xp.empty((T if training else min(T, 2), B, H), dtype=x.dtype)  # [T, B, H] (inference: ping-pong)
-    gates = xp.empty((T, B, 4 * H), dtype=x.dtype) if training else None  # [T, B, 4H]
-    h_last = None if lengths is None else h0.copy()  # [B, H]
-    hw = xp.empty((B, 4 * H), dtype=x.dtype)  # [B, 4H]
-    cw = xp.empty((B, 3 * H), dtype=x.dtype) if w_ch is not None else None  # [B, 3H]
-    for t in range(T):
-        s = t if training else t % 2
-        c = c0 if t == 0 else cs[s - 1]  # cs[-1] is the other ping-pong row
-        ops.gemm(_prev(h0, y, t), w_hh.T, hw)
-        if cw is not None:
-            ops.gemm(c, w_ch.T, cw)
-        g_t = gates[t] if training else None
-        ops.lstm_forward_step(t, xw[t], hw, cw, c, cs[s], y[t], h_last, g_t, w_peep, lengths, peephole, candidate)
-    cT = c0.copy() if T == 0 else cs[T - 1 if training else (T - 1) % 2].copy()
-    ctx = LSTMContext(x, p, h0, c0, y, cs, gates, lengths, peephole, candidate) if training else None
-    return y, _last(h0, y, h_last, T), cT, ctx
+    spec = (x.dtype, T, B, H, peephole, training, lengths is not None)
+    slot, b = _buffers(graphs, ops, ("lstm", candidate, *spec), lambda static: _lstm_buffers(xp, *spec, static))
+    _bind(b, slot, h0=h0, c0=c0, w_hh=p["weight_hh"], w_ch=p["weight_ch"] if peephole == "full" else None,
+          w_peep=p["weight_ch"] if peephole == "diagonal" else None,
+          lengths=None if lengths is None else ops.lengths(lengths))  # fmt: skip
+    _input_gemm(xp, x, p["weight_ih"], p["bias_ih"] + p["bias_hh"] if "bias_ih" in p else None, b.xw)
+    if b.h_last is not None:
+        b.h_last[...] = b.h0
+    _run(slot, "forward", ops, lambda ops: _lstm_forward_steps(ops, b, T, peephole, candidate, training))
+    hT = b.h_last if b.h_last is not None else (b.h0 if T == 0 else b.y[T - 1])
+    cT = b.c0 if T == 0 else b.cs[T - 1 if training else (T - 1) % 2]
+    ctx = None
+    if training:
+        ctx = LSTMContext(x, p, b.h0, b.c0, b.y, b.cs, b.gates, b.lengths, b.w_hh, b.w_ch, b.w_peep, slot, peephole,
+                          candidate)  # fmt: skip
+    return b.y, hT.copy(), cT.copy(), ctx
+
+
+def _lstm_backward_buffers(xp, dt, T, B, H, full, static):
+    e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
+    b = Buffers(
+        da=e(T, B, 4 * H),  # [T, B, 4H]
+        dpw=e(2, B, 2 * H),  # [2, B, 2H] d[h | c], pointwise part, ping-pong
+        dmm=e(2, B, 2 * H if full else H),  # [2, B, n_rec] d[h | c], GEMM part, ping-pong
+        w_rec=e(4 * H, 2 * H) if full else None,  # [4H, 2H] [[Whh, Wch]], zeros for g
+    )
+    return _input_buffers(b, xp, dt, static, B, dy=(T, B, H))
+
+
+def _lstm_backward_steps(ops, ctx, g, w_rec, T):
+    for t in reversed(range(T)):
+        nxt, cur = (t + 1) % 2, t % 2
+        ops.lstm_backward_step(t, ctx.gates[t], _prev(ctx.c0, ctx.cs, t), ctx.cs[t], g.dy[t], g.dpw[nxt], g.dmm[nxt],
+                               g.dpw[cur], g.da[t], ctx.w_peep, ctx.lengths, ctx.peephole, ctx.candidate)  # fmt: skip
+        ops.gemm(g.da[t], w_rec, g.dmm[cur])
 
 
 def lstm_backward(ops, xp, ctx, dy, dhT, dcT):
     """dx [T, B, I], dh0, dc0 [B, H], dparams."""
-    x, p, y, cs, H = ctx.x, ctx.params, ctx.y, ctx.cs, dhT.shape[1]
+    x, p, H, full = ctx.x, ctx.params, dhT.shape[1], ctx.peephole == "full"
     T, B, _ = x.shape
-    if ctx.peephole == "full":  # da [B, 4H] against [[Whh, Wch]] with zeros for g: d[h | c] in one GEMM
-        w_rec = xp.zeros((4 * H, 2 * H), dtype=x.dtype)  # [4H, 2H]
-        w_rec[:, :H] = p["weight_hh"]
-        for k, g in ((0, 0), (1, 1), (2, 3)):  # weight_ch rows i, f, o -> gates i, f, o
-            w_rec[g * H : (g + 1) * H, H:] = p["weight_ch"][k * H : (k + 1) * H]
-    else:
-        w_rec = p["weight_hh"]  # [4H, H]
-    n_rec = w_rec.shape[1]
-    w_peep = p["weight_ch"] if ctx.peephole == "diagonal" else None
-    dy = xp.ascontiguousarray(dy)  # [T, B, H]
-    da = xp.empty((T, B, 4 * H), dtype=x.dtype)  # [T, B, 4H]
-    dpw = xp.empty((2, B, 2 * H), dtype=x.dtype)  # [2, B, 2H] d[h | c], pointwise part, ping-pong
-    dmm = xp.zeros((2, B, n_rec), dtype=x.dtype)  # [2, B, n_rec] d[h | c], GEMM part, ping-pong
-    dpw[T % 2, :, :H], dpw[T % 2, :, H:] = dhT, dcT
-    for t in reversed(range(T)):
-        nxt, cur = (t + 1) % 2, t % 2
-        ops.lstm_backward_step(t, ctx.gates[t], _prev(ctx.c0, cs, t), cs[t], dy[t], dpw[nxt], dmm[nxt], dpw[cur], da[t],
-                               w_peep, ctx.lengths, ctx.peephole, ctx.candidate)  # fmt: skip
-        ops.gemm(da[t], w_rec, dmm[cur])
-    dhc0 = dpw[0]
-    dhc0[:, :n_rec] += dmm[0]
-    dp = {"weight_ih": _weight_grad(da, x), "weight_hh": _state_grad(xp, da, ctx.h0, y)}
-    if ctx.peephole == "full":
-        dw_ch = _state_grad(xp, da, ctx.c0, cs)  # [4H, H]
-        dp["weight_ch"] = xp.concatenate([dw_ch[g * H : (g + 1) * H] for g in (0, 1, 3)])
+    make = lambda static: _lstm_backward_buffers(xp, x.dtype, T, B, H, full, static)  # noqa: E731
+    slot = ctx.slot
+    g = make(False) if slot is None else slot.extra("backward", make)
+    _bind(g, slot, dy=dy if slot else xp.ascontiguousarray(dy))
+    if full:  # da [B, 4H] against [[Whh, Wch]]: d[h | c] in one GEMM
+        g.w_rec[...] = 0
+        g.w_rec[:, :H] = ctx.w_hh
+        for k, gate in ((0, 0), (1, 1), (2, 3)):  # weight_ch rows i, f, o -> gates i, f, o
+            g.w_rec[gate * H : (gate + 1) * H, H:] = ctx.w_ch[k * H : (k + 1) * H]
+    w_rec = g.w_rec if full else ctx.w_hh
+    g.dpw[T % 2, :, :H], g.dpw[T % 2, :, H:] = dhT, dcT
+    g.dmm[T % 2] = 0
+    _run(slot, "backward", ops, lambda ops: _lstm_backward_steps(ops, ctx, g, w_rec, T))
+    da, n_rec = g.da, w_rec.shape[1]
+    dhc0 = g.dpw[0].copy()
+    dhc0[:, :n_rec] += g.dmm[0]
+    dp = {"weight_ih": _weight_grad(da, x), "weight_hh": _state_grad(xp, da, ctx.h0, ctx.y)}
+    if full:
+        dw_ch = _state_grad(xp, da, ctx.c0, ctx.cs)  # [4H, H]
+        dp["weight_ch"] = xp.concatenate([dw_ch[k * H : (k + 1) * H] for k in (0, 1, 3)])
     elif ctx.peephole == "diagonal":
-        d_i, d_f, d_o = (da[:, :, g * H : (g + 1) * H] for g in (0, 1, 3))
-        w_i, w_f = (_state_dot(xp, d, ctx.c0, cs) for d in (d_i, d_f))
-        dp["weight_ch"] = xp.concatenate([w_i, w_f, (d_o * cs).sum((0, 1))])  # w_o meets c', not c
+        d_i, d_f, d_o = (da[:, :, k * H : (k + 1) * H] for k in (0, 1, 3))
+        w_i, w_f = (_state_dot(xp, d, ctx.c0, ctx.cs) for d in (d_i, d_f))
+        dp["weight_ch"] = xp.concatenate([w_i, w_f, (d_o * ctx.cs).sum((0, 1))])  # w_o meets c', not c
     if "bias_ih" in p:
         dp["bias_ih"] = ops.column_sum(_rows(da))
         dp["bias_hh"] = dp["bias_ih"].copy()
@@ -165,78 +244,117 @@ def lstm_backward(ops, xp, ctx, dy, dhT, dcT):
     return dx, dhc0[:, :H].copy(), dhc0[:, H:].copy(), dp
 
 
-def gru_forward(ops, xp, x, p, h0, lengths, reset_after, training=True):
+# --- GRU ------------------------------------------------------------------------
+
+
+def _gru_buffers(xp, dt, T, B, H, reset_after, training, has_lengths, static):
+    e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
+    b = Buffers(
+        xw=e(T, B, 3 * H),  # [T, B, 3H] x Wihᵀ + biases (reset_after: all but b_hn)
+        y=e(T, B, H),  # [T, B, H]
+        h_last=e(B, H) if has_lengths else None,  # [B, H]
+    )
+    if reset_after:
+        b.gates = e(T, B, 4 * H) if training else None  # [T, B, 4H]
+        b.gh = e(B, 3 * H)  # [B, 3H] h Whhᵀ
+    else:  # r, z pass to the n kernel through gates even when not training
+        b.gates = e(T if training else 1, B, 3 * H)  # [T, B, 3H]
+        b.rh = e(T if training else 1, B, H)  # [T, B, H] r∘h
+        b.ghrz = e(B, 2 * H)  # [B, 2H] h Whh_rzᵀ
+        b.ghn = e(B, H)  # [B, H] (r∘h) Whnᵀ
+    return _input_buffers(b, xp, dt, static, B, h0=(B, H), w_hh=(3 * H, H), b_hn=(H,) if reset_after else None,
+                          lengths=(B,) if has_lengths else None)  # fmt: skip
+
+
+def _gru_forward_steps(ops, b, T, reset_after, training):
+    for t in range(T):
+        h = _prev(b.h0, b.y, t)
+        if reset_after:
+            ops.gemm(h, b.w_hh.T, b.gh)
+            ops.gru_forward_step(t, b.xw[t], b.gh, b.b_hn, h, b.y[t], b.h_last, b.gates[t] if training else None,
+                                 b.lengths)  # fmt: skip
+        else:
+            s, H = (t if training else 0), h.shape[1]
+            ops.gemm(h, b.w_hh[: 2 * H].T, b.ghrz)
+            ops.gru_rz_step(b.xw[t], b.ghrz, h, b.gates[s], b.rh[s])
+            ops.gemm(b.rh[s], b.w_hh[2 * H :].T, b.ghn)
+            ops.gru_n_step(t, b.xw[t], b.ghn, h, b.y[t], b.h_last, b.gates[s], b.lengths)
+
+
+def gru_forward(ops, xp, x, p, h0, lengths, reset_after, training=True, graphs=None):
     """y [T, B, H], hT [B, H], ctx (None when not training)."""
     T, B, _ = x.shape
     H = h0.shape[1]
-    lengths = None if lengths is None else ops.lengths(lengths)
-    bias = "bias_ih" in p
-    y = xp.empty((T, B, H), dtype=x.dtype)  # [T, B, H]
-    h_last = None if lengths is None else h0.copy()  # [B, H]
-    w_hh = p["weight_hh"]  # [3H, H]
+    spec = (x.dtype, T, B, H, reset_after, training, lengths is not None)
+    slot, b = _buffers(graphs, ops, ("gru", *spec), lambda static: _gru_buffers(xp, *spec, static))
+    bias = None
+    if "bias_ih" in p:
+        bias = p["bias_ih"] + p["bias_hh"]
+        if reset_after:  # bias_hh's n part stays inside r∘(gh_n + b_hn)
+            bias[2 * H :] = p["bias_ih"][2 * H :]
+    b_hn = None
     if reset_after:
-        # bias_hh's r, z parts fold into xw; its n part stays inside r∘(gh_n + b_hn)
-        b = None
-        if bias:
-            b = p["bias_ih"].copy()
-            b[: 2 * H] += p["bias_hh"][: 2 * H]
-        b_hn = p["bias_hh"][2 * H :] if bias else xp.zeros(H, dtype=x.dtype)  # [H]
-        xw = _input_gemm(x, p["weight_ih"], b)  # [T, B, 3H]
-        gates = xp.empty((T, B, 4 * H), dtype=x.dtype) if training else None  # [T, B, 4H]
-        gh = xp.empty((B, 3 * H), dtype=x.dtype)  # [B, 3H]
-        for t in range(T):
-            h = _prev(h0, y, t)
-            ops.gemm(h, w_hh.T, gh)
-            ops.gru_forward_step(t, xw[t], gh, b_hn, h, y[t], h_last, gates[t] if training else None, lengths)
-        rh = None
-    else:
-        xw = _input_gemm(x, p["weight_ih"], p["bias_ih"] + p["bias_hh"] if bias else None)  # [T, B, 3H]
-        # r, z pass to the n kernel through gates even when not training
-        gates = xp.empty((T if training else 1, B, 3 * H), dtype=x.dtype)  # [T, B, 3H]
-        rh = xp.empty((T if training else 1, B, H), dtype=x.dtype)  # [T, B, H]
-        ghrz = xp.empty((B, 2 * H), dtype=x.dtype)  # [B, 2H]
-        ghn = xp.empty((B, H), dtype=x.dtype)  # [B, H]
-        for t in range(T):
-            s, h = (t if training else 0), _prev(h0, y, t)
-            ops.gemm(h, w_hh[: 2 * H].T, ghrz)
-            ops.gru_rz_step(xw[t], ghrz, h, gates[s], rh[s])
-            ops.gemm(rh[s], w_hh[2 * H :].T, ghn)
-            ops.gru_n_step(t, xw[t], ghn, h, y[t], h_last, gates[s], lengths)
-    ctx = GRUContext(x, p, h0, y, gates, rh, lengths, reset_after) if training else None
-    return y, _last(h0, y, h_last, T), ctx
+        b_hn = p["bias_hh"][2 * H :] if "bias_hh" in p else xp.zeros(H, dtype=x.dtype)  # [H]
+    _bind(b, slot, h0=h0, w_hh=p["weight_hh"], b_hn=b_hn, lengths=None if lengths is None else ops.lengths(lengths))
+    _input_gemm(xp, x, p["weight_ih"], bias, b.xw)
+    if b.h_last is not None:
+        b.h_last[...] = b.h0
+    _run(slot, "forward", ops, lambda ops: _gru_forward_steps(ops, b, T, reset_after, training))
+    hT = b.h_last if b.h_last is not None else (b.h0 if T == 0 else b.y[T - 1])
+    rh = None if reset_after else b.rh
+    ctx = GRUContext(x, p, b.h0, b.y, b.gates, rh, b.lengths, b.w_hh, slot, reset_after) if training else None
+    return b.y, hT.copy(), ctx
+
+
+def _gru_backward_buffers(xp, dt, T, B, H, reset_after, static):
+    e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
+    b = Buffers(
+        dg=e(T, B, 3 * H),  # [T, B, 3H] gradient of xw
+        dgh=e(T, B, 3 * H) if reset_after else None,  # [T, B, 3H] gradient of gh (reset before: dg itself)
+        drh=None if reset_after else e(B, H),  # [B, H] d(r∘h)
+        dpw=e(2, B, H),  # [2, B, H] dh, pointwise part, ping-pong
+        dmm=e(2, B, H),  # [2, B, H] dh, GEMM part, ping-pong
+    )
+    return _input_buffers(b, xp, dt, static, B, dy=(T, B, H))
+
+
+def _gru_backward_steps(ops, ctx, g, T):
+    w_hh = ctx.w_hh
+    for t in reversed(range(T)):
+        nxt, cur = (t + 1) % 2, t % 2
+        h, H = _prev(ctx.h0, ctx.y, t), w_hh.shape[1]
+        if ctx.reset_after:
+            ops.gru_backward_step(t, ctx.gates[t], h, g.dy[t], g.dpw[nxt], g.dmm[nxt], g.dpw[cur], g.dg[t], g.dgh[t],
+                                  ctx.lengths)  # fmt: skip
+            ops.gemm(g.dgh[t], w_hh, g.dmm[cur])
+        else:
+            ops.gru_n_backward_step(t, ctx.gates[t], h, g.dy[t], g.dpw[nxt], g.dmm[nxt], g.dpw[cur], g.dg[t],
+                                    ctx.lengths)  # fmt: skip
+            ops.gemm(g.dg[t, :, 2 * H :], w_hh[2 * H :], g.drh)
+            ops.gru_rz_backward_step(t, ctx.gates[t], h, g.drh, g.dpw[cur], g.dg[t], ctx.lengths)
+            ops.gemm(g.dg[t, :, : 2 * H], w_hh[: 2 * H], g.dmm[cur])
 
 
 def gru_backward(ops, xp, ctx, dy, dhT):
     """dx [T, B, I], dh0 [B, H], dparams."""
-    x, p, y, H = ctx.x, ctx.params, ctx.y, dhT.shape[1]
+    x, p, H = ctx.x, ctx.params, dhT.shape[1]
     T, B, _ = x.shape
-    w_hh = p["weight_hh"]
-    dy = xp.ascontiguousarray(dy)  # [T, B, H]
-    dg = xp.empty((T, B, 3 * H), dtype=x.dtype)  # [T, B, 3H]: gradient of xw
-    dpw = xp.empty((2, B, H), dtype=x.dtype)  # [2, B, H] dh, pointwise part, ping-pong
-    dmm = xp.zeros((2, B, H), dtype=x.dtype)  # [2, B, H] dh, GEMM part, ping-pong
-    dpw[T % 2] = dhT
+    make = lambda static: _gru_backward_buffers(xp, x.dtype, T, B, H, ctx.reset_after, static)  # noqa: E731
+    slot = ctx.slot
+    g = make(False) if slot is None else slot.extra("backward", make)
+    _bind(g, slot, dy=dy if slot else xp.ascontiguousarray(dy))
+    g.dpw[T % 2] = dhT
+    g.dmm[T % 2] = 0
+    _run(slot, "backward", ops, lambda ops: _gru_backward_steps(ops, ctx, g, T))
+    dg = g.dg
     if ctx.reset_after:
-        dgh = xp.empty((T, B, 3 * H), dtype=x.dtype)  # [T, B, 3H]: gradient of gh
-        for t in reversed(range(T)):
-            nxt, cur = (t + 1) % 2, t % 2
-            ops.gru_backward_step(t, ctx.gates[t], _prev(ctx.h0, y, t), dy[t], dpw[nxt], dmm[nxt], dpw[cur], dg[t],
-                                  dgh[t], ctx.lengths)  # fmt: skip
-            ops.gemm(dgh[t], w_hh, dmm[cur])
-        dp = {"weight_hh": _state_grad(xp, dgh, ctx.h0, y)}
+        dgh = g.dgh
+        dp = {"weight_hh": _state_grad(xp, dgh, ctx.h0, ctx.y)}
     else:
         dgh = dg
-        drh = xp.empty((B, H), dtype=x.dtype)  # [B, H]
-        for t in reversed(range(T)):
-            nxt, cur = (t + 1) % 2, t % 2
-            h = _prev(ctx.h0, y, t)
-            ops.gru_n_backward_step(t, ctx.gates[t], h, dy[t], dpw[nxt], dmm[nxt], dpw[cur], dg[t], ctx.lengths)
-            ops.gemm(dg[t, :, 2 * H :], w_hh[2 * H :], drh)
-            ops.gru_rz_backward_step(t, ctx.gates[t], h, drh, dpw[cur], dg[t], ctx.lengths)
-            ops.gemm(dg[t, :, : 2 * H], w_hh[: 2 * H], dmm[cur])
         dp = {
             "weight_hh": xp.concatenate(
-                [_state_grad(xp, dg[:, :, : 2 * H], ctx.h0, y), _weight_grad(dg[:, :, 2 * H :], ctx.rh)]
+                [_state_grad(xp, dg[:, :, : 2 * H], ctx.h0, ctx.y), _weight_grad(dg[:, :, 2 * H :], ctx.rh)]
             )
         }
     dp["weight_ih"] = _weight_grad(dg, x)
@@ -244,4 +362,4 @@ def gru_backward(ops, xp, ctx, dy, dhT):
         dp["bias_ih"] = ops.column_sum(_rows(dg))
         dp["bias_hh"] = ops.column_sum(_rows(dgh))
     dx = dg @ p["weight_ih"]
-    return dx, dpw[0] + dmm[0], dp
+    return dx, g.dpw[0] + g.dmm[0], dp

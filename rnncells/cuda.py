@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -93,10 +94,18 @@ class KernelOps:
     `launcher(name, grid, block, args)` runs one instantiation; `gemm(a, b,
     out)` is the backend's out = a @ b.  Arguments follow the kernels'
     signatures: ints for scalars, arrays (or None for a null pointer).
+    `capture(ops, loop)` returns a replay of loop(ops) (a CUDA graph, or
+    `record` on the host); `graph_key()` is what else a graph depends on
+    (device, math mode).
     """
 
-    def __init__(self, launcher, xp, gemm):
+    def __init__(self, launcher, xp, gemm, capture=None, graph_key=tuple):
         self.launcher, self.xp, self.gemm = launcher, xp, gemm
+        self._capture, self.graph_key = capture, graph_key
+
+    def capture(self, loop):
+        """The backend's graph of loop(self), as a function that replays it (see rnncells._graphs)."""
+        return self._capture(self, loop)
 
     def _launch(self, name, n, *args, grid_y=1):
         if n > 0:
@@ -164,6 +173,58 @@ class KernelOps:
         """GRU (reset before): da_r, and r∘d(r∘h) into dh."""
         B, H = h.shape
         self._launch(plain_name("gru_rz_backward_step", h.dtype), B * H, t, B, H, gates, h, drh, dpw_out, dg, lengths)
+
+
+# --- graphs on the host --------------------------------------------------------
+
+
+class _Address(NamedTuple):
+    """An array as a graph holds it: where its memory is, not the array object."""
+
+    ptr: int
+    shape: tuple
+    strides: tuple
+    dtype: np.dtype
+
+
+def _address(a):
+    return a if a is None or isinstance(a, (int, np.integer)) else _Address(a.ctypes.data, a.shape, a.strides, a.dtype)
+
+
+def _at(v):
+    """The array an _Address describes, over the same memory."""
+    if not isinstance(v, _Address):
+        return v
+    if 0 in v.shape:
+        return np.empty(v.shape, v.dtype)
+    span = sum((n - 1) * s for n, s in zip(v.shape, v.strides)) + v.dtype.itemsize
+    return np.ndarray(v.shape, v.dtype, buffer=(ctypes.c_char * span).from_address(v.ptr), strides=v.strides)
+
+
+def record(ops, loop):
+    """The host's stand-in for CUDA stream capture: loop(ops) recorded, not run; returns its replay.
+
+    Like a CUDA graph, the recording keeps each launch's and GEMM's arguments
+    as addresses, not as the arrays: a replay writes wherever the capture's
+    buffers were, and holds none of them alive.
+    """
+    calls = []
+
+    def launch(name, grid, block, args):
+        addrs = tuple(map(_address, args))
+        calls.append(lambda: ops.launcher(name, grid, block, tuple(map(_at, addrs))))
+
+    def gemm(a, b, out):
+        addrs = tuple(map(_address, (a, b, out)))
+        calls.append(lambda: ops.gemm(*map(_at, addrs)))
+
+    loop(KernelOps(launch, ops.xp, gemm))
+
+    def replay():
+        for call in calls:
+            call()
+
+    return replay
 
 
 # --- cuBLAS arguments for the row-major GEMMs of the orchestration -------------
@@ -272,7 +333,7 @@ def host_ops():
 
     with tempfile.TemporaryDirectory(prefix="rnncells-host-") as tmp:  # a loaded library outlives its file
         launcher = HostLauncher(build_host_library(tmp))
-    return KernelOps(launcher, np, _numpy.gemm)
+    return KernelOps(launcher, np, _numpy.gemm, capture=record)
 
 
 # --- NVRTC without a GPU ------------------------------------------------------
