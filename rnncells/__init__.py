@@ -16,6 +16,7 @@ from .api import (
     lstm_cell_forward,
     lstm_forward,
 )
+from ._graphs import GraphCache
 from .modules import GRU, LSTM, GRUCell, LSTMCell
 from .params import init_gru_params, init_lstm_params
 
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Context",
+    "GraphCache",
     "init_lstm_params",
     "init_gru_params",
     "lstm_cell_forward",

@@ -15,8 +15,10 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _checks, _numpy, _sequence, reference
+from ._graphs import GraphCache
 
 BACKENDS = ("reference", "numpy", "cuda-host", "cupy")
+_GRAPH_BACKENDS = ("cuda-host", "cupy")
 _FUNCS = ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward")
 
 
@@ -38,6 +40,21 @@ def _impl(name):
     from . import _cupy
 
     return _sequence_backend(_cupy.ops(), _cupy.cupy)
+
+
+def _graphs(graphs, backend):
+    """graphs= checked: None, or a GraphCache on a backend whose loops launch kernels."""
+    if graphs is None:
+        return None
+    if not isinstance(graphs, GraphCache):
+        raise TypeError(f"graphs must be a rnncells.GraphCache or None, got {type(graphs).__name__}")
+    if backend not in _GRAPH_BACKENDS:
+        raise ValueError(f"graphs= needs backend 'cupy' or 'cuda-host' (the {backend!r} loop launches no kernels)")
+    return graphs
+
+
+def _graph_kw(graphs):
+    return {} if graphs is None else {"graphs": graphs}  # only the kernel backends take graphs
 
 
 def _backend(name, xp):
@@ -82,7 +99,7 @@ def _grad_dtypes(ctx):
 
 
 def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candidate="tanh", *, training=True,
-                 backend=None):  # fmt: skip
+                 graphs=None, backend=None):  # fmt: skip
     """Run an LSTM over a sequence.
 
     x (T, B, I); h0, c0 (B, H) or None for zeros; lengths (B,) ints in
@@ -92,14 +109,17 @@ def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candi
     Returns y (T, B, H), (hT, cT) and a ctx for `lstm_backward` (None with
     training=False, which saves nothing for a backward).  The ctx reads the
     hidden states from y itself: copy y before writing into it if the
-    backward is still to come.
+    backward is still to come.  `graphs` (a `GraphCache`, CuPy backend) runs
+    the step loops as CUDA graphs, captured once per shape and replayed.
     """
     _checks.lstm_variant(peephole, candidate)
     xp, H, lengths = _checks.call("lstm", x, params, {"h0": h0, "c0": c0}, lengths=lengths, peephole=peephole)
     T, B, _ = x.shape
     name, impl = _backend(backend, xp)
+    graphs = _graphs(graphs, name)
     h0, c0 = _zeros(xp, h0, (B, H), x.dtype), _zeros(xp, c0, (B, H), x.dtype)
-    y, hT, cT, inner = impl.lstm_forward(x, params, h0, c0, lengths, peephole, candidate, training)
+    y, hT, cT, inner = impl.lstm_forward(x, params, h0, c0, lengths, peephole, candidate, training,
+                                         **_graph_kw(graphs))  # fmt: skip
     return y, (hT, cT), Context("lstm", False, name, xp, x.dtype, (T, B, H), inner) if training else None
 
 
@@ -139,21 +159,24 @@ def lstm_cell_backward(ctx, dh1, dc1):
     return dx[0], dh, dc, dp
 
 
-def gru_forward(x, params, h0=None, lengths=None, reset_after=True, *, training=True, backend=None):
+def gru_forward(x, params, h0=None, lengths=None, reset_after=True, *, training=True, graphs=None, backend=None):
     """Run a GRU over a sequence.
 
     x (T, B, I); h0 (B, H) or None for zeros; lengths as in `lstm_forward`.
     reset_after=True is torch.nn.GRU / cuDNN, False is Cho et al. / Keras.
     Returns y (T, B, H), hT (B, H) and a ctx for `gru_backward` (None with
     training=False).  As in `lstm_forward`, the ctx reads the hidden states
-    from y: copy y before writing into it if the backward is still to come.
+    from y: copy y before writing into it if the backward is still to come;
+    `graphs` as there.
     """
     _checks.gru_variant(reset_after)
     xp, H, lengths = _checks.call("gru", x, params, {"h0": h0}, lengths=lengths)
     T, B, _ = x.shape
     name, impl = _backend(backend, xp)
+    graphs = _graphs(graphs, name)
     h0 = _zeros(xp, h0, (B, H), x.dtype)
-    y, hT, inner = impl.gru_forward(x, params, h0, lengths, reset_after, training)
+    y, hT, inner = impl.gru_forward(x, params, h0, lengths, reset_after, training,
+                                    **_graph_kw(graphs))  # fmt: skip
     return y, hT, Context("gru", False, name, xp, x.dtype, (T, B, H), inner) if training else None
 
 

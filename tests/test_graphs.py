@@ -1,0 +1,150 @@
+"""graphs=: the step loops captured once per shape and replayed (rnncells._graphs).
+
+On the CPU the kernels run through the host build and a "capture" is
+`cuda.record`, which keeps addresses as a CUDA graph does, so these tests
+check what a GPU replay depends on: every input reaches the loop through the
+slot's buffers, replays equal the uncaptured loop bit for bit, and a slot
+whose buffers someone still holds is never written to.
+"""
+
+import shutil
+
+import numpy as np
+import pytest
+
+import rnncells as rc
+from rnncells import verify
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="the host build of the kernels needs g++")
+
+VARIANTS = [pytest.param(c, v, id=verify.variant_name(c, v).replace(" ", "-")) for c, v in verify.VARIANTS]
+
+
+def _fwd(cell):
+    return rc.lstm_forward if cell == "lstm" else rc.gru_forward
+
+
+def _bwd(cell):
+    return rc.lstm_backward if cell == "lstm" else rc.gru_backward
+
+
+def _flat(out):
+    """Every array of a forward's or backward's result, in order."""
+    arrays = []
+    for v in out:
+        if isinstance(v, dict):
+            arrays += [v[k] for k in sorted(v)]
+        elif isinstance(v, tuple):
+            arrays += _flat(v)
+        else:
+            arrays.append(v)
+    return arrays
+
+
+def _step(p, training=True, **kw):
+    """Forward (and backward when training) of a problem on the host kernels: its arrays."""
+    y, state, ctx = _fwd(p.cell)(p.x, p.params, *p.states.values(), lengths=p.lengths, **p.variant,
+                                 training=training, backend="cuda-host", **kw)  # fmt: skip
+    out = _flat((y, state))
+    if training:
+        out += _flat(_bwd(p.cell)(ctx, *p.douts.values()))
+    return out
+
+
+def _assert_same(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("lengths", [None, np.array([5, 2, 0, 5])], ids=["full", "lengths"])
+@pytest.mark.parametrize("cell,variant", VARIANTS)
+def test_replays_equal_the_uncaptured_loop_bit_for_bit(cell, variant, lengths):
+    cache = rc.GraphCache()
+    problems = [verify.problem(cell, variant, T=5, B=4, I=3, H=6, dtype="float32", lengths=lengths, seed=s)
+                for s in range(3)]  # fmt: skip
+    # every problem stays alive, so a graph that kept the first call's arrays would read stale, not freed, memory
+    for p in problems:
+        _assert_same(_step(p, graphs=cache), _step(p))
+    assert cache.captures == 2  # one forward and one backward graph, replayed by the later calls
+
+
+@pytest.mark.parametrize("cell,variant", VARIANTS)
+def test_inference_replays_equal_the_uncaptured_loop(cell, variant):
+    cache = rc.GraphCache()
+    for s in range(2):
+        p = verify.problem(cell, variant, T=4, B=3, H=5, dtype="float64", seed=s)
+        _assert_same(_step(p, training=False, graphs=cache), _step(p, training=False))
+    assert cache.captures == 1
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_a_held_output_is_never_overwritten(cell):
+    variant = dict(verify.VARIANTS)[cell]
+    cache = rc.GraphCache()
+    a, b = (verify.problem(cell, variant, T=4, B=2, seed=s) for s in (0, 1))
+    run = lambda q: _fwd(cell)(q.x, q.params, **q.variant, training=False, graphs=cache, backend="cuda-host")[0]  # noqa: E731
+    y_a = run(a)
+    kept = y_a.copy()
+    y_b = run(b)
+    np.testing.assert_array_equal(y_a, kept)  # b ran in a second slot
+    assert not np.shares_memory(y_a, y_b) and cache.captures == 2
+    del y_a, y_b  # both slots free again: the next call replays, it does not capture
+    run(a)
+    assert cache.captures == 2
+
+
+def test_a_view_or_a_torch_tensor_of_the_output_holds_the_slot():
+    torch = pytest.importorskip("torch")
+    cache = rc.GraphCache()
+    p = verify.problem("gru", {"reset_after": True}, T=3, B=2)
+    run = lambda: rc.gru_forward(p.x, p.params, training=False, graphs=cache, backend="cuda-host")[0]  # noqa: E731
+    view = run()[1:]
+    tensor = torch.from_numpy(run())
+    run()
+    assert cache.captures == 3  # the view held the first slot, the tensor the second
+    want = tensor.clone()
+    run()  # the third slot, free again since its result was dropped
+    assert torch.equal(tensor, want) and cache.captures == 3
+    del view, tensor
+    for _ in range(3):
+        run()
+    assert cache.captures == 3
+
+
+def test_stacked_layers_of_one_shape_use_a_slot_each():
+    """Layer 2's forward runs while layer 1's context lives: they must not share buffers."""
+    variant = {"peephole": None, "candidate": "tanh"}
+    cache = rc.GraphCache()
+    p = verify.problem("lstm", variant, T=4, B=3, I=5, H=5, dtype="float32")
+    q = verify.problem("lstm", variant, T=4, B=3, I=5, H=5, dtype="float32", seed=1)
+
+    def two_layers(**kw):
+        y1, _, ctx1 = rc.lstm_forward(p.x, p.params, backend="cuda-host", **kw)
+        y2, _, ctx2 = rc.lstm_forward(y1, q.params, backend="cuda-host", **kw)
+        d2 = rc.lstm_backward(ctx2, p.douts["dy"])
+        return _flat((y2, d2, rc.lstm_backward(ctx1, d2[0])))
+
+    want = two_layers()
+    for _ in range(2):
+        _assert_same(two_layers(graphs=cache), want)
+    assert cache.captures == 4  # two slots, a forward and a backward graph each
+
+
+def test_past_max_slots_the_loop_runs_uncaptured():
+    cache = rc.GraphCache(max_slots=1)
+    a, b = (verify.problem("gru", {"reset_after": False}, T=3, B=2, seed=s) for s in (0, 1))
+    held = rc.gru_forward(a.x, a.params, reset_after=False, graphs=cache, backend="cuda-host")  # y and ctx live on
+    _assert_same(_step(b, graphs=cache), _step(b))
+    assert cache.captures == 1 and held[-1] is not None  # only held's forward was ever captured
+
+
+def test_graphs_argument_is_checked():
+    p = verify.problem("lstm", {"peephole": None, "candidate": "tanh"})
+    with pytest.raises(TypeError, match="graphs must be a rnncells.GraphCache or None, got str"):
+        rc.lstm_forward(p.x, p.params, graphs="yes", backend="cuda-host")
+    with pytest.raises(ValueError, match="graphs= needs backend 'cupy' or 'cuda-host'"):
+        rc.lstm_forward(p.x, p.params, graphs=rc.GraphCache())
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="max_slots=.* must be a positive integer"):
+            rc.GraphCache(max_slots=bad)
