@@ -1,16 +1,20 @@
 """`rnncells bench`: our time next to cuDNN's, one row per configuration, with the ratio.
 
-Three implementations, timed side by side in one process on one device:
-  rnncells     our backend (the CUDA kernels through CuPy; NumPy on the CPU)
-  torch.nn     torch.nn.LSTM / GRU (cuDNN on a GPU)
-  torch loop   a Python loop over torch.nn.LSTMCell / GRUCell: the lower anchor
+The implementations, timed side by side in one process on one device:
+  rnncells        our backend: on a GPU the CUDA kernels through CuPy with the step
+                  loops as CUDA graphs (graphs=GraphCache()); NumPy on the CPU
+  rnncells eager  (GPU only) the same without graphs: one launch per kernel and GEMM
+  torch.nn        torch.nn.LSTM / GRU (cuDNN on a GPU)
+  torch loop      a Python loop over torch.nn.LSTMCell / GRUCell: the lower anchor
 Modes: "forward" (inference, nothing saved) and "train" (forward + backward,
 dx included for everyone).  Precision: fp32 with TF32 off and, on a GPU, on.
 Timing: `warmup` untimed calls, then `repeats` timed ones (CUDA events on a
 GPU, perf_counter on the CPU), inputs rotated among `rotate` sets so caches
 do not flatter anyone; the median is reported, and every configuration is
 measured twice (pass 1, pass 2) so the table shows its own noise.
-ratio = torch.nn time / rnncells time: above 1, we are faster.
+ratio = torch.nn time / rnncells time: above 1, we are faster.  On a GPU each
+configuration also gets the peak memory of one warm training step (fp32),
+rnncells and torch.nn, beyond its inputs and parameters (`peak_train_mb`).
 """
 
 import json
@@ -52,8 +56,9 @@ def configs(preset, cells=("lstm", "gru")):
 # --- the implementations: each returns a step() closure over rotated inputs ---
 
 
-def _ours(cfg, mode, xp, rotate, seed):
+def _ours(cfg, mode, xp, rotate, seed, graphs=False):
     from . import api
+    from ._graphs import GraphCache
     from .params import init_gru_params, init_lstm_params
 
     init = init_lstm_params if cfg.cell == "lstm" else init_gru_params
@@ -63,12 +68,13 @@ def _ours(cfg, mode, xp, rotate, seed):
     dy = xp.asarray(rng.standard_normal((cfg.T, cfg.B, cfg.H), dtype=np.float32))
     fwd = api.lstm_forward if cfg.cell == "lstm" else api.gru_forward
     bwd = api.lstm_backward if cfg.cell == "lstm" else api.gru_backward
+    cache = GraphCache() if graphs else None
     k = [0]
 
     def step():
         x = xs[k[0] % rotate]
         k[0] += 1
-        out = fwd(x, params, training=mode == "train")
+        out = fwd(x, params, training=mode == "train", graphs=cache)
         if mode == "train":
             bwd(out[-1], dy)
 
@@ -111,7 +117,84 @@ def _torch(cfg, mode, device, rotate, seed, loop):
     return step
 
 
-IMPLEMENTATIONS = ("rnncells", "torch.nn", "torch loop")
+IMPLEMENTATIONS = ("rnncells", "rnncells eager", "torch.nn", "torch loop")
+
+
+def implementations(device, torch_available=True):
+    """The implementations timed on a device (no eager row on the CPU, where there is nothing to capture)."""
+    names = [n for n in IMPLEMENTATIONS if device == "cuda" or n != "rnncells eager"]
+    return tuple(n for n in names if torch_available or not n.startswith("torch"))
+
+
+def _build(name, cfg, mode, device, xp, rotate, seed):
+    """The step() closure of one implementation."""
+    if name.startswith("rnncells"):
+        return _ours(cfg, mode, xp, rotate, seed, graphs=device == "cuda" and name == "rnncells")
+    return _torch(cfg, mode, device, rotate, seed, loop=name == "torch loop")
+
+
+class _CupyMemory:
+    """Bytes CuPy's memory pool has handed out, and their peak during a call (a pool hook)."""
+
+    def __init__(self):
+        import cupy
+
+        self.cupy = cupy
+
+    def allocated(self):
+        return self.cupy.get_default_memory_pool().used_bytes()
+
+    def peak(self, fn):
+        cupy = self.cupy
+
+        class Peak(cupy.cuda.MemoryHook):
+            name = "rnncells-peak"
+
+            def __init__(self, used):
+                self.used = self.top = used
+
+            def malloc_postprocess(self, **kw):
+                self.used += kw["mem_size"]
+                self.top = max(self.top, self.used)
+
+            def free_postprocess(self, **kw):
+                self.used -= kw["mem_size"]
+
+        with Peak(self.allocated()) as hook:
+            fn()
+            cupy.cuda.Device().synchronize()
+        return hook.top
+
+
+class _TorchMemory:
+    """Bytes torch's caching allocator has handed out, and their peak during a call."""
+
+    def __init__(self):
+        import torch
+
+        self.cuda = torch.cuda
+
+    def allocated(self):
+        return self.cuda.memory_allocated()
+
+    def peak(self, fn):
+        self.cuda.reset_peak_memory_stats()
+        fn()
+        self.cuda.synchronize()
+        return self.cuda.max_memory_allocated()
+
+
+def peak_train_mb(step, memory, warmup=2):
+    """MB allocated at the peak of one warm training step beyond what was allocated before the first.
+
+    `step` was just built, so what is allocated now is its inputs and
+    parameters; whatever the implementation keeps between steps (our graph
+    slots, cuDNN's workspace) is allocated during warm-up and counts.
+    """
+    before = memory.allocated()
+    for _ in range(warmup):
+        step()
+    return (memory.peak(step) - before) / 2**20
 
 
 class _CpuTimer:
@@ -204,10 +287,15 @@ def run(preset="full", cells=("lstm", "gru"), device=None, modes=("forward", "tr
     try:
         import torch  # noqa: F401
 
-        impls = IMPLEMENTATIONS
+        impls = implementations(device)
     except ImportError:
-        impls = ("rnncells",)
+        impls = implementations(device, torch_available=False)
         out("torch is not installed: timing rnncells alone, with no ratio")
+    memories = {}
+    if device == "cuda":
+        memories["rnncells"] = _CupyMemory()
+        if "torch.nn" in impls:
+            memories["torch.nn"] = _TorchMemory()
     rows = []
     header = f"{'cell':<5}{'T':>5}{'B':>5}{'H':>6}  {'mode':<8}{'prec':<6}{'pass':>4}"
     out(header + "".join(f"{n + ' ms':>14}" for n in impls) + f"{'ratio':>8}")
@@ -218,16 +306,18 @@ def run(preset="full", cells=("lstm", "gru"), device=None, modes=("forward", "tr
                 for p in range(1, passes + 1):
                     times = {}
                     for name in impls:
-                        if name == "rnncells":
-                            step = _ours(cfg, mode, xp, rotate, seed=p)
-                        else:
-                            step = _torch(cfg, mode, device, rotate, seed=p, loop=name == "torch loop")
-                        times[name], samples = time_step(step, timer, warmup, repeats)
+                        step = _build(name, cfg, mode, device, xp, rotate, seed=p)
+                        times[name] = time_step(step, timer, warmup, repeats)[0]
                     ratio = times["torch.nn"] / times["rnncells"] if "torch.nn" in times else None
-                    rows.append(dict(cfg._asdict(), mode=mode, precision=prec, pass_=p, ms=times, ratio=ratio))
+                    row = dict(cfg._asdict(), mode=mode, precision=prec, pass_=p, ms=times, ratio=ratio)
+                    if memories and mode == "train" and prec == "fp32" and p == 1:
+                        row["peak_mb"] = {n: peak_train_mb(_build(n, cfg, mode, device, xp, rotate, seed=p), m)
+                                          for n, m in memories.items()}  # fmt: skip
+                    rows.append(row)
                     cells_ms = "".join(f"{times[n]:>14.3f}" for n in impls)
                     r = f"{ratio:>8.2f}" if ratio is not None else f"{'-':>8}"
-                    out(f"{cfg.cell:<5}{cfg.T:>5}{cfg.B:>5}{cfg.H:>6}  {mode:<8}{prec:<6}{p:>4}{cells_ms}{r}")
+                    mb = "".join(f"  {n} {v:.1f} MB" for n, v in row.get("peak_mb", {}).items())
+                    out(f"{cfg.cell:<5}{cfg.T:>5}{cfg.B:>5}{cfg.H:>6}  {mode:<8}{prec:<6}{p:>4}{cells_ms}{r}{mb}")
     _set_tf32(False)
     return device, rows
 

@@ -39,7 +39,7 @@ def test_cpu_run_times_all_three_and_records_them(tmp_path, capsys):
     rows = record["rows"]
     assert len(rows) == 2 * 2 * 2  # two quick shapes, two modes, two passes
     for r in rows:
-        assert set(r["ms"]) == set(bench.IMPLEMENTATIONS) and all(v > 0 for v in r["ms"].values())
+        assert set(r["ms"]) == set(bench.implementations("cpu")) and all(v > 0 for v in r["ms"].values())
         assert r["ratio"] == pytest.approx(r["ms"]["torch.nn"] / r["ms"]["rnncells"])
     assert png.read_bytes()[:4] == b"\x89PNG"
 
@@ -62,3 +62,32 @@ def test_the_sanitizer_target_script_runs_every_variant_on_the_host_kernels():
     r = subprocess.run([sys.executable, str(script), "cuda-host"], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.count(" ok") == 16 and "FAIL" not in r.stdout
+
+
+def test_implementations_time_the_eager_loop_only_where_graphs_exist():
+    assert bench.implementations("cuda") == ("rnncells", "rnncells eager", "torch.nn", "torch loop")
+    assert bench.implementations("cpu") == ("rnncells", "torch.nn", "torch loop")
+    assert bench.implementations("cpu", torch_available=False) == ("rnncells",)
+
+
+def test_peak_train_mb_counts_what_a_step_keeps_between_steps_but_not_its_inputs():
+    class Memory:  # an allocator that has handed out 100 bytes (the inputs) before the first step
+        used, top = 100, 100
+
+        def allocated(self):
+            return self.used
+
+        def peak(self, fn):
+            self.top = self.used
+            fn()
+            return self.top
+
+    memory = Memory()
+
+    def step():  # keeps 2 MiB from its first call on (like a graph slot), and needs 3 MiB more while it runs
+        if not getattr(step, "kept", False):
+            memory.used += 2 * 2**20
+            step.kept = True
+        memory.top = max(memory.top, memory.used + 3 * 2**20)
+
+    assert bench.peak_train_mb(step, memory) == 5.0
