@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU work of a session in few device calls (device tool: `run`, command `bash bench/gpu_session.sh STAGE`).
-#   check    install, the gpu-marked suite, rnncells check, compute-sanitizer x4     (~5 min)
+#   check    install, the gpu-marked suite, rnncells check, compute-sanitizer x5     (~6 min)
 #   bench    rnncells bench on the full preset, JSON + plot                         (long: split by --cell if needed)
 #   profile  ncu on training steps of the standard LSTM configuration
 # Logs and results go under $OUT (the device tool brings back at most 8 files); a summary is printed last.
@@ -25,6 +25,9 @@ check)
     compute-sanitizer --tool "$tool" --error-exitcode 99 python bench/sanitize_target.py >>"$OUT/sanitizers.log" 2>&1
     note "compute-sanitizer $tool: exit $?"
   done
+  compute-sanitizer --tool memcheck --error-exitcode 99 python bench/sanitize_target.py "cupy graphs" \
+    >>"$OUT/sanitizers.log" 2>&1
+  note "compute-sanitizer memcheck, CUDA graphs: exit $?"
   ;;
 bench)
   rnncells bench --out "$OUT" --plot "$OUT/ratios.png" "$@" >"$OUT/bench.log" 2>&1

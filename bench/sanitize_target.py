@@ -3,7 +3,7 @@
 The program compute-sanitizer wraps in bench/gpu_session.sh (backend cupy, the default): the rows of
 `rnncells check` for one backend.  CI runs it with backend cuda-host (the same kernels built for the
 CPU), so the script itself is known to work.
-    python bench/sanitize_target.py [cupy|cuda-host|numpy]
+    python bench/sanitize_target.py [cupy|"cupy graphs"|cuda-host|"cuda-host graphs"|numpy]
 """
 
 import sys

@@ -3,7 +3,9 @@
 Tier 1: every `deriv` rule and every cell variant's reference gradients
 against float64 central differences.  Tier 2: the NumPy backend, and the
 CUDA kernels run on the host (`cuda-host`), against the reference.  Tier 3,
-where a GPU is present: the CuPy backend against the reference.  Each
+where a GPU is present: the CuPy backend against the reference.  The
+"graphs" rows run the sequence loops as graphs (`GraphCache`; recorded and
+replayed on the host for cuda-host, CUDA graphs for cupy).  Each
 variant row is the worst over one step, a sequence, a sequence with
 `lengths` (one item of length 0) and a wide one (H = 300, several blocks).
 Then every kernel instantiation compiled with NVRTC for sm_80 and sm_90.
@@ -33,11 +35,9 @@ def _nvrtc_missing():
 
 def backends():
     """[(backend, reason it cannot run or None)] for tiers 2 and 3 here."""
-    return [
-        ("numpy", None),
-        ("cuda-host", None if shutil.which("g++") else "needs g++ to build the kernels for the host"),
-        ("cupy", None if verify.gpu_available() else "no CUDA GPU (or no CuPy) here"),
-    ]
+    host = None if shutil.which("g++") else "needs g++ to build the kernels for the host"
+    gpu = None if verify.gpu_available() else "no CUDA GPU (or no CuPy) here"
+    return [("numpy", None), ("cuda-host", host), ("cuda-host graphs", host), ("cupy", gpu), ("cupy graphs", gpu)]
 
 
 def rows():
@@ -49,9 +49,13 @@ def rows():
         yield 1, verify.variant_name(cell, variant), "float64", "reference vs FD", worst, verify.BOUNDS["fd"]
     for backend, why in backends():
         if why:
-            yield 3 if backend == "cupy" else 2, f"{backend}: {why}", "-", f"{backend} vs reference", None, None
+            yield _tier(backend), f"{backend}: {why}", "-", f"{backend} vs reference", None, None
         else:
             yield from backend_rows(backend)
+
+
+def _tier(backend):
+    return 3 if backend.startswith("cupy") else 2
 
 
 def backend_rows(backend):
@@ -59,12 +63,15 @@ def backend_rows(backend):
 
     A row's error is the worst over the modes; a wrong output dtype counts as infinite.
     """
-    tier = 3 if backend == "cupy" else 2
+    from ._graphs import GraphCache
+
+    name, graphs = backend.removesuffix(" graphs"), GraphCache() if backend.endswith(" graphs") else None
+    tier = _tier(backend)
     for cell, variant in verify.VARIANTS:
         for dtype in ("float64", "float32"):
             worst = 0.0
             for m in _MODES:
-                err, dtypes = verify.backend_error(verify.problem(cell, variant, dtype=dtype, **m), backend)
+                err, dtypes = verify.backend_error(verify.problem(cell, variant, dtype=dtype, **m), name, graphs)
                 worst = max(worst, err if dtypes == {np.dtype(dtype)} else float("inf"))
             yield tier, verify.variant_name(cell, variant), dtype, f"{backend} vs reference", worst, verify.BOUNDS[dtype]
 

@@ -79,8 +79,8 @@ def problem(cell, variant, *, T=4, B=3, I=3, H=2, lengths=None, step=False, dtyp
     return Problem(cell, variant, step, x.astype(dtype), states, params, lengths, douts)
 
 
-def run(p, backend):
-    """Forward and backward of a problem: {name: array} of every output and gradient."""
+def run(p, backend, graphs=None):
+    """Forward and backward of a problem: {name: array} of every output and gradient (graphs: sequences only)."""
     if p.step:
         fwd = api.lstm_cell_forward if p.cell == "lstm" else api.gru_cell_forward
         *outs, ctx = fwd(p.x, *p.states.values(), p.params, **p.variant, backend=backend)
@@ -89,7 +89,8 @@ def run(p, backend):
         names = [n + "1" for n in p.states] + ["dx"] + ["d" + n for n in p.states]
     else:
         fwd = api.lstm_forward if p.cell == "lstm" else api.gru_forward
-        y, state, ctx = fwd(p.x, p.params, *p.states.values(), lengths=p.lengths, **p.variant, backend=backend)
+        y, state, ctx = fwd(p.x, p.params, *p.states.values(), lengths=p.lengths, **p.variant, backend=backend,
+                            graphs=graphs)  # fmt: skip
         bwd = api.lstm_backward if p.cell == "lstm" else api.gru_backward
         dx, dstate, dparams = bwd(ctx, *p.douts.values())
         state, dstate = (s if isinstance(s, tuple) else (s,) for s in (state, dstate))
@@ -141,13 +142,13 @@ def _on_device(p):
     return p._replace(x=cupy.asarray(p.x), states=put(p.states), params=put(p.params), douts=put(p.douts))
 
 
-def backend_error(p, backend="numpy"):
+def backend_error(p, backend="numpy", graphs=None):
     """Tiers 2 and 3: worst relative error of a backend against the reference, and the dtypes it returned."""
     want = run(p, "reference")
     if backend == "cupy":
-        got = {k: v.get() for k, v in run(_on_device(p), backend).items()}
+        got = {k: v.get() for k, v in run(_on_device(p), backend, graphs).items()}
     else:
-        got = run(p, backend)
+        got = run(p, backend, graphs)
     if set(want) != set(got):
         raise AssertionError(f"{backend} returned {sorted(got)}, the reference {sorted(want)}")
     dtypes = {np.asarray(v).dtype for v in got.values()}

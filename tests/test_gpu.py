@@ -91,3 +91,39 @@ def test_torch_adapter_on_cuda_matches_cudnn(kind):
     assert verify.rel_err(y_ours.cpu().numpy(), y_ref.cpu().numpy()) <= 1e-5
     for n in g_ref:
         assert verify.rel_err(g_ours[n].cpu().numpy(), g_ref[n].cpu().numpy()) <= 1e-5, n
+
+
+@pytest.mark.parametrize("cell,variant", VARIANTS)
+def test_cuda_graph_replays_equal_the_uncaptured_loop_bit_for_bit(cell, variant):
+    import rnncells as rc
+
+    cache = rc.GraphCache()
+    for seed in range(3):
+        for lengths in (None, np.array([9, 3, 0, 9, 5])):
+            p = verify._on_device(verify.problem(cell, variant, T=9, B=5, I=7, H=33, dtype="float32", seed=seed,
+                                                 lengths=lengths))  # fmt: skip
+            want = {k: v.get() for k, v in verify.run(p, "cupy").items()}
+            got = {k: v.get() for k, v in verify.run(p, "cupy", graphs=cache).items()}
+            assert got.keys() == want.keys()
+            for k in want:
+                np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert cache.captures == 4  # a forward and a backward graph per lengths setting: replays reuse their slot
+
+
+def test_cuda_graph_slot_is_held_by_a_view_and_by_a_torch_tensor():
+    torch = pytest.importorskip("torch")
+    import cupy
+
+    import rnncells as rc
+
+    cache = rc.GraphCache()
+    p = verify._on_device(verify.problem("lstm", {"peephole": None, "candidate": "tanh"}, T=5, B=3, dtype="float32"))
+    run = lambda: rc.lstm_forward(p.x, p.params, training=False, graphs=cache)[0]  # noqa: E731
+    view = run()[2:]
+    tensor = torch.from_dlpack(run())
+    kept = (view.copy(), tensor.clone())
+    for _ in range(3):
+        run()
+    cupy.cuda.Device().synchronize()
+    assert cache.captures == 3
+    assert (view == kept[0]).all() and torch.equal(tensor, kept[1])
