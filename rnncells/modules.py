@@ -15,6 +15,7 @@ for packed sequences.
 import numpy as np
 
 from . import _checks, api
+from ._graphs import GraphCache
 from .params import init_gru_params, init_lstm_params
 
 
@@ -100,8 +101,11 @@ class _Stack(_Holder):
 
     _states = ()  # the state names: ("h", "c") or ("h",)
 
-    def _build(self, init, input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dtype, xp, seed):
+    def _build(self, init, input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dtype, xp, seed,
+               graphs):  # fmt: skip
         _checks.sizes(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
+        # CUDA graphs of the step loops on CuPy; NumPy launches nothing, so there they change nothing
+        self.graphs = GraphCache() if graphs and xp.__name__ == "cupy" else None
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.batch_first, self.bidirectional = batch_first, bidirectional
         self.num_directions = 2 if bidirectional else 1
@@ -186,24 +190,26 @@ class LSTM(_Stack):
     """A multi-layer, optionally bidirectional LSTM with torch.nn.LSTM's parameter names.
 
     `peephole` and `candidate` as in `rnncells.lstm_forward`; the peephole
-    weights are named weight_ch_l{k}[_reverse].
+    weights are named weight_ch_l{k}[_reverse].  graphs=True runs the step
+    loops as CUDA graphs (CuPy arrays; see `rnncells.GraphCache`).
     """
 
     _states = ("h", "c")
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, bidirectional=False, *,
-                 peephole=None, candidate="tanh", dtype="float32", xp=np, seed=0):  # fmt: skip
+                 peephole=None, candidate="tanh", dtype="float32", xp=np, seed=0, graphs=False):  # fmt: skip
         _checks.lstm_variant(peephole, candidate)
         self.peephole, self.candidate = peephole, candidate
 
         def init(*a, **kw):
             return init_lstm_params(*a, peephole=peephole, **kw)
 
-        self._build(init, input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dtype, xp, seed)
+        self._build(init, input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dtype, xp, seed,
+                    graphs)  # fmt: skip
 
     def _call(self, x, p, s0, lengths):
         y, (h, c), ctx = api.lstm_forward(x, p, *s0, lengths=lengths, peephole=self.peephole,
-                                          candidate=self.candidate)  # fmt: skip
+                                          candidate=self.candidate, graphs=self.graphs)  # fmt: skip
         return y, (h, c), ctx
 
     def _call_backward(self, ctx, dy, dsT):
@@ -227,19 +233,22 @@ class LSTM(_Stack):
 
 
 class GRU(_Stack):
-    """A multi-layer, optionally bidirectional GRU with torch.nn.GRU's parameter names."""
+    """A multi-layer, optionally bidirectional GRU with torch.nn.GRU's parameter names.
+
+    graphs=True runs the step loops as CUDA graphs (CuPy arrays; see `rnncells.GraphCache`).
+    """
 
     _states = ("h",)
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, bidirectional=False, *,
-                 reset_after=True, dtype="float32", xp=np, seed=0):  # fmt: skip
+                 reset_after=True, dtype="float32", xp=np, seed=0, graphs=False):  # fmt: skip
         _checks.gru_variant(reset_after)
         self.reset_after = reset_after
         self._build(init_gru_params, input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dtype,
-                    xp, seed)  # fmt: skip
+                    xp, seed, graphs)  # fmt: skip
 
     def _call(self, x, p, s0, lengths):
-        y, h, ctx = api.gru_forward(x, p, *s0, lengths=lengths, reset_after=self.reset_after)
+        y, h, ctx = api.gru_forward(x, p, *s0, lengths=lengths, reset_after=self.reset_after, graphs=self.graphs)
         return y, (h,), ctx
 
     def _call_backward(self, ctx, dy, dsT):

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from . import _checks, api
+from ._graphs import GraphCache
 from .modules import reverse_index
 from .params import expected_shapes
 
@@ -124,8 +125,10 @@ class _RNN(nn.Module):
     _cell = ""  # "lstm" or "gru"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, proj_size=0, device=None, dtype=None, **variant):  # fmt: skip
+                 bidirectional=False, proj_size=0, device=None, dtype=None, graphs=False, **variant):  # fmt: skip
         super().__init__()
+        # CUDA graphs of the step loops for CUDA tensors (a CPU call launches nothing to capture)
+        self._graphs = GraphCache() if graphs else None
         if proj_size:
             raise NotImplementedError(f"proj_size={proj_size} is not supported yet by rnncells.torch")
         if not (isinstance(dropout, (int, float)) and 0 <= dropout <= 1) or isinstance(dropout, bool):
@@ -209,7 +212,9 @@ class _RNN(nn.Module):
                 params = [getattr(self, key + self._suffix(layer, d)) for key in self._keys]
                 s0 = [None if s is None else s[k] for s in states]
                 xin = _reverse(inp, lengths) if d else inp
-                y, *sT = _Sequence.apply(self._cell, self.variant, self._keys, lengths, xin, *s0, *params)
+                graphs = {"graphs": self._graphs} if self._graphs is not None and xin.is_cuda else {}
+                variant = {**self.variant, **graphs}
+                y, *sT = _Sequence.apply(self._cell, variant, self._keys, lengths, xin, *s0, *params)
                 outs.append(_reverse(y, lengths) if d else y)
                 for f, s in zip(finals, sT):
                     f.append(s)
@@ -225,7 +230,10 @@ class _RNN(nn.Module):
 
 
 class LSTM(_RNN):
-    """Drop-in torch.nn.LSTM (proj_size=0); `peephole` and `candidate` as in rnncells.lstm_forward."""
+    """Drop-in torch.nn.LSTM (proj_size=0); `peephole` and `candidate` as in rnncells.lstm_forward.
+
+    graphs=True: on CUDA tensors the step loops run as CUDA graphs (`rnncells.GraphCache`).
+    """
 
     _cell = "lstm"
 
@@ -243,7 +251,10 @@ class LSTM(_RNN):
 
 
 class GRU(_RNN):
-    """Drop-in torch.nn.GRU; `reset_after=False` gives the Cho et al. / Keras variant."""
+    """Drop-in torch.nn.GRU; `reset_after=False` gives the Cho et al. / Keras variant.
+
+    graphs=True: on CUDA tensors the step loops run as CUDA graphs (`rnncells.GraphCache`).
+    """
 
     _cell = "gru"
 
