@@ -18,6 +18,7 @@ captures anew, and once `max_slots` of that shape are held it runs the loop
 uncaptured, which gives the same results.
 """
 
+import collections
 import sys
 
 
@@ -27,20 +28,26 @@ class GraphCache:
     Each forward of a shape takes a free slot (see the module docstring), so a
     model of L layers needs L slots per shape while its contexts live.
     `max_slots` bounds the slots of one shape (each holds a forward's and a
-    backward's buffers); `captures` counts the graphs captured so far.
+    backward's buffers); `max_shapes` the shapes kept (sequence lengths that
+    vary from batch to batch make new shapes): past it the least recently
+    used shape is dropped.  `captures` counts the graphs captured so far.
     Not thread-safe: give each thread its own cache.
     """
 
-    def __init__(self, max_slots=8):
-        if isinstance(max_slots, bool) or not isinstance(max_slots, int) or max_slots < 1:
-            raise ValueError(f"max_slots={max_slots!r} must be a positive integer")
-        self.max_slots = max_slots
+    def __init__(self, max_slots=8, max_shapes=16):
+        for name, v in (("max_slots", max_slots), ("max_shapes", max_shapes)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}={v!r} must be a positive integer")
+        self.max_slots, self.max_shapes = max_slots, max_shapes
         self.captures = 0
-        self._slots = {}  # key -> [Slot]
+        self._slots = collections.OrderedDict()  # key -> [Slot], least recently used first
 
     def slot(self, key, make):
         """A free slot for `key`, a new one made from make() if none is free, or None when max_slots are held."""
+        if key not in self._slots and len(self._slots) == self.max_shapes:
+            self._slots.popitem(last=False)  # a held slot's buffers stay valid for their holders
         slots = self._slots.setdefault(key, [])
+        self._slots.move_to_end(key)
         for s in slots:
             if s.free():
                 return s
@@ -50,7 +57,7 @@ class GraphCache:
         return slots[-1]
 
     def clear(self):
-        """Drop every slot (held buffers stay valid for whoever holds them)."""
+        """Drop every slot, so their memory goes back to the pool (held buffers stay valid for their holders)."""
         self._slots.clear()
 
 

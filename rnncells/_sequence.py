@@ -128,7 +128,7 @@ def _run(slot, name, ops, loop):
         slot.run(name, ops, loop)
 
 
-def _input_buffers(b, xp, dt, static, B, **shapes):
+def _input_buffers(b, xp, dt, static, **shapes):
     """A graph slot's copies of the loop's inputs (dtype dt; `lengths` int32 [B] when given)."""
     if static:
         for name, shape in shapes.items():
@@ -150,7 +150,7 @@ def _lstm_buffers(xp, dt, T, B, H, peephole, training, has_lengths, static):
         hw=e(B, 4 * H),  # [B, 4H] h Whhᵀ
         cw=e(B, 3 * H) if peephole == "full" else None,  # [B, 3H] c Wchᵀ
     )
-    return _input_buffers(b, xp, dt, static, B, h0=(B, H), c0=(B, H), w_hh=(4 * H, H),
+    return _input_buffers(b, xp, dt, static, h0=(B, H), c0=(B, H), w_hh=(4 * H, H),
                           w_ch=(3 * H, H) if peephole == "full" else None,
                           w_peep=(3 * H,) if peephole == "diagonal" else None,
                           lengths=(B,) if has_lengths else None)  # fmt: skip
@@ -198,7 +198,7 @@ def _lstm_backward_buffers(xp, dt, T, B, H, full, static):
         dmm=e(2, B, 2 * H if full else H),  # [2, B, n_rec] d[h | c], GEMM part, ping-pong
         w_rec=e(4 * H, 2 * H) if full else None,  # [4H, 2H] [[Whh, Wch]], zeros for g
     )
-    return _input_buffers(b, xp, dt, static, B, dy=(T, B, H))
+    return _input_buffers(b, xp, dt, static, dy=(T, B, H))
 
 
 def _lstm_backward_steps(ops, ctx, g, w_rec, T):
@@ -262,7 +262,7 @@ def _gru_buffers(xp, dt, T, B, H, reset_after, training, has_lengths, static):
         b.rh = e(T if training else 1, B, H)  # [T, B, H] r∘h
         b.ghrz = e(B, 2 * H)  # [B, 2H] h Whh_rzᵀ
         b.ghn = e(B, H)  # [B, H] (r∘h) Whnᵀ
-    return _input_buffers(b, xp, dt, static, B, h0=(B, H), w_hh=(3 * H, H), b_hn=(H,) if reset_after else None,
+    return _input_buffers(b, xp, dt, static, h0=(B, H), w_hh=(3 * H, H), b_hn=(H,) if reset_after else None,
                           lengths=(B,) if has_lengths else None)  # fmt: skip
 
 
@@ -315,7 +315,7 @@ def _gru_backward_buffers(xp, dt, T, B, H, reset_after, static):
         dpw=e(2, B, H),  # [2, B, H] dh, pointwise part, ping-pong
         dmm=e(2, B, H),  # [2, B, H] dh, GEMM part, ping-pong
     )
-    return _input_buffers(b, xp, dt, static, B, dy=(T, B, H))
+    return _input_buffers(b, xp, dt, static, dy=(T, B, H))
 
 
 def _gru_backward_steps(ops, ctx, g, T):

@@ -139,6 +139,30 @@ def test_past_max_slots_the_loop_runs_uncaptured():
     assert cache.captures == 1 and held[-1] is not None  # only held's forward was ever captured
 
 
+def test_past_max_shapes_the_least_recently_used_shape_is_dropped():
+    cache = rc.GraphCache(max_shapes=2)
+    problems = {T: verify.problem("gru", {"reset_after": True}, T=T, B=2) for T in (3, 4, 5)}
+    run = lambda T: rc.gru_forward(problems[T].x, problems[T].params, training=False, graphs=cache,  # noqa: E731
+                                   backend="cuda-host")[0]  # fmt: skip
+    for T in (3, 4, 3):  # one statement each: a tuple of results would hold their slots
+        run(T)
+    assert cache.captures == 2
+    run(5)  # evicts T=4, the least recently used
+    run(3)
+    assert cache.captures == 3
+    run(4)  # evicts T=5
+    assert cache.captures == 4
+    run(5)  # evicts T=3
+    run(4)  # still kept: a replay
+    assert cache.captures == 5
+    run(3)  # evicts T=5, not T=4, which was used since
+    run(4)
+    assert cache.captures == 6
+    cache.clear()  # frees the slots' memory; the next call captures anew
+    run(4)
+    assert cache.captures == 7
+
+
 def test_graphs_argument_is_checked():
     p = verify.problem("lstm", {"peephole": None, "candidate": "tanh"})
     with pytest.raises(TypeError, match="graphs must be a rnncells.GraphCache or None, got str"):
@@ -148,3 +172,5 @@ def test_graphs_argument_is_checked():
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="max_slots=.* must be a positive integer"):
             rc.GraphCache(max_slots=bad)
+        with pytest.raises(ValueError, match="max_shapes=.* must be a positive integer"):
+            rc.GraphCache(max_shapes=bad)
