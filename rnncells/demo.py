@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import api
+from ._graphs import GraphCache
 from .params import init_gru_params, init_lstm_params
 
 
@@ -63,13 +64,14 @@ class Regressor:
         rng = np.random.default_rng(seed + 1)
         self.params["head_w"] = xp.asarray((rng.standard_normal((hidden, 1)) / np.sqrt(hidden)).astype(np.float32))
         self.params["head_b"] = xp.zeros(1, dtype=np.float32)
+        self.graphs = GraphCache() if xp.__name__ == "cupy" else None  # every batch has one shape: replay it
 
     def _forward(self, x, training):
         cell_params = {k: v for k, v in self.params.items() if not k.startswith("head_")}
         if self.cell == "lstm":
-            _, (h, _), ctx = api.lstm_forward(x, cell_params, training=training)
+            _, (h, _), ctx = api.lstm_forward(x, cell_params, training=training, graphs=self.graphs)
         else:
-            _, h, ctx = api.gru_forward(x, cell_params, training=training)
+            _, h, ctx = api.gru_forward(x, cell_params, training=training, graphs=self.graphs)
         return h, ctx, (h @ self.params["head_w"])[:, 0] + self.params["head_b"][0]
 
     def predict(self, x):
