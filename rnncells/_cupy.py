@@ -98,4 +98,14 @@ def capture(ops, loop):
 
 def ops():
     """The per-step ops of the CuPy backend."""
-    return cuda.KernelOps(_launch, cupy, gemm, capture=capture, graph_key=lambda: (cupy.cuda.Device().id, _tf32()))
+    return cuda.KernelOps(_launch, cupy, gemm, capture=capture, graph_key=_graph_key)
+
+
+def _graph_key():
+    """What a graph slot depends on besides the loop's shape: device, stream, TF32.
+
+    The stream, because a slot is reused as soon as nobody holds its buffers,
+    which is safe only where its previous replay is ordered before the next
+    call's copies: on the same stream.
+    """
+    return cupy.cuda.Device().id, cupy.cuda.get_current_stream().ptr, _tf32()
