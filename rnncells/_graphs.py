@@ -16,10 +16,16 @@ context or a DLPack export of a buffer holds it).  A held slot is never
 written to: a call finds another free slot of its shape, or makes one and
 captures anew, and once `max_slots` of that shape are held it runs the loop
 uncaptured, which gives the same results.
+
+Buffers that live only within one call (xw, the per-step GEMM outputs, all
+of the backward's) are a workspace shared by the slots of one shape: the
+calls that use it follow each other on one stream (the CuPy key includes
+the stream), so stacked layers of one shape pay for it once.
 """
 
 import collections
 import sys
+from typing import NamedTuple
 
 
 class GraphCache:
@@ -27,8 +33,8 @@ class GraphCache:
 
     Each forward of a shape takes a free slot (see the module docstring), so a
     model of L layers needs L slots per shape while its contexts live.
-    `max_slots` bounds the slots of one shape (each holds a forward's and a
-    backward's buffers); `max_shapes` the shapes kept (sequence lengths that
+    `max_slots` bounds the slots of one shape (each holds what one forward
+    hands out: y and what its context keeps); `max_shapes` the shapes kept (sequence lengths that
     vary from batch to batch make new shapes): past it the least recently
     used shape is dropped.  `captures` counts the graphs captured so far.
     Not thread-safe: give each thread its own cache.
@@ -40,50 +46,63 @@ class GraphCache:
                 raise ValueError(f"{name}={v!r} must be a positive integer")
         self.max_slots, self.max_shapes = max_slots, max_shapes
         self.captures = 0
-        self._slots = collections.OrderedDict()  # key -> [Slot], least recently used first
+        self._shapes = collections.OrderedDict()  # key -> _Shape, least recently used first
 
-    def slot(self, key, make):
-        """A free slot for `key`, a new one made from make() if none is free, or None when max_slots are held."""
-        if key not in self._slots and len(self._slots) == self.max_shapes:
-            self._slots.popitem(last=False)  # a held slot's buffers stay valid for their holders
-        slots = self._slots.setdefault(key, [])
-        self._slots.move_to_end(key)
-        for s in slots:
+    def slot(self, key, make, make_work):
+        """A free slot for `key`, a new one if none is free, or None when max_slots are held.
+
+        make() gives a new slot's own buffers, make_work() the shape's workspace (once).
+        """
+        shape = self._shapes.get(key)
+        if shape is None:
+            if len(self._shapes) == self.max_shapes:
+                self._shapes.popitem(last=False)  # a held slot keeps its buffers and workspace alive
+            shape = self._shapes[key] = _Shape([], {})
+        self._shapes.move_to_end(key)
+        for s in shape.slots:
             if s.free():
                 return s
-        if len(slots) == self.max_slots:
+        if len(shape.slots) == self.max_slots:
             return None
-        slots.append(Slot(self, make()))
-        return slots[-1]
+        shape.slots.append(Slot(self, shape, make(), shape.workspace("forward", make_work)))
+        return shape.slots[-1]
 
     def clear(self):
         """Drop every slot, so their memory goes back to the pool (held buffers stay valid for their holders)."""
-        self._slots.clear()
+        self._shapes.clear()
+
+
+class _Shape(NamedTuple):
+    """The slots of one key and the workspace they share ({name: buffers})."""
+
+    slots: list
+    work: dict
+
+    def workspace(self, name, make):
+        if name not in self.work:
+            self.work[name] = make()
+        return self.work[name]
 
 
 class Slot:
-    """The buffers of one loop (a SimpleNamespace of arrays) and the graphs captured on them."""
+    """The buffers of one loop (a SimpleNamespace of arrays: its own and its shape's workspace) and its graphs."""
 
-    def __init__(self, cache, buffers):
-        self.cache, self.buffers = cache, buffers
-        self._graphs, self._extras = {}, {}
-        self._groups = []  # (arrays, their reference counts when only the slot held them)
-        self._own(buffers)
-
-    def _own(self, buffers):
-        arrays = [a for a in vars(buffers).values() if a is not None]
-        self._groups.append((arrays, _refcounts(arrays)))
+    def __init__(self, cache, shape, own, work):
+        self.cache, self._shape, self._graphs = cache, shape, {}
+        # what the slot hands out, with each one's reference count while only the slot holds it
+        self._owned = [a for a in vars(own).values() if a is not None]
+        self._counts = _refcounts(self._owned)
+        for name, a in vars(work).items():
+            setattr(own, name, a)
+        self.buffers = own
 
     def free(self):
         """Whether nobody but the slot holds its buffers."""
-        return all(now <= then for arrays, counts in self._groups for now, then in zip(_refcounts(arrays), counts))
+        return all(now <= then for now, then in zip(_refcounts(self._owned), self._counts))
 
-    def extra(self, name, make):
-        """More buffers on the slot (the backward's), made with make(True) on first use."""
-        if name not in self._extras:
-            self._extras[name] = make(True)
-            self._own(self._extras[name])
-        return self._extras[name]
+    def workspace(self, name, make):
+        """The shape's shared buffers `name` (the backward's), made with make() on first use."""
+        return self._shape.workspace(name, make)
 
     def run(self, name, ops, loop):
         """Replay the graph `name` of loop(ops), capturing it with ops.capture on first use."""

@@ -114,10 +114,25 @@ def _bind(b, slot, **inputs):
             getattr(b, name)[...] = value
 
 
-def _buffers(graphs, ops, key, make):
-    """(slot, buffers): a free slot of the cache for this loop, or no slot and buffers of our own."""
-    slot = None if graphs is None else graphs.slot((*ops.graph_key(), *key), lambda: make(True))
-    return slot, (make(False) if slot is None else slot.buffers)
+def _buffers(graphs, ops, key, make, make_work):
+    """(slot, buffers): a free slot of the cache for this loop, or no slot and buffers of our own.
+
+    make(static) gives what a call hands out or its backward reads (a slot's
+    own, with the inputs' copies when static), make_work() what lives only
+    within the call (a slot shares it with the other slots of its shape).
+    """
+    slot = None if graphs is None else graphs.slot((*ops.graph_key(), *key), lambda: make(True), make_work)
+    if slot is not None:
+        return slot, slot.buffers
+    b = make(False)
+    for name, a in vars(make_work()).items():
+        setattr(b, name, a)
+    return None, b
+
+
+def _workspace(slot, make):
+    """The backward's buffers: the slot's shape's shared ones (made with static inputs), or our own."""
+    return make(False) if slot is None else slot.workspace("backward", lambda: make(True))
 
 
 def _run(slot, name, ops, loop):
@@ -142,18 +157,24 @@ def _input_buffers(b, xp, dt, static, **shapes):
 def _lstm_buffers(xp, dt, T, B, H, peephole, training, has_lengths, static):
     e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
     b = Buffers(
-        xw=e(T, B, 4 * H),  # [T, B, 4H] x Wihᵀ + biases
         y=e(T, B, H),  # [T, B, H]
         cs=e(T if training else min(T, 2), B, H),  # [T, B, H] (inference: two rows, ping-pong)
         gates=e(T, B, 4 * H) if training else None,  # [T, B, 4H]
-        h_last=e(B, H) if has_lengths else None,  # [B, H]
-        hw=e(B, 4 * H),  # [B, 4H] h Whhᵀ
-        cw=e(B, 3 * H) if peephole == "full" else None,  # [B, 3H] c Wchᵀ
     )
     return _input_buffers(b, xp, dt, static, h0=(B, H), c0=(B, H), w_hh=(4 * H, H),
                           w_ch=(3 * H, H) if peephole == "full" else None,
                           w_peep=(3 * H,) if peephole == "diagonal" else None,
                           lengths=(B,) if has_lengths else None)  # fmt: skip
+
+
+def _lstm_work(xp, dt, T, B, H, peephole, has_lengths):
+    e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
+    return Buffers(
+        xw=e(T, B, 4 * H),  # [T, B, 4H] x Wihᵀ + biases
+        h_last=e(B, H) if has_lengths else None,  # [B, H]
+        hw=e(B, 4 * H),  # [B, 4H] h Whhᵀ
+        cw=e(B, 3 * H) if peephole == "full" else None,  # [B, 3H] c Wchᵀ
+    )
 
 
 def _lstm_forward_steps(ops, b, T, peephole, candidate, training):
@@ -173,7 +194,8 @@ def lstm_forward(ops, xp, x, p, h0, c0, lengths, peephole, candidate, training=T
     T, B, _ = x.shape
     H = h0.shape[1]
     spec = (x.dtype, T, B, H, peephole, training, lengths is not None)
-    slot, b = _buffers(graphs, ops, ("lstm", candidate, *spec), lambda static: _lstm_buffers(xp, *spec, static))
+    slot, b = _buffers(graphs, ops, ("lstm", candidate, *spec), lambda static: _lstm_buffers(xp, *spec, static),
+                       lambda: _lstm_work(xp, x.dtype, T, B, H, peephole, lengths is not None))  # fmt: skip
     _bind(b, slot, h0=h0, c0=c0, w_hh=p["weight_hh"], w_ch=p["weight_ch"] if peephole == "full" else None,
           w_peep=p["weight_ch"] if peephole == "diagonal" else None,
           lengths=None if lengths is None else ops.lengths(lengths))  # fmt: skip
@@ -215,7 +237,7 @@ def lstm_backward(ops, xp, ctx, dy, dhT, dcT):
     T, B, _ = x.shape
     make = lambda static: _lstm_backward_buffers(xp, x.dtype, T, B, H, full, static)  # noqa: E731
     slot = ctx.slot
-    g = make(False) if slot is None else slot.extra("backward", make)
+    g = _workspace(slot, make)
     _bind(g, slot, dy=dy if slot else xp.ascontiguousarray(dy))
     if full:  # da [B, 4H] against [[Whh, Wch]]: d[h | c] in one GEMM
         g.w_rec[...] = 0
@@ -249,21 +271,28 @@ def lstm_backward(ops, xp, ctx, dy, dhT, dcT):
 
 def _gru_buffers(xp, dt, T, B, H, reset_after, training, has_lengths, static):
     e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
-    b = Buffers(
-        xw=e(T, B, 3 * H),  # [T, B, 3H] x Wihᵀ + biases (reset_after: all but b_hn)
-        y=e(T, B, H),  # [T, B, H]
-        h_last=e(B, H) if has_lengths else None,  # [B, H]
-    )
+    b = Buffers(y=e(T, B, H))  # [T, B, H]
     if reset_after:
         b.gates = e(T, B, 4 * H) if training else None  # [T, B, 4H]
-        b.gh = e(B, 3 * H)  # [B, 3H] h Whhᵀ
     else:  # r, z pass to the n kernel through gates even when not training
         b.gates = e(T if training else 1, B, 3 * H)  # [T, B, 3H]
         b.rh = e(T if training else 1, B, H)  # [T, B, H] r∘h
-        b.ghrz = e(B, 2 * H)  # [B, 2H] h Whh_rzᵀ
-        b.ghn = e(B, H)  # [B, H] (r∘h) Whnᵀ
     return _input_buffers(b, xp, dt, static, h0=(B, H), w_hh=(3 * H, H), b_hn=(H,) if reset_after else None,
                           lengths=(B,) if has_lengths else None)  # fmt: skip
+
+
+def _gru_work(xp, dt, T, B, H, reset_after, has_lengths):
+    e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
+    b = Buffers(
+        xw=e(T, B, 3 * H),  # [T, B, 3H] x Wihᵀ + biases (reset_after: all but b_hn)
+        h_last=e(B, H) if has_lengths else None,  # [B, H]
+    )
+    if reset_after:
+        b.gh = e(B, 3 * H)  # [B, 3H] h Whhᵀ
+    else:
+        b.ghrz = e(B, 2 * H)  # [B, 2H] h Whh_rzᵀ
+        b.ghn = e(B, H)  # [B, H] (r∘h) Whnᵀ
+    return b
 
 
 def _gru_forward_steps(ops, b, T, reset_after, training):
@@ -286,7 +315,8 @@ def gru_forward(ops, xp, x, p, h0, lengths, reset_after, training=True, graphs=N
     T, B, _ = x.shape
     H = h0.shape[1]
     spec = (x.dtype, T, B, H, reset_after, training, lengths is not None)
-    slot, b = _buffers(graphs, ops, ("gru", *spec), lambda static: _gru_buffers(xp, *spec, static))
+    slot, b = _buffers(graphs, ops, ("gru", *spec), lambda static: _gru_buffers(xp, *spec, static),
+                       lambda: _gru_work(xp, x.dtype, T, B, H, reset_after, lengths is not None))  # fmt: skip
     bias = None
     if "bias_ih" in p:
         bias = p["bias_ih"] + p["bias_hh"]
@@ -341,7 +371,7 @@ def gru_backward(ops, xp, ctx, dy, dhT):
     T, B, _ = x.shape
     make = lambda static: _gru_backward_buffers(xp, x.dtype, T, B, H, ctx.reset_after, static)  # noqa: E731
     slot = ctx.slot
-    g = make(False) if slot is None else slot.extra("backward", make)
+    g = _workspace(slot, make)
     _bind(g, slot, dy=dy if slot else xp.ascontiguousarray(dy))
     g.dpw[T % 2] = dhT
     g.dmm[T % 2] = 0

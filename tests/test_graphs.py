@@ -130,6 +130,13 @@ def test_stacked_layers_of_one_shape_use_a_slot_each():
         _assert_same(two_layers(graphs=cache), want)
     assert cache.captures == 4  # two slots, a forward and a backward graph each
 
+    # what the layers hand out is their own; what lives only within a call is one workspace for both
+    y1, _, ctx1 = rc.lstm_forward(p.x, p.params, graphs=cache, backend="cuda-host")
+    y2, _, ctx2 = rc.lstm_forward(y1, q.params, graphs=cache, backend="cuda-host")
+    b1, b2 = ctx1.inner.slot.buffers, ctx2.inner.slot.buffers
+    assert not any(np.shares_memory(getattr(b1, k), getattr(b2, k)) for k in ("y", "cs", "gates", "h0", "w_hh"))
+    assert b1.xw is b2.xw and b1.hw is b2.hw
+
 
 def test_past_max_slots_the_loop_runs_uncaptured():
     cache = rc.GraphCache(max_slots=1)
