@@ -92,8 +92,7 @@ class Slot:
         # what the slot hands out, with each one's reference count while only the slot holds it
         self._owned = [a for a in vars(own).values() if a is not None]
         self._counts = _refcounts(self._owned)
-        for name, a in vars(work).items():
-            setattr(own, name, a)
+        vars(own).update(vars(work))
         self.buffers = own
 
     def free(self):

@@ -77,14 +77,14 @@ def _input_gemm(xp, x, w, bias, out):
         out += bias
 
 
-def _weight_grad(da, inp):
-    """Σ over all steps and items of daᵀ inp: one GEMM, [G·H, K]."""
-    return da.reshape(-1, da.shape[-1]).T @ inp.reshape(-1, inp.shape[-1])
-
-
 def _rows(a):
     """A [T, B, K] buffer as [T·B, K] rows."""
     return a.reshape(-1, a.shape[-1])
+
+
+def _weight_grad(da, inp):
+    """Σ over all steps and items of daᵀ inp: one GEMM, [G·H, K]."""
+    return _rows(da).T @ _rows(inp)
 
 
 def _state_grad(xp, da, s0, states):
@@ -125,8 +125,7 @@ def _buffers(graphs, ops, key, make, make_work):
     if slot is not None:
         return slot, slot.buffers
     b = make(False)
-    for name, a in vars(make_work()).items():
-        setattr(b, name, a)
+    vars(b).update(vars(make_work()))
     return None, b
 
 
@@ -203,7 +202,7 @@ def lstm_forward(ops, xp, x, p, h0, c0, lengths, peephole, candidate, training=T
     if b.h_last is not None:
         b.h_last[...] = b.h0
     _run(slot, "forward", ops, lambda ops: _lstm_forward_steps(ops, b, T, peephole, candidate, training))
-    hT = b.h_last if b.h_last is not None else (b.h0 if T == 0 else b.y[T - 1])
+    hT = b.h_last if b.h_last is not None else _prev(b.h0, b.y, T)
     cT = b.c0 if T == 0 else b.cs[T - 1 if training else (T - 1) % 2]
     ctx = None
     if training:
@@ -330,7 +329,7 @@ def gru_forward(ops, xp, x, p, h0, lengths, reset_after, training=True, graphs=N
     if b.h_last is not None:
         b.h_last[...] = b.h0
     _run(slot, "forward", ops, lambda ops: _gru_forward_steps(ops, b, T, reset_after, training))
-    hT = b.h_last if b.h_last is not None else (b.h0 if T == 0 else b.y[T - 1])
+    hT = b.h_last if b.h_last is not None else _prev(b.h0, b.y, T)
     rh = None if reset_after else b.rh
     ctx = GRUContext(x, p, b.h0, b.y, b.gates, rh, b.lengths, b.w_hh, slot, reset_after) if training else None
     return b.y, hT.copy(), ctx
