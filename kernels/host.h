@@ -28,11 +28,22 @@ void call_packed(void (*kernel)(A...), void** args, std::index_sequence<I...>) {
   kernel(*static_cast<std::remove_cv_t<A>*>(args[I])...);
 }
 
-// The kernel's parameter kinds, 'i' for a scalar and 'p' for a pointer, so a caller can check its arguments.
+// The C type of a kernel parameter, as the launcher checks its arguments against it ("int", "float*", ...).
+template <typename T> struct ctype;
+template <> struct ctype<int> { static constexpr const char *name = "int", *pointer = "int*"; };
+template <> struct ctype<float> { static constexpr const char *name = "float", *pointer = "float*"; };
+template <> struct ctype<double> { static constexpr const char *name = "double", *pointer = "double*"; };
+template <typename A>
+constexpr const char* param_type() {
+  if constexpr (std::is_pointer_v<A>) return ctype<std::remove_cv_t<std::remove_pointer_t<A>>>::pointer;
+  else return ctype<std::remove_cv_t<A>>::name;
+}
+
+// The kernel's parameter types, null-terminated, so a caller can check its arguments.
 template <typename... A>
-const char* signature(void (*)(A...)) {
-  static const char kinds[] = {(std::is_pointer_v<A> ? 'p' : 'i')..., '\0'};
-  return kinds;
+const char* const* signature(void (*)(A...)) {
+  static const char* const types[] = {param_type<A>()..., nullptr};
+  return types;
 }
 
 template <typename... A>

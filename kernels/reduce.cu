@@ -5,17 +5,21 @@
 // Every sum runs in a fixed order, so every run gives the same bits.
 #include "common.cuh"
 
+// Block (x, y) sums chunks y, y + gridDim.y, ...: CUDA caps grid.y at 65,535, and T·B/chunk can pass it.
 template <typename S, typename C>
 __global__ void column_partial_sums(const int rows, const int cols, const int chunk,
                                     const S* __restrict__ a,    // [rows, cols]
                                     C* __restrict__ partial     // [chunks, cols]
 ) {
-  const int j = blockIdx.x * blockDim.x + threadIdx.x, k = blockIdx.y;
+  const int j = blockIdx.x * blockDim.x + threadIdx.x;
   if (j >= cols) return;
-  const int end = (k + 1) * chunk < rows ? (k + 1) * chunk : rows;
-  C sum = C(0);
-  for (int r = k * chunk; r < end; ++r) sum += C(a[(long long)r * cols + j]);
-  partial[(long long)k * cols + j] = sum;
+  const long long chunks = ((long long)rows + chunk - 1) / chunk;
+  for (long long k = blockIdx.y; k < chunks; k += gridDim.y) {
+    const long long end = (k + 1) * chunk < rows ? (k + 1) * chunk : rows;
+    C sum = C(0);
+    for (long long r = k * chunk; r < end; ++r) sum += C(a[r * cols + j]);
+    partial[k * cols + j] = sum;
+  }
 }
 
 template <typename S, typename C>

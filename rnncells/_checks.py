@@ -25,6 +25,13 @@ def gru_variant(reset_after):
         raise ValueError(f"reset_after={reset_after!r} must be True or False")
 
 
+def flag(name, v):
+    """A bool argument (NumPy's bool too); anything else is refused by name."""
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name}={v!r} must be True or False")
+    return bool(v)
+
+
 def float_dtype(dtype):
     try:
         dt = np.dtype(dtype)

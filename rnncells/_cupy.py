@@ -2,31 +2,35 @@
 
 Everything runs on CuPy's current stream.  Kernels compile once per device
 (NVRTC through RawModule with name expressions); launch failures raise from
-CuPy.  The step loop allocates nothing: `gemm` writes into the
-orchestration's preallocated buffers through cuBLAS with explicit leading
-dimensions, so strided views such as dg[t, :, 2H:] need no copy.  TF32 follows
-CuPy's own switch: CUPY_TF32=1 allows it in float32 GEMMs, otherwise it is off.
+CuPy.  The step loops allocate nothing: every GEMM of a forward and backward
+(the input projection, each step's recurrent product, the weight gradients
+and dx) goes through `gemm`, which writes into a preallocated buffer through
+cuBLAS with explicit leading dimensions (strided views such as dg[t, :, 2H:]
+need no copy).  cuBLAS is called through `rnncells._cublas`, not CuPy's
+wrappers, because those refuse to run while a stream is being captured into
+a CUDA graph.
+
+TF32 is decided per call (`tf32=` of the public functions) and reaches every
+GEMM through `ops(tf32)`; no environment variable is read.
 """
 
 import functools
-import os
 
 import cupy
 import numpy as np
-from cupy_backends.cuda.libs import cublas
 
-from . import cuda
+from . import _cublas, cuda
+
+COMPILE_OPTIONS = ("--std=c++17", f"--include-path={cuda.kernel_dir()}")
+# cuBLAS's recommended workspace for Hopper (4 MiB suffices before it); one per device and stream
+WORKSPACE_BYTES = 32 << 20
 
 
 @functools.lru_cache(maxsize=None)
 def _module(device_id):
     """Every instantiation, compiled for one device."""
     del device_id  # the cache key: RawModule compiles for the current device
-    return cupy.RawModule(
-        code=cuda.program_source(),
-        options=("--std=c++17", f"--include-path={cuda.kernel_dir()}"),
-        name_expressions=cuda.instantiations(),
-    )
+    return cupy.RawModule(code=cuda.program_source(), options=COMPILE_OPTIONS, name_expressions=cuda.instantiations())
 
 
 @functools.lru_cache(maxsize=None)
@@ -35,77 +39,88 @@ def _function(device_id, name):
     return _module(device_id).get_function(name)
 
 
+def kernel_args(args):
+    """A launch's arguments as RawKernel passes them: int parameters as int32, a missing buffer as a null pointer.
+
+    (RawKernel would pass a Python int as a 64-bit integer.)
+    """
+    return tuple(np.int32(a) if isinstance(a, (int, np.integer)) else (np.uintp(0) if a is None else a) for a in args)
+
+
 def _launch(name, grid, block, args):
-    kernel = _function(cupy.cuda.Device().id, name)
-    conv = [np.int32(a) if isinstance(a, (int, np.integer)) else (np.uintp(0) if a is None else a) for a in args]
-    kernel(grid, block, tuple(conv))
+    _function(cupy.cuda.Device().id, name)(grid, block, kernel_args(args))
 
 
 @functools.lru_cache(maxsize=None)
 def _handle(device_id):
     """A cuBLAS handle of our own per device, so CuPy's handle state is never touched."""
-    del device_id
-    handle = cublas.create()
-    cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
-    return handle
+    del device_id  # the cache key: cublasCreate binds the handle to the current device
+    return _cublas.create()
 
 
-_ONE = {np.dtype("float32"): np.ones(1, np.float32), np.dtype("float64"): np.ones(1, np.float64)}
-_ZERO = {np.dtype("float32"): np.zeros(1, np.float32), np.dtype("float64"): np.zeros(1, np.float64)}
+@functools.lru_cache(maxsize=None)
+def _workspace(device_id, stream_ptr):
+    """The fixed cuBLAS workspace of the GEMMs ordered on one stream (kept for the process: graphs hold it)."""
+    del device_id, stream_ptr  # the cache key
+    return cupy.empty(WORKSPACE_BYTES, dtype=cupy.uint8)
 
 
-def gemm(a, b, out):
-    """out = a @ b, float32 or float64, through cuBLAS (arguments from `cuda.gemm_plan`)."""
-    (M, K), N = a.shape, b.shape[1]
-    if M == 0 or N == 0:
-        return
-    if K == 0:
-        out[...] = 0
-        return
-    op_b, op_a, m, n, k, ldb, lda, ldc = cuda.gemm_plan(a, b, out)
-    handle = _handle(cupy.cuda.Device().id)
-    cublas.setStream(handle, cupy.cuda.get_current_stream().ptr)
-    tf32 = out.dtype == np.float32 and _tf32()
-    cublas.setMathMode(handle, cublas.CUBLAS_TF32_TENSOR_OP_MATH if tf32 else cublas.CUBLAS_DEFAULT_MATH)
-    fn = cublas.sgemm if out.dtype == np.float32 else cublas.dgemm
-    one, zero = _ONE[out.dtype], _ZERO[out.dtype]
-    fn(handle, op_b, op_a, m, n, k, one.ctypes.data, b.data.ptr, ldb, a.data.ptr, lda, zero.ctypes.data,
-       out.data.ptr, ldc)  # fmt: skip
+def gemm(a, b, out, accumulate=False, *, tf32=False, workspace=None):
+    """out = a @ b (out += a @ b when accumulate), float32 or float64, on the current stream through cuBLAS.
+
+    Arguments come from `cuda.gemm_plan`.  `workspace` is the cuBLAS
+    workspace to use, by default the current stream's; a capture passes the
+    one of the stream its graph will be replayed on.  With tf32, float32
+    GEMMs may use TF32 tensor cores.
+    """
+    cuda.planned_gemm(a, b, out, accumulate, functools.partial(_cublas_gemm, tf32=tf32, workspace=workspace))
 
 
-def _tf32():
-    return os.environ.get("CUPY_TF32", "0") == "1"
+def _cublas_gemm(op_b, op_a, m, n, k, b, ldb, a, lda, beta, out, ldc, *, tf32, workspace):
+    device, stream = cupy.cuda.Device().id, cupy.cuda.get_current_stream().ptr
+    workspace = _workspace(device, stream) if workspace is None else workspace
+    handle = _handle(device)
+    _cublas.set_stream(handle, stream, workspace.data.ptr, workspace.nbytes)
+    _cublas.set_math_mode(handle, tf32)
+    _cublas.gemm(out.dtype, handle, op_b, op_a, m, n, k, b.data.ptr, ldb, a.data.ptr, lda, beta, out.data.ptr, ldc)
 
 
 def capture(ops, loop):
     """CUDA stream capture of loop(ops) on a side stream; returns the launch of its graph on the current stream.
 
-    Every kernel is loaded first: a module load is no work a capture can record.
-    cuBLAS (CUDA ≥ 12.2) takes its workspace stream-ordered, so its calls capture as they are.
+    Every kernel, the cuBLAS handle and the workspace are made first: no
+    allocation or module load may happen inside a capture.  The captured
+    GEMMs use the workspace of the stream the graph is replayed on (the graph
+    key includes that stream), so a replay and the eager GEMMs around it
+    share one workspace, in stream order.
     """
-    device = cupy.cuda.Device().id
+    device, replay = cupy.cuda.Device().id, cupy.cuda.get_current_stream()
     for name in cuda.instantiations():
         _function(device, name)
+    _handle(device)
+    captured = cuda.KernelOps(ops.launcher, cupy, functools.partial(ops.gemm, workspace=_workspace(device, replay.ptr)))
     stream = cupy.cuda.Stream(non_blocking=True)
     with stream:
         stream.begin_capture()
         try:
-            loop(ops)
+            loop(captured)
         finally:
             graph = stream.end_capture()
     return graph.launch
 
 
-def ops():
-    """The per-step ops of the CuPy backend."""
-    return cuda.KernelOps(_launch, cupy, gemm, capture=capture, graph_key=_graph_key)
+@functools.lru_cache(maxsize=None)
+def ops(tf32=False):
+    """The per-step ops of the CuPy backend, TF32 in every float32 GEMM or in none."""
+    return cuda.KernelOps(_launch, cupy, functools.partial(gemm, tf32=tf32), capture=capture,
+                          graph_key=lambda: _graph_key(tf32))  # fmt: skip
 
 
-def _graph_key():
+def _graph_key(tf32):
     """What a graph slot depends on besides the loop's shape: device, stream, TF32.
 
     The stream, because a slot is reused as soon as nobody holds its buffers,
     which is safe only where its previous replay is ordered before the next
     call's copies: on the same stream.
     """
-    return cupy.cuda.Device().id, cupy.cuda.get_current_stream().ptr, _tf32()
+    return cupy.cuda.Device().id, cupy.cuda.get_current_stream().ptr, tf32

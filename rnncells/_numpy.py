@@ -25,8 +25,9 @@ by the previous backward kernel, and `dmm`, the recurrent GEMM's output; the
 next backward kernel adds them, so no GEMM has to accumulate.
 
 Besides the kernels, a backend's ops provide `lengths` (the host lengths in
-the form its kernels read), `gemm` (out = a @ b into a preallocated buffer)
-and `column_sum` (the bias gradients).
+the form its kernels read), `gemm` (out = a @ b, or out += a @ b, into a
+preallocated buffer: every GEMM of the orchestration goes through it) and
+`column_sum` (the bias gradients).
 """
 
 import numpy as np
@@ -43,9 +44,12 @@ def lengths(host_lengths):
     return host_lengths
 
 
-def gemm(a, b, out):
-    """out = a @ b."""
-    np.matmul(a, b, out=out)
+def gemm(a, b, out, accumulate=False):
+    """out = a @ b, or out += a @ b when accumulate."""
+    if accumulate:
+        out += a @ b
+    else:
+        np.matmul(a, b, out=out)
 
 
 def column_sum(a):

@@ -10,6 +10,9 @@ forward   xw = x Wihᵀ (+ biases)                  one GEMM over all T·B rows
 backward  per step: ops.*_backward_step; ops.gemm(da, Wrec) -> the next step's dmm
           then dWih = daᵀ x, dWrec = daᵀ states, db = ops.column_sum(da), dx = da Wih
 
+Every GEMM, inside the loops and out, is an `ops.gemm`, so the backend
+decides how all of them run (on a GPU: one cuBLAS binding, one math mode).
+
 Every buffer the loops touch is allocated before them.  h is stored once:
 the output y is the state, y[t] being the h that step t+1 reads (0 past an
 item's length; its last h is kept in h_last).  So besides x, the initial
@@ -69,10 +72,9 @@ def _prev(s0, states, t):
     return s0 if t == 0 else states[t - 1]
 
 
-def _input_gemm(xp, x, w, bias, out):
+def _input_gemm(ops, x, w, bias, out):
     """out [T, B, G·H] = x Wᵀ (+ bias), as one GEMM over all T·B rows."""
-    T, B, I = x.shape
-    xp.matmul(x.reshape(T * B, I), w.T, out=out.reshape(T * B, -1))
+    ops.gemm(_rows(x), w.T, _rows(out))
     if bias is not None:
         out += bias
 
@@ -82,17 +84,28 @@ def _rows(a):
     return a.reshape(-1, a.shape[-1])
 
 
-def _weight_grad(da, inp):
+def _weight_grad(ops, xp, da, inp):
     """Σ over all steps and items of daᵀ inp: one GEMM, [G·H, K]."""
-    return _rows(da).T @ _rows(inp)
-
-
-def _state_grad(xp, da, s0, states):
-    """Σ_t da[t]ᵀ (the state before step t): the gradient of a weight applied to the previous state."""
-    g = xp.zeros((da.shape[-1], s0.shape[-1]), dtype=da.dtype) if da.shape[0] == 0 else da[0].T @ s0
-    if da.shape[0] > 1:
-        g += _weight_grad(da[1:], states[:-1])
+    g = xp.empty((da.shape[-1], inp.shape[-1]), dtype=da.dtype)
+    ops.gemm(_rows(da).T, _rows(inp), g)
     return g
+
+
+def _state_grad(ops, xp, da, s0, states):
+    """Σ_t da[t]ᵀ (the state before step t): the gradient of a weight applied to the previous state."""
+    if da.shape[0] == 0:
+        return xp.zeros((da.shape[-1], s0.shape[-1]), dtype=da.dtype)
+    g = xp.empty((da.shape[-1], s0.shape[-1]), dtype=da.dtype)
+    ops.gemm(da[0].T, s0, g)
+    ops.gemm(_rows(da[1:]).T, _rows(states[:-1]), g, accumulate=True)
+    return g
+
+
+def _input_grad(ops, xp, da, w):
+    """dx [T, B, I] = da W, one GEMM over all T·B rows."""
+    dx = xp.empty((*da.shape[:2], w.shape[1]), dtype=da.dtype)
+    ops.gemm(_rows(da), w, _rows(dx))
+    return dx
 
 
 def _state_dot(xp, d, s0, states):
@@ -198,7 +211,7 @@ def lstm_forward(ops, xp, x, p, h0, c0, lengths, peephole, candidate, training=T
     _bind(b, slot, h0=h0, c0=c0, w_hh=p["weight_hh"], w_ch=p["weight_ch"] if peephole == "full" else None,
           w_peep=p["weight_ch"] if peephole == "diagonal" else None,
           lengths=None if lengths is None else ops.lengths(lengths))  # fmt: skip
-    _input_gemm(xp, x, p["weight_ih"], p["bias_ih"] + p["bias_hh"] if "bias_ih" in p else None, b.xw)
+    _input_gemm(ops, x, p["weight_ih"], p["bias_ih"] + p["bias_hh"] if "bias_ih" in p else None, b.xw)
     if b.h_last is not None:
         b.h_last[...] = b.h0
     _run(slot, "forward", ops, lambda ops: _lstm_forward_steps(ops, b, T, peephole, candidate, training))
@@ -250,9 +263,9 @@ def lstm_backward(ops, xp, ctx, dy, dhT, dcT):
     da, n_rec = g.da, w_rec.shape[1]
     dhc0 = g.dpw[0].copy()
     dhc0[:, :n_rec] += g.dmm[0]
-    dp = {"weight_ih": _weight_grad(da, x), "weight_hh": _state_grad(xp, da, ctx.h0, ctx.y)}
+    dp = {"weight_ih": _weight_grad(ops, xp, da, x), "weight_hh": _state_grad(ops, xp, da, ctx.h0, ctx.y)}
     if full:
-        dw_ch = _state_grad(xp, da, ctx.c0, ctx.cs)  # [4H, H]
+        dw_ch = _state_grad(ops, xp, da, ctx.c0, ctx.cs)  # [4H, H]
         dp["weight_ch"] = xp.concatenate([dw_ch[k * H : (k + 1) * H] for k in (0, 1, 3)])
     elif ctx.peephole == "diagonal":
         d_i, d_f, d_o = (da[:, :, k * H : (k + 1) * H] for k in (0, 1, 3))
@@ -261,7 +274,7 @@ def lstm_backward(ops, xp, ctx, dy, dhT, dcT):
     if "bias_ih" in p:
         dp["bias_ih"] = ops.column_sum(_rows(da))
         dp["bias_hh"] = dp["bias_ih"].copy()
-    dx = da @ p["weight_ih"]
+    dx = _input_grad(ops, xp, da, p["weight_ih"])
     return dx, dhc0[:, :H].copy(), dhc0[:, H:].copy(), dp
 
 
@@ -325,7 +338,7 @@ def gru_forward(ops, xp, x, p, h0, lengths, reset_after, training=True, graphs=N
     if reset_after:
         b_hn = p["bias_hh"][2 * H :] if "bias_hh" in p else xp.zeros(H, dtype=x.dtype)  # [H]
     _bind(b, slot, h0=h0, w_hh=p["weight_hh"], b_hn=b_hn, lengths=None if lengths is None else ops.lengths(lengths))
-    _input_gemm(xp, x, p["weight_ih"], bias, b.xw)
+    _input_gemm(ops, x, p["weight_ih"], bias, b.xw)
     if b.h_last is not None:
         b.h_last[...] = b.h0
     _run(slot, "forward", ops, lambda ops: _gru_forward_steps(ops, b, T, reset_after, training))
@@ -378,17 +391,20 @@ def gru_backward(ops, xp, ctx, dy, dhT):
     dg = g.dg
     if ctx.reset_after:
         dgh = g.dgh
-        dp = {"weight_hh": _state_grad(xp, dgh, ctx.h0, ctx.y)}
+        dp = {"weight_hh": _state_grad(ops, xp, dgh, ctx.h0, ctx.y)}
     else:
         dgh = dg
         dp = {
             "weight_hh": xp.concatenate(
-                [_state_grad(xp, dg[:, :, : 2 * H], ctx.h0, ctx.y), _weight_grad(dg[:, :, 2 * H :], ctx.rh)]
+                [
+                    _state_grad(ops, xp, dg[:, :, : 2 * H], ctx.h0, ctx.y),
+                    _weight_grad(ops, xp, dg[:, :, 2 * H :], ctx.rh),
+                ]
             )
         }
-    dp["weight_ih"] = _weight_grad(dg, x)
+    dp["weight_ih"] = _weight_grad(ops, xp, dg, x)
     if "bias_ih" in p:
         dp["bias_ih"] = ops.column_sum(_rows(dg))
         dp["bias_hh"] = ops.column_sum(_rows(dgh))
-    dx = dg @ p["weight_ih"]
+    dx = _input_grad(ops, xp, dg, p["weight_ih"])
     return dx, g.dpw[0] + g.dmm[0], dp

@@ -6,6 +6,16 @@ which is how the other backends are verified, and "cuda-host" runs the CUDA
 kernels compiled for the CPU (g++) on NumPy arrays, which is how the kernels
 and their orchestration are verified without a GPU.  A one-step cell is the
 sequence path with T = 1.
+
+`tf32=` is the one switch for TF32: it allows float32 GEMMs to use TF32
+tensor cores (inputs read with a 10-bit mantissa), in every GEMM of the
+forward and of its backward, which follows the forward's choice.  It
+changes nothing on the NumPy backend (a CPU has no TF32) and nothing in
+float64; on "cuda-host" the GEMMs emulate TF32's input truncation, so its
+effect on accuracy can be checked without a GPU.
+
+Arrays are made C-contiguous once, here: the kernels read raw memory and
+would misread a strided view (an expanded h0, a transposed weight).
 """
 
 import functools
@@ -28,7 +38,7 @@ def _sequence_backend(ops, xp):
 
 
 @functools.lru_cache(maxsize=None)
-def _impl(name):
+def _impl(name, tf32=False):
     if name == "reference":
         return reference
     if name == "numpy":
@@ -36,10 +46,10 @@ def _impl(name):
     if name == "cuda-host":
         from . import cuda
 
-        return _sequence_backend(cuda.host_ops(), np)
+        return _sequence_backend(cuda.host_ops(tf32), np)
     from . import _cupy
 
-    return _sequence_backend(_cupy.ops(), _cupy.cupy)
+    return _sequence_backend(_cupy.ops(tf32), _cupy.cupy)
 
 
 def _graphs(graphs, backend):
@@ -57,14 +67,20 @@ def _graph_kw(graphs):
     return {} if graphs is None else {"graphs": graphs}  # only the kernel backends take graphs
 
 
-def _backend(name, xp):
+def _backend(name, xp, tf32):
     if name is None:
         name = xp.__name__
     if name not in BACKENDS:
         raise ValueError(f"backend={name!r} is not one of {', '.join(map(repr, BACKENDS))}")
     if (name == "cupy") != (xp.__name__ == "cupy"):
         raise TypeError(f"backend={name!r} cannot run on {xp.__name__} arrays")
-    return name, _impl(name)
+    return name, _impl(name, _checks.flag("tf32", tf32))
+
+
+def _contiguous(xp, x, params, *states):
+    """x, params and the states C-contiguous (the arrays themselves when they already are)."""
+    same = lambda a: None if a is None else xp.ascontiguousarray(a)  # noqa: E731
+    return (same(x), {k: same(v) for k, v in params.items()}, *map(same, states))
 
 
 class Context(NamedTuple):
@@ -76,6 +92,7 @@ class Context(NamedTuple):
     xp: object
     dtype: object
     y_shape: tuple  # (T, B, H)
+    tf32: bool  # the forward's math mode, which its backward keeps
     inner: object  # the backend's own saved buffers
 
 
@@ -90,7 +107,7 @@ def _context(ctx, cell, step):
     if ctx.cell != cell or ctx.step != step:
         made = f"{ctx.cell}_cell_forward" if ctx.step else f"{ctx.cell}_forward"
         raise ValueError(f"{fn} was given the ctx of {made}")
-    return _impl(ctx.backend)
+    return _impl(ctx.backend, ctx.tf32)
 
 
 def _grad_dtypes(ctx):
@@ -99,7 +116,7 @@ def _grad_dtypes(ctx):
 
 
 def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candidate="tanh", *, training=True,
-                 graphs=None, backend=None):  # fmt: skip
+                 graphs=None, tf32=False, backend=None):  # fmt: skip
     """Run an LSTM over a sequence.
 
     x (T, B, I); h0, c0 (B, H) or None for zeros; lengths (B,) ints in
@@ -111,16 +128,19 @@ def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candi
     hidden states from y itself: copy y before writing into it if the
     backward is still to come.  `graphs` (a `GraphCache`, CuPy backend) runs
     the step loops as CUDA graphs, captured once per shape and replayed.
+    `tf32` allows TF32 tensor cores in the float32 GEMMs of this forward and
+    its backward (see the module docstring).
     """
     _checks.lstm_variant(peephole, candidate)
     xp, H, lengths = _checks.call("lstm", x, params, {"h0": h0, "c0": c0}, lengths=lengths, peephole=peephole)
     T, B, _ = x.shape
-    name, impl = _backend(backend, xp)
+    name, impl = _backend(backend, xp, tf32)
     graphs = _graphs(graphs, name)
+    x, params, h0, c0 = _contiguous(xp, x, params, h0, c0)
     h0, c0 = _zeros(xp, h0, (B, H), x.dtype), _zeros(xp, c0, (B, H), x.dtype)
     y, hT, cT, inner = impl.lstm_forward(x, params, h0, c0, lengths, peephole, candidate, training,
                                          **_graph_kw(graphs))  # fmt: skip
-    return y, (hT, cT), Context("lstm", False, name, xp, x.dtype, (T, B, H), inner) if training else None
+    return y, (hT, cT), Context("lstm", False, name, xp, x.dtype, (T, B, H), tf32, inner) if training else None
 
 
 def lstm_backward(ctx, dy, dhT=None, dcT=None):
@@ -138,15 +158,16 @@ def lstm_backward(ctx, dy, dhT=None, dcT=None):
     return dx, (dh0, dc0), dp
 
 
-def lstm_cell_forward(x, h, c, params, peephole=None, candidate="tanh", *, backend=None):
-    """One LSTM step: x (B, I), h, c (B, H) -> h1, c1, ctx for `lstm_cell_backward`."""
+def lstm_cell_forward(x, h, c, params, peephole=None, candidate="tanh", *, tf32=False, backend=None):
+    """One LSTM step: x (B, I), h, c (B, H) -> h1, c1, ctx for `lstm_cell_backward` (`tf32` as in `lstm_forward`)."""
     _checks.lstm_variant(peephole, candidate)
     xp, H, _ = _checks.call("lstm", x, params, {"h": h, "c": c}, peephole=peephole, sequence=False)
     B = x.shape[0]
-    name, impl = _backend(backend, xp)
+    name, impl = _backend(backend, xp, tf32)
+    x, params, h, c = _contiguous(xp, x, params, h, c)
     h, c = _zeros(xp, h, (B, H), x.dtype), _zeros(xp, c, (B, H), x.dtype)
     _, h1, c1, inner = impl.lstm_forward(x[None], params, h, c, None, peephole, candidate)
-    return h1, c1, Context("lstm", True, name, xp, x.dtype, (1, B, H), inner)
+    return h1, c1, Context("lstm", True, name, xp, x.dtype, (1, B, H), tf32, inner)
 
 
 def lstm_cell_backward(ctx, dh1, dc1):
@@ -159,7 +180,8 @@ def lstm_cell_backward(ctx, dh1, dc1):
     return dx[0], dh, dc, dp
 
 
-def gru_forward(x, params, h0=None, lengths=None, reset_after=True, *, training=True, graphs=None, backend=None):
+def gru_forward(x, params, h0=None, lengths=None, reset_after=True, *, training=True, graphs=None, tf32=False,
+                backend=None):  # fmt: skip
     """Run a GRU over a sequence.
 
     x (T, B, I); h0 (B, H) or None for zeros; lengths as in `lstm_forward`.
@@ -167,17 +189,18 @@ def gru_forward(x, params, h0=None, lengths=None, reset_after=True, *, training=
     Returns y (T, B, H), hT (B, H) and a ctx for `gru_backward` (None with
     training=False).  As in `lstm_forward`, the ctx reads the hidden states
     from y: copy y before writing into it if the backward is still to come;
-    `graphs` as there.
+    `graphs` and `tf32` as there.
     """
     _checks.gru_variant(reset_after)
     xp, H, lengths = _checks.call("gru", x, params, {"h0": h0}, lengths=lengths)
     T, B, _ = x.shape
-    name, impl = _backend(backend, xp)
+    name, impl = _backend(backend, xp, tf32)
     graphs = _graphs(graphs, name)
+    x, params, h0 = _contiguous(xp, x, params, h0)
     h0 = _zeros(xp, h0, (B, H), x.dtype)
     y, hT, inner = impl.gru_forward(x, params, h0, lengths, reset_after, training,
                                     **_graph_kw(graphs))  # fmt: skip
-    return y, hT, Context("gru", False, name, xp, x.dtype, (T, B, H), inner) if training else None
+    return y, hT, Context("gru", False, name, xp, x.dtype, (T, B, H), tf32, inner) if training else None
 
 
 def gru_backward(ctx, dy, dhT=None):
@@ -190,15 +213,16 @@ def gru_backward(ctx, dy, dhT=None):
     return impl.gru_backward(ctx.inner, dy, dhT)
 
 
-def gru_cell_forward(x, h, params, reset_after=True, *, backend=None):
-    """One GRU step: x (B, I), h (B, H) -> h1, ctx for `gru_cell_backward`."""
+def gru_cell_forward(x, h, params, reset_after=True, *, tf32=False, backend=None):
+    """One GRU step: x (B, I), h (B, H) -> h1, ctx for `gru_cell_backward` (`tf32` as in `lstm_forward`)."""
     _checks.gru_variant(reset_after)
     xp, H, _ = _checks.call("gru", x, params, {"h": h}, sequence=False)
     B = x.shape[0]
-    name, impl = _backend(backend, xp)
+    name, impl = _backend(backend, xp, tf32)
+    x, params, h = _contiguous(xp, x, params, h)
     h = _zeros(xp, h, (B, H), x.dtype)
     _, h1, inner = impl.gru_forward(x[None], params, h, None, reset_after)
-    return h1, Context("gru", True, name, xp, x.dtype, (1, B, H), inner)
+    return h1, Context("gru", True, name, xp, x.dtype, (1, B, H), tf32, inner)
 
 
 def gru_cell_backward(ctx, dh1):

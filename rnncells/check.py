@@ -5,7 +5,9 @@ against float64 central differences.  Tier 2: the NumPy backend, and the
 CUDA kernels run on the host (`cuda-host`), against the reference.  Tier 3,
 where a GPU is present: the CuPy backend against the reference.  The
 "graphs" rows run the sequence loops as graphs (`GraphCache`; recorded and
-replayed on the host for cuda-host, CUDA graphs for cupy).  Each
+replayed on the host for cuda-host, CUDA graphs for cupy); the "tf32" rows
+run float32 with tf32=True (TF32's input truncation emulated on the host,
+tensor cores on a GPU), against the TF32 bound.  Each
 variant row is the worst over one step, a sequence, a sequence with
 `lengths` (one item of length 0) and a wide one (H = 300, several blocks).
 Then every kernel instantiation compiled with NVRTC for sm_80 and sm_90.
@@ -37,7 +39,8 @@ def backends():
     """[(backend, reason it cannot run or None)] for tiers 2 and 3 here."""
     host = None if shutil.which("g++") else "needs g++ to build the kernels for the host"
     gpu = None if verify.gpu_available() else "no CUDA GPU (or no CuPy) here"
-    return [("numpy", None), ("cuda-host", host), ("cuda-host graphs", host), ("cupy", gpu), ("cupy graphs", gpu)]
+    kinds = ("", " graphs", " tf32")
+    return [("numpy", None)] + [(f"{b}{k}", why) for b, why in (("cuda-host", host), ("cupy", gpu)) for k in kinds]
 
 
 def rows():
@@ -61,19 +64,24 @@ def _tier(backend):
 def backend_rows(backend):
     """Yield the rows of one backend against the reference: every variant, float64 and float32.
 
-    A row's error is the worst over the modes; a wrong output dtype counts as infinite.
+    `backend` is a backend's name, optionally followed by " graphs" (a
+    GraphCache) or " tf32" (float32 only, tf32=True).  A row's error is the
+    worst over the modes; a wrong output dtype counts as infinite.
     """
     from ._graphs import GraphCache
 
-    name, graphs = backend.removesuffix(" graphs"), GraphCache() if backend.endswith(" graphs") else None
+    name, *kind = backend.split()
+    graphs, tf32 = GraphCache() if "graphs" in kind else None, "tf32" in kind
     tier = _tier(backend)
     for cell, variant in verify.VARIANTS:
-        for dtype in ("float64", "float32"):
+        for dtype in ("float32",) if tf32 else ("float64", "float32"):
             worst = 0.0
             for m in _MODES:
-                err, dtypes = verify.backend_error(verify.problem(cell, variant, dtype=dtype, **m), name, graphs)
+                p = verify.problem(cell, variant, dtype=dtype, **m)
+                err, dtypes = verify.backend_error(p, name, graphs, tf32)
                 worst = max(worst, err if dtypes == {np.dtype(dtype)} else float("inf"))
-            yield tier, verify.variant_name(cell, variant), dtype, f"{backend} vs reference", worst, verify.BOUNDS[dtype]
+            bound = verify.BOUNDS["float32-tf32" if tf32 else dtype]
+            yield tier, verify.variant_name(cell, variant), dtype, f"{backend} vs reference", worst, bound
 
 
 def kernel_rows(archs=("80", "90")):

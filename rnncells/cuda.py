@@ -8,7 +8,8 @@
 
 `KernelOps` turns the orchestration's per-step calls (the protocol of
 `rnncells._numpy`) into launches of the right instantiation, whichever
-launcher it is given.
+launcher it is given.  Launches respect CUDA's limits (`GRID_LIMITS`), and
+the host launcher refuses any launch a GPU would refuse.
 """
 
 import ctypes
@@ -25,9 +26,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ._cublas import OP_N, OP_T
+
 SOURCES = ("lstm.cu", "gru.cu", "reduce.cu")
 BLOCK = 256  # threads per block for every pointwise kernel
 CHUNK = 64  # rows per partial sum in column_sum
+GRID_LIMITS = (2**31 - 1, 65535, 65535)  # CUDA's largest grid (x, y, z)
+BLOCK_LIMITS = (1024, 1024, 64)  # CUDA's largest block (x, y, z), and at most 1024 threads in all
 _TYPES = {np.dtype("float32"): ("float", "float"), np.dtype("float64"): ("double", "double")}  # storage, compute
 _PEEPHOLE = {None: 0, "full": 1, "diagonal": 2}  # PEEPHOLE_* in common.cuh
 
@@ -92,8 +97,9 @@ class KernelOps:
     """The per-step ops of `rnncells._sequence`, as launches of the CUDA kernels.
 
     `launcher(name, grid, block, args)` runs one instantiation; `gemm(a, b,
-    out)` is the backend's out = a @ b.  Arguments follow the kernels'
-    signatures: ints for scalars, arrays (or None for a null pointer).
+    out, accumulate=False)` is the backend's out = a @ b (out += a @ b),
+    with its math mode (TF32 or not) already bound.  Arguments follow the
+    kernels' signatures: ints for scalars, arrays (or None for a null pointer).
     `capture(ops, loop)` returns a replay of loop(ops) (a CUDA graph, or
     `record` on the host); `graph_key()` is what else a graph depends on
     (device, math mode).
@@ -124,7 +130,8 @@ class KernelOps:
         if chunks == 0:
             out[...] = 0
             return out
-        self._launch(plain_name("column_partial_sums", a.dtype), cols, rows, cols, CHUNK, a, partial, grid_y=chunks)
+        grid_y = min(chunks, GRID_LIMITS[1])  # the kernel strides over the chunks past the grid
+        self._launch(plain_name("column_partial_sums", a.dtype), cols, rows, cols, CHUNK, a, partial, grid_y=grid_y)
         self._launch(plain_name("column_totals", a.dtype), cols, chunks, cols, partial, out)
         return out
 
@@ -214,9 +221,9 @@ def record(ops, loop):
         addrs = tuple(map(_address, args))
         calls.append(lambda: ops.launcher(name, grid, block, tuple(map(_at, addrs))))
 
-    def gemm(a, b, out):
+    def gemm(a, b, out, accumulate=False):
         addrs = tuple(map(_address, (a, b, out)))
-        calls.append(lambda: ops.gemm(*map(_at, addrs)))
+        calls.append(lambda: ops.gemm(*map(_at, addrs), accumulate))
 
     loop(KernelOps(launch, ops.xp, gemm))
 
@@ -229,9 +236,6 @@ def record(ops, loop):
 
 # --- cuBLAS arguments for the row-major GEMMs of the orchestration -------------
 
-OP_N, OP_T = 0, 1  # cublasOperation_t
-
-
 def _operand(m):
     """(op, leading dimension) of a 2-D row-major view as a column-major cuBLAS operand."""
     rows, cols = m.shape
@@ -241,6 +245,24 @@ def _operand(m):
     if rs == 1 or rows == 1:  # column-major (a transposed contiguous matrix)
         return OP_T, max(cs if cols > 1 else rows, rows, 1)
     raise ValueError(f"gemm operand with strides {m.strides} is neither row- nor column-major")
+
+
+def planned_gemm(a, b, out, accumulate, gemm):
+    """out = a @ b (out += a @ b when accumulate) through a column-major cuBLAS-style `gemm`.
+
+    gemm(op_b, op_a, m, n, k, b, ldb, a, lda, beta, out, ldc) gets the
+    arguments of `gemm_plan` and is called only when there is a product to
+    compute (cuBLAS refuses a zero dimension in some of its checks).
+    """
+    (M, K), N = a.shape, b.shape[1]
+    if M == 0 or N == 0:
+        return
+    if K == 0:
+        if not accumulate:
+            out[...] = 0
+        return
+    op_b, op_a, m, n, k, ldb, lda, ldc = gemm_plan(a, b, out)
+    gemm(op_b, op_a, m, n, k, b, ldb, a, lda, float(accumulate), out, ldc)
 
 
 def gemm_plan(a, b, out):
@@ -268,7 +290,7 @@ def host_source(names):
             f'extern "C" void rnncells_{k}(unsigned gx, unsigned gy, unsigned bx, void** args) '
             f"{{ launch(&{name}, dim3{{gx, gy, 1}}, dim3{{bx, 1, 1}}, args); }}"
         )
-        lines.append(f'extern "C" const char* rnncells_{k}_signature() {{ return signature(&{name}); }}')
+        lines.append(f'extern "C" const char* const* rnncells_{k}_signature() {{ return signature(&{name}); }}')
     return "\n".join(lines) + "\n"
 
 
@@ -289,14 +311,43 @@ def build_host_library(out_dir, sanitize=False):
     return lib
 
 
+_CTYPES = {np.dtype("float32"): "float", np.dtype("float64"): "double", np.dtype("int32"): "int"}
+
+
+def argument_types(args):
+    """The C types a launch's arguments stand for: "int" for an int, "<T>*" for an array, "*" for None (null)."""
+
+    def one(a):
+        if isinstance(a, (int, np.integer)):
+            return "int"
+        return "*" if a is None else _CTYPES.get(a.dtype, str(a.dtype)) + "*"
+
+    return [one(a) for a in args]
+
+
+def check_launch(name, signature, grid, block, args):
+    """Raise if a launch would be wrong or refused on a GPU: arguments against the kernel's parameter types
+    (`signature`, comma-separated C types), and the grid and block against CUDA's limits."""
+    params, given = signature.split(","), argument_types(args)
+    if len(params) != len(given) or any(g not in (p, "*") or (g == "*" and not p.endswith("*"))
+                                        for p, g in zip(params, given)):  # fmt: skip
+        raise TypeError(f"{name} takes ({', '.join(params)}) but was given ({', '.join(given)})")
+    for what, dims, limits in (("grid", grid, GRID_LIMITS), ("block", block, BLOCK_LIMITS)):
+        if any(not 1 <= d <= lim for d, lim in zip(dims, limits)):
+            raise ValueError(f"{name}: {what} {tuple(dims)} is outside CUDA's limits (1 to {limits} per dimension)")
+    if math.prod(block) > BLOCK_LIMITS[0]:
+        raise ValueError(f"{name}: block {tuple(block)} has more than {BLOCK_LIMITS[0]} threads")
+
+
 class HostLauncher:
     """Runs kernel instantiations on the CPU from a library made by `build_host_library`.
 
-    Every call is checked against the kernel's own parameter list (count, and
-    scalar or pointer at each position), and every array argument must be
+    Every call is checked with `check_launch` against the kernel's own
+    parameter types and CUDA's grid limits, and every array argument must be
     C-contiguous: a mismatch is an orchestration bug that would be undefined
-    behaviour on a GPU, so it raises here.  `KernelOps` builds the same
-    argument lists for the GPU, so these checks cover those launches too.
+    behaviour (or a refused launch) on a GPU, so it raises here.  `KernelOps`
+    builds the same argument lists and grids for the GPU, so these checks
+    cover those launches too.
     """
 
     def __init__(self, library):
@@ -305,13 +356,14 @@ class HostLauncher:
         self.signatures = {}
         for name, k in self.index.items():
             fn = getattr(self.lib, f"rnncells_{k}_signature")
-            fn.restype = ctypes.c_char_p
-            self.signatures[name] = fn().decode()
+            fn.restype = ctypes.POINTER(ctypes.c_char_p)
+            types, n = fn(), 0
+            while types[n] is not None:
+                n += 1
+            self.signatures[name] = ",".join(types[i].decode() for i in range(n))
 
     def __call__(self, name, grid, block, args):
-        kinds = "".join("i" if isinstance(a, (int, np.integer)) else "p" for a in args)
-        if kinds != self.signatures[name]:
-            raise TypeError(f"{name} takes ({self.signatures[name]}) but was given ({kinds}); i: scalar, p: pointer")
+        check_launch(name, self.signatures[name], grid, block, args)
         holders = []
         for k, a in enumerate(args):
             if a is None:
@@ -327,13 +379,41 @@ class HostLauncher:
 
 
 @functools.lru_cache(maxsize=None)
-def host_ops():
-    """KernelOps running the host-built kernels on NumPy buffers (built once per process)."""
+def _host_launcher():
+    """The host-built kernels (built once per process)."""
+    with tempfile.TemporaryDirectory(prefix="rnncells-host-") as tmp:  # a loaded library outlives its file
+        return HostLauncher(build_host_library(tmp))
+
+
+@functools.lru_cache(maxsize=None)
+def host_ops(tf32=False):
+    """KernelOps running the host-built kernels on NumPy buffers; with tf32, GEMMs as TF32 tensor cores do them."""
     from . import _numpy
 
-    with tempfile.TemporaryDirectory(prefix="rnncells-host-") as tmp:  # a loaded library outlives its file
-        launcher = HostLauncher(build_host_library(tmp))
-    return KernelOps(launcher, np, _numpy.gemm, capture=record)
+    return KernelOps(_host_launcher(), np, tf32_gemm if tf32 else _numpy.gemm, capture=record,
+                     graph_key=lambda: (tf32,))  # fmt: skip
+
+
+def to_tf32(a):
+    """float32 values as TF32 tensor cores read them: the low 13 of the 23 mantissa bits dropped.
+
+    Truncation, not rounding: NVIDIA documents that only the first 10 mantissa
+    bits of each input are read, and truncation is the larger error of the two.
+    """
+    bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32) & np.uint32(0xFFFFE000)
+    return bits.view(np.float32)
+
+
+def tf32_gemm(a, b, out, accumulate=False):
+    """out = a @ b (out += when accumulate) with float32 inputs read as TF32 and float32 accumulation.
+
+    The host's stand-in for cuBLAS in TF32 mode; float64 is computed as is (TF32 never touches it).
+    """
+    from . import _numpy
+
+    if out.dtype == np.float32:
+        a, b = to_tf32(a), to_tf32(b)
+    _numpy.gemm(a, b, out, accumulate)
 
 
 # --- NVRTC without a GPU ------------------------------------------------------

@@ -33,11 +33,12 @@ class _Holder:
 
 
 class LSTMCell(_Holder):
-    """One LSTM step with its parameters; `peephole` and `candidate` as in `rnncells.lstm_forward`."""
+    """One LSTM step with its parameters; `peephole`, `candidate` and `tf32` as in `rnncells.lstm_forward`."""
 
     def __init__(self, input_size, hidden_size, bias=True, *, peephole=None, candidate="tanh",
-                 dtype="float32", xp=np, seed=0):  # fmt: skip
+                 dtype="float32", xp=np, seed=0, tf32=False):  # fmt: skip
         _checks.lstm_variant(peephole, candidate)
+        self.tf32 = _checks.flag("tf32", tf32)
         self.input_size, self.hidden_size = input_size, hidden_size
         self.peephole, self.candidate = peephole, candidate
         self.params = init_lstm_params(input_size, hidden_size, peephole=peephole, bias=bias, dtype=dtype, xp=xp,
@@ -47,7 +48,7 @@ class LSTMCell(_Holder):
     def forward(self, x, hx=None):
         """x (B, I), hx = (h, c) or None for zeros -> h1, c1, ctx."""
         h, c = (None, None) if hx is None else hx
-        return api.lstm_cell_forward(x, h, c, self.params, self.peephole, self.candidate)
+        return api.lstm_cell_forward(x, h, c, self.params, self.peephole, self.candidate, tf32=self.tf32)
 
     __call__ = forward
 
@@ -59,17 +60,19 @@ class LSTMCell(_Holder):
 
 
 class GRUCell(_Holder):
-    """One GRU step with its parameters; `reset_after` as in `rnncells.gru_forward`."""
+    """One GRU step with its parameters; `reset_after` and `tf32` as in `rnncells.gru_forward`."""
 
-    def __init__(self, input_size, hidden_size, bias=True, *, reset_after=True, dtype="float32", xp=np, seed=0):
+    def __init__(self, input_size, hidden_size, bias=True, *, reset_after=True, dtype="float32", xp=np, seed=0,
+                 tf32=False):  # fmt: skip
         _checks.gru_variant(reset_after)
+        self.tf32 = _checks.flag("tf32", tf32)
         self.input_size, self.hidden_size, self.reset_after = input_size, hidden_size, reset_after
         self.params = init_gru_params(input_size, hidden_size, bias=bias, dtype=dtype, xp=xp, seed=seed)
         self.grads = {k: xp.zeros_like(v) for k, v in self.params.items()}
 
     def forward(self, x, h=None):
         """x (B, I), h (B, H) or None for zeros -> h1, ctx."""
-        return api.gru_cell_forward(x, h, self.params, self.reset_after)
+        return api.gru_cell_forward(x, h, self.params, self.reset_after, tf32=self.tf32)
 
     __call__ = forward
 
@@ -102,8 +105,9 @@ class _Stack(_Holder):
     _states = ()  # the state names: ("h", "c") or ("h",)
 
     def _build(self, init, input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dtype, xp, seed,
-               graphs):  # fmt: skip
+               graphs, tf32):  # fmt: skip
         _checks.sizes(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
+        self.tf32 = _checks.flag("tf32", tf32)
         # CUDA graphs of the step loops on CuPy; NumPy launches nothing, so there they change nothing
         self.graphs = GraphCache() if graphs and xp.__name__ == "cupy" else None
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
@@ -189,15 +193,16 @@ class _Stack(_Holder):
 class LSTM(_Stack):
     """A multi-layer, optionally bidirectional LSTM with torch.nn.LSTM's parameter names.
 
-    `peephole` and `candidate` as in `rnncells.lstm_forward`; the peephole
-    weights are named weight_ch_l{k}[_reverse].  graphs=True runs the step
-    loops as CUDA graphs (CuPy arrays; see `rnncells.GraphCache`).
+    `peephole`, `candidate` and `tf32` as in `rnncells.lstm_forward`; the
+    peephole weights are named weight_ch_l{k}[_reverse].  graphs=True runs
+    the step loops as CUDA graphs (CuPy arrays; see `rnncells.GraphCache`).
     """
 
     _states = ("h", "c")
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, bidirectional=False, *,
-                 peephole=None, candidate="tanh", dtype="float32", xp=np, seed=0, graphs=False):  # fmt: skip
+                 peephole=None, candidate="tanh", dtype="float32", xp=np, seed=0, graphs=False,
+                 tf32=False):  # fmt: skip
         _checks.lstm_variant(peephole, candidate)
         self.peephole, self.candidate = peephole, candidate
 
@@ -205,11 +210,11 @@ class LSTM(_Stack):
             return init_lstm_params(*a, peephole=peephole, **kw)
 
         self._build(init, input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dtype, xp, seed,
-                    graphs)  # fmt: skip
+                    graphs, tf32)  # fmt: skip
 
     def _call(self, x, p, s0, lengths):
         y, (h, c), ctx = api.lstm_forward(x, p, *s0, lengths=lengths, peephole=self.peephole,
-                                          candidate=self.candidate, graphs=self.graphs)  # fmt: skip
+                                          candidate=self.candidate, graphs=self.graphs, tf32=self.tf32)  # fmt: skip
         return y, (h, c), ctx
 
     def _call_backward(self, ctx, dy, dsT):
@@ -235,20 +240,22 @@ class LSTM(_Stack):
 class GRU(_Stack):
     """A multi-layer, optionally bidirectional GRU with torch.nn.GRU's parameter names.
 
-    graphs=True runs the step loops as CUDA graphs (CuPy arrays; see `rnncells.GraphCache`).
+    `reset_after` and `tf32` as in `rnncells.gru_forward`.  graphs=True runs
+    the step loops as CUDA graphs (CuPy arrays; see `rnncells.GraphCache`).
     """
 
     _states = ("h",)
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, bidirectional=False, *,
-                 reset_after=True, dtype="float32", xp=np, seed=0, graphs=False):  # fmt: skip
+                 reset_after=True, dtype="float32", xp=np, seed=0, graphs=False, tf32=False):  # fmt: skip
         _checks.gru_variant(reset_after)
         self.reset_after = reset_after
         self._build(init_gru_params, input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dtype,
-                    xp, seed, graphs)  # fmt: skip
+                    xp, seed, graphs, tf32)  # fmt: skip
 
     def _call(self, x, p, s0, lengths):
-        y, h, ctx = api.gru_forward(x, p, *s0, lengths=lengths, reset_after=self.reset_after, graphs=self.graphs)
+        y, h, ctx = api.gru_forward(x, p, *s0, lengths=lengths, reset_after=self.reset_after, graphs=self.graphs,
+                                    tf32=self.tf32)  # fmt: skip
         return y, (h,), ctx
 
     def _call_backward(self, ctx, dy, dsT):

@@ -11,11 +11,13 @@ def test_check_passes_with_one_row_per_variant_dtype_and_backend():
     assert check.main(out=lines.append) == 0
     rows = [line for line in lines if line[:1].isdigit() and not line.endswith("(not run)")]
     running = [b for b, why in check.backends() if why is None]
-    assert len(rows) == len(verify.reference.RULES) + (1 + 2 * len(running)) * len(verify.VARIANTS)
+    per_variant = 1 + sum(1 if b.endswith(" tf32") else 2 for b in running)  # FD; float64 and float32, or TF32
+    assert "cuda-host tf32" in running
+    assert len(rows) == len(verify.reference.RULES) + per_variant * len(verify.VARIANTS)
     assert all(line.endswith("ok") for line in rows)
     for cell, variant in verify.VARIANTS:
         name = verify.variant_name(cell, variant) + " "
-        assert sum(name in line for line in rows) == 1 + 2 * len(running)  # FD, then float64 and float32 each
+        assert sum(name in line for line in rows) == per_variant
     assert lines[-1] == "all rows passed"
 
 

@@ -60,7 +60,7 @@ def poisoned_host(monkeypatch):
     ops = cuda.host_ops()
     impl = api._sequence_backend(ops, PoisonedNumpy())
     real = api._impl
-    monkeypatch.setattr(api, "_impl", lambda name: impl if name == "cuda-host" else real(name))
+    monkeypatch.setattr(api, "_impl", lambda name, tf32=False: impl if name == "cuda-host" else real(name, tf32))
     return ops
 
 
@@ -124,13 +124,36 @@ def test_host_launcher_rejects_a_strided_buffer():
 def test_host_launcher_checks_arguments_against_the_kernel_signature():
     launcher = cuda.host_ops().launcher
     name = cuda.plain_name("column_totals", "float32")
-    assert launcher.signatures[name] == "iipp"
+    assert launcher.signatures[name] == "int,int,float*,float*"
     a = np.zeros(4, np.float32)
-    with pytest.raises(TypeError, match=r"takes \(iipp\) but was given \(iip\)"):
+    takes = r"takes \(int, int, float\*, float\*\) "
+    with pytest.raises(TypeError, match=takes + r"but was given \(int, int, float\*\)"):
         launcher(name, (1, 1, 1), (256, 1, 1), (1, 4, a))
-    with pytest.raises(TypeError, match=r"takes \(iipp\) but was given \(ipip\)"):
+    with pytest.raises(TypeError, match=takes + r"but was given \(int, float\*, int, float\*\)"):
         launcher(name, (1, 1, 1), (256, 1, 1), (1, a, 4, a))
-    assert all(set(sig) <= {"i", "p"} and sig for sig in launcher.signatures.values())
+    with pytest.raises(TypeError, match=takes + r"but was given \(int, int, double\*, float\*\)"):
+        launcher(name, (1, 1, 1), (256, 1, 1), (1, 4, a.astype(np.float64), a))
+    lengths = cuda.lstm_forward_name("float64", None, "tanh", False)
+    assert launcher.signatures[lengths].endswith(",double*,int*")  # ..., w_peep, lengths
+    for sig in launcher.signatures.values():
+        assert set(sig.split(",")) <= {"int", "float*", "double*", "int*"}
+
+
+@needs_gxx
+@pytest.mark.parametrize("grid,block", [((1, 65536, 1), (256, 1, 1)), ((0, 1, 1), (256, 1, 1)),
+                                        ((1, 1, 1), (2048, 1, 1)), ((1, 1, 1), (64, 32, 1))])  # fmt: skip
+def test_host_launcher_refuses_what_cuda_refuses(grid, block):
+    a = np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match="outside CUDA's limits|more than 1024 threads"):
+        cuda.host_ops().launcher(cuda.plain_name("column_totals", "float32"), grid, block, (1, 4, a, a))
+
+
+@needs_gxx
+def test_column_sum_past_cuda_grid_y_limit():
+    """More than 65,535 chunks of rows (T=100,000, B=64 makes 100,000): the kernel strides over those past the grid."""
+    rows = (cuda.GRID_LIMITS[1] + 2) * cuda.CHUNK + 5
+    a = np.random.default_rng(0).integers(-4, 5, size=(rows, 1)).astype(np.float64)  # integers: exact sums
+    np.testing.assert_array_equal(cuda.host_ops().column_sum(a), a.sum(0))
 
 
 @needs_gxx
@@ -154,7 +177,8 @@ ASAN_SCRIPT = textwrap.dedent(
     lib = cuda.build_host_library(".", sanitize=True)  # the test's tmp_path
     ops = cuda.KernelOps(cuda.HostLauncher(lib), np, _numpy.gemm)
     if sys.argv[1] == "run":
-        api._impl = lambda name, real=api._impl: api._sequence_backend(ops, np) if name == "cuda-host" else real(name)
+        api._impl = lambda name, tf32=False, real=api._impl: (api._sequence_backend(ops, np) if name == "cuda-host"
+                                                              else real(name, tf32))  # fmt: skip
         worst = 0.0
         for cell, variant in verify.VARIANTS:
             for kw in ({}, {"lengths": np.array([3, 0, 2])}, {"step": True}):
@@ -205,8 +229,8 @@ def test_program_text_changes_with_the_kernel_sources(tmp_path, monkeypatch):
     assert cuda.program_source() != before
 
 
-def cublas_gemm(op_a, op_b, m, n, k, A, lda, B, ldb, C, ldc, dtype):
-    """cuBLAS's column-major C (m×n) = op(A) op(B), on raw addresses, with its argument rules."""
+def cublas_gemm(op_a, op_b, m, n, k, A, lda, B, ldb, beta, C, ldc, dtype):
+    """cuBLAS's column-major C (m×n) = op(A) op(B) + beta·C, on raw addresses, with its argument rules."""
     ctype = {np.dtype("float32"): ctypes.c_float, np.dtype("float64"): ctypes.c_double}[np.dtype(dtype)]
     size = np.dtype(dtype).itemsize
 
@@ -218,13 +242,17 @@ def cublas_gemm(op_a, op_b, m, n, k, A, lda, B, ldb, C, ldc, dtype):
     a = view(A, *((m, k) if op_a == cuda.OP_N else (k, m)), lda)
     b = view(B, *((k, n) if op_b == cuda.OP_N else (n, k)), ldb)
     c = view(C, m, n, ldc)
-    c[...] = (a if op_a == cuda.OP_N else a.T) @ (b if op_b == cuda.OP_N else b.T)
+    product = (a if op_a == cuda.OP_N else a.T) @ (b if op_b == cuda.OP_N else b.T)
+    c[...] = product + c if beta else product  # beta = 0: C is not read (it may hold NaN)
 
 
-def planned_gemm(a, b, out):
-    """out = a @ b the way rnncells._cupy calls cuBLAS, run by the emulator above."""
-    op_b, op_a, m, n, k, ldb, lda, ldc = cuda.gemm_plan(a, b, out)
-    cublas_gemm(op_b, op_a, m, n, k, b.ctypes.data, ldb, a.ctypes.data, lda, out.ctypes.data, ldc, out.dtype)
+def planned_gemm(a, b, out, accumulate=False):
+    """out = a @ b (+= when accumulate) the way rnncells._cupy calls cuBLAS, run by the emulator above."""
+
+    def gemm(op_b, op_a, m, n, k, b, ldb, a, lda, beta, c, ldc):
+        cublas_gemm(op_b, op_a, m, n, k, b.ctypes.data, ldb, a.ctypes.data, lda, beta, c.ctypes.data, ldc, c.dtype)
+
+    cuda.planned_gemm(a, b, out, accumulate, gemm)
 
 
 @pytest.mark.parametrize(
@@ -250,8 +278,30 @@ def test_orchestration_with_the_cublas_argument_plan_matches_reference(cell, var
     """Every GEMM call site of the sequence code, with its real strides, through the cuBLAS mapping."""
     ops = cuda.KernelOps(cuda.host_ops().launcher, np, planned_gemm)
     real = api._impl
-    monkeypatch.setattr(api, "_impl", lambda n: api._sequence_backend(ops, PoisonedNumpy()) if n == "cuda-host"
-                        else real(n))  # fmt: skip
+    monkeypatch.setattr(api, "_impl", lambda n, tf32=False: api._sequence_backend(ops, PoisonedNumpy())
+                        if n == "cuda-host" else real(n, tf32))  # fmt: skip
     for kw in ({}, {"lengths": np.array([5, 0, 2])}, {"step": True}):
         p = verify.problem(cell, variant, T=5, B=3, I=4, H=3, dtype="float64", **kw)
         assert verify.backend_error(p, "cuda-host")[0] <= verify.BOUNDS["float64"]
+
+
+def _strided(a):
+    """The same values in memory a kernel would misread: every other element of a twice-as-large array."""
+    wide = np.zeros((*a.shape[:-1], 2 * a.shape[-1]), a.dtype)
+    wide[..., ::2] = a
+    return wide[..., ::2]
+
+
+@needs_gxx
+@pytest.mark.parametrize("cell,variant", VARIANTS)
+def test_strided_inputs_reach_the_kernels_contiguous(cell, variant):
+    """Kernels read raw memory: states, peephole weights and b_hn (a slice of bias_hh) must arrive contiguous."""
+    p = verify.problem(cell, variant, T=4, B=3, I=5, H=6, dtype="float64", lengths=np.array([4, 1, 0]))
+    states = {k: np.broadcast_to(v[:1], v.shape) for k, v in p.states.items()}  # an expand()ed hx: stride 0
+    strided = p._replace(x=_strided(p.x), states=states, params={k: _strided(v) for k, v in p.params.items()})
+    for k, v in [("x", strided.x), *strided.states.items(), *strided.params.items()]:
+        assert not v.flags.c_contiguous, k
+    want = verify.run(p._replace(states={k: np.ascontiguousarray(v) for k, v in states.items()}), "reference")
+    got = verify.run(strided, "cuda-host")
+    for k in want:
+        assert verify.rel_err(got[k], want[k]) <= verify.BOUNDS["float64"], k
