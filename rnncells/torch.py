@@ -12,7 +12,10 @@ named weight_ch_l{k}[_reverse] (weight_ch for the cells).
 
 Each layer and direction is one `torch.autograd.Function` whose forward and
 backward are rnncells' own (NumPy for CPU tensors; CuPy, zero-copy through
-DLPack and on torch's current stream, for CUDA tensors).  The glue between
+DLPack and on torch's current stream, for CUDA tensors).  On CUDA tensors
+TF32 follows `torch.backends.cudnn.allow_tf32` at each forward, as
+torch.nn.LSTM/GRU on cuDNN do (torch's default allows it); the backward
+keeps the forward's choice.  The glue between
 layers (unpacking, per-item reversal, concatenation, dropout) is ordinary
 torch, so dropout draws from torch's generator.
 """
@@ -61,8 +64,23 @@ def _on_stream(device):
 
     stack = contextlib.ExitStack()
     stack.enter_context(cupy.cuda.Device(device.index))
-    stack.enter_context(cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream))
+    stack.enter_context(cupy.cuda.Stream.from_external(_StreamRef(torch.cuda.current_stream(device))))
     return stack
+
+
+class _StreamRef:
+    """A torch stream through the CUDA stream protocol (older torch streams lack __cuda_stream__)."""
+
+    def __init__(self, stream):
+        self.stream = stream  # CuPy keeps this object, and so the stream, alive while it uses it
+
+    def __cuda_stream__(self):
+        return 0, self.stream.cuda_stream
+
+
+def _tf32(x):
+    """torch.nn's RNNs on cuDNN use TF32 when torch.backends.cudnn.allow_tf32 (CUDA tensors only)."""
+    return x.is_cuda and torch.backends.cudnn.allow_tf32
 
 
 class _Sequence(torch.autograd.Function):
@@ -77,7 +95,7 @@ class _Sequence(torch.autograd.Function):
         fwd = api.lstm_forward if cell == "lstm" else api.gru_forward
         with _on_stream(x.device):
             y, state, ctx.rc = fwd(_array(x), params, *map(_array, states), lengths=lengths,
-                                   training=any(ctx.needs_input_grad), **variant)  # fmt: skip
+                                   training=any(ctx.needs_input_grad), tf32=_tf32(x), **variant)  # fmt: skip
         outs = tuple(map(_tensor, (y, *(state if cell == "lstm" else (state,)))))
         ctx.save_for_backward(outs[0])  # our backward reads y's memory: autograd now refuses it once written to
         return outs

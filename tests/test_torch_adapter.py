@@ -235,3 +235,27 @@ def test_no_grad_saves_nothing_and_gives_the_same_output():
 def test_unsupported_options_and_bad_calls_are_named(make, exc, message):
     with pytest.raises(exc, match=message):
         make()
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_an_expanded_hx_gives_torchs_values_and_gradients(kind):
+    """hx.expand(): one state broadcast over the batch, stride 0 (the kernels get it contiguous)."""
+    ref, ours = twins(kind, 3, 4, num_layers=2)
+    x = torch.randn(5, 6, 3, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(2, 1, 4, dtype=torch.float64, requires_grad=True)
+    results = []
+    for m in (ref, ours):
+        hx = h.expand(2, 6, 4)
+        hx = (hx, 2 * hx) if kind == "lstm" else hx
+        out = m(x, hx)
+        results.append((flatten(out), grads_of(m, [x, h], flatten(out), seed=1)))
+    (outs_ref, g_ref), (outs, g) = results
+    for a, b in [*zip(outs, outs_ref), *zip(g, g_ref)]:
+        close(a, b)
+
+
+def test_tf32_follows_cudnns_switch_on_cuda_only(monkeypatch):
+    import rnncells.torch as adapter
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert adapter._tf32(torch.zeros(1)) is False  # a CPU tensor: no TF32, whatever the switch
