@@ -1,47 +1,83 @@
 #!/usr/bin/env bash
-# The GPU work of a session in few device calls (device tool: `run`, command `bash bench/gpu_session.sh STAGE`).
-#   check    install, the gpu-marked suite, rnncells check, compute-sanitizer x5     (~6 min)
-#   bench    rnncells bench on the full preset, JSON + plot                         (long: split by --cell if needed)
-#   profile  ncu on training steps of the standard LSTM configuration
-# Logs and results go under $OUT (the device tool brings back at most 8 files); a summary is printed last.
-# Never touches the card's settings.
+# The GPU work of a session, for a machine with no network and at most 10 minutes a command
+# (device tool: `run`, command `bash bench/gpu_session.sh STAGE [bench args]`).
+#   check    probe, install, smoke script, the gpu-marked suite, compute-sanitizer memcheck   (~6 min)
+#   bench    probe, install, rnncells bench with the given args, e.g. --cell lstm --group standard
+#   profile  probe, install, ncu on training steps of the standard LSTM configuration
+# Each step runs under its own timeout and writes one file under $OUT; a stage leaves at most
+# 8 files there, and summary.txt (one line a step) is printed last.  Never touches the card's settings.
 set -uo pipefail
 stage=${1:?usage: bash bench/gpu_session.sh check|bench|profile [bench args...]}
 shift
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 summary="$OUT/summary.txt"
-pip install --no-build-isolation --no-deps -q -e . >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
+export PYTHONUNBUFFERED=1
 note() { echo "$*" | tee -a "$summary"; }
+# step NAME SECONDS LOG COMMAND...: run one step under its timeout, its output to LOG, a line to the summary
+step() {
+  local name=$1 limit=$2 log=$3 start=$SECONDS
+  shift 3
+  timeout --kill-after=10 "$limit" "$@" >>"$log" 2>&1
+  local rc=$?
+  local what="exit $rc"
+  [ "$rc" -eq 124 ] && what="TIMED OUT after ${limit}s"
+  note "$name: $what ($((SECONDS - start))s; $(tail -n 1 "$log"))"
+  return "$rc"
+}
+
+# 1. probe (versions, driver, cuDNN, and which tools are here)
+probe() {
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  python - <<'EOF'
+import importlib, platform
+print("python", platform.python_version())
+for m in ("numpy", "cupy", "torch", "pytest", "pytest_benchmark", "cuda.pathfinder", "matplotlib"):
+    try:
+        print(m, getattr(importlib.import_module(m), "__version__", "present"))
+    except Exception as e:
+        print(m, "MISSING:", type(e).__name__, e)
+try:
+    import cupy
+    print("cuda runtime", cupy.cuda.runtime.runtimeGetVersion(), "driver", cupy.cuda.runtime.driverGetVersion())
+    import torch
+    print("torch cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())
+except Exception as e:
+    print("probe:", type(e).__name__, e)
+EOF
+  for tool in nvcc compute-sanitizer ncu; do echo "$tool: $(command -v "$tool" || echo MISSING)"; done
+}
+export -f probe
+step probe 30 "$OUT/probe.txt" bash -c probe
+
+# 2. install without network; a checkout on PYTHONPATH works too
+if ! step install 90 "$OUT/install.log" pip install --no-build-isolation --no-deps -e .; then
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  note "install: falling back to PYTHONPATH=$PYTHONPATH"
+fi
 
 case "$stage" in
 check)
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >>"$summary"
-  python -m pytest -q -m gpu tests >"$OUT/gpu-tests.log" 2>&1
-  note "gpu tests: exit $? ($(tail -n 1 "$OUT/gpu-tests.log"))"
-  rnncells check >"$OUT/check.log" 2>&1
-  note "rnncells check: exit $? ($(tail -n 1 "$OUT/check.log"))"
-  for tool in memcheck racecheck initcheck synccheck; do
-    compute-sanitizer --tool "$tool" --error-exitcode 99 python bench/sanitize_target.py >>"$OUT/sanitizers.log" 2>&1
-    note "compute-sanitizer $tool: exit $?"
+  step smoke 150 "$OUT/smoke.log" python bench/smoke.py
+  step "gpu suite" 240 "$OUT/gpu-suite.log" \
+    python -m pytest -o addopts="" -q -rfE -m gpu --junitxml="$OUT/gpu-suite.xml" tests
+  for target in cupy "cupy graphs"; do
+    step "memcheck $target" 120 "$OUT/sanitizer.log" \
+      compute-sanitizer --tool memcheck --error-exitcode 99 python bench/sanitize_target.py "$target"
   done
-  compute-sanitizer --tool memcheck --error-exitcode 99 python bench/sanitize_target.py "cupy graphs" \
-    >>"$OUT/sanitizers.log" 2>&1
-  note "compute-sanitizer memcheck, CUDA graphs: exit $?"
   ;;
 bench)
-  rnncells bench --out "$OUT" --plot "$OUT/ratios.png" "$@" >"$OUT/bench.log" 2>&1
-  note "rnncells bench: exit $?"
+  step bench 540 "$OUT/bench.log" python -m rnncells bench --out "$OUT" --plot "$OUT/ratios.png" "$@"
   tail -n 40 "$OUT/bench.log"
   ;;
 profile)
-  ncu --target-processes all --launch-skip 200 --launch-count 60 --section SpeedOfLight --section MemoryWorkloadAnalysis \
-    python bench/profile_target.py >"$OUT/ncu.txt" 2>&1
-  note "ncu: exit $?"
+  step ncu 400 "$OUT/ncu.txt" ncu --target-processes all --launch-skip 200 --launch-count 60 \
+    --section SpeedOfLight --section MemoryWorkloadAnalysis python bench/profile_target.py
   ;;
 *)
   echo "unknown stage $stage" >&2
   exit 2
   ;;
 esac
+echo "---"
 cat "$summary"

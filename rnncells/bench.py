@@ -7,7 +7,12 @@ The implementations, timed side by side in one process on one device:
   torch.nn        torch.nn.LSTM / GRU (cuDNN on a GPU)
   torch loop      a Python loop over torch.nn.LSTMCell / GRUCell: the lower anchor
 Modes: "forward" (inference, nothing saved) and "train" (forward + backward,
-dx included for everyone).  Precision: fp32 with TF32 off and, on a GPU, on.
+dx included for everyone).  Precision: fp32 with TF32 off and, on a GPU, on
+(ours through `tf32=True`, torch's through torch.backends' two switches).
+Configurations are chosen by cell, group (standard, small batch, large),
+mode and precision, so that one run fits a time limit; every row is handed
+to `on_row` as soon as it is measured (the CLI rewrites the JSON record
+then), so a run that is cut off keeps what it measured.
 Timing: `warmup` untimed calls, then `repeats` timed ones (CUDA events on a
 GPU, perf_counter on the CPU), inputs rotated among `rotate` sets so caches
 do not flatter anyone; the median is reported, and every configuration is
@@ -39,24 +44,31 @@ class Config(NamedTuple):
     group: str
 
 
-def configs(preset, cells=("lstm", "gru")):
-    """'full': the GPU set (fastrnns standard, small batch, large); 'quick': small shapes for the CPU and CI."""
+GROUPS = ("standard", "small batch", "large")
+
+
+def configs(preset, cells=("lstm", "gru"), groups=GROUPS):
+    """'full': the GPU set, the fastrnns standard first, then `groups` of it; 'quick': small shapes for the CPU."""
     shapes = []
     if preset == "full":
         shapes.append((100, 64, 512, 512, "standard"))
-        shapes += [(T, B, H, H, "small batch") for T in (100, 1000) for H in (256, 512, 1024) for B in (1, 4, 16)]
+        shapes += [(T, B, H, H, "small batch") for T in (100, 1000) for H in (256, 1024) for B in (1, 4, 16)]
         shapes.append((100, 256, 1024, 1024, "large"))
+        unknown = set(groups) - set(GROUPS)
+        if unknown:
+            raise ValueError(f"groups {sorted(unknown)} are not among {', '.join(GROUPS)}")
+        shapes = [s for s in shapes if s[-1] in groups]
     elif preset == "quick":
         shapes += [(20, 16, 64, 64, "quick"), (20, 4, 128, 128, "quick")]
     else:
         raise ValueError(f"preset={preset!r} is not one of 'full', 'quick'")
-    return [Config(c, *s) for c in cells for s in shapes]
+    return [Config(c, *s) for s in shapes for c in cells]
 
 
 # --- the implementations: each returns a step() closure over rotated inputs ---
 
 
-def _ours(cfg, mode, xp, rotate, seed, graphs=False):
+def _ours(cfg, mode, xp, rotate, seed, graphs=False, tf32=False):
     from . import api
     from ._graphs import GraphCache
     from .params import init_gru_params, init_lstm_params
@@ -74,7 +86,7 @@ def _ours(cfg, mode, xp, rotate, seed, graphs=False):
     def step():
         x = xs[k[0] % rotate]
         k[0] += 1
-        out = fwd(x, params, training=mode == "train", graphs=cache)
+        out = fwd(x, params, training=mode == "train", graphs=cache, tf32=tf32)
         if mode == "train":
             bwd(out[-1], dy)
 
@@ -126,10 +138,10 @@ def implementations(device, torch_available=True):
     return tuple(n for n in names if torch_available or not n.startswith("torch"))
 
 
-def _build(name, cfg, mode, device, xp, rotate, seed):
-    """The step() closure of one implementation."""
+def _build(name, cfg, mode, device, xp, rotate, seed, tf32=False):
+    """The step() closure of one implementation (torch's TF32 is set by `_torch_tf32` around it)."""
     if name.startswith("rnncells"):
-        return _ours(cfg, mode, xp, rotate, seed, graphs=device == "cuda" and name == "rnncells")
+        return _ours(cfg, mode, xp, rotate, seed, graphs=device == "cuda" and name == "rnncells", tf32=tf32)
     return _torch(cfg, mode, device, rotate, seed, loop=name == "torch loop")
 
 
@@ -234,10 +246,8 @@ def time_step(step, timer, warmup, repeats):
     return statistics.median(samples), samples
 
 
-def _set_tf32(on):
-    import os
-
-    os.environ["CUPY_TF32"] = "1" if on else "0"  # read per call by our recurrent GEMMs
+def _torch_tf32(on):
+    """torch's TF32 switches: cuDNN's (torch.nn's RNNs) and cuBLAS's (the cell loop's matmuls)."""
     try:
         import torch
 
@@ -273,15 +283,19 @@ def environment(device):
 
 
 def run(preset="full", cells=("lstm", "gru"), device=None, modes=("forward", "train"), repeats=20, warmup=5,
-        rotate=4, passes=2, out=print):  # fmt: skip
-    """Time every implementation on every configuration; returns the result rows."""
+        rotate=4, passes=2, out=print, groups=GROUPS, precisions=("fp32", "tf32"), on_row=None):  # fmt: skip
+    """Time every implementation on every configuration; returns the device and the result rows.
+
+    `precisions` on the CPU is fp32 only (a CPU has no TF32); `on_row(row)`
+    is called after each row is measured.
+    """
     from .verify import gpu_available
 
     device = device or ("cuda" if gpu_available() else "cpu")
     if device == "cuda":
         import cupy as xp
 
-        timer, precisions = _CudaTimer(), ("fp32", "tf32")
+        timer = _CudaTimer()
     else:
         xp, timer, precisions = np, _CpuTimer(), ("fp32",)
     try:
@@ -299,14 +313,15 @@ def run(preset="full", cells=("lstm", "gru"), device=None, modes=("forward", "tr
     rows = []
     header = f"{'cell':<5}{'T':>5}{'B':>5}{'H':>6}  {'mode':<8}{'prec':<6}{'pass':>4}"
     out(header + "".join(f"{n + ' ms':>14}" for n in impls) + f"{'ratio':>8}")
-    for cfg in configs(preset, cells):
+    for cfg in configs(preset, cells, groups):
         for mode in modes:
             for prec in precisions:
-                _set_tf32(prec == "tf32")
+                tf32 = prec == "tf32"
+                _torch_tf32(tf32)
                 for p in range(1, passes + 1):
                     times = {}
                     for name in impls:
-                        step = _build(name, cfg, mode, device, xp, rotate, seed=p)
+                        step = _build(name, cfg, mode, device, xp, rotate, seed=p, tf32=tf32)
                         times[name] = time_step(step, timer, warmup, repeats)[0]
                     ratio = times["torch.nn"] / times["rnncells"] if "torch.nn" in times else None
                     row = dict(cfg._asdict(), mode=mode, precision=prec, pass_=p, ms=times, ratio=ratio)
@@ -318,18 +333,23 @@ def run(preset="full", cells=("lstm", "gru"), device=None, modes=("forward", "tr
                     r = f"{ratio:>8.2f}" if ratio is not None else f"{'-':>8}"
                     mb = "".join(f"  {n} {v:.1f} MB" for n, v in row.get("peak_mb", {}).items())
                     out(f"{cfg.cell:<5}{cfg.T:>5}{cfg.B:>5}{cfg.H:>6}  {mode:<8}{prec:<6}{p:>4}{cells_ms}{r}{mb}")
-    _set_tf32(False)
+                    if on_row is not None:
+                        on_row(row)
+    _torch_tf32(False)
     return device, rows
 
 
-def write_json(device, rows, out_dir, settings):
-    """bench/results/<time>-<device>.json with the environment, the command and every row."""
+def record_path(out_dir, device):
+    """bench/results/<time>-<device>.json: where one run's record goes."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = out_dir / f"{stamp}-{device}.json"
+    return out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{device}.json"
+
+
+def write_json(path, device, rows, settings):
+    """The record at `path`: the environment, the command and every row so far (rewritten whole each time)."""
     record = {"environment": environment(device), "command": " ".join(sys.argv), "settings": settings, "rows": rows}
-    path.write_text(json.dumps(record, indent=1))
+    Path(path).write_text(json.dumps(record, indent=1))
     return path
 
 

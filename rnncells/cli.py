@@ -1,6 +1,7 @@
 """The `rnncells` command line: `rnncells demo`, `rnncells check`, `rnncells bench`."""
 
 import argparse
+import functools
 import sys
 
 
@@ -19,6 +20,11 @@ def main(argv=None):
     bench.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when a GPU is present")
     bench.add_argument("--preset", choices=("full", "quick"), help="default: full on a GPU, quick on the CPU")
     bench.add_argument("--cell", choices=("lstm", "gru", "both"), default="both")
+    bench.add_argument("--group", choices=("standard", "small", "large"), action="append",
+                       help="full preset only: shapes to time (repeatable; default all, the standard first)")
+    bench.add_argument("--mode", choices=("forward", "train", "both"), default="both")
+    bench.add_argument("--precision", choices=("fp32", "tf32", "both"), default="both", help="TF32: GPU only")
+    bench.add_argument("--passes", type=_positive, default=2, help="times each configuration is measured (default 2)")
     bench.add_argument("--repeats", type=_positive, default=20, help="timed calls per measurement (default 20)")
     bench.add_argument("--warmup", type=int, default=5, help="untimed calls first (default 5)")
     bench.add_argument("--out", default="bench/results", help="folder for the JSON record (default bench/results)")
@@ -46,10 +52,24 @@ def _bench(args):
         print("rnncells bench --device cuda: no CUDA GPU (or no CuPy) here", file=sys.stderr)
         return 2
     preset = args.preset or ("full" if device == "cuda" else "quick")
-    cells = ("lstm", "gru") if args.cell == "both" else (args.cell,)
-    device, rows = bench.run(preset, cells, device, repeats=args.repeats, warmup=args.warmup)
-    settings = dict(preset=preset, cells=cells, repeats=args.repeats, warmup=args.warmup)
-    print(f"results written to {bench.write_json(device, rows, args.out, settings)}")
+    both = lambda choice, all_: all_ if choice == "both" else (choice,)  # noqa: E731
+    cells, modes = both(args.cell, ("lstm", "gru")), both(args.mode, ("forward", "train"))
+    precisions = both(args.precision, ("fp32", "tf32"))
+    groups = tuple("small batch" if g == "small" else g for g in args.group) if args.group else bench.GROUPS
+    settings = dict(preset=preset, cells=cells, groups=groups, modes=modes, precisions=precisions,
+                    repeats=args.repeats, warmup=args.warmup, passes=args.passes)  # fmt: skip
+    path, done = bench.record_path(args.out, device), []
+
+    def on_row(row):  # the record so far, after every row: a run cut off keeps what it measured
+        done.append(row)
+        bench.write_json(path, device, done, settings)
+
+    out = functools.partial(print, flush=True)
+    device, rows = bench.run(preset, cells, device, modes=modes, repeats=args.repeats, warmup=args.warmup,
+                             passes=args.passes, out=out, groups=groups, precisions=precisions,
+                             on_row=on_row)  # fmt: skip
+    bench.write_json(path, device, rows, settings)
+    print(f"results written to {path}")
     if args.plot:
         bench.plot(rows, args.plot)
         print(f"ratios plotted to {args.plot}")

@@ -16,20 +16,27 @@ def test_time_step_takes_the_median_after_the_warmup():
 def test_presets_cover_the_configurations_the_issue_names():
     full = bench.configs("full", cells=("lstm",))
     assert (100, 64, 512, 512) in [(c.T, c.B, c.I, c.H) for c in full]
+    assert (full[0].T, full[0].B, full[0].H) == (100, 64, 512)  # the fastrnns standard comes first
     assert {(c.B, c.H, c.T) for c in full if c.group == "small batch"} == {
-        (B, H, T) for B in (1, 4, 16) for H in (256, 512, 1024) for T in (100, 1000)
+        (B, H, T) for B in (1, 4, 16) for H in (256, 1024) for T in (100, 1000)
     }
     assert (100, 256, 1024) in [(c.T, c.B, c.H) for c in full]
+    assert {c.group for c in bench.configs("full", groups=("large",))} == {"large"}
     with pytest.raises(ValueError, match="preset='huge'"):
         bench.configs("huge")
+    with pytest.raises(ValueError, match="'tiny'"):
+        bench.configs("full", groups=("tiny",))
 
 
-def test_cpu_run_times_all_three_and_records_them(tmp_path, capsys):
+def test_cpu_run_times_all_three_and_records_them(tmp_path, capsys, monkeypatch):
     pytest.importorskip("torch")
     pytest.importorskip("matplotlib")
     png = tmp_path / "ratios.png"
     argv = ["bench", "--device", "cpu", "--cell", "gru", "--repeats", "2", "--warmup", "1", "--out", str(tmp_path),
             "--plot", str(png)]  # fmt: skip
+    written = []
+    real = bench.write_json
+    monkeypatch.setattr(bench, "write_json", lambda *a: (written.append(len(a[2])), real(*a))[1])
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "torch.nn ms" in out and "torch loop ms" in out and "results written to" in out
@@ -38,6 +45,7 @@ def test_cpu_run_times_all_three_and_records_them(tmp_path, capsys):
     assert record["environment"]["torch"] and record["environment"]["device"].startswith("CPU")
     rows = record["rows"]
     assert len(rows) == 2 * 2 * 2  # two quick shapes, two modes, two passes
+    assert written == [1, 2, 3, 4, 5, 6, 7, 8, 8]  # the record after every row, then once at the end
     for r in rows:
         assert set(r["ms"]) == set(bench.implementations("cpu")) and all(v > 0 for v in r["ms"].values())
         assert r["ratio"] == pytest.approx(r["ms"]["torch.nn"] / r["ms"]["rnncells"])
@@ -91,3 +99,61 @@ def test_peak_train_mb_counts_what_a_step_keeps_between_steps_but_not_its_inputs
         memory.top = max(memory.top, memory.used + 3 * 2**20)
 
     assert bench.peak_train_mb(step, memory) == 5.0
+
+
+def test_the_run_can_be_cut_to_one_cell_mode_and_pass(tmp_path, capsys):
+    argv = ["bench", "--device", "cpu", "--cell", "lstm", "--mode", "train", "--passes", "1", "--repeats", "1",
+            "--warmup", "0", "--out", str(tmp_path)]  # fmt: skip
+    assert cli.main(argv) == 0
+    (path,) = tmp_path.glob("*-cpu.json")
+    rows = json.loads(path.read_text())["rows"]
+    assert [(r["cell"], r["mode"], r["pass_"], r["precision"]) for r in rows] == [("lstm", "train", 1, "fp32")] * 2
+
+
+def _run_script(args, tmp_path, **env):
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run(["bash", str(root / "bench" / "gpu_session.sh"), *args], cwd=root, capture_output=True,
+                          text=True, env={**os.environ, "OUT": str(tmp_path / "out"), **env})  # fmt: skip
+
+
+def test_the_smoke_script_reports_every_item_even_when_each_fails():
+    """Without a GPU every item fails: each must still get its own line, and the exit status must say so."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from rnncells.verify import gpu_available
+
+    if gpu_available():
+        pytest.skip("a GPU is here: the smoke items would pass")
+    script = Path(__file__).resolve().parent.parent / "bench" / "smoke.py"
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 1 and lines[-1] == "10 item(s) failed"
+    assert len(lines) == 11 and all("FAIL" in line for line in lines[:-1])
+
+
+def test_the_gpu_session_script_runs_its_steps_in_order_into_at_most_8_files(tmp_path):
+    """The check stage with stand-ins for pip, nvidia-smi and compute-sanitizer (no GPU, nothing installed)."""
+    import os
+    import shutil
+
+    if shutil.which("timeout") is None:
+        pytest.skip("needs coreutils' timeout")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool, body in (("pip", "echo pip $*"), ("nvidia-smi", "echo no GPU here; exit 9"),
+                       ("compute-sanitizer", 'shift 4; exec "$@"')):  # fmt: skip
+        (bin_dir / tool).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / tool).chmod(0o755)
+    r = _run_script(["check"], tmp_path, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    summary = (tmp_path / "out" / "summary.txt").read_text().splitlines()
+    assert [line.split(":")[0] for line in summary] == ["probe", "install", "smoke", "gpu suite", "memcheck cupy",
+                                                        "memcheck cupy graphs"], r.stdout + r.stderr  # fmt: skip
+    assert summary[2].startswith("smoke: exit 1") and summary[3].startswith("gpu suite: exit 0")  # all skipped
+    assert len(list((tmp_path / "out").iterdir())) <= 8
+    assert r.stdout.rstrip().endswith(summary[-1])
