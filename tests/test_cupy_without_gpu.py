@@ -1,0 +1,159 @@
+"""The CuPy backend's integration with CuPy and cuBLAS, checked without a GPU.
+
+Bugs here live in CuPy and cuBLAS, not in our kernels, so the host runs
+cannot see them: a cuBLAS symbol or enum value that does not exist, a CuPy
+attribute that is gone or deprecated, a kernel that CuPy's own NVRTC path
+and options refuse, a launch argument RawKernel would pass with the wrong
+width.  Needs CuPy and the CUDA runtime, cuBLAS and NVRTC wheels, pinned to
+the GPU machine's versions (the `cupy-nogpu` extra); skipped without them.
+"""
+
+import ast
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+cupy = pytest.importorskip("cupy", reason="the CuPy tier needs: pip install 'rnncells[cupy-nogpu]'")
+
+from rnncells import _cublas, cuda, verify  # noqa: E402
+
+try:
+    _cublas.library()
+except Exception as e:  # no libcublas: the tier cannot run here
+    pytest.skip(f"libcublas not found ({e}): pip install 'rnncells[cupy-nogpu]'", allow_module_level=True)
+
+from rnncells import _cupy  # noqa: E402
+
+PACKAGE = Path(cuda.__file__).resolve().parent
+VARIANTS = [pytest.param(c, v, id=verify.variant_name(c, v).replace(" ", "-")) for c, v in verify.VARIANTS]
+
+
+@pytest.fixture(scope="module")
+def cublas_header():
+    """cublas_api.h from the cuBLAS wheel beside the library we load."""
+    from cuda.pathfinder import load_nvidia_dynamic_lib
+
+    path = Path(load_nvidia_dynamic_lib("cublas").abs_path).parent.parent / "include" / "cublas_api.h"
+    if not path.exists():
+        pytest.skip(f"no cublas_api.h at {path}")
+    return re.sub(r"/\*.*?\*/|//[^\n]*", "", path.read_text(), flags=re.S)
+
+
+def _parameter_type(decl):
+    """'const float* alpha' -> 'const float*' (a C parameter declaration without its name)."""
+    decl = " ".join(decl.replace("*", "* ").split())
+    return re.sub(r"\s*\b\w+$", "", decl).replace(" *", "*")
+
+
+@pytest.mark.parametrize("name", _cublas.PROTOTYPES)
+def test_every_cublas_call_is_declared_as_the_header_declares_it(cublas_header, name):
+    m = re.search(rf"cublasStatus_t\s+CUBLASWINAPI\s+{name}\s*\((.*?)\)\s*;", cublas_header, re.S)
+    assert m, f"{name} is not declared in cublas_api.h"
+    assert tuple(_parameter_type(p) for p in m[1].split(",")) == _cublas.PROTOTYPES[name]
+    assert getattr(_cublas.library(), name).argtypes  # bound, with its declared types
+
+
+@pytest.mark.parametrize(
+    "ours,theirs",
+    [("STATUS_SUCCESS", "CUBLAS_STATUS_SUCCESS"), ("OP_N", "CUBLAS_OP_N"), ("OP_T", "CUBLAS_OP_T"),
+     ("POINTER_MODE_HOST", "CUBLAS_POINTER_MODE_HOST"), ("DEFAULT_MATH", "CUBLAS_DEFAULT_MATH"),
+     ("TF32_TENSOR_OP_MATH", "CUBLAS_TF32_TENSOR_OP_MATH")],
+)  # fmt: skip
+def test_cublas_enum_values_are_the_headers(cublas_header, ours, theirs):
+    m = re.search(rf"\b{theirs}\s*=\s*(\d+)", cublas_header)
+    assert m and int(m[1]) == getattr(_cublas, ours)
+
+
+def _cupy_attribute_chains():
+    """Every `cupy.a.b...` the package's source names, with where it is named."""
+    chains = {}
+    for path in PACKAGE.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute):
+                parts, n = [], node
+                while isinstance(n, ast.Attribute):
+                    parts.append(n.attr)
+                    n = n.value
+                if isinstance(n, ast.Name) and n.id == "cupy":
+                    chains.setdefault(".".join(reversed(parts)), f"{path.name}:{node.lineno}")
+    # keep only the longest chains: cupy.cuda.Device is checked through cupy.cuda.Device().id's prefix
+    return {c: where for c, where in chains.items() if not any(o.startswith(c + ".") for o in chains)}
+
+
+def test_every_cupy_attribute_the_package_uses_exists_and_is_not_deprecated():
+    chains = _cupy_attribute_chains()
+    assert "cuda.Stream.from_external" in chains and "RawModule" in chains  # the scan sees the backend's uses
+    for chain, where in chains.items():
+        obj = cupy
+        for part in chain.split("."):
+            assert hasattr(obj, part), f"cupy.{chain} ({where}) does not exist in CuPy {cupy.__version__}"
+            obj = getattr(obj, part)
+        assert ".. deprecated::" not in (getattr(obj, "__doc__", None) or ""), f"cupy.{chain} ({where}) is deprecated"
+
+
+def test_no_gemm_goes_through_cupys_cublas_wrappers():
+    """CuPy's cuBLAS wrappers (cupy_backends, and cupy.matmul through them) raise during stream capture."""
+    for path in PACKAGE.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        imported += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not any(m.startswith("cupy_backends") for m in imported), path.name
+
+
+def test_torch_streams_reach_cupy_through_the_stream_protocol():
+    torch = pytest.importorskip("torch")
+    import rnncells.torch as adapter
+
+    class TorchStream:  # what torch.cuda.current_stream() gives: a stream with .cuda_stream
+        cuda_stream = 0x1234
+
+    assert cupy.cuda.Stream.from_external(adapter._StreamRef(TorchStream())).ptr == 0x1234
+    del torch
+
+
+@pytest.mark.parametrize("arch", ["80", "90"])
+def test_every_instantiation_compiles_through_cupys_own_nvrtc_path(arch, monkeypatch):
+    """RawModule's compiler, with our options and those CuPy adds; only the device query is replaced."""
+    from cupy.cuda import compiler
+
+    monkeypatch.setattr(compiler, "_get_arch_for_options_for_nvrtc", lambda arch=None: (f"-arch=sm_{arch}", "cubin"))
+    names = cuda.instantiations()
+    options = (*_cupy.COMPILE_OPTIONS, "-ftz=true")  # -ftz=true: what CuPy's cached compile appends
+    cubin, mapping = compiler.compile_using_nvrtc(cuda.program_source(), options, arch=arch, name_expressions=names)
+    assert len(cubin) > 0 and set(mapping) == set(names)
+
+
+@pytest.mark.parametrize("cell,variant", VARIANTS)
+def test_every_cupy_launch_passes_what_the_kernel_takes(cell, variant, monkeypatch):
+    """The launches of the orchestration, converted as _cupy passes them to RawKernel, against each signature."""
+    if shutil.which("g++") is None:
+        pytest.skip("the host build needs g++")
+    host = cuda.host_ops()
+    launches = []
+
+    def spy(name, grid, block, args):
+        launches.append((name, args))
+        host.launcher(name, grid, block, args)
+
+    from rnncells import api
+
+    ops = cuda.KernelOps(spy, np, host.gemm)
+    monkeypatch.setattr(api, "_impl", lambda n, tf32=False: api._sequence_backend(ops, np))
+    for kw in ({}, {"lengths": np.array([3, 0, 2])}):
+        verify.run(verify.problem(cell, variant, T=3, B=3, I=2, H=4, dtype="float32", **kw), "cuda-host")
+    kinds = {"int": np.int32, "float*": np.float32, "double*": np.float64, "int*": np.int32}
+    assert launches
+    for name, args in launches:
+        params = host.launcher.signatures[name].split(",")
+        passed = _cupy.kernel_args(args)
+        assert len(passed) == len(params), name
+        for k, (param, a) in enumerate(zip(params, passed)):
+            if param == "int":
+                assert type(a) is np.int32, (name, k)  # a Python int would go as 64 bits
+            elif isinstance(a, np.uintp):
+                assert a == 0, (name, k)  # a null pointer, pointer-wide
+            else:
+                assert a.dtype == kinds[param], (name, k, a.dtype)
