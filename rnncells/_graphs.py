@@ -1,4 +1,4 @@
-"""CUDA graphs for the step loops: capture a loop once per shape, replay it after (issue 8).
+"""CUDA graphs for the step loops: capture a loop once per shape, replay it after.
 
 A step loop is T launches of a GEMM and a pointwise kernel (more for some
 variants).  From Python each launch costs microseconds, about what the GPU

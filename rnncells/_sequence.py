@@ -1,4 +1,4 @@
-"""Whole sequences: buffers, GEMMs and the order of work (DESIGN.md "Speed plan").
+"""Whole sequences: buffers, GEMMs and the order of work.
 
 Generic over the array module `xp` and the backend's per-step `ops`
 (`rnncells._numpy`; the CUDA kernels through `rnncells.cuda`), so one

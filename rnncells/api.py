@@ -1,4 +1,4 @@
-"""The public functions of DESIGN.md: check the arguments once, then dispatch.
+"""The public functions: check the arguments once, then dispatch.
 
 The backend follows the arrays (NumPy arrays -> the NumPy backend).  Every
 function also takes `backend=`: "reference" runs the float64 tape reference,
@@ -122,10 +122,11 @@ def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candi
     x (T, B, I); h0, c0 (B, H) or None for zeros; lengths (B,) ints in
     [0, T] or None (item b then runs lengths[b] steps, its later outputs are
     zero and its final state is the one after its last step).  `peephole` is
-    None, "full" or "diagonal"; `candidate` "tanh" or "sigmoid" (DESIGN.md).
-    Returns y (T, B, H), (hT, cT) and a ctx for `lstm_backward` (None with
-    training=False, which saves nothing for a backward).  The ctx reads the
-    hidden states from y itself: copy y before writing into it if the
+    None, "full" or "diagonal"; `candidate` "tanh" or "sigmoid" (the
+    README's table of variants).  Returns y (T, B, H), (hT, cT) and a ctx
+    for `lstm_backward` (None with training=False, which saves nothing for a
+    backward).  The ctx reads the hidden states from y itself: copy y before
+    writing into it if the
     backward is still to come.  `graphs` (a `GraphCache`, CuPy backend) runs
     the step loops as CUDA graphs, captured once per shape and replayed.
     `tf32` allows TF32 tensor cores in the float32 GEMMs of this forward and

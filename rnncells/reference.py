@@ -10,7 +10,7 @@ The seed (lecture slides on LSTM/GRU derivatives) differentiates a cell by hand:
    (the slides' "cheap trick": a variable used twice just gets two `+=`).
 
 `deriv` is step 2's table, `Tape` does steps 1 and 3, and the cells below are
-the LSTM and GRU variants of DESIGN.md written on the tape equation by
+the LSTM and GRU variants (the README's table) written on the tape equation by
 equation.  `equations()` prints what the tape recorded and derived, in the
 slides' notation.
 

@@ -1,4 +1,4 @@
-"""What a forward keeps for its backward: at most (G+1)·T·B·H elements per layer (issue 8).
+"""What a forward keeps for its backward: at most (G+1)·T·B·H elements per layer.
 
 G is the number of gates (LSTM 4, GRU 3).  The input x, the initial states,
 the parameters and the output y are the caller's; everything else the
