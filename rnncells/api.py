@@ -79,8 +79,8 @@ def _backend(name, xp, tf32):
 
 def _contiguous(xp, x, params, *states):
     """x, params and the states C-contiguous (the arrays themselves when they already are)."""
-    same = lambda a: None if a is None else xp.ascontiguousarray(a)  # noqa: E731
-    return (same(x), {k: same(v) for k, v in params.items()}, *map(same, states))
+    contiguous = lambda a: None if a is None else xp.ascontiguousarray(a)  # noqa: E731
+    return (contiguous(x), {k: contiguous(v) for k, v in params.items()}, *map(contiguous, states))
 
 
 class Context(NamedTuple):
@@ -126,9 +126,9 @@ def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candi
     README's table of variants).  Returns y (T, B, H), (hT, cT) and a ctx
     for `lstm_backward` (None with training=False, which saves nothing for a
     backward).  The ctx reads the hidden states from y itself: copy y before
-    writing into it if the
-    backward is still to come.  `graphs` (a `GraphCache`, CuPy backend) runs
-    the step loops as CUDA graphs, captured once per shape and replayed.
+    writing into it if the backward is still to come.  `graphs` (a
+    `GraphCache`, CuPy backend) runs the step loops as CUDA graphs, captured
+    once per shape and replayed.
     `tf32` allows TF32 tensor cores in the float32 GEMMs of this forward and
     its backward (see the module docstring).
     """

@@ -159,3 +159,32 @@ def test_modules_with_graphs_train_like_without(kind):
         m.backward(ctx, 2 * y)
     for k in own[False].grads:
         assert (own[False].grads[k] == own[True].grads[k]).all(), k
+
+
+def test_column_sum_past_the_grid_y_limit_on_the_device():
+    """More chunks of rows than CUDA's 65,535 grid.y: the kernel strides over the rest."""
+    import cupy
+
+    from rnncells import _cupy, cuda
+
+    rows = (cuda.GRID_LIMITS[1] + 2) * cuda.CHUNK + 5
+    a = np.random.default_rng(0).integers(-4, 5, size=(rows, 3)).astype(np.float64)  # integers: exact sums
+    np.testing.assert_array_equal(_cupy.ops().column_sum(cupy.asarray(a)).get(), a.sum(0))
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_torch_adapter_on_cuda_with_an_expanded_hx_matches_cudnn(kind):
+    """hx.expand() has stride 0: the kernels read raw memory, so it must reach them contiguous."""
+    torch = pytest.importorskip("torch")
+    import rnncells.torch as rt
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    ref = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(16, 32).cuda()
+    ours = (rt.LSTM if kind == "lstm" else rt.GRU)(16, 32).cuda()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(9, 5, 16, device="cuda")
+    h = torch.randn(1, 1, 32, device="cuda").expand(1, 5, 32)
+    hx = (h, 2 * h) if kind == "lstm" else h
+    y_ref, y = ref(x, hx)[0], ours(x, hx)[0]
+    assert verify.rel_err(y.detach().cpu().numpy(), y_ref.detach().cpu().numpy()) <= verify.BOUNDS["float32"]
