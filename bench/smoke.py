@@ -8,21 +8,14 @@ per cell against the eager loop; the torch adapter against cuDNN.
 bench/gpu_session.sh runs it before the gpu-marked suite.
 """
 
+import functools
 import sys
 import time
 import traceback
 
 import numpy as np
 
-ITEMS = []
 
-
-def item(fn):
-    ITEMS.append(fn)
-    return fn
-
-
-@item
 def versions():
     import cupy
 
@@ -54,12 +47,6 @@ def _eager(cell, dtype):
     return f"error {err:.2e}"
 
 
-for _cell in ("lstm", "gru"):
-    for _dtype in ("float32", "float64"):
-        item(lambda c=_cell, d=_dtype: _eager(c, d)).__name__ = f"eager {_cell} {_dtype}"
-
-
-@item
 def tf32_gemm():
     import cupy
 
@@ -88,10 +75,6 @@ def _graphs(cell):
     return "replays equal the eager loop bit for bit"
 
 
-for _cell in ("lstm", "gru"):
-    item(lambda c=_cell: _graphs(c)).__name__ = f"graph capture {_cell}"
-
-
 def _adapter(kind):
     import torch
 
@@ -113,20 +96,25 @@ def _adapter(kind):
     return f"error {worst:.2e}"
 
 
-for _kind in ("LSTM", "GRU"):
-    item(lambda k=_kind: _adapter(k)).__name__ = f"adapter {_kind} vs cuDNN"
+ITEMS = {
+    "versions": versions,
+    **{f"eager {c} {d}": functools.partial(_eager, c, d) for c in ("lstm", "gru") for d in ("float32", "float64")},
+    "tf32 gemm": tf32_gemm,
+    **{f"graph capture {c}": functools.partial(_graphs, c) for c in ("lstm", "gru")},
+    **{f"adapter {k} vs cuDNN": functools.partial(_adapter, k) for k in ("LSTM", "GRU")},
+}
 
 
 def main():
     failed = 0
-    for fn in ITEMS:
+    for name, fn in ITEMS.items():
         start = time.perf_counter()
         try:
             result = f"ok    {fn()}"
         except Exception:  # every item reports, whatever it raised
             failed += 1
             result = "FAIL  " + " | ".join(traceback.format_exc().strip().splitlines()[-3:])
-        print(f"{fn.__name__:<28}{time.perf_counter() - start:>6.1f}s  {result}", flush=True)
+        print(f"{name:<28}{time.perf_counter() - start:>6.1f}s  {result}", flush=True)
     print(f"{failed} item(s) failed" if failed else "all items passed", flush=True)
     return 1 if failed else 0
 

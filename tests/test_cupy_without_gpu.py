@@ -104,14 +104,13 @@ def test_no_gemm_goes_through_cupys_cublas_wrappers():
 
 
 def test_torch_streams_reach_cupy_through_the_stream_protocol():
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     import rnncells.torch as adapter
 
     class TorchStream:  # what torch.cuda.current_stream() gives: a stream with .cuda_stream
         cuda_stream = 0x1234
 
     assert cupy.cuda.Stream.from_external(adapter._StreamRef(TorchStream())).ptr == 0x1234
-    del torch
 
 
 @pytest.mark.parametrize("arch", ["80", "90"])
