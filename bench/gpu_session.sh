@@ -58,7 +58,7 @@ fi
 
 case "$stage" in
 check)
-  step smoke 150 "$OUT/smoke.log" python bench/smoke.py
+  step smoke 120 "$OUT/smoke.log" python bench/smoke.py
   step "gpu suite" 240 "$OUT/gpu-suite.log" \
     python -m pytest -o addopts="" -q -rfE -m gpu --junitxml="$OUT/gpu-suite.xml" tests
   for target in cupy "cupy graphs"; do
