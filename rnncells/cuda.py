@@ -252,7 +252,8 @@ def planned_gemm(a, b, out, accumulate, gemm):
 
     gemm(op_b, op_a, m, n, k, b, ldb, a, lda, beta, out, ldc) gets the
     arguments of `gemm_plan` and is called only when there is a product to
-    compute (cuBLAS refuses a zero dimension in some of its checks).
+    compute: an empty dimension is settled here (k = 0 leaves out zero, or
+    unchanged when accumulating), not left to cuBLAS's leading-dimension rules.
     """
     (M, K), N = a.shape, b.shape[1]
     if M == 0 or N == 0:
@@ -397,8 +398,9 @@ def host_ops(tf32=False):
 def to_tf32(a):
     """float32 values as TF32 tensor cores read them: the low 13 of the 23 mantissa bits dropped.
 
-    Truncation, not rounding: NVIDIA documents that only the first 10 mantissa
-    bits of each input are read, and truncation is the larger error of the two.
+    Truncation, not rounding: PyTorch's numerical-accuracy notes say tensor
+    cores read only the first 10 mantissa bits of each input, and truncation
+    is the larger error of the two, so a bound that holds here holds for both.
     """
     bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32) & np.uint32(0xFFFFE000)
     return bits.view(np.float32)
