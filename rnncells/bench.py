@@ -10,8 +10,8 @@ Modes: "forward" (inference, nothing saved) and "train" (forward + backward,
 dx included for everyone).  Precision: fp32 with TF32 off and, on a GPU, on
 (ours through `tf32=True`, torch's through torch.backends' two switches).
 Configurations are chosen by cell, group (standard, small batch, large),
-mode and precision, so that one run fits a time limit; every row is handed
-to `on_row` as soon as it is measured (the CLI rewrites the JSON record
+mode and precision, so that one run fits a time limit; `on_row` gets the
+rows so far as soon as each is measured (the CLI rewrites the JSON record
 then), so a run that is cut off keeps what it measured.
 Timing: `warmup` untimed calls, then `repeats` timed ones (CUDA events on a
 GPU, perf_counter on the CPU), inputs rotated among `rotate` sets so caches
@@ -286,8 +286,8 @@ def run(preset="full", cells=("lstm", "gru"), device=None, modes=("forward", "tr
         rotate=4, passes=2, out=print, groups=GROUPS, precisions=("fp32", "tf32"), on_row=None):  # fmt: skip
     """Time every implementation on every configuration; returns the device and the result rows.
 
-    `precisions` on the CPU is fp32 only (a CPU has no TF32); `on_row(row)`
-    is called after each row is measured.
+    `precisions` on the CPU is fp32 only (a CPU has no TF32); `on_row(rows)`
+    is called with the rows so far after each row is measured.
     """
     from .verify import gpu_available
 
@@ -334,7 +334,7 @@ def run(preset="full", cells=("lstm", "gru"), device=None, modes=("forward", "tr
                     mb = "".join(f"  {n} {v:.1f} MB" for n, v in row.get("peak_mb", {}).items())
                     out(f"{cfg.cell:<5}{cfg.T:>5}{cfg.B:>5}{cfg.H:>6}  {mode:<8}{prec:<6}{p:>4}{cells_ms}{r}{mb}")
                     if on_row is not None:
-                        on_row(row)
+                        on_row(rows)
     _torch_tf32(False)
     return device, rows
 

@@ -58,17 +58,13 @@ def _bench(args):
     groups = tuple("small batch" if g == "small" else g for g in args.group) if args.group else bench.GROUPS
     settings = dict(preset=preset, cells=cells, groups=groups, modes=modes, precisions=precisions,
                     repeats=args.repeats, warmup=args.warmup, passes=args.passes)  # fmt: skip
-    path, done = bench.record_path(args.out, device), []
-
-    def on_row(row):  # the record so far, after every row: a run cut off keeps what it measured
-        done.append(row)
-        bench.write_json(path, device, done, settings)
-
+    path = bench.record_path(args.out, device)
+    # the record rewritten after every row: a run cut off keeps what it measured
+    on_row = functools.partial(bench.write_json, path, device, settings=settings)
     out = functools.partial(print, flush=True)
-    device, rows = bench.run(preset, cells, device, modes=modes, repeats=args.repeats, warmup=args.warmup,
-                             passes=args.passes, out=out, groups=groups, precisions=precisions,
-                             on_row=on_row)  # fmt: skip
-    bench.write_json(path, device, rows, settings)
+    _, rows = bench.run(preset, cells, device, modes=modes, repeats=args.repeats, warmup=args.warmup,
+                        passes=args.passes, out=out, groups=groups, precisions=precisions,
+                        on_row=on_row)  # fmt: skip
     print(f"results written to {path}")
     if args.plot:
         bench.plot(rows, args.plot)
