@@ -32,6 +32,30 @@ def flag(name, v):
     return bool(v)
 
 
+def hx(cell, hx, names, is_array, arrays):
+    """A module's hx as a list of its states, each an array or None: the pair (h, c) of an LSTM, a GRU's h.
+
+    `names` are the states' names in messages, `is_array` tells an array of
+    the caller's kind and `arrays` names that kind ("a tensor").
+    """
+    if cell == "lstm":
+        if hx is None:
+            return [None, None]
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            got = f"a {type(hx).__name__} of {len(hx)}" if isinstance(hx, (tuple, list)) else type(hx).__name__
+            raise TypeError(f"hx must be the pair ({names[0]}, {names[1]}) or None, got {got}")
+        states = list(hx)
+    elif isinstance(hx, (tuple, list)):
+        raise TypeError(f"{names[0]} must be {arrays} or None, got a {type(hx).__name__}: a GRU has one state, "
+                        f"{names[0]} ((h, c) pairs are an LSTM's)")  # fmt: skip
+    else:
+        states = [hx]
+    for name, s in zip(names, states):
+        if s is not None and not is_array(s):
+            raise TypeError(f"{name} must be {arrays} or None, got {type(s).__name__}")
+    return states
+
+
 def float_dtype(dtype):
     try:
         dt = np.dtype(dtype)
@@ -118,6 +142,10 @@ def call(cell, x, params, states, *, lengths=None, peephole=None, sequence=True)
         if k not in want:
             raise ValueError(f"params has unexpected key {k!r} (expected keys: {', '.join(want)})")
     G = "4" if cell == "lstm" else "3"
+    w_ih = params["weight_ih"]
+    if w_ih.ndim == 2 and w_ih.shape[0] == int(G) * H and w_ih.shape[1] != I:  # weights agree: x is the odd one
+        raise ValueError(f"x has shape {tuple(x.shape)}, with {I} features; params['weight_ih'] has shape "
+                         f"{tuple(w_ih.shape)}, for input_size={w_ih.shape[1]}")  # fmt: skip
     meaning = {
         "weight_ih": f"({G}*hidden_size, input_size)",
         "weight_hh": f"({G}*hidden_size, hidden_size)",

@@ -125,14 +125,16 @@ def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candi
     None, "full" or "diagonal"; `candidate` "tanh" or "sigmoid" (the
     README's table of variants).  Returns y (T, B, H), (hT, cT) and a ctx
     for `lstm_backward` (None with training=False, which saves nothing for a
-    backward).  The ctx reads the hidden states from y itself: copy y before
-    writing into it if the backward is still to come.  `graphs` (a
+    backward).  The ctx refers to x, h0, c0, params and y rather than copying
+    them (y holds the hidden states the backward reads): writing into any of
+    them before `lstm_backward` gives wrong gradients.  `graphs` (a
     `GraphCache`, CuPy backend) runs the step loops as CUDA graphs, captured
     once per shape and replayed.
     `tf32` allows TF32 tensor cores in the float32 GEMMs of this forward and
     its backward (see the module docstring).
     """
     _checks.lstm_variant(peephole, candidate)
+    training = _checks.flag("training", training)
     xp, H, lengths = _checks.call("lstm", x, params, {"h0": h0, "c0": c0}, lengths=lengths, peephole=peephole)
     T, B, _ = x.shape
     name, impl = _backend(backend, xp, tf32)
@@ -160,7 +162,11 @@ def lstm_backward(ctx, dy, dhT=None, dcT=None):
 
 
 def lstm_cell_forward(x, h, c, params, peephole=None, candidate="tanh", *, tf32=False, backend=None):
-    """One LSTM step: x (B, I), h, c (B, H) -> h1, c1, ctx for `lstm_cell_backward` (`tf32` as in `lstm_forward`)."""
+    """One LSTM step: x (B, I), h, c (B, H) -> h1, c1, ctx for `lstm_cell_backward`.
+
+    `tf32` as in `lstm_forward`; the ctx refers to x, h, c and params: do not
+    write into them before the backward.
+    """
     _checks.lstm_variant(peephole, candidate)
     xp, H, _ = _checks.call("lstm", x, params, {"h": h, "c": c}, peephole=peephole, sequence=False)
     B = x.shape[0]
@@ -188,11 +194,12 @@ def gru_forward(x, params, h0=None, lengths=None, reset_after=True, *, training=
     x (T, B, I); h0 (B, H) or None for zeros; lengths as in `lstm_forward`.
     reset_after=True is torch.nn.GRU / cuDNN, False is Cho et al. / Keras.
     Returns y (T, B, H), hT (B, H) and a ctx for `gru_backward` (None with
-    training=False).  As in `lstm_forward`, the ctx reads the hidden states
-    from y: copy y before writing into it if the backward is still to come;
-    `graphs` and `tf32` as there.
+    training=False).  As in `lstm_forward`, the ctx refers to x, h0, params
+    and y: do not write into them before `gru_backward`; `graphs` and `tf32`
+    as there.
     """
     _checks.gru_variant(reset_after)
+    training = _checks.flag("training", training)
     xp, H, lengths = _checks.call("gru", x, params, {"h0": h0}, lengths=lengths)
     T, B, _ = x.shape
     name, impl = _backend(backend, xp, tf32)
@@ -215,7 +222,11 @@ def gru_backward(ctx, dy, dhT=None):
 
 
 def gru_cell_forward(x, h, params, reset_after=True, *, tf32=False, backend=None):
-    """One GRU step: x (B, I), h (B, H) -> h1, ctx for `gru_cell_backward` (`tf32` as in `lstm_forward`)."""
+    """One GRU step: x (B, I), h (B, H) -> h1, ctx for `gru_cell_backward`.
+
+    `tf32` as in `lstm_forward`; the ctx refers to x, h and params: do not
+    write into them before the backward.
+    """
     _checks.gru_variant(reset_after)
     xp, H, _ = _checks.call("gru", x, params, {"h": h}, sequence=False)
     B = x.shape[0]

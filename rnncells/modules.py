@@ -12,6 +12,8 @@ of a layer reads each item backward from its own last step, as torch does
 for packed sequences.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
 from . import _checks, api
@@ -19,8 +21,32 @@ from ._graphs import GraphCache
 from .params import init_gru_params, init_lstm_params
 
 
+class ModuleContext(NamedTuple):
+    """What an object's forward keeps for its backward; pass it back, unchanged, to the same object."""
+
+    owner: object  # the object whose forward made it: its backward adds into that object's grads only
+    inner: object
+
+
+def _is_array(a):
+    return _checks.module_name(a) is not None
+
+
 class _Holder:
     """Parameters (`params`) and their accumulated gradients (`grads`), one key each."""
+
+    def _context(self, inner):
+        return ModuleContext(self, inner)
+
+    def _inner(self, ctx):
+        """The inner context of a ctx made by this object's forward; anything else is refused by name."""
+        name = type(self).__name__
+        if not isinstance(ctx, ModuleContext):
+            raise TypeError(f"ctx must be the context returned by this {name}'s forward, got {type(ctx).__name__}")
+        if ctx.owner is not self:
+            raise ValueError(f"ctx was made by the forward of another {type(ctx.owner).__name__}; pass it to that "
+                             "object's backward")  # fmt: skip
+        return ctx.inner
 
     def zero_grad(self):
         """Set every accumulated gradient to zero."""
@@ -47,14 +73,15 @@ class LSTMCell(_Holder):
 
     def forward(self, x, hx=None):
         """x (B, I), hx = (h, c) or None for zeros -> h1, c1, ctx."""
-        h, c = (None, None) if hx is None else hx
-        return api.lstm_cell_forward(x, h, c, self.params, self.peephole, self.candidate, tf32=self.tf32)
+        h, c = _checks.hx("lstm", hx, ("h", "c"), _is_array, "a numpy or cupy array")
+        h1, c1, ctx = api.lstm_cell_forward(x, h, c, self.params, self.peephole, self.candidate, tf32=self.tf32)
+        return h1, c1, self._context(ctx)
 
     __call__ = forward
 
     def backward(self, ctx, dh1, dc1=None):
         """dx, dh, dc of one step; the parameter gradients are added into `grads`."""
-        dx, dh, dc, dp = api.lstm_cell_backward(ctx, dh1, dc1)
+        dx, dh, dc, dp = api.lstm_cell_backward(self._inner(ctx), dh1, dc1)
         self._accumulate(dp)
         return dx, dh, dc
 
@@ -72,13 +99,15 @@ class GRUCell(_Holder):
 
     def forward(self, x, h=None):
         """x (B, I), h (B, H) or None for zeros -> h1, ctx."""
-        return api.gru_cell_forward(x, h, self.params, self.reset_after, tf32=self.tf32)
+        (h,) = _checks.hx("gru", h, ("h",), _is_array, "a numpy or cupy array")
+        h1, ctx = api.gru_cell_forward(x, h, self.params, self.reset_after, tf32=self.tf32)
+        return h1, self._context(ctx)
 
     __call__ = forward
 
     def backward(self, ctx, dh1):
         """dx, dh of one step; the parameter gradients are added into `grads`."""
-        dx, dh, dp = api.gru_cell_backward(ctx, dh1)
+        dx, dh, dp = api.gru_cell_backward(self._inner(ctx), dh1)
         self._accumulate(dp)
         return dx, dh
 
@@ -102,12 +131,14 @@ def _reverse(xp, x, lengths):
 class _Stack(_Holder):
     """Layers × directions of one sequence function; LSTM and GRU differ in their state and call."""
 
-    _states = ()  # the state names: ("h", "c") or ("h",)
+    _cell, _states = "", ()  # "lstm" or "gru"; the state names: ("h", "c") or ("h",)
 
     def _build(self, init, input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dtype, xp, seed,
                graphs, tf32):  # fmt: skip
         _checks.sizes(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
         self.tf32 = _checks.flag("tf32", tf32)
+        batch_first, bidirectional, graphs = (_checks.flag(n, v) for n, v in (
+            ("batch_first", batch_first), ("bidirectional", bidirectional), ("graphs", graphs)))  # fmt: skip
         # CUDA graphs of the step loops on CuPy; NumPy launches nothing, so there they change nothing
         self.graphs = GraphCache() if graphs and xp.__name__ == "cupy" else None
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
@@ -130,8 +161,9 @@ class _Stack(_Holder):
         s = self._suffix(layer, d)
         return {k[: -len(s)]: v for k, v in self.params.items() if k.endswith(s)}
 
-    def _forward(self, x, states, lengths):
+    def _forward(self, x, hx, lengths):
         _checks.array_module({"x": x})
+        states = _checks.hx(self._cell, hx, ("h0", "c0"), _is_array, "a numpy or cupy array")
         if x.ndim != 3 or x.shape[-1] != self.input_size:
             layout = "(batch, seq_len, input_size)" if self.batch_first else "(seq_len, batch, input_size)"
             raise ValueError(f"x has shape {tuple(x.shape)}; expected {layout} with input_size={self.input_size}")
@@ -161,10 +193,10 @@ class _Stack(_Holder):
                     f.append(s)
             inp = self.xp.concatenate(outs, axis=-1) if self.bidirectional else outs[0]
         y = inp.swapaxes(0, 1) if self.batch_first else inp
-        return y, [self.xp.stack(f) for f in finals], (ctxs, lengths, x.shape, y.shape)
+        return y, [self.xp.stack(f) for f in finals], self._context((ctxs, lengths, x.shape, y.shape))
 
     def _backward(self, ctx, dy, dstates):
-        ctxs, lengths, x_shape, y_shape = ctx
+        ctxs, lengths, x_shape, y_shape = self._inner(ctx)
         xp, H, D = self.xp, self.hidden_size, self.num_directions
         dy = _checks.grad("dy", dy, y_shape, (ctxs[0].dtype,), xp)
         if self.batch_first:
@@ -198,7 +230,7 @@ class LSTM(_Stack):
     the step loops as CUDA graphs (CuPy arrays; see `rnncells.GraphCache`).
     """
 
-    _states = ("h", "c")
+    _cell, _states = "lstm", ("h", "c")
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, bidirectional=False, *,
                  peephole=None, candidate="tanh", dtype="float32", xp=np, seed=0, graphs=False,
@@ -226,7 +258,7 @@ class LSTM(_Stack):
 
         Returns y (T, B, D·H), (hT, cT) and a ctx for `backward`.
         """
-        y, (hT, cT), ctx = self._forward(x, (None, None) if hx is None else hx, lengths)
+        y, (hT, cT), ctx = self._forward(x, hx, lengths)
         return y, (hT, cT), ctx
 
     __call__ = forward
@@ -244,7 +276,7 @@ class GRU(_Stack):
     the step loops as CUDA graphs (CuPy arrays; see `rnncells.GraphCache`).
     """
 
-    _states = ("h",)
+    _cell, _states = "gru", ("h",)
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, bidirectional=False, *,
                  reset_after=True, dtype="float32", xp=np, seed=0, graphs=False, tf32=False):  # fmt: skip
@@ -264,7 +296,7 @@ class GRU(_Stack):
 
     def forward(self, x, h0=None, lengths=None):
         """x (T, B, I) (or (B, T, I) with batch_first), h0 (L·D, B, H) or None -> y, hT, ctx."""
-        y, (hT,), ctx = self._forward(x, (h0,), lengths)
+        y, (hT,), ctx = self._forward(x, h0, lengths)
         return y, hT, ctx
 
     __call__ = forward

@@ -40,7 +40,7 @@ def init_lstm_params(input_size, hidden_size, *, peephole=None, bias=True, dtype
     _checks.lstm_variant(peephole, "tanh")
     dtype = _checks.float_dtype(dtype)
     _checks.sizes(input_size=input_size, hidden_size=hidden_size)
-    shapes = expected_shapes("lstm", input_size, hidden_size, peephole=peephole, bias=bias)
+    shapes = expected_shapes("lstm", input_size, hidden_size, peephole=peephole, bias=_checks.flag("bias", bias))
     return _init(shapes, hidden_size, dtype, xp, seed)
 
 
@@ -48,5 +48,5 @@ def init_gru_params(input_size, hidden_size, *, bias=True, dtype="float32", xp=n
     """A dict of GRU parameters (torch names and layout), drawn from U(-1/√H, 1/√H)."""
     dtype = _checks.float_dtype(dtype)
     _checks.sizes(input_size=input_size, hidden_size=hidden_size)
-    shapes = expected_shapes("gru", input_size, hidden_size, bias=bias)
+    shapes = expected_shapes("gru", input_size, hidden_size, bias=_checks.flag("bias", bias))
     return _init(shapes, hidden_size, dtype, xp, seed)

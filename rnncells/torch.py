@@ -18,6 +18,23 @@ torch.nn.LSTM/GRU on cuDNN do (torch's default allows it); the backward
 keeps the forward's choice.  The glue between
 layers (unpacking, per-item reversal, concatenation, dropout) is ordinary
 torch, so dropout draws from torch's generator.
+
+What autograd checks, as it does for torch.nn on cuDNN:
+- Our backward reads the memory of the input, the initial states, the
+  parameters and the output.  Writing into any of them in place between
+  the forward and the backward (an in-place ReLU on the previous layer's
+  output, a reused batch buffer, an optimizer step) makes the backward
+  raise autograd's "modified by an inplace operation" error.
+- Double backward (differentiating a gradient taken with
+  create_graph=True, as a gradient penalty does) is refused: the
+  gradients our backward returns carry a node that raises when autograd
+  reaches it.  Taking such a gradient and using it as data is fine.
+
+Half precision (float16, bfloat16) is not supported yet: a module holding
+or given half tensors raises at its first call.  The modules run NumPy or
+CuPy code, which tracers cannot see: `torch.jit.script`, `torch.jit.trace`
+and `torch.export` raise, and `torch.compile` compiles the torch code around
+each layer and calls our forward and backward as they are (a graph break).
 """
 
 import contextlib
@@ -92,12 +109,14 @@ class _Sequence(torch.autograd.Function):
         n = 2 if cell == "lstm" else 1
         states, params = tensors[:n], dict(zip(keys, map(_array, tensors[n:])))
         ctx.cell, ctx.keys, ctx.given, ctx.device = cell, keys, [s is not None for s in states], x.device
+        training = any(ctx.needs_input_grad)
         fwd = api.lstm_forward if cell == "lstm" else api.gru_forward
         with _on_stream(x.device):
-            y, state, ctx.rc = fwd(_array(x), params, *map(_array, states), lengths=lengths,
-                                   training=any(ctx.needs_input_grad), tf32=_tf32(x), **variant)  # fmt: skip
+            y, state, ctx.rc = fwd(_array(x), params, *map(_array, states), lengths=lengths, training=training,
+                                   tf32=_tf32(x), **variant)  # fmt: skip
         outs = tuple(map(_tensor, (y, *(state if cell == "lstm" else (state,)))))
-        ctx.save_for_backward(outs[0])  # our backward reads y's memory: autograd now refuses it once written to
+        if training:  # ctx.rc reads these tensors' memory: autograd now refuses a backward after a write to one
+            ctx.save_for_backward(x, *tensors, outs[0])
         return outs
 
     @staticmethod
@@ -105,12 +124,45 @@ class _Sequence(torch.autograd.Function):
         if all(g is None for g in (dy, *dstates)):  # nothing flows back through this node
             return (None,) * (5 + len(ctx.given) + len(ctx.keys))
         bwd = api.lstm_backward if ctx.cell == "lstm" else api.gru_backward
-        _ = ctx.saved_tensors  # raises if y was modified in place since the forward
+        read = ctx.saved_tensors  # raises if one was modified in place since the forward
         with _on_stream(ctx.device):
             dx, dstate, dp = bwd(ctx.rc, _array(dy), *map(_array, dstates))  # ctx.rc lives as long as the graph
         dstate = dstate if ctx.cell == "lstm" else (dstate,)
-        dstate = [_tensor(d) if given else None for d, given in zip(dstate, ctx.given)]
-        return (None, None, None, None, _tensor(dx), *dstate, *(_tensor(dp[k]) for k in ctx.keys))
+        grads = [_tensor(dx), *(_tensor(d) if given else None for d, given in zip(dstate, ctx.given)),
+                 *(_tensor(dp[k]) for k in ctx.keys)]  # fmt: skip
+        sources = [t for t in (*read, dy, *dstates) if t is not None and t.requires_grad]
+        if torch.is_grad_enabled() and sources:  # create_graph=True: these gradients depend on sources
+            grads = _Refused.apply(grads, *sources)
+        return (None, None, None, None, *grads)
+
+
+def _opaque_to_compile(fn):
+    """fn as torch.compile must call it: as it is, between compiled graphs (a graph break)."""
+    reason = ("rnncells' LSTM/GRU layers run NumPy/CuPy code: torch.compile calls them between compiled graphs, "
+              "so fullgraph=True cannot hold a model that uses them")  # fmt: skip
+    try:
+        return torch.compiler.disable(fn, reason=reason)
+    except TypeError:  # older torch: no reason=
+        return torch.compiler.disable(fn)
+
+
+_apply = _opaque_to_compile(_Sequence.apply)
+
+
+class _Refused(torch.autograd.Function):
+    """Gradients that autograd may not differentiate again: their backward raises."""
+
+    @staticmethod
+    def forward(ctx, grads, *sources):
+        return tuple(grads)  # as views of themselves, so autograd hangs this node on them
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError(
+            "rnncells.torch does not support double backward: a gradient taken through its LSTM/GRU with "
+            "create_graph=True (as a gradient penalty does) cannot be differentiated again; detach that gradient, "
+            "or compute that loss with torch.nn's modules on the CPU"
+        )
 
 
 def _reverse(x, lengths):
@@ -137,16 +189,47 @@ def _check_construction(dtype, sizes):
     return dtype
 
 
-class _RNN(nn.Module):
-    """Layers × directions of one cell kind, with torch.nn.RNNBase's arguments and names."""
+def _exporting():
+    is_exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5; earlier torch.export sees .numpy()
+    return is_exporting is not None and is_exporting()
+
+
+class _Module(nn.Module):
+    """What the sequence modules and the cells share: the checks each call makes before any work."""
 
     _cell = ""  # "lstm" or "gru"
 
+    def __prepare_scriptable__(self):  # torch.jit.script calls this first
+        raise NotImplementedError(f"rnncells.torch.{type(self).__name__} cannot be scripted: its forward runs "
+                                  "NumPy/CuPy code that TorchScript cannot compile")  # fmt: skip
+
+    def _check_call(self, x, hx, names):
+        """x (the unpacked input) and hx -> hx as a list of states (or Nones); refuses what the kernels lack."""
+        if torch.jit.is_tracing() or _exporting():
+            raise NotImplementedError(
+                f"rnncells.torch.{type(self).__name__} cannot be traced or exported (torch.jit.trace, "
+                "torch.export): its forward runs NumPy/CuPy code that a tracer cannot record. torch.compile "
+                "works: it calls the layers as they are"
+            )
+        dtype = next(self.parameters()).dtype
+        if dtype not in _DTYPES:
+            raise NotImplementedError(f"the parameters are {dtype} (after .half() or .to()); rnncells.torch "
+                                      "supports float32 and float64, half precision is not supported yet")  # fmt: skip
+        if x.dtype != dtype:
+            raise TypeError(f"input has dtype {x.dtype}; expected {dtype}, the parameters' dtype")
+        return _checks.hx(self._cell, hx, names, torch.is_tensor, "a tensor")
+
+
+class _RNN(_Module):
+    """Layers × directions of one cell kind, with torch.nn.RNNBase's arguments and names."""
+
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, proj_size=0, device=None, dtype=None, graphs=False, **variant):  # fmt: skip
+                 bidirectional=False, proj_size=0, device=None, dtype=None, *, graphs=False, variant):  # fmt: skip
         super().__init__()
+        bias, batch_first, bidirectional = (_checks.flag(n, v) for n, v in (
+            ("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)))  # fmt: skip
         # CUDA graphs of the step loops for CUDA tensors (a CPU call launches nothing to capture)
-        self._graphs = GraphCache() if graphs else None
+        self._graphs = GraphCache() if _checks.flag("graphs", graphs) else None
         if proj_size:
             raise NotImplementedError(f"proj_size={proj_size} is not supported yet by rnncells.torch")
         if not (isinstance(dropout, (int, float)) and 0 <= dropout <= 1) or isinstance(dropout, bool):
@@ -189,10 +272,8 @@ class _RNN(nn.Module):
                 s += f", {name}={getattr(self, name)}"
         return s + "".join(f", {k}={v!r}" for k, v in self.variant.items())
 
-    def _states(self, hx, B, unbatched):
-        """hx as a list of (L·D, B, H) tensors or Nones, checked."""
-        n = 2 if self._cell == "lstm" else 1
-        states = [None] * n if hx is None else (list(hx) if n == 2 else [hx])
+    def _states(self, states, B, unbatched):
+        """The states as (L·D, B, H) tensors (or Nones), checked."""
         want = (self.num_layers * (2 if self.bidirectional else 1), B, self.hidden_size)
         names = ("h0", "c0")
         for k, s in enumerate(states):
@@ -207,6 +288,8 @@ class _RNN(nn.Module):
 
     def _run(self, input, hx):
         packed = isinstance(input, PackedSequence)
+        if not (packed or torch.is_tensor(input)):
+            raise TypeError(f"input must be a tensor or a PackedSequence, got {type(input).__name__}")
         unbatched = not packed and input.dim() == 2
         if packed:
             x, lengths = pad_packed_sequence(input)
@@ -218,7 +301,7 @@ class _RNN(nn.Module):
             x = x.unsqueeze(1) if unbatched else (x.transpose(0, 1) if self.batch_first else x)
         if x.shape[-1] != self.input_size:
             raise ValueError(f"input has {x.shape[-1]} features; expected input_size={self.input_size}")
-        states = self._states(hx, x.shape[1], unbatched)
+        states = self._states(self._check_call(x, hx, ("h0", "c0")), x.shape[1], unbatched)
         D = 2 if self.bidirectional else 1
         finals, inp = [[] for _ in states], x
         for layer in range(self.num_layers):
@@ -232,7 +315,7 @@ class _RNN(nn.Module):
                 xin = _reverse(inp, lengths) if d else inp
                 graphs = {"graphs": self._graphs} if self._graphs is not None and xin.is_cuda else {}
                 variant = {**self.variant, **graphs}
-                y, *sT = _Sequence.apply(self._cell, variant, self._keys, lengths, xin, *s0, *params)
+                y, *sT = _apply(self._cell, variant, self._keys, lengths, xin, *s0, *params)
                 outs.append(_reverse(y, lengths) if d else y)
                 for f, s in zip(finals, sT):
                     f.append(s)
@@ -257,7 +340,7 @@ class LSTM(_RNN):
 
     def __init__(self, *args, peephole=None, candidate="tanh", **kwargs):
         _checks.lstm_variant(peephole, candidate)
-        super().__init__(*args, peephole=peephole, candidate=candidate, **kwargs)
+        super().__init__(*args, variant=dict(peephole=peephole, candidate=candidate), **kwargs)
 
     def forward(self, input, hx=None):
         """input (T, B, I), (B, T, I) with batch_first, (T, I) unbatched, or a PackedSequence.
@@ -278,7 +361,7 @@ class GRU(_RNN):
 
     def __init__(self, *args, reset_after=True, **kwargs):
         _checks.gru_variant(reset_after)
-        super().__init__(*args, reset_after=reset_after, **kwargs)
+        super().__init__(*args, variant=dict(reset_after=reset_after), **kwargs)
 
     def forward(self, input, hx=None):
         """input as for LSTM; returns output, h_n exactly as torch.nn.GRU does."""
@@ -286,13 +369,12 @@ class GRU(_RNN):
         return out, h
 
 
-class _Cell(nn.Module):
+class _Cell(_Module):
     """One step, with torch.nn.RNNCellBase's arguments and names."""
 
-    _cell = ""
-
-    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, **variant):
+    def __init__(self, input_size, hidden_size, bias, device, dtype, variant):
         super().__init__()
+        bias = _checks.flag("bias", bias)
         dtype = _check_construction(dtype, dict(input_size=input_size, hidden_size=hidden_size))
         self.input_size, self.hidden_size, self.bias, self.variant = input_size, hidden_size, bias, variant
         shapes = expected_shapes(self._cell, input_size, hidden_size, peephole=variant.get("peephole"), bias=bias)
@@ -308,14 +390,17 @@ class _Cell(nn.Module):
             f", {k}={v!r}" for k, v in self.variant.items()
         )
 
-    def _step(self, input, states):
+    def _step(self, input, hx):
+        if not torch.is_tensor(input):
+            raise TypeError(f"input must be a tensor, got {type(input).__name__}")
         if input.dim() not in (1, 2):
             raise ValueError(f"input has {input.dim()} dimensions; expected 1 (unbatched) or 2")
+        states = self._check_call(input, hx, ("h", "c"))
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input
         states = [None if s is None else (s.unsqueeze(0) if unbatched else s) for s in states]
         params = [getattr(self, k) for k in self._keys]
-        _, *out = _Sequence.apply(self._cell, self.variant, self._keys, None, x.unsqueeze(0), *states, *params)
+        _, *out = _apply(self._cell, self.variant, self._keys, None, x.unsqueeze(0), *states, *params)
         return [o.squeeze(0) for o in out] if unbatched else out
 
 
@@ -327,11 +412,11 @@ class LSTMCell(_Cell):
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, peephole=None,
                  candidate="tanh"):  # fmt: skip
         _checks.lstm_variant(peephole, candidate)
-        super().__init__(input_size, hidden_size, bias, device, dtype, peephole=peephole, candidate=candidate)
+        super().__init__(input_size, hidden_size, bias, device, dtype, dict(peephole=peephole, candidate=candidate))
 
     def forward(self, input, hx=None):
         """input (B, I) or (I,); hx = (h, c) or None -> (h1, c1), as torch.nn.LSTMCell."""
-        h, c = self._step(input, [None, None] if hx is None else list(hx))
+        h, c = self._step(input, hx)
         return h, c
 
 
@@ -342,9 +427,9 @@ class GRUCell(_Cell):
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, reset_after=True):
         _checks.gru_variant(reset_after)
-        super().__init__(input_size, hidden_size, bias, device, dtype, reset_after=reset_after)
+        super().__init__(input_size, hidden_size, bias, device, dtype, dict(reset_after=reset_after))
 
     def forward(self, input, hx=None):
         """input (B, I) or (I,); hx (B, H) or None -> h1, as torch.nn.GRUCell."""
-        (h,) = self._step(input, [hx])
+        (h,) = self._step(input, hx)
         return h

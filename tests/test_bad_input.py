@@ -26,7 +26,8 @@ class FakeCupyArray:
 CASES = [
     # shapes
     (lambda: rc.lstm_forward(np.zeros((B, I)), lstm()), ValueError, r"x has shape \(3, 2\); expected \(seq_len, batch, input_size\)"),
-    (lambda: rc.lstm_forward(np.zeros((T, B, I + 1)), lstm()), ValueError, r"params\['weight_ih'\] has shape \(20, 2\); expected \(20, 3\)"),
+    (lambda: rc.lstm_forward(np.zeros((T, B, I + 1)), lstm()), ValueError, r"^x has shape \(4, 3, 3\), with 3 features; params\['weight_ih'\] has shape \(20, 2\), for input_size=2"),
+    (lambda: rc.lstm_forward(x3(), {**lstm(), "weight_ih": np.zeros((7, I))}), ValueError, r"^params\['weight_ih'\] has shape \(7, 2\); expected \(20, 2\)"),
     (lambda: rc.lstm_forward(x3(), lstm(), h0=np.zeros((H, B))), ValueError, r"h0 has shape \(5, 3\); expected \(3, 5\) = \(batch, hidden_size\)"),
     (lambda: rc.lstm_cell_forward(np.zeros((B, I)), np.zeros((B, H)), np.zeros((B, H + 1)), lstm()), ValueError, r"c has shape \(3, 6\); expected \(3, 5\)"),
     (lambda: rc.gru_forward(x3(), {**rc.init_gru_params(I, H, dtype="float64"), "bias_hh": np.zeros(3)}), ValueError, r"params\['bias_hh'\] has shape \(3,\); expected \(15,\) = \(3\*hidden_size,\)"),
@@ -56,9 +57,21 @@ CASES = [
     (lambda: rc.lstm_forward(x3(), lstm(), backend="jax"), ValueError, r"backend='jax' is not one of 'reference', 'numpy', 'cuda-host', 'cupy'"),
     (lambda: rc.init_gru_params(0, H), ValueError, r"input_size=0 must be a positive integer"),
     (lambda: rc.lstm_forward(x3(), lstm(), backend="cupy"), TypeError, r"backend='cupy' cannot run on numpy arrays"),
+    (lambda: rc.lstm_forward(x3(), lstm(), training="no"), TypeError, r"training='no' must be True or False"),
+    (lambda: rc.gru_forward(x3(), rc.init_gru_params(I, H, dtype="float64"), training=1), TypeError, r"training=1 must be True or False"),
     # objects
     (lambda: rc.LSTM(I, H, num_layers=2, dtype="float64")(x3(), (np.zeros((1, B, H)), None)), ValueError, r"h0 has shape \(1, 3, 5\); expected \(2, 3, 5\) = \(num_layers\*num_directions, batch, hidden_size\)"),
     (lambda: rc.GRU(I, H, batch_first=True, dtype="float64")(np.zeros((B, T, I + 1))), ValueError, r"x has shape \(3, 4, 3\); expected \(batch, seq_len, input_size\) with input_size=2"),
+    (lambda: rc.LSTM(I, H, dtype="float64")(x3(), (np.zeros((1, B, H)),)), TypeError, r"hx must be the pair \(h0, c0\) or None, got a tuple of 1"),
+    (lambda: rc.LSTM(I, H, dtype="float64")(x3(), np.zeros((1, B, H))), TypeError, r"hx must be the pair \(h0, c0\) or None, got ndarray"),
+    (lambda: rc.LSTM(I, H, dtype="float64")(x3(), ([0.0], None)), TypeError, r"h0 must be a numpy or cupy array or None, got list"),
+    (lambda: rc.GRU(I, H, dtype="float64")(x3(), (np.zeros((1, B, H)),)), TypeError, r"h0 must be a numpy or cupy array or None, got a tuple: a GRU has one state"),
+    (lambda: rc.LSTMCell(I, H, dtype="float64")(np.zeros((B, I)), (np.zeros((B, H)),)), TypeError, r"hx must be the pair \(h, c\) or None, got a tuple of 1"),
+    (lambda: rc.GRUCell(I, H, dtype="float64")(np.zeros((B, I)), (np.zeros((B, H)),)), TypeError, r"h must be a numpy or cupy array or None, got a tuple"),
+    (lambda: rc.LSTM(I, H, bidirectional="yes"), TypeError, r"bidirectional='yes' must be True or False"),
+    (lambda: rc.GRU(I, H, batch_first=1), TypeError, r"batch_first=1 must be True or False"),
+    (lambda: rc.GRU(I, H, bias=None), TypeError, r"bias=None must be True or False"),
+    (lambda: rc.LSTMCell(I, H, bias="no"), TypeError, r"bias='no' must be True or False"),
 ]
 
 
@@ -79,6 +92,21 @@ BACKWARD_CASES = [
     (lambda: rc.lstm_cell_backward(_lstm_ctx(), None, None), ValueError, r"lstm_cell_backward was given the ctx of lstm_forward"),
     (lambda: rc.lstm_backward("ctx", None), TypeError, r"ctx must be the Context returned by the forward, got str"),
     (lambda: rc.lstm_backward(_lstm_ctx(), FakeCupyArray()), TypeError, r"dy is a cupy array but the forward ran on numpy"),
+]
+
+
+def _module_ctx(module):
+    return module(x3())[-1]
+
+
+_lstm = rc.LSTM(I, H, dtype="float64")
+_cell = rc.LSTMCell(I, H, dtype="float64")
+BACKWARD_CASES += [
+    (lambda: _lstm.backward(None, np.zeros((T, B, H))), TypeError, r"ctx must be the context returned by this LSTM's forward, got NoneType"),
+    (lambda: _lstm.backward(_module_ctx(rc.LSTM(I, H, dtype="float64")), np.zeros((T, B, H))), ValueError, r"ctx was made by the forward of another LSTM; pass it to that object's backward"),
+    (lambda: _lstm.backward(_lstm_ctx(), np.zeros((T, B, H))), TypeError, r"ctx must be the context returned by this LSTM's forward, got Context"),
+    (lambda: _cell.backward(rc.LSTMCell(I, H, dtype="float64")(np.zeros((B, I)))[-1], None), ValueError, r"ctx was made by the forward of another LSTMCell"),
+    (lambda: rc.GRUCell(I, H).backward((1, 2), None), TypeError, r"ctx must be the context returned by this GRUCell's forward, got tuple"),
 ]
 
 

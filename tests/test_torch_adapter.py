@@ -259,3 +259,163 @@ def test_tf32_follows_cudnns_switch_on_cuda_only(monkeypatch):
 
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     assert adapter._tf32(torch.zeros(1)) is False  # a CPU tensor: no TF32, whatever the switch
+
+
+def _penalised_loss(m, x, hx):
+    """A gradient penalty: the loss differentiates a gradient taken through m with create_graph=True."""
+    y = m(x, hx)[0] if hx is not None else m(x)[0]
+    (g,) = torch.autograd.grad((y * y).sum(), x, create_graph=True)
+    return (g * g).sum() + y.sum()
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_double_backward_is_refused_where_it_would_be_wrong(kind):
+    """The second backward raises; before it was refused, it returned a dW_ih off by about a fifth of its norm."""
+    m = PAIRS[kind][1](3, 4, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    loss = _penalised_loss(m, x, None)
+    with pytest.raises(RuntimeError, match="rnncells.torch does not support double backward"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_a_create_graph_gradient_used_as_data_is_torchs(kind):
+    """create_graph=True alone is allowed: the first-order gradient is right, only differentiating it raises."""
+    ref, ours = twins(kind, 3, 4)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    g_ref, g = (torch.autograd.grad(m(x)[0].pow(2).sum(), [x, *m.parameters()], create_graph=True) for m in (ref, ours))
+    for a, b in zip(g, g_ref):
+        close(a, b)
+    assert g[0].requires_grad  # it carries the refusing node, not a silently constant gradient
+
+
+def test_a_cells_double_backward_is_refused():
+    m = rt.LSTMCell(3, 4, dtype=torch.float64)
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(m(x)[0].pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="does not support double backward"):
+        g.sum().backward()
+
+
+def _write_into(kind, target):
+    """Forward, write into one tensor the backward reads, then backward."""
+    m = PAIRS[kind][1](3, 4, dtype=torch.float64)
+    shapes = ((5, 2, 3), (1, 2, 4), (1, 2, 4))
+    x, h0, c0 = (torch.randn(s, dtype=torch.float64, requires_grad=True) * 1 for s in shapes)  # like a layer's output
+    y = m(x, (h0, c0) if kind == "lstm" else h0)[0]
+    written = {"x": x, "h0": h0, "c0": c0}.get(target)
+    if written is None:  # a parameter, as an optimizer step before the backward would
+        with torch.no_grad():
+            getattr(m, target).add_(1.0)
+    else:
+        written.relu_()
+    y.sum().backward()
+
+
+@pytest.mark.parametrize(
+    "kind,target",
+    [("lstm", "x"), ("lstm", "h0"), ("lstm", "c0"), ("lstm", "weight_hh_l0"), ("lstm", "weight_ih_l0"),
+     ("gru", "x"), ("gru", "h0"), ("gru", "weight_hh_l0")],
+)  # fmt: skip
+def test_writing_into_what_the_backward_reads_is_refused(kind, target):
+    """torch.nn raises here; before the check our backward read the new values and gave dW_ih off by 5x its norm."""
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        _write_into(kind, target)
+
+
+def test_writing_into_a_cells_input_is_refused():
+    m = rt.GRUCell(3, 4)
+    x = torch.randn(2, 3, requires_grad=True) * 1
+    h = m(x)
+    x.mul_(2)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        h.sum().backward()
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("shape", [(5, 0, 3), (0, 2, 3)], ids=["B=0", "T=0"])
+def test_empty_batches_and_sequences(kind, shape):
+    """B = 0: torch.nn's empty outputs and gradients.  T = 0 (torch.nn refuses it): y is empty, the final
+    state is the initial one, and its gradient flows straight back to h0."""
+    ref, ours = twins(kind, 3, 4, num_layers=2, bidirectional=True)
+    T, B, _ = shape
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(4, B, 4, dtype=torch.float64, requires_grad=True)
+
+    def run(m):
+        out = flatten(m(x, (h0, h0 * 2) if kind == "lstm" else h0))
+        return out, grads_of(m, [x, h0], out, seed=2)
+
+    out, grads = run(ours)
+    assert out[0].shape == (T, B, 8) and grads[0].shape == shape
+    if T == 0:
+        assert torch.equal(out[1], h0)
+        g = torch.Generator().manual_seed(2)
+        _ = torch.randn(out[0].shape, generator=g, dtype=torch.float64)  # grads_of's draws, in its order
+        dh = torch.randn(out[1].shape, generator=g, dtype=torch.float64)
+        dh = dh + 2 * torch.randn(out[2].shape, generator=g, dtype=torch.float64) if kind == "lstm" else dh
+        close(grads[1], dh)
+        assert all(not p.any() for p in grads[2:])
+    else:
+        out_ref, grads_ref = run(ref)
+        for a, b in [*zip(out, out_ref), *zip(grads, grads_ref)]:
+            assert a.shape == b.shape
+            if a.numel():  # the parameters' gradients: zeros, as torch's
+                close(a, b)
+
+
+BAD_CALLS = [
+    (lambda: rt.LSTM(3, 4)(torch.randn(5, 2, 3), (torch.zeros(1, 2, 4),)), TypeError,
+     r"hx must be the pair \(h0, c0\) or None, got a tuple of 1"),
+    (lambda: rt.GRU(3, 4)(torch.randn(5, 2, 3), (torch.zeros(1, 2, 4),)), TypeError,
+     r"h0 must be a tensor or None, got a tuple: a GRU has one state"),
+    (lambda: rt.LSTMCell(3, 4)(torch.randn(2, 3), torch.zeros(2, 4)), TypeError, r"hx must be the pair \(h, c\)"),
+    (lambda: rt.LSTM(3, 4)(torch.randn(5, 2, 3).numpy()), TypeError, "input must be a tensor or a PackedSequence"),
+    (lambda: rt.LSTM(3, 4).half()(torch.randn(5, 2, 3).half()), NotImplementedError,
+     r"the parameters are torch.float16 \(after .half\(\) or .to\(\)\); .* half precision is not supported yet"),
+    (lambda: rt.GRUCell(3, 4).to(torch.bfloat16)(torch.randn(2, 3, dtype=torch.bfloat16)), NotImplementedError,
+     "the parameters are torch.bfloat16"),
+    (lambda: rt.GRU(3, 4)(torch.randn(5, 2, 3, dtype=torch.bfloat16)), TypeError,
+     r"input has dtype torch.bfloat16; expected torch.float32, the parameters' dtype"),
+    (lambda: rt.LSTM(3, 4, foo=1), TypeError, "unexpected keyword argument 'foo'"),
+    (lambda: rt.GRU(3, 4, peephole="full"), TypeError, "unexpected keyword argument 'peephole'"),
+    (lambda: rt.GRUCell(3, 4, candidate="tanh"), TypeError, "unexpected keyword argument 'candidate'"),
+    (lambda: rt.LSTM(3, 4, bidirectional="yes"), TypeError, "bidirectional='yes' must be True or False"),
+    (lambda: rt.GRU(3, 4, batch_first=None), TypeError, "batch_first=None must be True or False"),
+    (lambda: rt.LSTMCell(3, 4, bias=0), TypeError, "bias=0 must be True or False"),
+    (lambda: rt.LSTM(3, 4, graphs="yes"), TypeError, "graphs='yes' must be True or False"),
+]
+
+
+@pytest.mark.parametrize("make,exc,message", BAD_CALLS)
+def test_bad_hx_dtypes_and_constructor_arguments_are_named(make, exc, message):
+    with pytest.raises(exc, match=message):
+        make()
+
+
+TRACERS = {
+    "jit.script": lambda m, x: torch.jit.script(m),
+    "jit.trace": lambda m, x: torch.jit.trace(m, (x,)),
+    "export": lambda m, x: torch.export.export(m, (x,)),
+    "export strict": lambda m, x: torch.export.export(m, (x,), strict=True),
+    "compile fullgraph": lambda m, x: torch.compile(m, fullgraph=True, backend="eager")(x),
+}
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("tracer", TRACERS)
+@pytest.mark.parametrize("make", [lambda: rt.LSTM(3, 4), lambda: rt.GRUCell(3, 4)], ids=["LSTM", "GRUCell"])
+def test_tracers_that_cannot_see_numpy_say_so(tracer, make):
+    m = make()
+    x = torch.randn(5, 2, 3) if isinstance(m, rt.LSTM) else torch.randn(2, 3)
+    with pytest.raises(Exception, match="NumPy/CuPy"):
+        TRACERS[tracer](m, x)
+
+
+def test_torch_compile_calls_our_layers_as_they_are():
+    ref, ours = twins("lstm", 3, 4, num_layers=2)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    compiled = torch.compile(ours, backend="eager")
+    out, out_ref = flatten(compiled(x)), flatten(ref(x))
+    for a, b in [*zip(out, out_ref), *zip(grads_of(ours, [x], out, 3), grads_of(ref, [x], out_ref, 3))]:
+        close(a, b)
