@@ -26,9 +26,13 @@ next backward kernel adds them, so no GEMM has to accumulate.
 
 Besides the kernels, a backend's ops provide `lengths` (the host lengths in
 the form its kernels read), `gemm` (out = a @ b, or out += a @ b, into a
-preallocated buffer: every GEMM of the orchestration goes through it) and
-`column_sum` (the bias gradients).
+preallocated buffer: every GEMM of the orchestration goes through it),
+`column_sum` (the bias gradients) and `threads` (the CPU threads a forward or
+backward may use, by the size of its steps).
 """
+
+import contextlib
+import functools
 
 import numpy as np
 
@@ -42,6 +46,26 @@ DACT = {"tanh": lambda g: 1.0 - g * g, "sigmoid": lambda g: g * (1.0 - g)}
 def lengths(host_lengths):
     """The lengths as the kernels read them (NumPy reads the host array)."""
     return host_lengths
+
+
+# A forward or backward whose step GEMM does fewer multiply-adds than this runs all its GEMMs on one BLAS thread.
+# Measured on 2 cores (OpenBLAS 0.3.31): on the CPU bench's quick shapes (steps of 2^18) BLAS's threads are at
+# most 11% faster on idle cores and 1.3-4x slower in training when another process holds a core (each
+# multi-threaded GEMM then waits for a time slice); the demo runs 1.5-1.7x faster there.  On idle cores, threads
+# gain 5-12% at 2^20 per step and 27-85% at 2^22 and beyond, so those problems keep BLAS's own threads.
+SMALL_STEP_MACS = 1 << 20
+
+
+def threads(step_macs):
+    """One BLAS thread for a call of small steps (see SMALL_STEP_MACS); BLAS's own choice otherwise."""
+    return _blas().limit(limits=1) if step_macs < SMALL_STEP_MACS else contextlib.nullcontext()
+
+
+@functools.cache
+def _blas():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController().select(user_api="blas")
 
 
 def gemm(a, b, out, accumulate=False):

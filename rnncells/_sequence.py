@@ -29,6 +29,7 @@ after.  Without one, the same buffers are allocated per call and the inputs
 are read where they are.
 """
 
+import functools
 from types import SimpleNamespace as Buffers
 from typing import NamedTuple
 
@@ -155,6 +156,26 @@ def _run(slot, name, ops, loop):
         slot.run(name, ops, loop)
 
 
+def _threads(batch_and_recurrent_weight):
+    """Run the decorated call under the backend's CPU threads for its problem size (ops.threads), which is
+    B times the recurrent weight's size: the multiply-adds of one step's GEMM."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def call(ops, xp, *args, **kwargs):
+            B, w = batch_and_recurrent_weight(*args)
+            with ops.threads(B * w.size):
+                return fn(ops, xp, *args, **kwargs)
+
+        return call
+
+    return decorate
+
+
+_forward_size = _threads(lambda x, p, *_: (x.shape[1], p["weight_hh"]))
+_backward_size = _threads(lambda ctx, *_: (ctx.x.shape[1], ctx.w_hh))
+
+
 def _input_buffers(b, xp, dt, static, **shapes):
     """A graph slot's copies of the loop's inputs (dtype dt; `lengths` int32 [B] when given)."""
     if static:
@@ -201,6 +222,7 @@ def _lstm_forward_steps(ops, b, T, peephole, candidate, training):
                               peephole, candidate)  # fmt: skip
 
 
+@_forward_size
 def lstm_forward(ops, xp, x, p, h0, c0, lengths, peephole, candidate, training=True, graphs=None):
     """y [T, B, H], hT, cT [B, H], ctx (None when not training)."""
     T, B, _ = x.shape
@@ -243,6 +265,7 @@ def _lstm_backward_steps(ops, ctx, g, w_rec, T):
         ops.gemm(g.da[t], w_rec, g.dmm[cur])
 
 
+@_backward_size
 def lstm_backward(ops, xp, ctx, dy, dhT, dcT):
     """dx [T, B, I], dh0, dc0 [B, H], dparams."""
     x, p, H, full = ctx.x, ctx.params, dhT.shape[1], ctx.peephole == "full"
@@ -322,6 +345,7 @@ def _gru_forward_steps(ops, b, T, reset_after, training):
             ops.gru_n_step(t, b.xw[t], b.ghn, h, b.y[t], b.h_last, b.gates[s], b.lengths)
 
 
+@_forward_size
 def gru_forward(ops, xp, x, p, h0, lengths, reset_after, training=True, graphs=None):
     """y [T, B, H], hT [B, H], ctx (None when not training)."""
     T, B, _ = x.shape
@@ -377,6 +401,7 @@ def _gru_backward_steps(ops, ctx, g, T):
             ops.gemm(g.dg[t, :, : 2 * H], w_hh[: 2 * H], g.dmm[cur])
 
 
+@_backward_size
 def gru_backward(ops, xp, ctx, dy, dhT):
     """dx [T, B, I], dh0 [B, H], dparams."""
     x, p, H = ctx.x, ctx.params, dhT.shape[1]

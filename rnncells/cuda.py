@@ -12,6 +12,7 @@ launcher it is given.  Launches respect CUDA's limits (`GRID_LIMITS`), and
 the host launcher refuses any launch a GPU would refuse.
 """
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -116,6 +117,11 @@ class KernelOps:
     def _launch(self, name, n, *args, grid_y=1):
         if n > 0:
             self.launcher(name, (math.ceil(n / BLOCK), grid_y, 1), (BLOCK, 1, 1), args)
+
+    @staticmethod
+    def threads(step_macs):
+        """Nothing to choose: the kernels' work is on the device (or, run on the host, a check, not a fast path)."""
+        return contextlib.nullcontext()
 
     def lengths(self, host_lengths):
         """Lengths as the kernels read them: int32 on the buffers' device."""

@@ -58,3 +58,25 @@ def test_inference_gives_the_training_outputs_and_no_ctx(cell, variant, backend)
             np.testing.assert_array_equal(u, v)
     with pytest.raises(TypeError, match="ctx must be the Context returned by the forward, got NoneType"):
         (rc.lstm_backward if cell == "lstm" else rc.gru_backward)(infer[-1], None)
+
+
+@pytest.mark.parametrize("B,H,threads", [(4, 8, 1), (64, 128, 2)])
+def test_small_problems_run_on_one_blas_thread(B, H, threads, monkeypatch):
+    """Every GEMM of a call with small steps on one BLAS thread (threads waiting for a time slice cost up to
+    3.8x on a busy machine); a call whose step GEMM reaches _numpy.SMALL_STEP_MACS keeps BLAS's own threads."""
+    import rnncells as rc
+    from rnncells import _numpy
+
+    blas = _numpy._blas()
+    assert (B * 4 * H * H < _numpy.SMALL_STEP_MACS) == (threads == 1)
+    with blas.limit(limits=2):
+        if blas.info()[0]["num_threads"] != 2:
+            pytest.skip("this BLAS will not run two threads here")
+        seen = []
+        real = _numpy.gemm
+        monkeypatch.setattr(_numpy, "gemm", lambda *a, **k: seen.append(blas.info()[0]["num_threads"]) or real(*a, **k))
+        x = np.ones((3, B, H), dtype=np.float32)
+        y, _, ctx = rc.lstm_forward(x, rc.init_lstm_params(H, H))
+        rc.lstm_backward(ctx, y)
+        assert blas.info()[0]["num_threads"] == 2  # restored after each call
+    assert len(seen) > 6 and set(seen) == {threads}
