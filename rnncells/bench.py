@@ -32,6 +32,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import _plot
+
 
 class Config(NamedTuple):
     """One benchmark shape."""
@@ -355,13 +357,7 @@ def write_json(path, device, rows, settings):
 
 def plot(rows, path):
     """A bar per configuration and mode: torch.nn time / rnncells time (pass 1), with the line at 1."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SystemExit("--plot needs matplotlib: pip install 'rnncells[plot]'") from None
+    plt = _plot.pyplot()
     kept = [r for r in rows if r["pass_"] == 1 and r["ratio"] is not None]
     labels = [f"{r['cell']} T{r['T']} B{r['B']} H{r['H']} {r['mode']} {r['precision']}" for r in kept]
     fig, ax = plt.subplots(figsize=(8, 0.25 * len(kept) + 1.5))

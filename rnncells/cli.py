@@ -12,10 +12,11 @@ def main(argv=None):
     sub.add_parser("check", help="the correctness tiers: reference vs finite differences, backends vs reference")
     demo = sub.add_parser("demo", help="train an LSTM and a GRU on the adding problem (GPU if present, else NumPy)")
     demo.add_argument("--cell", choices=("lstm", "gru", "both"), default="both")
-    demo.add_argument("--seq-len", type=_positive, default=50, help="sequence length T (default 50)")
+    demo.add_argument("--seq-len", type=_at_least(2, "the adding problem marks two steps"), default=50,
+                      help="sequence length T, at least 2 (default 50)")  # fmt: skip
     demo.add_argument("--steps", type=_positive, default=2000, help="training steps per cell (default 2000)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--plot", metavar="PNG", help="write the loss curves here (needs matplotlib)")
+    demo.add_argument("--seed", type=_at_least(0, "a NumPy seed"), default=0, help="(default 0)")
+    demo.add_argument("--plot", metavar="PNG", type=_plot_path, help="write the loss curves here (needs matplotlib)")
     bench = sub.add_parser("bench", help="time rnncells next to torch.nn (cuDNN) and a torch cell loop")
     bench.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when a GPU is present")
     bench.add_argument("--preset", choices=("full", "quick"), help="default: full on a GPU, quick on the CPU")
@@ -26,9 +27,10 @@ def main(argv=None):
     bench.add_argument("--precision", choices=("fp32", "tf32", "both"), default="both", help="TF32: GPU only")
     bench.add_argument("--passes", type=_positive, default=2, help="times each configuration is measured (default 2)")
     bench.add_argument("--repeats", type=_positive, default=20, help="timed calls per measurement (default 20)")
-    bench.add_argument("--warmup", type=int, default=5, help="untimed calls first (default 5)")
+    bench.add_argument("--warmup", type=_at_least(0), default=5, help="untimed calls first (default 5)")
     bench.add_argument("--out", default="bench/results", help="folder for the JSON record (default bench/results)")
-    bench.add_argument("--plot", metavar="PNG", help="write a plot of the ratios here (needs matplotlib)")
+    bench.add_argument("--plot", metavar="PNG", type=_plot_path,
+                       help="write a plot of the ratios here (needs matplotlib)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.command == "check":
         from . import check
@@ -72,11 +74,40 @@ def _bench(args):
     return 0
 
 
+# Every argument is checked here, when argparse reads it, so that no command fails after its work.
+
+
 def _positive(text):
-    n = int(text)
+    n = _integer(text)
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return n
+
+
+def _at_least(low, why=""):
+    def parse(text):
+        n = _integer(text)
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}{f' ({why})' if why else ''}, got {text}")
+        return n
+
+    return parse
+
+
+def _integer(text):
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+
+
+def _plot_path(text):
+    from . import _plot
+
+    try:
+        return _plot.check_path(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 if __name__ == "__main__":

@@ -10,12 +10,13 @@ Model: the cell over the sequence, then a linear read-out of its final h.
 Training: plain Adam on our own arrays (NumPy on the CPU, CuPy on a GPU).
 """
 
+import sys
 import time
 from typing import NamedTuple
 
 import numpy as np
 
-from . import api
+from . import _plot, api
 from ._graphs import GraphCache
 from .params import init_gru_params, init_lstm_params
 
@@ -117,7 +118,9 @@ def train(cell, *, seq_len=50, steps=2000, seed=0, xp=np, batch=64, hidden=32, l
     model = Regressor(cell, hidden, xp, seed)
     opt = Adam(model.params, lr=lr)
     running, curve = None, []
-    bar = tqdm(range(1, steps + 1), desc=f"{cell} T={seq_len}", disable=not progress, leave=True)
+    # in a log (not a terminal) every refresh is a line of its own: there, one every 30 s
+    refresh = 0.1 if sys.stderr.isatty() else 30.0
+    bar = tqdm(range(1, steps + 1), desc=f"{cell} T={seq_len}", disable=not progress, leave=True, mininterval=refresh)
     start = time.perf_counter()
     for step in bar:
         x, y = adding_problem(rng, batch, seq_len)
@@ -127,7 +130,7 @@ def train(cell, *, seq_len=50, steps=2000, seed=0, xp=np, batch=64, hidden=32, l
         if step % eval_every == 0 or step == steps:
             val = float(((model.predict(xv) - yv) ** 2).mean())
             curve.append((step, running, val))
-            bar.set_postfix(loss=f"{running:.4f}", val=f"{val:.4f}")
+            bar.set_postfix(loss=f"{running:.4f}", val=f"{val:.4f}", refresh=False)  # shown at the next refresh
     seconds = time.perf_counter() - start
     baseline = float(((yv - 1.0) ** 2).mean())
     return Result(cell, xp.__name__, seq_len, baseline, curve[-1][2], steps, seconds / steps, curve)
@@ -135,14 +138,7 @@ def train(cell, *, seq_len=50, steps=2000, seed=0, xp=np, batch=64, hidden=32, l
 
 def plot(results, path):
     """Validation and running training MSE against step for each result, with the baseline, into a PNG."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SystemExit("--plot needs matplotlib: pip install 'rnncells[plot]'") from None
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = _plot.pyplot().subplots(figsize=(7, 4))
     for r in results:
         steps, running, val = zip(*r.curve)
         (line,) = ax.plot(steps, val, label=f"{r.cell.upper()} validation")

@@ -1,5 +1,8 @@
 """`rnncells demo`: the adding problem, Adam, and a short training run that must learn."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -60,3 +63,36 @@ def test_command_line_rejects_a_nonpositive_step_count(capsys):
     with pytest.raises(SystemExit):
         cli.main(["demo", "--steps", "0"])
     assert "must be a positive integer, got 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--seq-len", "1"], "argument --seq-len: must be at least 2 (the adding problem marks two steps), got 1"),
+        (["--seed", "-5"], "argument --seed: must be at least 0 (a NumPy seed), got -5"),
+        (["--steps", "ten"], "argument --steps: must be an integer, got 'ten'"),
+        (["--plot", "no/such/folder/curves.png"], "the folder 'no/such/folder' does not exist"),
+        (["--plot", "curves.xyz"], "matplotlib cannot write .xyz files"),
+    ],
+)
+def test_demo_arguments_are_refused_before_any_training(args, message, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "train", lambda *a, **k: pytest.fail("trained before checking its arguments"))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["demo", *args])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_is_refused_before_any_training(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(demo, "train", lambda *a, **k: pytest.fail("trained before checking its arguments"))
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)  # as if not installed
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--plot", str(tmp_path / "curves.png")])
+    assert "--plot needs matplotlib: pip install 'rnncells[plot]'" in capsys.readouterr().err
+
+
+def test_progress_in_a_log_is_a_few_lines_not_one_per_refresh():
+    """stderr is not a terminal here, as in CI: the bar refreshes rarely (every refresh is a line in a log)."""
+    r = subprocess.run([sys.executable, "-m", "rnncells", "demo", "--cell", "gru", "--seq-len", "20", "--steps", "700"],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "700/700" in r.stderr and len(r.stderr.splitlines()) <= 3
