@@ -1,4 +1,5 @@
-"""GPU tests carry the `gpu` marker and skip cleanly where CuPy sees no CUDA device."""
+"""GPU tests carry the `gpu` marker and skip cleanly where CuPy sees no CUDA device; tests that need torch
+skip without it, and the summary then says so in one line."""
 
 import pytest
 
@@ -12,3 +13,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say it plainly when torch is missing: the adapter's tests skip then, which the skip list alone hides."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "could not import 'torch'" in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_sep(
+            "=", f"torch is not installed: {len(skipped)} skipped (the PyTorch adapter's tests and the comparisons "
+            "with torch.nn); pip install '.[test,torch]' runs them", yellow=True, bold=True)  # fmt: skip

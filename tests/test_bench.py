@@ -13,7 +13,7 @@ def test_time_step_takes_the_median_after_the_warmup():
     assert len(calls) == 5 and samples == [3.0, 1.0, 2.0] and median == 2.0
 
 
-def test_presets_cover_the_configurations_the_issue_names():
+def test_presets_cover_the_standard_small_and_large_configurations():
     full = bench.configs("full", cells=("lstm",))
     assert (100, 64, 512, 512) in [(c.T, c.B, c.I, c.H) for c in full]
     assert (full[0].T, full[0].B, full[0].H) == (100, 64, 512)  # the fastrnns standard comes first

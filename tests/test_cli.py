@@ -53,3 +53,14 @@ def test_check_lists_every_kernel_for_both_architectures():
     kernel_lines = [line for line in lines if line.split("<")[0] in {n.split("<")[0] for n in cuda.instantiations()}]
     assert len(kernel_lines) == len(cuda.instantiations())
     assert all(line.count(" / 0 / 0") == 2 for line in kernel_lines)  # sm_80 and sm_90, no spills
+
+
+def test_pytest_says_in_one_line_that_torch_tests_were_skipped():
+    """Without torch (hidden from the import system here) the run ends with a notice, not only a skip list."""
+    import pathlib
+
+    hide_torch = "import sys; sys.modules['torch'] = None; import pytest; sys.exit(pytest.main(sys.argv[1:]))"
+    root = pathlib.Path(__file__).parent.parent
+    r = subprocess.run([sys.executable, "-c", hide_torch, "-q", "-p", "no:cacheprovider", "tests/test_torch.py"],
+                       capture_output=True, text=True, cwd=root, timeout=300)  # fmt: skip
+    assert "torch is not installed: 1 skipped" in r.stdout and "pip install '.[test,torch]'" in r.stdout

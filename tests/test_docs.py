@@ -1,6 +1,8 @@
-"""Every public name carries a docstring."""
+"""Every public name carries a docstring; the repository stands alone (license, image, no outside references)."""
 
 import inspect
+import re
+from pathlib import Path
 
 import rnncells as rc
 from rnncells import reference, verify
@@ -33,3 +35,38 @@ def test_torch_adapter_names_have_docstrings():
         names += [(f"{n}.{m}", f) for m, f in vars(cls).items() if callable(f) and not m.startswith("_")]
     missing = [n for n, m in names if not (m.__doc__ or "").strip()]
     assert not missing, missing
+
+
+ROOT = Path(__file__).resolve().parent.parent
+TEXT = ("*.py", "*.cu", "*.cuh", "*.h", "*.md", "*.toml", "*.sh", "Dockerfile", ".dockerignore", "run")
+
+
+def _project_files():
+    for folder in ("rnncells", "kernels", "tests", "bench", ".ci"):
+        for pattern in TEXT:
+            yield from (ROOT / folder).rglob(pattern)
+    yield from (ROOT / name for name in ("README.md", "pyproject.toml", "Dockerfile", "LICENSE"))
+
+
+def test_the_project_stands_alone():
+    """What a user or contributor reads points at nothing outside the repository: no design card, no issue."""
+    outside = re.compile(r"DESIGN\.md|TOOLCHAIN\.md|\.\./shared|\bissues? #?\d+", re.IGNORECASE)
+    found = [f"{p.relative_to(ROOT)}: {m.group()}" for p in _project_files() if ".venv" not in p.parts
+             for m in outside.finditer(p.read_text(errors="replace"))]  # fmt: skip
+    assert not found, found
+
+
+def test_the_license_is_the_one_pyproject_declares():
+    text = (ROOT / "LICENSE").read_text()
+    assert text.startswith("MIT License") and 'license = { text = "MIT" }' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_the_image_leaves_out_history_and_build_outputs_and_keeps_what_it_writes():
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    for entry in (ROOT / ".gitignore").read_text().split():  # what a build or a test run makes
+        assert entry.rstrip("/") in ignored or f"**/{entry.rstrip('/')}" in ignored, entry
+    assert ".git" in ignored
+    cmd = next(line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD"))
+    assert "--plot" not in cmd  # a --rm container's files are lost: plots go to a mounted folder
+    readme = (ROOT / "README.md").read_text()
+    assert 'docker run --rm -v "$PWD:/out" rnncells rnncells demo --plot /out/curves.png' in readme
