@@ -33,6 +33,7 @@ backward may use, by the size of its steps).
 
 import contextlib
 import functools
+import threading
 
 import numpy as np
 
@@ -58,7 +59,34 @@ SMALL_STEP_MACS = 1 << 20
 
 def threads(step_macs):
     """One BLAS thread for a call of small steps (see SMALL_STEP_MACS); BLAS's own choice otherwise."""
-    return _blas().limit(limits=1) if step_macs < SMALL_STEP_MACS else contextlib.nullcontext()
+    return _ONE_BLAS_THREAD if step_macs < SMALL_STEP_MACS else contextlib.nullcontext()
+
+
+class _OneBlasThread:
+    """BLAS on one thread while any small call runs, restored when the last one ends.
+
+    The thread count is the process's, not the calling thread's: small calls in several Python threads
+    share one lowering of it (each restoring on its own would leave the count at 1 when they overlap),
+    and other threads' GEMMs run on one thread while a small call runs.
+    """
+
+    def __init__(self):
+        self._lock, self._inside, self._limiter = threading.Lock(), 0, None
+
+    def __enter__(self):
+        with self._lock:
+            if self._inside == 0:
+                self._limiter = _blas().limit(limits=1)  # applies now; restore_original_limits undoes it
+            self._inside += 1
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._inside -= 1
+            if self._inside == 0:
+                self._limiter.restore_original_limits()
+
+
+_ONE_BLAS_THREAD = _OneBlasThread()  # one per process, as the count it guards
 
 
 @functools.cache

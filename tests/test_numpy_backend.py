@@ -80,3 +80,50 @@ def test_small_problems_run_on_one_blas_thread(B, H, threads, monkeypatch):
         rc.lstm_backward(ctx, y)
         assert blas.info()[0]["num_threads"] == 2  # restored after each call
     assert len(seen) > 6 and set(seen) == {threads}
+
+
+def test_small_calls_in_several_threads_restore_blas_threads_once_all_end():
+    """Overlapping small calls share one lowering of the process-wide count; the last one out restores it."""
+    import threading
+
+    import rnncells as rc
+    from rnncells import _numpy
+
+    blas = _numpy._blas()
+    with blas.limit(limits=2):
+        if blas.info()[0]["num_threads"] != 2:
+            pytest.skip("this BLAS will not run two threads here")
+        x, p = np.ones((50, 4, 8), dtype=np.float32), rc.init_lstm_params(8, 8)
+        want = rc.lstm_forward(x, p)[0]
+        results, start = [], threading.Barrier(4)
+
+        def work():
+            start.wait()
+            results.extend(rc.lstm_forward(x, p)[0] for _ in range(20))
+
+        workers = [threading.Thread(target=work) for _ in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert blas.info()[0]["num_threads"] == 2
+    assert len(results) == 80 and all(np.array_equal(y, want) for y in results)
+
+
+def test_overlapping_small_calls_restore_blas_threads_when_the_last_one_ends():
+    """Two threads' calls overlap as enter A, enter B, exit A, exit B: B still runs on one thread after A ends,
+    and the count comes back when B ends (restoring per call would leave it at 1 for good)."""
+    from rnncells import _numpy
+
+    blas = _numpy._blas()
+    small = _numpy.SMALL_STEP_MACS - 1
+    with blas.limit(limits=2):
+        if blas.info()[0]["num_threads"] != 2:
+            pytest.skip("this BLAS will not run two threads here")
+        a, b = _numpy.threads(small), _numpy.threads(small)
+        a.__enter__()
+        b.__enter__()
+        a.__exit__(None, None, None)
+        assert blas.info()[0]["num_threads"] == 1
+        b.__exit__(None, None, None)
+        assert blas.info()[0]["num_threads"] == 2
