@@ -136,17 +136,14 @@ class _Sequence(torch.autograd.Function):
         return (None, None, None, None, *grads)
 
 
-def _opaque_to_compile(fn):
-    """fn as torch.compile must call it: as it is, between compiled graphs (a graph break)."""
-    reason = ("rnncells' LSTM/GRU layers run NumPy/CuPy code: torch.compile calls them between compiled graphs, "
-              "so fullgraph=True cannot hold a model that uses them")  # fmt: skip
-    try:
-        return torch.compiler.disable(fn, reason=reason)
-    except TypeError:  # older torch: no reason=
-        return torch.compiler.disable(fn)
-
-
-_apply = _opaque_to_compile(_Sequence.apply)
+def _apply(*args):
+    """_Sequence.apply; under torch.compile, first a graph break that says why (NumPy/CuPy code inside)."""
+    if torch.compiler.is_compiling():  # only then is torch._dynamo loaded: importing it ourselves made
+        # DistributedDataParallel's gloo workers deadlock at exit (9 runs in 25)
+        torch._dynamo.graph_break(msg="rnncells' LSTM/GRU layers run NumPy/CuPy code, which torch.compile "
+                                  "cannot trace: it calls them between compiled graphs, so fullgraph=True "
+                                  "cannot hold a model that uses them")  # fmt: skip
+    return _Sequence.apply(*args)
 
 
 class _Refused(torch.autograd.Function):
@@ -154,7 +151,7 @@ class _Refused(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, grads, *sources):
-        return tuple(grads)  # as views of themselves, so autograd hangs this node on them
+        return tuple(grads)  # the same tensors, which autograd now gives this node as their grad_fn
 
     @staticmethod
     def backward(ctx, *_):
