@@ -419,3 +419,17 @@ def test_torch_compile_calls_our_layers_as_they_are():
     out, out_ref = flatten(compiled(x)), flatten(ref(x))
     for a, b in [*zip(out, out_ref), *zip(grads_of(ours, [x], out, 3), grads_of(ref, [x], out_ref, 3))]:
         close(a, b)
+
+
+def test_running_a_layer_does_not_load_dynamo():
+    """torch._dynamo loaded in a DistributedDataParallel worker made gloo deadlock at exit (9 runs in 25):
+    our layers must not load it; only a program that compiles does."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, rnncells.torch as rt\n"
+            "rt.LSTM(3, 4)(torch.zeros(5, 2, 3, requires_grad=True))[0].sum().backward()\n"
+            "rt.GRUCell(3, 4)(torch.zeros(2, 3)).sum().backward()\n"
+            "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo was loaded'")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
