@@ -47,6 +47,10 @@ SCRIPT = textwrap.dedent(
         if rank == 0:
             strip = lambda d: {k.removeprefix("module."): v for k, v in d.items()}
             torch.save({"grads": strip(first), "params": ddp.module.state_dict()}, out)
+        # a fixed teardown: every rank done, the reducer freed, then the group (gloo aborted now and then
+        # when the reducer outlived the group)
+        dist.barrier()
+        del ddp
         dist.destroy_process_group()
 
     if __name__ == "__main__":
