@@ -51,7 +51,7 @@ def lengths(host_lengths):
 
 # A forward or backward whose step GEMM does fewer multiply-adds than this runs all its GEMMs on one BLAS thread.
 # Measured on 2 cores (OpenBLAS 0.3.31): on the CPU bench's quick shapes (steps of 2^18) BLAS's threads are at
-# most 11% faster on idle cores and 1.3-4x slower in training when another process holds a core (each
+# most 11% faster on idle cores and 1.3-2.5x slower in training when another process holds a core (each
 # multi-threaded GEMM then waits for a time slice); the demo runs 1.5-1.7x faster there.  On idle cores, threads
 # gain 5-12% at 2^20 per step and 27-85% at 2^22 and beyond, so those problems keep BLAS's own threads.
 SMALL_STEP_MACS = 1 << 20
