@@ -130,9 +130,9 @@ class _Sequence(torch.autograd.Function):
         dstate = dstate if ctx.cell == "lstm" else (dstate,)
         grads = [_tensor(dx), *(_tensor(d) if given else None for d, given in zip(dstate, ctx.given)),
                  *(_tensor(dp[k]) for k in ctx.keys)]  # fmt: skip
-        sources = [t for t in (*read, dy, *dstates) if t is not None and t.requires_grad]
-        if torch.is_grad_enabled() and sources:  # create_graph=True: these gradients depend on sources
-            grads = _Refused.apply(grads, *sources)
+        if torch.is_grad_enabled():  # create_graph=True: the gradients depend on whatever of these requires grad
+            sources = [t for t in (*read, dy, *dstates) if t is not None and t.requires_grad]
+            grads = _Refused.apply(grads, *sources) if sources else grads
         return (None, None, None, None, *grads)
 
 
