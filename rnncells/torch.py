@@ -19,6 +19,11 @@ keeps the forward's choice.  The glue between
 layers (unpacking, per-item reversal, concatenation, dropout) is ordinary
 torch, so dropout draws from torch's generator.
 
+A forward keeps activations for a backward only when autograd will ask
+for one: under torch.no_grad() or torch.inference_mode(), or when neither
+the input, the states nor the parameters require grad, it runs the
+inference path, which saves nothing.
+
 What autograd checks, as it does for torch.nn on cuDNN:
 - Our backward reads the memory of the input, the initial states, the
   parameters and the output.  Writing into any of them in place between
@@ -104,18 +109,18 @@ class _Sequence(torch.autograd.Function):
     """One layer, one direction: rnncells' forward, and rnncells' backward for autograd."""
 
     @staticmethod
-    def forward(ctx, cell, variant, keys, lengths, x, *tensors):
+    def forward(ctx, cell, options, keys, lengths, x, *tensors):
+        """options: the api forward's keyword arguments (the variant, training, graphs) but lengths and tf32."""
         ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None: zero for us
         n = 2 if cell == "lstm" else 1
         states, params = tensors[:n], dict(zip(keys, map(_array, tensors[n:])))
         ctx.cell, ctx.keys, ctx.given, ctx.device = cell, keys, [s is not None for s in states], x.device
-        training = any(ctx.needs_input_grad)
         fwd = api.lstm_forward if cell == "lstm" else api.gru_forward
         with _on_stream(x.device):
-            y, state, ctx.rc = fwd(_array(x), params, *map(_array, states), lengths=lengths, training=training,
-                                   tf32=_tf32(x), **variant)  # fmt: skip
+            y, state, ctx.rc = fwd(_array(x), params, *map(_array, states), lengths=lengths, tf32=_tf32(x),
+                                   **options)  # fmt: skip
         outs = tuple(map(_tensor, (y, *(state if cell == "lstm" else (state,)))))
-        if training:  # ctx.rc reads these tensors' memory: autograd now refuses a backward after a write to one
+        if options["training"]:  # ctx.rc reads these tensors' memory: autograd now refuses a backward after a write to one
             ctx.save_for_backward(x, *tensors, outs[0])
         return outs
 
@@ -136,14 +141,17 @@ class _Sequence(torch.autograd.Function):
         return (None, None, None, None, *grads)
 
 
-def _apply(*args):
-    """_Sequence.apply; under torch.compile, first a graph break that says why (NumPy/CuPy code inside)."""
+def _apply(cell, options, keys, lengths, x, *tensors):
+    """_Sequence.apply, training only when autograd will call its backward; under torch.compile, first a graph
+    break that says why (NumPy/CuPy code inside)."""
+    # decided here, not from ctx.needs_input_grad inside forward: that follows requires_grad even under no_grad
+    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, *tensors))
     if torch.compiler.is_compiling():  # only then is torch._dynamo loaded: importing it ourselves made
         # DistributedDataParallel's gloo workers deadlock at exit (9 runs in 25)
         torch._dynamo.graph_break(msg="rnncells' LSTM/GRU layers run NumPy/CuPy code, which torch.compile "
                                   "cannot trace: it calls them between compiled graphs, so fullgraph=True "
                                   "cannot hold a model that uses them")  # fmt: skip
-    return _Sequence.apply(*args)
+    return _Sequence.apply(cell, {**options, "training": training}, keys, lengths, x, *tensors)
 
 
 class _Refused(torch.autograd.Function):

@@ -211,12 +211,50 @@ def test_autograd_runs_our_backward_once_per_layer_and_direction(monkeypatch):
     assert len(calls) == 4
 
 
-def test_no_grad_saves_nothing_and_gives_the_same_output():
-    m = rt.GRU(3, 4)
-    x = torch.randn(5, 2, 3)
-    with torch.no_grad():
-        y0 = m(x)[0]
-    assert y0.grad_fn is None and torch.equal(y0, m(x)[0].detach())
+def _record_forwards(monkeypatch):
+    """Every call of api.lstm_forward / api.gru_forward: (the training= it was given, the ctx it returned)."""
+    seen = []
+    for name in ("lstm_forward", "gru_forward"):
+        def spy(*a, real=getattr(api, name), **k):
+            out = real(*a, **k)
+            seen.append((k["training"], out[-1]))
+            return out
+
+        monkeypatch.setattr(api, name, spy)
+    return seen
+
+
+MODELS = {
+    "LSTM": lambda: rt.LSTM(3, 4, num_layers=2, bidirectional=True),
+    "GRU": lambda: rt.GRU(3, 4, reset_after=False),
+    "LSTMCell": lambda: rt.LSTMCell(3, 4, peephole="diagonal"),
+    "GRUCell": lambda: rt.GRUCell(3, 4),
+}
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode", "nothing_requires_grad"])
+@pytest.mark.parametrize("make", MODELS.values(), ids=MODELS.keys())
+def test_inference_runs_the_inference_path_and_keeps_no_context(make, mode, monkeypatch):
+    """Under no_grad / inference_mode, or when nothing requires grad, our forward must not train: it would
+    save every activation for a backward that cannot come.  Then, with grad, it must."""
+    m = make()
+    x = torch.randn(2, 3) if isinstance(m, rt._Cell) else torch.randn(5, 2, 3)
+    seen = _record_forwards(monkeypatch)
+    if mode == "nothing_requires_grad":
+        m.requires_grad_(False)
+        context = torch.enable_grad()
+    else:
+        context = getattr(torch, mode)()
+    with context:
+        out = m(x)
+    assert seen and all(training is False and ctx is None for training, ctx in seen)
+    seen.clear()
+    want = out[0] if isinstance(out, tuple) else out
+    m.requires_grad_(True)
+    got = m(x)
+    got = got[0] if isinstance(got, tuple) else got
+    assert seen and all(training is True and ctx is not None for training, ctx in seen)
+    assert torch.equal(want, got.detach())
 
 
 @pytest.mark.parametrize(
