@@ -58,24 +58,26 @@ def _assert_same(got, want):
 
 
 @pytest.mark.parametrize("lengths", [None, np.array([5, 2, 0, 5])], ids=["full", "lengths"])
-@pytest.mark.parametrize("cell,variant", VARIANTS)
-def test_replays_equal_the_uncaptured_loop_bit_for_bit(cell, variant, lengths):
+def test_replays_equal_the_uncaptured_loop_bit_for_bit(lengths):
+    """One cache for every variant, as a program holds one: a graph replayed for another variant of the same
+    shape (a key that forgot part of the variant) gives that variant's results, and fails here."""
     cache = rc.GraphCache()
-    problems = [verify.problem(cell, variant, T=5, B=4, I=3, H=6, dtype="float32", lengths=lengths, seed=s)
-                for s in range(3)]  # fmt: skip
-    # every problem stays alive, so a graph that kept the first call's arrays would read stale, not freed, memory
-    for p in problems:
-        _assert_same(_step(p, graphs=cache), _step(p))
-    assert cache.captures == 2  # one forward and one backward graph, replayed by the later calls
+    for cell, variant in verify.VARIANTS:
+        problems = [verify.problem(cell, variant, T=5, B=4, I=3, H=6, dtype="float32", lengths=lengths, seed=s)
+                    for s in range(3)]  # fmt: skip
+        # every problem stays alive, so a graph that kept the first call's arrays would read stale, not freed, memory
+        for p in problems:
+            _assert_same(_step(p, graphs=cache), _step(p))
+    assert cache.captures == 2 * len(verify.VARIANTS)  # a forward and a backward graph each, replayed after
 
 
-@pytest.mark.parametrize("cell,variant", VARIANTS)
-def test_inference_replays_equal_the_uncaptured_loop(cell, variant):
+def test_inference_replays_equal_the_uncaptured_loop():
     cache = rc.GraphCache()
-    for s in range(2):
-        p = verify.problem(cell, variant, T=4, B=3, H=5, dtype="float64", seed=s)
-        _assert_same(_step(p, training=False, graphs=cache), _step(p, training=False))
-    assert cache.captures == 1
+    for cell, variant in verify.VARIANTS:
+        for s in range(2):
+            p = verify.problem(cell, variant, T=4, B=3, H=5, dtype="float64", seed=s)
+            _assert_same(_step(p, training=False, graphs=cache), _step(p, training=False))
+    assert cache.captures == len(verify.VARIANTS)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -92,6 +94,20 @@ def test_a_held_output_is_never_overwritten(cell):
     del y_a, y_b  # both slots free again: the next call replays, it does not capture
     run(a)
     assert cache.captures == 2
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_what_a_call_hands_out_stays_the_callers(training):
+    """Outputs, final states and gradients of one call, kept while a second call of the same shape runs on the same
+    cache: none of them may be (a view of) a buffer the second call writes, such as the shared h_last."""
+    cache = rc.GraphCache()
+    for cell, variant in verify.VARIANTS:
+        a, b = (verify.problem(cell, variant, T=5, B=4, I=3, H=6, lengths=np.array([5, 2, 0, 3]), seed=s)
+                for s in (0, 1))  # fmt: skip
+        kept = _step(a, training, graphs=cache)
+        copies = [k.copy() for k in kept]
+        _step(b, training, graphs=cache)
+        _assert_same(kept, copies)
 
 
 def test_a_view_or_a_torch_tensor_of_the_output_holds_the_slot():
