@@ -19,9 +19,17 @@ def test_train_step(benchmark, cell, variant, shape):
     p = verify.problem(cell, variant, dtype="float32", **shape)
     fwd, bwd = (rc.lstm_forward, rc.lstm_backward) if cell == "lstm" else (rc.gru_forward, rc.gru_backward)
 
-    def step():
-        *_, ctx = fwd(p.x, p.params, *p.states.values(), **variant)
+    def step(backend=None):
+        *_, ctx = fwd(p.x, p.params, *p.states.values(), **variant, backend=backend)
         return bwd(ctx, p.douts["dy"])
 
-    dx = benchmark(step)[0]
-    assert dx.shape == p.x.shape and dx.dtype == np.float32 and np.isfinite(dx).all()
+    got, want = _arrays(benchmark(step)), _arrays(step("reference"))  # what was timed is also right
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.dtype == np.float32 and verify.rel_err(g, w) <= verify.BOUNDS["float32"]
+
+
+def _arrays(grads):
+    """dx, the initial states' gradients and the parameters' (sorted by name), as one list."""
+    dx, dstate, dp = grads
+    return [dx, *(dstate if isinstance(dstate, tuple) else (dstate,)), *(dp[k] for k in sorted(dp))]

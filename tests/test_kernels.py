@@ -6,8 +6,11 @@ the g++-built kernels standing in for the launches, so a wrong offset, a
 missed step or a wrong GEMM transpose fails here, not only on a GPU.
 """
 
+import collections
 import ctypes
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,15 +35,37 @@ def test_every_instantiation_compiles_without_spills(arch):
         assert registers <= 64, (name, registers)  # full occupancy at 256 threads per block
 
 
-def test_instantiations_cover_every_variant_and_dtype():
+def _templates():
+    """{kernel: the types of its template parameters}, read from the __global__ templates of kernels/*.cu."""
+    pattern = re.compile(r"template <([^>]*)>\s*__global__ void (\w+)")
+    found = {}
+    for f in cuda.kernel_dir().glob("*.cu"):
+        for params, name in pattern.findall(f.read_text()):
+            found[name] = [p.split()[0] for p in params.split(",")]
+    return found
+
+
+def test_instantiations_cover_every_kernel_variant_and_dtype():
+    """Checked against the kernel sources, not against the name helpers: every kernel of kernels/*.cu is
+    instantiated for each storage type with every combination of its variant parameters' values."""
+    peepholes = re.findall(r"constexpr int PEEPHOLE_\w+ = (\d+);", (cuda.kernel_dir() / "common.cuh").read_text())
+    values = {"bool": {"true", "false"}, "int": set(peepholes)}  # the one int parameter is the peephole kind
+    templates = _templates()
+    assert {"lstm_forward_step", "lstm_backward_step", "gru_forward_step", "column_totals"} <= set(templates)
     names = cuda.instantiations()
     assert len(names) == len(set(names))
-    for dtype in ("float32", "float64"):
-        for p in (None, "full", "diagonal"):
-            for c in ("tanh", "sigmoid"):
-                assert cuda.lstm_forward_name(dtype, p, c, True) in names
-                assert cuda.lstm_forward_name(dtype, p, c, False) in names
-                assert cuda.lstm_backward_name(dtype, p, c) in names
+    args = collections.defaultdict(set)  # kernel -> the template argument lists it is instantiated with
+    for n in names:
+        kernel, rest = n.split("<", 1)
+        args[kernel].add(tuple(a.strip() for a in rest.rstrip(">").split(",")))
+    assert set(args) == set(templates)
+    for kernel, lists in args.items():
+        types = templates[kernel]
+        assert types[:2] == ["typename", "typename"] and {len(a) for a in lists} == {len(types)}, kernel
+        assert {a[:2] for a in lists} == {("float", "float"), ("double", "double")}, kernel
+        for k, t in enumerate(types[2:], 2):
+            assert {a[k] for a in lists} == values[t], (kernel, k)
+        assert len(lists) == 2 * math.prod(len(values[t]) for t in types[2:]), kernel  # every combination
 
 
 class PoisonedNumpy:

@@ -14,14 +14,29 @@ def test_reverse_reads_each_item_backward_from_its_own_last_step():
     np.testing.assert_array_equal(_reverse(np, _reverse(np, x, np.array([1, 3, 2])), np.array([1, 3, 2])), x)
 
 
-@pytest.mark.parametrize("cls,fn", [(rc.LSTM, rc.lstm_forward), (rc.GRU, rc.gru_forward)])
-def test_one_layer_object_is_the_function_on_its_params(cls, fn):
+@pytest.mark.parametrize("cls,fwd,bwd", [(rc.LSTM, rc.lstm_forward, rc.lstm_backward),
+                                         (rc.GRU, rc.gru_forward, rc.gru_backward)])  # fmt: skip
+def test_one_layer_object_is_the_function_on_its_params(cls, fwd, bwd):
+    """Outputs, final states, input and state gradients, and the accumulated parameter gradients."""
     m = cls(3, 4, dtype="float64", seed=7)
-    x = np.random.default_rng(0).standard_normal((5, 2, 3))
+    rng = np.random.default_rng(0)
+    x, dy = rng.standard_normal((5, 2, 3)), rng.standard_normal((5, 2, 4))
+    n = 2 if cls is rc.LSTM else 1  # states: h and c, or h
+    states, dstates = ([rng.standard_normal((1, 2, 4)) for _ in range(n)] for _ in range(2))
+    lengths = np.array([5, 3])
     params = {k[: -len("_l0")]: v for k, v in m.params.items()}
-    y_fn = fn(x, params)[0]
-    y_obj = m(x)[0]
-    np.testing.assert_array_equal(y_obj, y_fn)
+    y, sT, ctx = fwd(x, params, *(s[0] for s in states), lengths=lengths)
+    dx, ds0, dp = bwd(ctx, dy, *(d[0] for d in dstates))
+    flat = lambda s: s if isinstance(s, tuple) else (s,)  # noqa: E731
+    want = [y, *flat(sT), dx, *flat(ds0), *(dp[k[: -len("_l0")]] for k in m.params)]
+
+    hx = tuple(states) if len(states) == 2 else states[0]
+    y, sT, ctx = m(x, hx, lengths=lengths)
+    dx, ds0 = m.backward(ctx, dy, *dstates)
+    got = [y, *(s[0] for s in flat(sT)), dx, *(d[0] for d in flat(ds0)), *(m.grads[k] for k in m.params)]
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
 
 
 def test_batch_first_is_a_transpose():
