@@ -28,7 +28,7 @@ from . import _checks, _numpy, _sequence, reference
 from ._graphs import GraphCache
 
 BACKENDS = ("reference", "numpy", "cuda-host", "cupy")
-_GRAPH_BACKENDS = ("cuda-host", "cupy")
+KERNEL_BACKENDS = ("cuda-host", "cupy")  # the ones whose loops launch the CUDA kernels (graphs=, 32-bit indices)
 _FUNCS = ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward")
 
 
@@ -58,7 +58,7 @@ def _graphs(graphs, backend):
         return None
     if not isinstance(graphs, GraphCache):
         raise TypeError(f"graphs must be a rnncells.GraphCache or None, got {type(graphs).__name__}")
-    if backend not in _GRAPH_BACKENDS:
+    if backend not in KERNEL_BACKENDS:
         raise ValueError(f"graphs= needs backend 'cupy' or 'cuda-host' (the {backend!r} loop launches no kernels)")
     return graphs
 
@@ -67,13 +67,19 @@ def _graph_kw(graphs):
     return {} if graphs is None else {"graphs": graphs}  # only the kernel backends take graphs
 
 
-def _backend(name, xp, tf32):
-    if name is None:
-        name = xp.__name__
+def backend_name(backend, xp):
+    """The backend that runs a call on arrays of module xp: `backend` checked against them, or, when None, the
+    arrays' own ("numpy" or "cupy")."""
+    name = xp.__name__ if backend is None else backend
     if name not in BACKENDS:
         raise ValueError(f"backend={name!r} is not one of {', '.join(map(repr, BACKENDS))}")
     if (name == "cupy") != (xp.__name__ == "cupy"):
         raise TypeError(f"backend={name!r} cannot run on {xp.__name__} arrays")
+    return name
+
+
+def _backend(name, xp, tf32):
+    name = backend_name(name, xp)
     return name, _impl(name, _checks.flag("tf32", tf32))
 
 
@@ -128,10 +134,12 @@ def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candi
     backward).  The ctx refers to x, h0, c0, params and y rather than copying
     them (y holds the hidden states the backward reads): writing into any of
     them before `lstm_backward` gives wrong gradients.  `graphs` (a
-    `GraphCache`, CuPy backend) runs the step loops as CUDA graphs, captured
-    once per shape and replayed.
+    `GraphCache`; backend "cupy", or "cuda-host", which records and replays
+    the launches as a graph would) runs the step loops as CUDA graphs,
+    captured once per shape and replayed.
     `tf32` allows TF32 tensor cores in the float32 GEMMs of this forward and
-    its backward (see the module docstring).
+    its backward; `backend` None follows the arrays, the others are named in
+    the module docstring.
     """
     _checks.lstm_variant(peephole, candidate)
     training = _checks.flag("training", training)
@@ -195,8 +203,8 @@ def gru_forward(x, params, h0=None, lengths=None, reset_after=True, *, training=
     reset_after=True is torch.nn.GRU / cuDNN, False is Cho et al. / Keras.
     Returns y (T, B, H), hT (B, H) and a ctx for `gru_backward` (None with
     training=False).  As in `lstm_forward`, the ctx refers to x, h0, params
-    and y: do not write into them before `gru_backward`; `graphs` and `tf32`
-    as there.
+    and y: do not write into them before `gru_backward`; `graphs`, `tf32` and
+    `backend` as there.
     """
     _checks.gru_variant(reset_after)
     training = _checks.flag("training", training)

@@ -59,12 +59,13 @@ class _Holder:
 
 
 class LSTMCell(_Holder):
-    """One LSTM step with its parameters; `peephole`, `candidate` and `tf32` as in `rnncells.lstm_forward`."""
+    """One LSTM step with its parameters; `peephole`, `candidate`, `tf32` and `backend` as in
+    `rnncells.lstm_forward` (backend=None follows `xp`)."""
 
     def __init__(self, input_size, hidden_size, bias=True, *, peephole=None, candidate="tanh",
-                 dtype="float32", xp=np, seed=0, tf32=False):  # fmt: skip
+                 dtype="float32", xp=np, seed=0, tf32=False, backend=None):  # fmt: skip
         _checks.lstm_variant(peephole, candidate)
-        self.tf32 = _checks.flag("tf32", tf32)
+        self.tf32, self.backend = _checks.flag("tf32", tf32), api.backend_name(backend, xp)
         self.input_size, self.hidden_size = input_size, hidden_size
         self.peephole, self.candidate = peephole, candidate
         self.params = init_lstm_params(input_size, hidden_size, peephole=peephole, bias=bias, dtype=dtype, xp=xp,
@@ -74,7 +75,8 @@ class LSTMCell(_Holder):
     def forward(self, x, hx=None):
         """x (B, I), hx = (h, c) or None for zeros -> h1, c1, ctx."""
         h, c = _checks.hx("lstm", hx, ("h", "c"), _is_array, "a numpy or cupy array")
-        h1, c1, ctx = api.lstm_cell_forward(x, h, c, self.params, self.peephole, self.candidate, tf32=self.tf32)
+        h1, c1, ctx = api.lstm_cell_forward(x, h, c, self.params, self.peephole, self.candidate, tf32=self.tf32,
+                                            backend=self.backend)  # fmt: skip
         return h1, c1, self._context(ctx)
 
     __call__ = forward
@@ -87,12 +89,13 @@ class LSTMCell(_Holder):
 
 
 class GRUCell(_Holder):
-    """One GRU step with its parameters; `reset_after` and `tf32` as in `rnncells.gru_forward`."""
+    """One GRU step with its parameters; `reset_after`, `tf32` and `backend` as in `rnncells.gru_forward`
+    (backend=None follows `xp`)."""
 
     def __init__(self, input_size, hidden_size, bias=True, *, reset_after=True, dtype="float32", xp=np, seed=0,
-                 tf32=False):  # fmt: skip
+                 tf32=False, backend=None):  # fmt: skip
         _checks.gru_variant(reset_after)
-        self.tf32 = _checks.flag("tf32", tf32)
+        self.tf32, self.backend = _checks.flag("tf32", tf32), api.backend_name(backend, xp)
         self.input_size, self.hidden_size, self.reset_after = input_size, hidden_size, reset_after
         self.params = init_gru_params(input_size, hidden_size, bias=bias, dtype=dtype, xp=xp, seed=seed)
         self.grads = {k: xp.zeros_like(v) for k, v in self.params.items()}
@@ -100,7 +103,7 @@ class GRUCell(_Holder):
     def forward(self, x, h=None):
         """x (B, I), h (B, H) or None for zeros -> h1, ctx."""
         (h,) = _checks.hx("gru", h, ("h",), _is_array, "a numpy or cupy array")
-        h1, ctx = api.gru_cell_forward(x, h, self.params, self.reset_after, tf32=self.tf32)
+        h1, ctx = api.gru_cell_forward(x, h, self.params, self.reset_after, tf32=self.tf32, backend=self.backend)
         return h1, self._context(ctx)
 
     __call__ = forward
@@ -134,13 +137,14 @@ class _Stack(_Holder):
     _cell, _states = "", ()  # "lstm" or "gru"; the state names: ("h", "c") or ("h",)
 
     def _build(self, init, input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dtype, xp, seed,
-               graphs, tf32):  # fmt: skip
+               graphs, tf32, backend):  # fmt: skip
         _checks.sizes(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
-        self.tf32 = _checks.flag("tf32", tf32)
+        self.tf32, self.backend = _checks.flag("tf32", tf32), api.backend_name(backend, xp)
         batch_first, bidirectional, graphs = (_checks.flag(n, v) for n, v in (
             ("batch_first", batch_first), ("bidirectional", bidirectional), ("graphs", graphs)))  # fmt: skip
-        # CUDA graphs of the step loops on CuPy; NumPy launches nothing, so there they change nothing
-        self.graphs = GraphCache() if graphs and xp.__name__ == "cupy" else None
+        # graphs of the step loops where they launch kernels; the NumPy loop launches nothing, so there they change
+        # nothing
+        self.graphs = GraphCache() if graphs and self.backend in api.KERNEL_BACKENDS else None
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.batch_first, self.bidirectional = batch_first, bidirectional
         self.num_directions = 2 if bidirectional else 1
@@ -225,16 +229,18 @@ class _Stack(_Holder):
 class LSTM(_Stack):
     """A multi-layer, optionally bidirectional LSTM with torch.nn.LSTM's parameter names.
 
-    `peephole`, `candidate` and `tf32` as in `rnncells.lstm_forward`; the
-    peephole weights are named weight_ch_l{k}[_reverse].  graphs=True runs
-    the step loops as CUDA graphs (CuPy arrays; see `rnncells.GraphCache`).
+    `peephole`, `candidate`, `tf32` and `backend` as in
+    `rnncells.lstm_forward` (backend=None follows `xp`); the peephole weights
+    are named weight_ch_l{k}[_reverse].  graphs=True runs the step loops as
+    CUDA graphs (see `rnncells.GraphCache`) on the backends that launch
+    kernels: "cupy", and "cuda-host", which records and replays them.
     """
 
     _cell, _states = "lstm", ("h", "c")
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, bidirectional=False, *,
                  peephole=None, candidate="tanh", dtype="float32", xp=np, seed=0, graphs=False,
-                 tf32=False):  # fmt: skip
+                 tf32=False, backend=None):  # fmt: skip
         _checks.lstm_variant(peephole, candidate)
         self.peephole, self.candidate = peephole, candidate
 
@@ -242,11 +248,12 @@ class LSTM(_Stack):
             return init_lstm_params(*a, peephole=peephole, **kw)
 
         self._build(init, input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dtype, xp, seed,
-                    graphs, tf32)  # fmt: skip
+                    graphs, tf32, backend)  # fmt: skip
 
     def _call(self, x, p, s0, lengths):
         y, (h, c), ctx = api.lstm_forward(x, p, *s0, lengths=lengths, peephole=self.peephole,
-                                          candidate=self.candidate, graphs=self.graphs, tf32=self.tf32)  # fmt: skip
+                                          candidate=self.candidate, graphs=self.graphs, tf32=self.tf32,
+                                          backend=self.backend)  # fmt: skip
         return y, (h, c), ctx
 
     def _call_backward(self, ctx, dy, dsT):
@@ -272,22 +279,23 @@ class LSTM(_Stack):
 class GRU(_Stack):
     """A multi-layer, optionally bidirectional GRU with torch.nn.GRU's parameter names.
 
-    `reset_after` and `tf32` as in `rnncells.gru_forward`.  graphs=True runs
-    the step loops as CUDA graphs (CuPy arrays; see `rnncells.GraphCache`).
+    `reset_after`, `tf32` and `backend` as in `rnncells.gru_forward`
+    (backend=None follows `xp`).  graphs=True as in `LSTM`.
     """
 
     _cell, _states = "gru", ("h",)
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, bidirectional=False, *,
-                 reset_after=True, dtype="float32", xp=np, seed=0, graphs=False, tf32=False):  # fmt: skip
+                 reset_after=True, dtype="float32", xp=np, seed=0, graphs=False, tf32=False,
+                 backend=None):  # fmt: skip
         _checks.gru_variant(reset_after)
         self.reset_after = reset_after
         self._build(init_gru_params, input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dtype,
-                    xp, seed, graphs, tf32)  # fmt: skip
+                    xp, seed, graphs, tf32, backend)  # fmt: skip
 
     def _call(self, x, p, s0, lengths):
         y, h, ctx = api.gru_forward(x, p, *s0, lengths=lengths, reset_after=self.reset_after, graphs=self.graphs,
-                                    tf32=self.tf32)  # fmt: skip
+                                    tf32=self.tf32, backend=self.backend)  # fmt: skip
         return y, (h,), ctx
 
     def _call_backward(self, ctx, dy, dsT):

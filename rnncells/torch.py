@@ -12,7 +12,10 @@ named weight_ch_l{k}[_reverse] (weight_ch for the cells).
 
 Each layer and direction is one `torch.autograd.Function` whose forward and
 backward are rnncells' own (NumPy for CPU tensors; CuPy, zero-copy through
-DLPack and on torch's current stream, for CUDA tensors).  On CUDA tensors
+DLPack and on torch's current stream, for CUDA tensors).  Every module takes
+`cpu_backend="cuda-host"`, which runs CPU tensors through the CUDA kernels
+built for the CPU (graphs=True included): a check of the GPU path without a
+GPU, not a fast path.  On CUDA tensors
 TF32 follows `torch.backends.cudnn.allow_tf32` at each forward, as
 torch.nn.LSTM/GRU on cuDNN do (torch's default allows it); the backward
 keeps the forward's choice.  The glue between
@@ -120,7 +123,7 @@ class _Sequence(torch.autograd.Function):
             y, state, ctx.rc = fwd(_array(x), params, *map(_array, states), lengths=lengths, tf32=_tf32(x),
                                    **options)  # fmt: skip
         outs = tuple(map(_tensor, (y, *(state if cell == "lstm" else (state,)))))
-        if options["training"]:  # ctx.rc reads these tensors' memory: autograd now refuses a backward after a write to one
+        if options["training"]:  # ctx.rc reads these tensors' memory: autograd refuses a backward after a write to one
             ctx.save_for_backward(x, *tensors, outs[0])
         return outs
 
@@ -199,10 +202,24 @@ def _exporting():
     return is_exporting is not None and is_exporting()
 
 
+_CPU_BACKENDS = ("numpy", "cuda-host")
+
+
+def _cpu_backend(name):
+    if name not in _CPU_BACKENDS:
+        raise ValueError(f"cpu_backend={name!r} is not one of {', '.join(map(repr, _CPU_BACKENDS))}")
+    return name
+
+
 class _Module(nn.Module):
-    """What the sequence modules and the cells share: the checks each call makes before any work."""
+    """What the sequence modules and the cells share: the checks each call makes before any work, and the
+    backend that runs it."""
 
     _cell = ""  # "lstm" or "gru"
+
+    def _backend(self, x):
+        """The api's backend= for a call on x: CuPy's (None) for CUDA tensors, `cpu_backend` for CPU ones."""
+        return None if x.is_cuda else self.cpu_backend
 
     def __prepare_scriptable__(self):  # torch.jit.script calls this first
         raise NotImplementedError(f"rnncells.torch.{type(self).__name__} cannot be scripted: its forward runs "
@@ -229,11 +246,13 @@ class _RNN(_Module):
     """Layers × directions of one cell kind, with torch.nn.RNNBase's arguments and names."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, proj_size=0, device=None, dtype=None, *, graphs=False, variant):  # fmt: skip
+                 bidirectional=False, proj_size=0, device=None, dtype=None, *, graphs=False, cpu_backend="numpy",
+                 variant):  # fmt: skip
         super().__init__()
+        self.cpu_backend = _cpu_backend(cpu_backend)
         bias, batch_first, bidirectional = (_checks.flag(n, v) for n, v in (
             ("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)))  # fmt: skip
-        # CUDA graphs of the step loops for CUDA tensors (a CPU call launches nothing to capture)
+        # graphs of the step loops where a call launches kernels: CUDA tensors, or CPU ones on cuda-host
         self._graphs = GraphCache() if _checks.flag("graphs", graphs) else None
         if proj_size:
             raise NotImplementedError(f"proj_size={proj_size} is not supported yet by rnncells.torch")
@@ -275,7 +294,8 @@ class _RNN(_Module):
                               ("bidirectional", False)):  # fmt: skip
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
-        return s + "".join(f", {k}={v!r}" for k, v in self.variant.items())
+        s += "".join(f", {k}={v!r}" for k, v in self.variant.items())
+        return s + ("" if self.cpu_backend == "numpy" else f", cpu_backend={self.cpu_backend!r}")
 
     def _states(self, states, B, unbatched):
         """The states as (L·D, B, H) tensors (or Nones), checked."""
@@ -318,9 +338,10 @@ class _RNN(_Module):
                 params = [getattr(self, key + self._suffix(layer, d)) for key in self._keys]
                 s0 = [None if s is None else s[k] for s in states]
                 xin = _reverse(inp, lengths) if d else inp
-                graphs = {"graphs": self._graphs} if self._graphs is not None and xin.is_cuda else {}
-                variant = {**self.variant, **graphs}
-                y, *sT = _apply(self._cell, variant, self._keys, lengths, xin, *s0, *params)
+                backend = self._backend(xin)
+                graphs = self._graphs if backend in (None, "cuda-host") else None
+                options = {**self.variant, "graphs": graphs, "backend": backend}
+                y, *sT = _apply(self._cell, options, self._keys, lengths, xin, *s0, *params)
                 outs.append(_reverse(y, lengths) if d else y)
                 for f, s in zip(finals, sT):
                     f.append(s)
@@ -339,6 +360,7 @@ class LSTM(_RNN):
     """Drop-in torch.nn.LSTM (proj_size=0); `peephole` and `candidate` as in rnncells.lstm_forward.
 
     graphs=True: on CUDA tensors the step loops run as CUDA graphs (`rnncells.GraphCache`).
+    cpu_backend: what runs CPU tensors, "numpy" or "cuda-host" (see the module docstring).
     """
 
     _cell = "lstm"
@@ -360,6 +382,7 @@ class GRU(_RNN):
     """Drop-in torch.nn.GRU; `reset_after=False` gives the Cho et al. / Keras variant.
 
     graphs=True: on CUDA tensors the step loops run as CUDA graphs (`rnncells.GraphCache`).
+    cpu_backend: what runs CPU tensors, "numpy" or "cuda-host" (see the module docstring).
     """
 
     _cell = "gru"
@@ -377,8 +400,9 @@ class GRU(_RNN):
 class _Cell(_Module):
     """One step, with torch.nn.RNNCellBase's arguments and names."""
 
-    def __init__(self, input_size, hidden_size, bias, device, dtype, variant):
+    def __init__(self, input_size, hidden_size, bias, device, dtype, variant, cpu_backend):
         super().__init__()
+        self.cpu_backend = _cpu_backend(cpu_backend)
         bias = _checks.flag("bias", bias)
         dtype = _check_construction(dtype, dict(input_size=input_size, hidden_size=hidden_size))
         self.input_size, self.hidden_size, self.bias, self.variant = input_size, hidden_size, bias, variant
@@ -391,9 +415,9 @@ class _Cell(_Module):
     reset_parameters = _RNN.reset_parameters
 
     def extra_repr(self):
-        return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False") + "".join(
-            f", {k}={v!r}" for k, v in self.variant.items()
-        )
+        s = f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
+        s += "".join(f", {k}={v!r}" for k, v in self.variant.items())
+        return s + ("" if self.cpu_backend == "numpy" else f", cpu_backend={self.cpu_backend!r}")
 
     def _step(self, input, hx):
         if not torch.is_tensor(input):
@@ -405,7 +429,8 @@ class _Cell(_Module):
         x = input.unsqueeze(0) if unbatched else input
         states = [None if s is None else (s.unsqueeze(0) if unbatched else s) for s in states]
         params = [getattr(self, k) for k in self._keys]
-        _, *out = _apply(self._cell, self.variant, self._keys, None, x.unsqueeze(0), *states, *params)
+        options = {**self.variant, "backend": self._backend(x)}
+        _, *out = _apply(self._cell, options, self._keys, None, x.unsqueeze(0), *states, *params)
         return [o.squeeze(0) for o in out] if unbatched else out
 
 
@@ -415,9 +440,10 @@ class LSTMCell(_Cell):
     _cell = "lstm"
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, peephole=None,
-                 candidate="tanh"):  # fmt: skip
+                 candidate="tanh", cpu_backend="numpy"):  # fmt: skip
         _checks.lstm_variant(peephole, candidate)
-        super().__init__(input_size, hidden_size, bias, device, dtype, dict(peephole=peephole, candidate=candidate))
+        super().__init__(input_size, hidden_size, bias, device, dtype, dict(peephole=peephole, candidate=candidate),
+                         cpu_backend)  # fmt: skip
 
     def forward(self, input, hx=None):
         """input (B, I) or (I,); hx = (h, c) or None -> (h1, c1), as torch.nn.LSTMCell."""
@@ -430,9 +456,10 @@ class GRUCell(_Cell):
 
     _cell = "gru"
 
-    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, reset_after=True):
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, reset_after=True,
+                 cpu_backend="numpy"):  # fmt: skip
         _checks.gru_variant(reset_after)
-        super().__init__(input_size, hidden_size, bias, device, dtype, dict(reset_after=reset_after))
+        super().__init__(input_size, hidden_size, bias, device, dtype, dict(reset_after=reset_after), cpu_backend)
 
     def forward(self, input, hx=None):
         """input (B, I) or (I,); hx (B, H) or None -> h1, as torch.nn.GRUCell."""

@@ -72,6 +72,8 @@ CASES = [
     (lambda: rc.GRU(I, H, batch_first=1), TypeError, r"batch_first=1 must be True or False"),
     (lambda: rc.GRU(I, H, bias=None), TypeError, r"bias=None must be True or False"),
     (lambda: rc.LSTMCell(I, H, bias="no"), TypeError, r"bias='no' must be True or False"),
+    (lambda: rc.LSTM(I, H, backend="cupy"), TypeError, r"backend='cupy' cannot run on numpy arrays"),
+    (lambda: rc.GRUCell(I, H, backend="gpu"), ValueError, r"backend='gpu' is not one of 'reference', 'numpy'"),
 ]
 
 

@@ -1,12 +1,22 @@
-"""Tier 3, on a real GPU (marked `gpu`): the CuPy backend against the reference and against cuDNN."""
+"""Tier 3: the CuPy backend on a real GPU (marked `gpu`), against the reference and against cuDNN.
+
+Where a check means something without a GPU, it also runs on the host-built
+kernels ("cuda-host"), with torch.nn on the CPU standing in for cuDNN: the
+same orchestration, launches and graph path, so only what the device itself
+does is left to the GPU run.
+"""
+
+import shutil
 
 import numpy as np
 import pytest
 
 from rnncells import verify
 
-pytestmark = pytest.mark.gpu
 VARIANTS = [pytest.param(c, v, id=verify.variant_name(c, v).replace(" ", "-")) for c, v in verify.VARIANTS]
+gpu = pytest.mark.gpu
+needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="the host build of the kernels needs g++")
+KERNELS = [pytest.param("cuda-host", marks=needs_gxx), pytest.param("cupy", marks=gpu)]
 MODES = [
     dict(step=True, B=4, I=3, H=5),
     dict(T=6, B=3, I=4, H=5),
@@ -15,16 +25,43 @@ MODES = [
 ]
 
 
+def _numpy(a):
+    """A NumPy copy of a CuPy array; a NumPy array as it is."""
+    return a if isinstance(a, np.ndarray) else a.get()
+
+
+def _device(p, backend):
+    """A problem's arrays where `backend` reads them."""
+    return verify._on_device(p) if backend == "cupy" else p
+
+
+def _torch_device(backend):
+    """Where torch.nn runs beside a backend: cuDNN beside CuPy, the CPU beside the host kernels."""
+    return "cuda" if backend == "cupy" else "cpu"
+
+
+@pytest.fixture
+def torch_float32():
+    """torch, with TF32 off in torch.nn for the test (its defaults allow it in cuDNN), so float32 bounds apply."""
+    torch = pytest.importorskip("torch")
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield torch
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("cell,variant", VARIANTS)
-def test_cupy_backend_matches_reference_tf32_off(cell, variant, dtype, monkeypatch):
+def test_kernels_match_reference_tf32_off(cell, variant, dtype, backend, monkeypatch):
     monkeypatch.setenv("CUPY_TF32", "1")  # CuPy's own switch: none of our GEMMs may follow it
     for m in MODES:
-        err, dtypes = verify.backend_error(verify.problem(cell, variant, dtype=dtype, **m), "cupy")
+        err, dtypes = verify.backend_error(verify.problem(cell, variant, dtype=dtype, **m), backend)
         assert err <= verify.BOUNDS[dtype], m
         assert dtypes == {np.dtype(dtype)}
 
 
+@gpu
 @pytest.mark.parametrize("cell,variant", VARIANTS)
 def test_cupy_backend_matches_reference_tf32_on(cell, variant):
     for m in MODES:
@@ -35,59 +72,65 @@ def test_cupy_backend_matches_reference_tf32_on(cell, variant):
             assert err > 10 * verify.BOUNDS["float32"], m
 
 
+@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_cupy_backend_matches_cudnn(cell):
-    torch = pytest.importorskip("torch")
-    import cupy
-
+def test_kernels_match_torch_nn(cell, backend, torch_float32):
+    """The functions against torch.nn (cuDNN on a GPU, torch's own CPU kernels beside cuda-host)."""
+    torch = torch_float32
+    xp = pytest.importorskip("cupy") if backend == "cupy" else np
     import rnncells as rc
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    dev = _torch_device(backend)
     T, B, I, H = 50, 32, 64, 128
-    mod = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(I, H).cuda()
-    params = {k[:-3]: cupy.asarray(v.detach()) for k, v in mod.named_parameters()}
+    mod = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(I, H).to(dev)
+    params = {k[:-3]: xp.asarray(v.detach().cpu().numpy()) for k, v in mod.named_parameters()}
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     dy = rng.standard_normal((T, B, H)).astype(np.float32)
-    tx = torch.tensor(x, device="cuda", requires_grad=True)
+    tx = torch.tensor(x, device=dev, requires_grad=True)
     ty = mod(tx)[0]
-    (ty * torch.tensor(dy, device="cuda")).sum().backward()
+    (ty * torch.tensor(dy, device=dev)).sum().backward()
     fwd, bwd = (rc.lstm_forward, rc.lstm_backward) if cell == "lstm" else (rc.gru_forward, rc.gru_backward)
-    y, _, ctx = fwd(cupy.asarray(x), params)
-    dx, _, dp = bwd(ctx, cupy.asarray(dy))
-    assert verify.rel_err(y.get(), ty.detach().cpu().numpy()) <= 1e-5
-    assert verify.rel_err(dx.get(), tx.grad.cpu().numpy()) <= 1e-5
+    y, _, ctx = fwd(xp.asarray(x), params, backend=backend)
+    dx, _, dp = bwd(ctx, xp.asarray(dy))
+    assert verify.rel_err(_numpy(y), ty.detach().cpu().numpy()) <= 1e-5
+    assert verify.rel_err(_numpy(dx), tx.grad.cpu().numpy()) <= 1e-5
     for k, v in mod.named_parameters():
-        assert verify.rel_err(dp[k[:-3]].get(), v.grad.cpu().numpy()) <= 1e-5, k
+        assert verify.rel_err(_numpy(dp[k[:-3]]), v.grad.cpu().numpy()) <= 1e-5, k
 
 
+@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("cell,variant", VARIANTS)
-def test_training_step_gradients_are_bitwise_repeatable(cell, variant):
-    p = verify._on_device(verify.problem(cell, variant, T=30, B=16, I=32, H=64, dtype="float32"))
-    first = {k: v.get().tobytes() for k, v in verify.run(p, "cupy").items()}
+def test_training_step_gradients_are_bitwise_repeatable(cell, variant, backend):
+    p = _device(verify.problem(cell, variant, T=30, B=16, I=32, H=64, dtype="float32"), backend)
+    first = {k: _numpy(v).tobytes() for k, v in verify.run(p, backend).items()}
     for _ in range(3):
-        assert {k: v.get().tobytes() for k, v in verify.run(p, "cupy").items()} == first
+        assert {k: _numpy(v).tobytes() for k, v in verify.run(p, backend).items()} == first
 
 
+def _adapter(cls, backend, *args, **kw):
+    """One of rnncells.torch's modules where `backend` runs it: on the GPU, or on the CPU through cuda-host."""
+    return cls(*args, **kw).cuda() if backend == "cupy" else cls(*args, cpu_backend="cuda-host", **kw)
+
+
+@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_torch_adapter_on_cuda_matches_cudnn(kind):
-    torch = pytest.importorskip("torch")
+def test_torch_adapter_matches_torch_nn(kind, backend, torch_float32):
+    torch = torch_float32
     import rnncells.torch as rt
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    ref = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(64, 128, num_layers=2, bidirectional=True).cuda()
-    ours = (rt.LSTM if kind == "lstm" else rt.GRU)(64, 128, num_layers=2, bidirectional=True).cuda()
+    dev = _torch_device(backend)
+    ref = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(64, 128, num_layers=2, bidirectional=True).to(dev)
+    ours = _adapter(rt.LSTM if kind == "lstm" else rt.GRU, backend, 64, 128, num_layers=2, bidirectional=True)
     ours.load_state_dict(ref.state_dict())
-    x = torch.randn(40, 16, 64, device="cuda")
+    x = torch.randn(40, 16, 64, device=dev)
     lengths = torch.randint(1, 41, (16,))
     outs = []
     for m in (ref, ours):
         packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
         y = torch.nn.utils.rnn.pad_packed_sequence(m(packed)[0], total_length=40)[0]
         m.zero_grad()
-        (y * torch.linspace(-1, 1, y.numel(), device="cuda").view_as(y)).sum().backward()
+        (y * torch.linspace(-1, 1, y.numel(), device=dev).view_as(y)).sum().backward()
         outs.append((y.detach(), {n: p.grad.detach() for n, p in m.named_parameters()}))
     (y_ref, g_ref), (y_ours, g_ours) = outs
     assert verify.rel_err(y_ours.cpu().numpy(), y_ref.cpu().numpy()) <= 1e-5
@@ -95,23 +138,27 @@ def test_torch_adapter_on_cuda_matches_cudnn(kind):
         assert verify.rel_err(g_ours[n].cpu().numpy(), g_ref[n].cpu().numpy()) <= 1e-5, n
 
 
-@pytest.mark.parametrize("cell,variant", VARIANTS)
-def test_cuda_graph_replays_equal_the_uncaptured_loop_bit_for_bit(cell, variant):
+@gpu
+def test_cuda_graph_replays_equal_the_uncaptured_loop_bit_for_bit():
+    """One cache for every variant, as a program holds one (tests/test_graphs.py runs the same on the host)."""
     import rnncells as rc
 
     cache = rc.GraphCache()
-    for seed in range(3):
-        for lengths in (None, np.array([9, 3, 0, 9, 5])):
-            p = verify._on_device(verify.problem(cell, variant, T=9, B=5, I=7, H=33, dtype="float32", seed=seed,
-                                                 lengths=lengths))  # fmt: skip
-            want = {k: v.get() for k, v in verify.run(p, "cupy").items()}
-            got = {k: v.get() for k, v in verify.run(p, "cupy", graphs=cache).items()}
-            assert got.keys() == want.keys()
-            for k in want:
-                np.testing.assert_array_equal(got[k], want[k], err_msg=k)
-    assert cache.captures == 4  # a forward and a backward graph per lengths setting: replays reuse their slot
+    for cell, variant in verify.VARIANTS:
+        for seed in range(3):
+            for lengths in (None, np.array([9, 3, 0, 9, 5])):
+                p = verify._on_device(verify.problem(cell, variant, T=9, B=5, I=7, H=33, dtype="float32", seed=seed,
+                                                     lengths=lengths))  # fmt: skip
+                want = {k: v.get() for k, v in verify.run(p, "cupy").items()}
+                got = {k: v.get() for k, v in verify.run(p, "cupy", graphs=cache).items()}
+                assert got.keys() == want.keys()
+                for k in want:
+                    np.testing.assert_array_equal(got[k], want[k], err_msg=f"{cell} {variant} {k}")
+    # a forward and a backward graph per variant and lengths setting: replays reuse their slot
+    assert cache.captures == 4 * len(verify.VARIANTS)
 
 
+@gpu
 def test_cuda_graph_slot_is_held_by_a_view_and_by_a_torch_tensor():
     torch = pytest.importorskip("torch")
     import cupy
@@ -131,20 +178,21 @@ def test_cuda_graph_slot_is_held_by_a_view_and_by_a_torch_tensor():
     assert (view == kept[0]).all() and torch.equal(tensor, kept[1])
 
 
+@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_modules_with_graphs_train_like_without(kind):
+def test_modules_with_graphs_train_like_without(kind, backend):
     """Two training steps of the torch adapter and of rnncells' own module, graphs on and off: equal bit for bit."""
     torch = pytest.importorskip("torch")
-    import cupy
+    xp = pytest.importorskip("cupy") if backend == "cupy" else np
 
     import rnncells as rc
     import rnncells.torch as rt
 
-    cls = rt.LSTM if kind == "lstm" else rt.GRU
-    plain, graphed = cls(16, 32, num_layers=2).cuda(), cls(16, 32, num_layers=2, graphs=True).cuda()
+    cls, dev = (rt.LSTM if kind == "lstm" else rt.GRU), _torch_device(backend)
+    plain, graphed = (_adapter(cls, backend, 16, 32, num_layers=2, graphs=g) for g in (False, True))
     graphed.load_state_dict(plain.state_dict())
     for seed in range(2):
-        x = torch.randn(7, 3, 16, device="cuda", generator=torch.Generator("cuda").manual_seed(seed))
+        x = torch.randn(7, 3, 16, device=dev, generator=torch.Generator(dev).manual_seed(seed))
         for m in (plain, graphed):
             m.zero_grad()
             m(x)[0].square().sum().backward()
@@ -152,15 +200,18 @@ def test_modules_with_graphs_train_like_without(kind):
             assert torch.equal(a.grad, b.grad), k
     assert graphed._graphs.captures == 4  # two layers, a forward and a backward graph each
 
-    own = {g: (rc.LSTM if kind == "lstm" else rc.GRU)(16, 32, num_layers=2, xp=cupy, graphs=g) for g in (False, True)}
-    x = cupy.random.default_rng(0).standard_normal((7, 3, 16), dtype=cupy.float32)
+    own = {g: (rc.LSTM if kind == "lstm" else rc.GRU)(16, 32, num_layers=2, xp=xp, graphs=g, backend=backend)
+           for g in (False, True)}  # fmt: skip
+    x = xp.asarray(np.random.default_rng(0).standard_normal((7, 3, 16)).astype(np.float32))
     for m in own.values():
         y, _, ctx = m(x)
         m.backward(ctx, 2 * y)
     for k in own[False].grads:
         assert (own[False].grads[k] == own[True].grads[k]).all(), k
+    assert own[True].graphs.captures == 4
 
 
+@gpu
 def test_column_sum_past_the_grid_y_limit_on_the_device():
     """More chunks of rows than CUDA's 65,535 grid.y: the kernel strides over the rest."""
     import cupy
@@ -172,19 +223,19 @@ def test_column_sum_past_the_grid_y_limit_on_the_device():
     np.testing.assert_array_equal(_cupy.ops().column_sum(cupy.asarray(a)).get(), a.sum(0))
 
 
+@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_torch_adapter_on_cuda_with_an_expanded_hx_matches_cudnn(kind):
+def test_torch_adapter_with_an_expanded_hx_matches_torch_nn(kind, backend, torch_float32):
     """hx.expand() has stride 0: the kernels read raw memory, so it must reach them contiguous."""
-    torch = pytest.importorskip("torch")
+    torch = torch_float32
     import rnncells.torch as rt
 
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    ref = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(16, 32).cuda()
-    ours = (rt.LSTM if kind == "lstm" else rt.GRU)(16, 32).cuda()
+    dev = _torch_device(backend)
+    ref = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(16, 32).to(dev)
+    ours = _adapter(rt.LSTM if kind == "lstm" else rt.GRU, backend, 16, 32)
     ours.load_state_dict(ref.state_dict())
-    x = torch.randn(9, 5, 16, device="cuda")
-    h = torch.randn(1, 1, 32, device="cuda").expand(1, 5, 32)
+    x = torch.randn(9, 5, 16, device=dev)
+    h = torch.randn(1, 1, 32, device=dev).expand(1, 5, 32)
     hx = (h, 2 * h) if kind == "lstm" else h
     y_ref, y = ref(x, hx)[0], ours(x, hx)[0]
     assert verify.rel_err(y.detach().cpu().numpy(), y_ref.detach().cpu().numpy()) <= verify.BOUNDS["float32"]

@@ -422,6 +422,9 @@ BAD_CALLS = [
     (lambda: rt.GRU(3, 4, batch_first=None), TypeError, "batch_first=None must be True or False"),
     (lambda: rt.LSTMCell(3, 4, bias=0), TypeError, "bias=0 must be True or False"),
     (lambda: rt.LSTM(3, 4, graphs="yes"), TypeError, "graphs='yes' must be True or False"),
+    (lambda: rt.GRU(3, 4, cpu_backend="reference"), ValueError, "cpu_backend='reference' is not one of 'numpy', "
+     "'cuda-host'"),
+    (lambda: rt.LSTMCell(3, 4, cpu_backend=None), ValueError, "cpu_backend=None is not one of"),
 ]
 
 
