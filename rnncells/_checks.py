@@ -164,6 +164,26 @@ def call(cell, x, params, states, *, lengths=None, peephole=None, sequence=True)
     return xp, H, lengths
 
 
+INDEX_MAX = 2**31 - 1  # the kernels' element offsets and cuBLAS's sizes are 32-bit ints
+
+
+def index_range(x_shape, H):
+    """Refuse a call whose sizes a 32-bit index cannot reach, on the backends that launch the CUDA kernels.
+
+    A kernel addresses one step's gates, [B, 4H], with int offsets (64-bit
+    ones would slow the integer arithmetic of every thread), and cuBLAS takes
+    the T·B rows of the sequence GEMMs and the input width as ints.  x_shape
+    is (T, B, I), or (B, I) for one step.
+    """
+    T, B, I = x_shape if len(x_shape) == 3 else (1, *x_shape)
+    for what, n in (("batch*4*hidden_size, the elements of one step's gates", B * 4 * H),
+                    ("seq_len*batch, the rows of the sequence GEMMs", T * B), ("input_size", I)):  # fmt: skip
+        if n > INDEX_MAX:
+            raise ValueError(f"x has shape {tuple(x_shape)} with hidden_size={H}: {what}, is {n:,}, past 2**31 - 1, the "
+                             "largest the CUDA kernels and cuBLAS index with 32-bit ints; split the batch or the "
+                             "sequence, or run backend='numpy'")  # fmt: skip
+
+
 def lengths_array(lengths, T, B):
     """`lengths` as a host int64 array, checked: shape (B,), integers in [0, T]."""
     if module_name(lengths) == "cupy":

@@ -14,6 +14,10 @@ changes nothing on the NumPy backend (a CPU has no TF32) and nothing in
 float64; on "cuda-host" the GEMMs emulate TF32's input truncation, so its
 effect on accuracy can be checked without a GPU.
 
+The kernel backends ("cuda-host", "cupy") index with 32-bit ints: a call
+where batch·4·hidden_size, seq_len·batch or input_size passes 2³¹ − 1 is
+refused there (the NumPy backend has no such limit).
+
 Arrays are made C-contiguous once, here: the kernels read raw memory and
 would misread a strided view (an expanded h0, a transposed weight).
 """
@@ -78,8 +82,11 @@ def backend_name(backend, xp):
     return name
 
 
-def _backend(name, xp, tf32):
+def _backend(name, xp, tf32, x, H):
+    """(name, implementation) of the backend of a call on x with hidden size H, checked against the call."""
     name = backend_name(name, xp)
+    if name in KERNEL_BACKENDS:
+        _checks.index_range(x.shape, H)
     return name, _impl(name, _checks.flag("tf32", tf32))
 
 
@@ -145,7 +152,7 @@ def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candi
     training = _checks.flag("training", training)
     xp, H, lengths = _checks.call("lstm", x, params, {"h0": h0, "c0": c0}, lengths=lengths, peephole=peephole)
     T, B, _ = x.shape
-    name, impl = _backend(backend, xp, tf32)
+    name, impl = _backend(backend, xp, tf32, x, H)
     graphs = _graphs(graphs, name)
     x, params, h0, c0 = _contiguous(xp, x, params, h0, c0)
     h0, c0 = _zeros(xp, h0, (B, H), x.dtype), _zeros(xp, c0, (B, H), x.dtype)
@@ -178,7 +185,7 @@ def lstm_cell_forward(x, h, c, params, peephole=None, candidate="tanh", *, tf32=
     _checks.lstm_variant(peephole, candidate)
     xp, H, _ = _checks.call("lstm", x, params, {"h": h, "c": c}, peephole=peephole, sequence=False)
     B = x.shape[0]
-    name, impl = _backend(backend, xp, tf32)
+    name, impl = _backend(backend, xp, tf32, x, H)
     x, params, h, c = _contiguous(xp, x, params, h, c)
     h, c = _zeros(xp, h, (B, H), x.dtype), _zeros(xp, c, (B, H), x.dtype)
     _, h1, c1, inner = impl.lstm_forward(x[None], params, h, c, None, peephole, candidate)
@@ -210,7 +217,7 @@ def gru_forward(x, params, h0=None, lengths=None, reset_after=True, *, training=
     training = _checks.flag("training", training)
     xp, H, lengths = _checks.call("gru", x, params, {"h0": h0}, lengths=lengths)
     T, B, _ = x.shape
-    name, impl = _backend(backend, xp, tf32)
+    name, impl = _backend(backend, xp, tf32, x, H)
     graphs = _graphs(graphs, name)
     x, params, h0 = _contiguous(xp, x, params, h0)
     h0 = _zeros(xp, h0, (B, H), x.dtype)
@@ -238,7 +245,7 @@ def gru_cell_forward(x, h, params, reset_after=True, *, tf32=False, backend=None
     _checks.gru_variant(reset_after)
     xp, H, _ = _checks.call("gru", x, params, {"h": h}, sequence=False)
     B = x.shape[0]
-    name, impl = _backend(backend, xp, tf32)
+    name, impl = _backend(backend, xp, tf32, x, H)
     x, params, h = _contiguous(xp, x, params, h)
     h = _zeros(xp, h, (B, H), x.dtype)
     _, h1, inner = impl.gru_forward(x[None], params, h, None, reset_after)

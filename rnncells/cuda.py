@@ -334,11 +334,15 @@ def argument_types(args):
 
 def check_launch(name, signature, grid, block, args):
     """Raise if a launch would be wrong or refused on a GPU: arguments against the kernel's parameter types
-    (`signature`, comma-separated C types), and the grid and block against CUDA's limits."""
+    (`signature`, comma-separated C types) and int arguments against int's range, and the grid and block
+    against CUDA's limits."""
     params, given = signature.split(","), argument_types(args)
     if len(params) != len(given) or any(g not in (p, "*") or (g == "*" and not p.endswith("*"))
                                         for p, g in zip(params, given)):  # fmt: skip
         raise TypeError(f"{name} takes ({', '.join(params)}) but was given ({', '.join(given)})")
+    for k, a in enumerate(args):
+        if isinstance(a, (int, np.integer)) and not -(2**31) <= a < 2**31:
+            raise OverflowError(f"{name}: argument {k} = {a} does not fit the kernel's 32-bit int")
     for what, dims, limits in (("grid", grid, GRID_LIMITS), ("block", block, BLOCK_LIMITS)):
         if any(not 1 <= d <= lim for d, lim in zip(dims, limits)):
             raise ValueError(f"{name}: {what} {tuple(dims)} is outside CUDA's limits (1 to {limits} per dimension)")

@@ -1,9 +1,13 @@
 """Bad input raises at the API boundary, naming the argument, the expected and the actual."""
 
+import re
+import shutil
+
 import numpy as np
 import pytest
 
 import rnncells as rc
+from rnncells import _checks
 
 T, B, I, H = 4, 3, 2, 5
 
@@ -127,3 +131,27 @@ def test_none_gradients_mean_zero():
     for a, b in [(dx0, dx1), (dh0, dh1), (dc0, dc1), *((dp[k], dq[k]) for k in dp)]:
         np.testing.assert_array_equal(a, b)
         assert not a.any()
+
+
+def _huge(*shape):
+    """A float32 array of any shape in a few bytes: one zero, broadcast (the check comes before any copy)."""
+    return np.broadcast_to(np.float32(0), shape)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="the host build of the kernels needs g++")
+@pytest.mark.parametrize("x_shape,hidden,what", [
+    ((1, 2**29, 1), 1, r"batch\*4\*hidden_size, the elements of one step's gates, is 2,147,483,648"),
+    ((2**16, 2**15, 1), 1, r"seq_len\*batch, the rows of the sequence GEMMs, is 2,147,483,648"),
+    ((1, 1, 2**31), 1, r"input_size, is 2,147,483,648"),
+    ((2**29, 1), 1, r"batch\*4\*hidden_size, the elements of one step's gates, is 2,147,483,648"),  # x (B, I)
+])  # fmt: skip
+def test_kernel_backends_refuse_what_32_bit_indices_cannot_reach(x_shape, hidden, what):
+    params = {"weight_ih": _huge(4 * hidden, x_shape[-1]), "weight_hh": _huge(4 * hidden, hidden)}
+    call = (lambda: rc.lstm_forward(_huge(*x_shape), params, backend="cuda-host")) if len(x_shape) == 3 else (
+        lambda: rc.lstm_cell_forward(_huge(*x_shape), None, None, params, backend="cuda-host"))  # fmt: skip
+    with pytest.raises(ValueError, match=rf"x has shape {re.escape(str(x_shape))} with hidden_size={hidden}: {what}, past "
+                                         r"2\*\*31 - 1"):  # fmt: skip
+        call()
+    # the largest sizes that fit pass the check
+    _checks.index_range((1, 2**29 - 1, 2**31 - 1), 1)
+    _checks.index_range((2**16, 2**15 - 1, 1), 1)

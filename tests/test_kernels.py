@@ -182,6 +182,15 @@ def test_host_launcher_refuses_what_cuda_refuses(grid, block):
 
 
 @needs_gxx
+def test_host_launcher_refuses_an_int_argument_past_32_bits():
+    """ctypes would wrap 2**31 to a negative int without a word; CuPy passes ints as int32 and must not either."""
+    a = np.zeros(4, np.float32)
+    with pytest.raises(OverflowError, match=r"argument 1 = 2147483648 does not fit the kernel's 32-bit int"):
+        cuda.host_ops().launcher(cuda.plain_name("column_totals", "float32"), (1, 1, 1), (256, 1, 1),
+                                 (1, 2**31, a, a))  # fmt: skip
+
+
+@needs_gxx
 def test_column_sum_past_cuda_grid_y_limit():
     """More than 65,535 chunks of rows (T=100,000, B=64 makes 100,000): the kernel strides over those past the grid."""
     rows = (cuda.GRID_LIMITS[1] + 2) * cuda.CHUNK + 5
