@@ -142,8 +142,7 @@ class _Stack(_Holder):
         self.tf32, self.backend = _checks.flag("tf32", tf32), api.backend_name(backend, xp)
         batch_first, bidirectional, graphs = (_checks.flag(n, v) for n, v in (
             ("batch_first", batch_first), ("bidirectional", bidirectional), ("graphs", graphs)))  # fmt: skip
-        # graphs of the step loops where they launch kernels; the NumPy loop launches nothing, so there they change
-        # nothing
+        # graphs only where the step loops launch kernels: the NumPy loop has nothing to capture
         self.graphs = GraphCache() if graphs and self.backend in api.KERNEL_BACKENDS else None
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.batch_first, self.bidirectional = batch_first, bidirectional

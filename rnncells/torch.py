@@ -15,12 +15,12 @@ backward are rnncells' own (NumPy for CPU tensors; CuPy, zero-copy through
 DLPack and on torch's current stream, for CUDA tensors).  Every module takes
 `cpu_backend="cuda-host"`, which runs CPU tensors through the CUDA kernels
 built for the CPU (graphs=True included): a check of the GPU path without a
-GPU, not a fast path.  On CUDA tensors
-TF32 follows `torch.backends.cudnn.allow_tf32` at each forward, as
-torch.nn.LSTM/GRU on cuDNN do (torch's default allows it); the backward
-keeps the forward's choice.  The glue between
-layers (unpacking, per-item reversal, concatenation, dropout) is ordinary
-torch, so dropout draws from torch's generator.
+GPU, not a fast path.  On CUDA tensors TF32 follows
+`torch.backends.cudnn.allow_tf32` at each forward, as torch.nn.LSTM/GRU on
+cuDNN do (torch's default allows it); the backward keeps the forward's
+choice.  The glue between layers (unpacking, per-item reversal,
+concatenation, dropout) is ordinary torch, so dropout draws from torch's
+generator.
 
 A forward keeps activations for a backward only when autograd will ask
 for one: under torch.no_grad() or torch.inference_mode(), or when neither
@@ -113,7 +113,7 @@ class _Sequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, cell, options, keys, lengths, x, *tensors):
-        """options: the api forward's keyword arguments (the variant, training, graphs) but lengths and tf32."""
+        """options: the api forward's keyword arguments but lengths and tf32 (variant, training, graphs, backend)."""
         ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None: zero for us
         n = 2 if cell == "lstm" else 1
         states, params = tensors[:n], dict(zip(keys, map(_array, tensors[n:])))
@@ -221,6 +221,11 @@ class _Module(nn.Module):
         """The api's backend= for a call on x: CuPy's (None) for CUDA tensors, `cpu_backend` for CPU ones."""
         return None if x.is_cuda else self.cpu_backend
 
+    def _options_repr(self):
+        """The variant, and cpu_backend unless it is the default, for extra_repr."""
+        s = "".join(f", {k}={v!r}" for k, v in self.variant.items())
+        return s + ("" if self.cpu_backend == "numpy" else f", cpu_backend={self.cpu_backend!r}")
+
     def __prepare_scriptable__(self):  # torch.jit.script calls this first
         raise NotImplementedError(f"rnncells.torch.{type(self).__name__} cannot be scripted: its forward runs "
                                   "NumPy/CuPy code that TorchScript cannot compile")  # fmt: skip
@@ -294,8 +299,7 @@ class _RNN(_Module):
                               ("bidirectional", False)):  # fmt: skip
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
-        s += "".join(f", {k}={v!r}" for k, v in self.variant.items())
-        return s + ("" if self.cpu_backend == "numpy" else f", cpu_backend={self.cpu_backend!r}")
+        return s + self._options_repr()
 
     def _states(self, states, B, unbatched):
         """The states as (L·D, B, H) tensors (or Nones), checked."""
@@ -359,8 +363,9 @@ class _RNN(_Module):
 class LSTM(_RNN):
     """Drop-in torch.nn.LSTM (proj_size=0); `peephole` and `candidate` as in rnncells.lstm_forward.
 
-    graphs=True: on CUDA tensors the step loops run as CUDA graphs (`rnncells.GraphCache`).
-    cpu_backend: what runs CPU tensors, "numpy" or "cuda-host" (see the module docstring).
+    graphs=True: the step loops run as CUDA graphs (`rnncells.GraphCache`) on CUDA tensors, and recorded
+    and replayed on CPU tensors with cpu_backend="cuda-host" ("numpy", the default, or "cuda-host": what
+    runs CPU tensors; see the module docstring).
     """
 
     _cell = "lstm"
@@ -381,8 +386,9 @@ class LSTM(_RNN):
 class GRU(_RNN):
     """Drop-in torch.nn.GRU; `reset_after=False` gives the Cho et al. / Keras variant.
 
-    graphs=True: on CUDA tensors the step loops run as CUDA graphs (`rnncells.GraphCache`).
-    cpu_backend: what runs CPU tensors, "numpy" or "cuda-host" (see the module docstring).
+    graphs=True: the step loops run as CUDA graphs (`rnncells.GraphCache`) on CUDA tensors, and recorded
+    and replayed on CPU tensors with cpu_backend="cuda-host" ("numpy", the default, or "cuda-host": what
+    runs CPU tensors; see the module docstring).
     """
 
     _cell = "gru"
@@ -415,9 +421,7 @@ class _Cell(_Module):
     reset_parameters = _RNN.reset_parameters
 
     def extra_repr(self):
-        s = f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False")
-        s += "".join(f", {k}={v!r}" for k, v in self.variant.items())
-        return s + ("" if self.cpu_backend == "numpy" else f", cpu_backend={self.cpu_backend!r}")
+        return f"{self.input_size}, {self.hidden_size}" + ("" if self.bias else ", bias=False") + self._options_repr()
 
     def _step(self, input, hx):
         if not torch.is_tensor(input):
