@@ -1,5 +1,8 @@
-"""GPU tests carry the `gpu` marker and skip cleanly where CuPy sees no CUDA device; tests that need torch
-skip without it, and the summary then says so in one line."""
+"""GPU tests carry the `gpu` marker and skip cleanly where CuPy sees no CUDA device; tests that build the kernels
+for the CPU carry `host` and skip without g++; tests that need torch skip without it, and the summary then says so
+in one line."""
+
+import shutil
 
 import pytest
 
@@ -7,12 +10,12 @@ from rnncells import verify
 
 
 def pytest_collection_modifyitems(config, items):
-    if verify.gpu_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU with CuPy")
+    missing = {"gpu": None if verify.gpu_available() else "needs a CUDA GPU with CuPy",
+               "host": None if shutil.which("g++") else "the host build of the kernels needs g++"}  # fmt: skip
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        for marker, reason in missing.items():
+            if reason and marker in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def pytest_terminal_summary(terminalreporter):

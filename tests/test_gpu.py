@@ -6,8 +6,6 @@ same orchestration, launches and graph path, so only what the device itself
 does is left to the GPU run.
 """
 
-import shutil
-
 import numpy as np
 import pytest
 
@@ -15,8 +13,7 @@ from rnncells import verify
 
 VARIANTS = [pytest.param(c, v, id=verify.variant_name(c, v).replace(" ", "-")) for c, v in verify.VARIANTS]
 gpu = pytest.mark.gpu
-needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="the host build of the kernels needs g++")
-KERNELS = [pytest.param("cuda-host", marks=needs_gxx), pytest.param("cupy", marks=gpu)]
+KERNELS = [pytest.param("cuda-host", marks=pytest.mark.host), pytest.param("cupy", marks=gpu)]
 MODES = [
     dict(step=True, B=4, I=3, H=5),
     dict(T=6, B=3, I=4, H=5),

@@ -7,17 +7,13 @@ slot's buffers, replays equal the uncaptured loop bit for bit, and a slot
 whose buffers someone still holds is never written to.
 """
 
-import shutil
-
 import numpy as np
 import pytest
 
 import rnncells as rc
 from rnncells import verify
 
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="the host build of the kernels needs g++")
-
-VARIANTS = [pytest.param(c, v, id=verify.variant_name(c, v).replace(" ", "-")) for c, v in verify.VARIANTS]
+pytestmark = pytest.mark.host
 
 
 def _fwd(cell):

@@ -11,7 +11,6 @@ import ctypes
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -22,7 +21,6 @@ import pytest
 from rnncells import api, cuda, verify
 
 VARIANTS = [pytest.param(c, v, id=verify.variant_name(c, v).replace(" ", "-")) for c, v in verify.VARIANTS]
-needs_gxx = pytest.mark.skipif(shutil.which("g++") is None, reason="the host build needs g++")
 
 
 @pytest.mark.parametrize("arch", ["80", "90"])
@@ -97,7 +95,7 @@ SHAPES = [
 ]
 
 
-@needs_gxx
+@pytest.mark.host
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{T}B{B}I{I}H{H}".format(**s))
 @pytest.mark.parametrize("cell,variant", VARIANTS)
@@ -109,7 +107,7 @@ def test_host_run_matches_reference(poisoned_host, cell, variant, shape, dtype):
         assert dtypes == {np.dtype(dtype)}
 
 
-@needs_gxx
+@pytest.mark.host
 @pytest.mark.parametrize("cell,variant", VARIANTS)
 def test_host_inference_kernels_give_the_training_outputs(poisoned_host, cell, variant):
     import rnncells as rc
@@ -131,7 +129,7 @@ def _outputs(result):
     return [y, *(state if isinstance(state, tuple) else (state,))]
 
 
-@needs_gxx
+@pytest.mark.host
 def test_poison_catches_an_unwritten_element(poisoned_host, monkeypatch):
     """Launch the forward kernel with one block too few and the comparison must fail."""
     real = cuda.KernelOps._launch
@@ -145,7 +143,7 @@ def test_poison_catches_an_unwritten_element(poisoned_host, monkeypatch):
     assert not err <= verify.BOUNDS["float64"]
 
 
-@needs_gxx
+@pytest.mark.host
 def test_host_launcher_rejects_a_strided_buffer():
     a = np.zeros((4, 6), np.float32)
     with pytest.raises(ValueError, match="argument 3 is not C-contiguous"):
@@ -153,7 +151,7 @@ def test_host_launcher_rejects_a_strided_buffer():
                                  (1, 3, a, a[:, ::2]))  # fmt: skip
 
 
-@needs_gxx
+@pytest.mark.host
 def test_host_launcher_checks_arguments_against_the_kernel_signature():
     launcher = cuda.host_ops().launcher
     name = cuda.plain_name("column_totals", "float32")
@@ -172,7 +170,7 @@ def test_host_launcher_checks_arguments_against_the_kernel_signature():
         assert set(sig.split(",")) <= {"int", "float*", "double*", "int*"}
 
 
-@needs_gxx
+@pytest.mark.host
 @pytest.mark.parametrize("grid,block", [((1, 65536, 1), (256, 1, 1)), ((0, 1, 1), (256, 1, 1)),
                                         ((1, 1, 1), (2048, 1, 1)), ((1, 1, 1), (64, 32, 1))])  # fmt: skip
 def test_host_launcher_refuses_what_cuda_refuses(grid, block):
@@ -181,7 +179,7 @@ def test_host_launcher_refuses_what_cuda_refuses(grid, block):
         cuda.host_ops().launcher(cuda.plain_name("column_totals", "float32"), grid, block, (1, 4, a, a))
 
 
-@needs_gxx
+@pytest.mark.host
 def test_host_launcher_refuses_an_int_argument_past_32_bits():
     """ctypes would wrap 2**31 to a negative int without a word; CuPy passes ints as int32 and must not either."""
     a = np.zeros(4, np.float32)
@@ -190,7 +188,7 @@ def test_host_launcher_refuses_an_int_argument_past_32_bits():
                                  (1, 2**31, a, a))  # fmt: skip
 
 
-@needs_gxx
+@pytest.mark.host
 def test_column_sum_past_cuda_grid_y_limit():
     """More than 65,535 chunks of rows (T=100,000, B=64 makes 100,000): the kernel strides over those past the grid."""
     rows = (cuda.GRID_LIMITS[1] + 2) * cuda.CHUNK + 5
@@ -198,7 +196,7 @@ def test_column_sum_past_cuda_grid_y_limit():
     np.testing.assert_array_equal(cuda.host_ops().column_sum(a), a.sum(0))
 
 
-@needs_gxx
+@pytest.mark.host
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("rows,cols", [(1, 1), (63, 5), (64, 300), (1000, 257)])
 def test_column_sum_is_right_and_bitwise_repeatable(rows, cols, dtype):
@@ -245,7 +243,7 @@ def _asan_run(mode, cwd):
     return subprocess.run([sys.executable, "-c", ASAN_SCRIPT, mode], capture_output=True, text=True, env=env, cwd=cwd)
 
 
-@needs_gxx
+@pytest.mark.host
 def test_address_sanitizer_build_runs_every_variant_cleanly(tmp_path):
     r = _asan_run("run", tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -253,7 +251,7 @@ def test_address_sanitizer_build_runs_every_variant_cleanly(tmp_path):
     assert float(r.stdout.split()[-1]) <= verify.BOUNDS["float32"]
 
 
-@needs_gxx
+@pytest.mark.host
 def test_address_sanitizer_catches_an_out_of_bounds_index(tmp_path):
     r = _asan_run("overflow", tmp_path)
     assert r.returncode != 0
@@ -314,7 +312,7 @@ def test_gemm_plan_drives_column_major_cublas_to_the_row_major_product(a, b):
     np.testing.assert_array_equal(out, a @ b)
 
 
-@needs_gxx
+@pytest.mark.host
 @pytest.mark.parametrize("cell,variant", VARIANTS)
 def test_orchestration_with_the_cublas_argument_plan_matches_reference(cell, variant, monkeypatch):
     """Every GEMM call site of the sequence code, with its real strides, through the cuBLAS mapping."""
@@ -334,7 +332,7 @@ def _strided(a):
     return wide[..., ::2]
 
 
-@needs_gxx
+@pytest.mark.host
 @pytest.mark.parametrize("cell,variant", VARIANTS)
 def test_strided_inputs_reach_the_kernels_contiguous(cell, variant):
     """Kernels read raw memory: states, peephole weights and b_hn (a slice of bias_hh) must arrive contiguous."""

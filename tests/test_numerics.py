@@ -1,7 +1,5 @@
 """Non-finite input stays in its batch item; huge pre-activations saturate cleanly."""
 
-import shutil
-
 import numpy as np
 import pytest
 
@@ -31,13 +29,11 @@ def test_non_finite_input_stays_in_its_item(cell, variant, backend, bad):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("backend", ["numpy", "cuda-host"])
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("cuda-host", marks=pytest.mark.host)])
 @pytest.mark.parametrize("cell,variant", VARIANTS)
 def test_huge_preactivations_saturate_to_the_references_values(cell, variant, backend, dtype):
     """|a| ~ 1e4: σ and tanh must saturate, not overflow (e^{2a} − 1)/(e^{2a} + 1 gives inf/inf = NaN there),
     and the values must be the reference's, which computes in float64 on the same inputs."""
-    if backend == "cuda-host" and shutil.which("g++") is None:
-        pytest.skip("the host build of the kernels needs g++")
     p = verify.problem(cell, variant, T=3, B=4, I=3, H=2, dtype=dtype)
     x = (np.sign(p.x) * 1e4).astype(dtype)  # |a| ~ 1e4
     p = p._replace(x=x)
