@@ -218,8 +218,8 @@ class _Module(nn.Module):
     _cell = ""  # "lstm" or "gru"
 
     def _backend(self, x):
-        """The api's backend= for a call on x: CuPy's (None) for CUDA tensors, `cpu_backend` for CPU ones."""
-        return None if x.is_cuda else self.cpu_backend
+        """The api's backend= for a call on x: "cupy" for CUDA tensors, `cpu_backend` for CPU ones."""
+        return "cupy" if x.is_cuda else self.cpu_backend
 
     def _options_repr(self):
         """The variant, and cpu_backend unless it is the default, for extra_repr."""
@@ -343,7 +343,7 @@ class _RNN(_Module):
                 s0 = [None if s is None else s[k] for s in states]
                 xin = _reverse(inp, lengths) if d else inp
                 backend = self._backend(xin)
-                graphs = self._graphs if backend in (None, "cuda-host") else None
+                graphs = self._graphs if backend in api.KERNEL_BACKENDS else None
                 options = {**self.variant, "graphs": graphs, "backend": backend}
                 y, *sT = _apply(self._cell, options, self._keys, lengths, xin, *s0, *params)
                 outs.append(_reverse(y, lengths) if d else y)
