@@ -34,9 +34,10 @@ def versions():
 
 def _problem(cell, dtype, **kw):
     from rnncells import verify
+    from rnncells.variants import GRUSpec, LSTMSpec
 
-    variant = {"peephole": None, "candidate": "tanh"} if cell == "lstm" else {"reset_after": True}
-    return verify.problem(cell, variant, dtype=dtype, **{**dict(T=20, B=64, I=128, H=256), **kw})
+    spec = LSTMSpec() if cell == "lstm" else GRUSpec()
+    return verify.problem(spec, dtype=dtype, **{**dict(T=20, B=64, I=128, H=256), **kw})
 
 
 def _eager(cell, dtype):

@@ -7,20 +7,19 @@ The GPU side-by-side with cuDNN is `rnncells bench` (rnncells/bench.py).
 import numpy as np
 import pytest
 
-import rnncells as rc
 from rnncells import verify
 
 SHAPES = [dict(T=50, B=16, I=64, H=64), dict(T=20, B=64, I=256, H=256)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{T}B{B}I{I}H{H}".format(**s))
-@pytest.mark.parametrize("cell,variant", verify.VARIANTS, ids=lambda v: str(v).replace(" ", ""))
-def test_train_step(benchmark, cell, variant, shape):
-    p = verify.problem(cell, variant, dtype="float32", **shape)
-    fwd, bwd = (rc.lstm_forward, rc.lstm_backward) if cell == "lstm" else (rc.gru_forward, rc.gru_backward)
+@pytest.mark.parametrize("spec", verify.VARIANTS, ids=lambda s: str(s).replace(" ", "-"))
+def test_train_step(benchmark, spec, shape):
+    p = verify.problem(spec, dtype="float32", **shape)
+    fwd, bwd, *_ = verify.public_functions(spec)
 
     def step(backend=None):
-        *_, ctx = fwd(p.x, p.params, *p.states.values(), **variant, backend=backend)
+        *_, ctx = fwd(p.x, p.params, *p.states.values(), **spec.kwargs(), backend=backend)
         return bwd(ctx, p.douts["dy"])
 
     got, want = _arrays(benchmark(step)), _arrays(step("reference"))  # what was timed is also right

@@ -6,23 +6,7 @@ valid input.  Each message names the argument, the expected and the actual.
 
 import numpy as np
 
-from . import params as _params  # the module, not its names: params imports this module too
-
-PEEPHOLES = (None, "full", "diagonal")
-CANDIDATES = ("tanh", "sigmoid")
 FLOATS = (np.dtype("float32"), np.dtype("float64"))
-
-
-def lstm_variant(peephole, candidate):
-    if peephole not in PEEPHOLES:
-        raise ValueError(f"peephole={peephole!r} is not one of None, 'full', 'diagonal'")
-    if candidate not in CANDIDATES:
-        raise ValueError(f"candidate={candidate!r} is not one of 'tanh', 'sigmoid'")
-
-
-def gru_variant(reset_after):
-    if not isinstance(reset_after, (bool, np.bool_)):
-        raise ValueError(f"reset_after={reset_after!r} must be True or False")
 
 
 def flag(name, v):
@@ -32,13 +16,13 @@ def flag(name, v):
     return bool(v)
 
 
-def hx(cell, hx, names, is_array, arrays):
+def hx(spec, hx, names, is_array, arrays):
     """A module's hx as a list of its states, each an array or None: the pair (h, c) of an LSTM, a GRU's h.
 
     `names` are the states' names in messages, `is_array` tells an array of
     the caller's kind and `arrays` names that kind ("a tensor").
     """
-    if cell == "lstm":
+    if len(spec.states) == 2:
         if hx is None:
             return [None, None]
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
@@ -103,8 +87,8 @@ def _shape_error(name, actual, expected, meaning):
     return ValueError(f"{name} has shape {tuple(actual)}; expected {tuple(expected)} = {meaning}")
 
 
-def call(cell, x, params, states, *, lengths=None, peephole=None, sequence=True):
-    """Check one forward call; returns (xp, H, lengths as a host int array or None).
+def call(spec, x, params, states, *, lengths=None, sequence=True):
+    """Check one forward call of a variant; returns (xp, H, lengths as a host int array or None).
 
     `states` maps each state's name ("h0", "c0", or "h", "c" for one step) to
     an array or None.
@@ -133,26 +117,18 @@ def call(cell, x, params, states, *, lengths=None, peephole=None, sequence=True)
         raise ValueError(f"params['weight_hh'] has shape {tuple(params['weight_hh'].shape)}; expected a 2-D array")
     H = params["weight_hh"].shape[1]
     bias = "bias_ih" in params or "bias_hh" in params
-    want = _params.expected_shapes(cell, I, H, peephole=peephole, bias=bias)
+    want = spec.param_shapes(I, H, bias=bias)
     for k in want:
         if k not in params:
-            why = f"peephole={peephole!r}" if k == "weight_ch" else ("bias" if k.startswith("bias") else cell)
-            raise ValueError(f"params is missing {k!r}, needed for {why}")
+            raise ValueError(f"params is missing {k!r}, needed for {spec.needed_for(k)}")
     for k in params:
         if k not in want:
             raise ValueError(f"params has unexpected key {k!r} (expected keys: {', '.join(want)})")
-    G = "4" if cell == "lstm" else "3"
     w_ih = params["weight_ih"]
-    if w_ih.ndim == 2 and w_ih.shape[0] == int(G) * H and w_ih.shape[1] != I:  # weights agree: x is the odd one
+    if w_ih.ndim == 2 and w_ih.shape[0] == spec.gates * H and w_ih.shape[1] != I:  # weights agree: x is the odd one
         raise ValueError(f"x has shape {tuple(x.shape)}, with {I} features; params['weight_ih'] has shape "
                          f"{tuple(w_ih.shape)}, for input_size={w_ih.shape[1]}")  # fmt: skip
-    meaning = {
-        "weight_ih": f"({G}*hidden_size, input_size)",
-        "weight_hh": f"({G}*hidden_size, hidden_size)",
-        "bias_ih": f"({G}*hidden_size,)",
-        "bias_hh": f"({G}*hidden_size,)",
-        "weight_ch": "(3*hidden_size, hidden_size)" if peephole == "full" else "(3*hidden_size,)",
-    }
+    meaning = spec.param_meanings()
     for k, shape in want.items():
         if tuple(params[k].shape) != shape:
             raise _shape_error(f"params[{k!r}]", params[k].shape, shape, meaning[k])

@@ -133,16 +133,16 @@ def _split(a, H):
     return [a[:, k * H : (k + 1) * H] for k in range(a.shape[1] // H)]
 
 
-def lstm_forward_step(t, xw, hw, cw, c, c_next, y, h_last, gates, w_peep, lengths, peephole, candidate):
+def lstm_forward_step(spec, t, xw, hw, cw, c, c_next, y, h_last, gates, w_peep, lengths):
     """xw, hw [B, 4H]; cw [B, 3H] (full); c, c_next, y, h_last [B, H]; gates [B, 4H]; w_peep [3H] (diagonal)."""
-    H = y.shape[1]
+    H, peephole = y.shape[1], spec.peephole
     a_i, a_f, a_g, a_o = _split(xw + hw, H)
     if peephole == "full":
         a_i, a_f, a_o = a_i + cw[:, :H], a_f + cw[:, H : 2 * H], a_o + cw[:, 2 * H :]
     if peephole == "diagonal":
         w_i, w_f, w_o = w_peep[:H], w_peep[H : 2 * H], w_peep[2 * H :]
         a_i, a_f = a_i + w_i * c, a_f + w_f * c
-    i, f, g = sigmoid(a_i), sigmoid(a_f), ACT[candidate](a_g)
+    i, f, g = sigmoid(a_i), sigmoid(a_f), ACT[spec.candidate](a_g)
     c1 = f * c + i * g
     if peephole == "diagonal":
         a_o = a_o + w_o * c1
@@ -155,9 +155,9 @@ def lstm_forward_step(t, xw, hw, cw, c, c_next, y, h_last, gates, w_peep, length
     _commit_h(t, h1, y, h_last, lengths)
 
 
-def lstm_backward_step(t, gates, c, c1, dy, dpw, dmm, dpw_out, da, w_peep, lengths, peephole, candidate):
+def lstm_backward_step(spec, t, gates, c, c1, dy, dpw, dmm, dpw_out, da, w_peep, lengths):
     """da [B, 4H] and dpw_out [B, 2H] from dy [B, H] and d[h | c] = dpw [B, 2H] + dmm [B, H or 2H]."""
-    H = dy.shape[1]
+    H, peephole = dy.shape[1], spec.peephole
     i, f, g, o = _split(gates, H)
     dh_in = dpw[:, :H] + dmm[:, :H]
     dc_in = dpw[:, H:] + dmm[:, H:] if peephole == "full" else dpw[:, H:]
@@ -170,7 +170,7 @@ def lstm_backward_step(t, gates, c, c1, dy, dpw, dmm, dpw_out, da, w_peep, lengt
         dc = dc + da_o * w_o
     da_i = dc * g * i * (1.0 - i)
     da_f = dc * c * f * (1.0 - f)
-    da_g = dc * i * DACT[candidate](g)
+    da_g = dc * i * DACT[spec.candidate](g)
     dc_prev = dc * f
     if peephole == "diagonal":
         dc_prev = dc_prev + da_i * w_i + da_f * w_f

@@ -33,6 +33,8 @@ import functools
 from types import SimpleNamespace as Buffers
 from typing import NamedTuple
 
+from .variants import LSTMSpec
+
 
 class LSTMContext(NamedTuple):
     """What an LSTM forward keeps for its backward (buffers with their shapes)."""
@@ -49,8 +51,7 @@ class LSTMContext(NamedTuple):
     w_ch: object  # [3H, H] (peephole="full") or None
     w_peep: object  # [3H] (peephole="diagonal") or None
     slot: object  # the graph slot that holds these buffers, or None
-    peephole: object
-    candidate: str
+    spec: object  # the LSTMSpec
 
 
 class GRUContext(NamedTuple):
@@ -65,7 +66,7 @@ class GRUContext(NamedTuple):
     lengths: object
     w_hh: object  # [3H, H]
     slot: object
-    reset_after: bool
+    spec: object  # the GRUSpec
 
 
 def _prev(s0, states, t):
@@ -172,7 +173,7 @@ def _threads(batch_and_recurrent_weight):
     return decorate
 
 
-_forward_size = _threads(lambda x, p, *_: (x.shape[1], p["weight_hh"]))
+_forward_size = _threads(lambda spec, x, p, *_: (x.shape[1], p["weight_hh"]))
 _backward_size = _threads(lambda ctx, *_: (ctx.x.shape[1], ctx.w_hh))
 
 
@@ -210,7 +211,7 @@ def _lstm_work(xp, dt, T, B, H, peephole, has_lengths):
     )
 
 
-def _lstm_forward_steps(ops, b, T, peephole, candidate, training):
+def _lstm_forward_steps(ops, b, T, spec, training):
     for t in range(T):
         s = t if training else t % 2
         c = b.c0 if t == 0 else b.cs[s - 1]  # inference: cs[-1] is the other row
@@ -218,17 +219,16 @@ def _lstm_forward_steps(ops, b, T, peephole, candidate, training):
         if b.cw is not None:
             ops.gemm(c, b.w_ch.T, b.cw)
         g_t = b.gates[t] if training else None
-        ops.lstm_forward_step(t, b.xw[t], b.hw, b.cw, c, b.cs[s], b.y[t], b.h_last, g_t, b.w_peep, b.lengths,
-                              peephole, candidate)  # fmt: skip
+        ops.lstm_forward_step(spec, t, b.xw[t], b.hw, b.cw, c, b.cs[s], b.y[t], b.h_last, g_t, b.w_peep, b.lengths)
 
 
 @_forward_size
-def lstm_forward(ops, xp, x, p, h0, c0, lengths, peephole, candidate, training=True, graphs=None):
-    """y [T, B, H], hT, cT [B, H], ctx (None when not training)."""
-    T, B, _ = x.shape
-    H = h0.shape[1]
-    spec = (x.dtype, T, B, H, peephole, training, lengths is not None)
-    slot, b = _buffers(graphs, ops, ("lstm", candidate, *spec), lambda static: _lstm_buffers(xp, *spec, static),
+def lstm_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None):
+    """y [T, B, H], (hT, cT) [B, H], ctx (None when not training)."""
+    (T, B, _), (h0, c0) = x.shape, states
+    H, peephole = h0.shape[1], spec.peephole
+    shape = (x.dtype, T, B, H, peephole, training, lengths is not None)
+    slot, b = _buffers(graphs, ops, (spec, *shape), lambda static: _lstm_buffers(xp, *shape, static),
                        lambda: _lstm_work(xp, x.dtype, T, B, H, peephole, lengths is not None))  # fmt: skip
     _bind(b, slot, h0=h0, c0=c0, w_hh=p["weight_hh"], w_ch=p["weight_ch"] if peephole == "full" else None,
           w_peep=p["weight_ch"] if peephole == "diagonal" else None,
@@ -236,14 +236,14 @@ def lstm_forward(ops, xp, x, p, h0, c0, lengths, peephole, candidate, training=T
     _input_gemm(ops, x, p["weight_ih"], p["bias_ih"] + p["bias_hh"] if "bias_ih" in p else None, b.xw)
     if b.h_last is not None:
         b.h_last[...] = b.h0
-    _run(slot, "forward", ops, lambda ops: _lstm_forward_steps(ops, b, T, peephole, candidate, training))
+    _run(slot, "forward", ops, lambda ops: _lstm_forward_steps(ops, b, T, spec, training))
     hT = b.h_last if b.h_last is not None else _prev(b.h0, b.y, T)
     cT = b.c0 if T == 0 else b.cs[T - 1 if training else (T - 1) % 2]
     ctx = None
     if training:
-        ctx = LSTMContext(x, p, b.h0, b.c0, b.y, b.cs, b.gates, b.lengths, b.w_hh, b.w_ch, b.w_peep, slot, peephole,
-                          candidate)  # fmt: skip
-    return b.y, hT.copy(), cT.copy(), ctx
+        ctx = LSTMContext(x=x, params=p, h0=b.h0, c0=b.c0, y=b.y, cs=b.cs, gates=b.gates, lengths=b.lengths,
+                          w_hh=b.w_hh, w_ch=b.w_ch, w_peep=b.w_peep, slot=slot, spec=spec)
+    return b.y, (hT.copy(), cT.copy()), ctx
 
 
 def _lstm_backward_buffers(xp, dt, T, B, H, full, static):
@@ -260,15 +260,16 @@ def _lstm_backward_buffers(xp, dt, T, B, H, full, static):
 def _lstm_backward_steps(ops, ctx, g, w_rec, T):
     for t in reversed(range(T)):
         nxt, cur = (t + 1) % 2, t % 2
-        ops.lstm_backward_step(t, ctx.gates[t], _prev(ctx.c0, ctx.cs, t), ctx.cs[t], g.dy[t], g.dpw[nxt], g.dmm[nxt],
-                               g.dpw[cur], g.da[t], ctx.w_peep, ctx.lengths, ctx.peephole, ctx.candidate)  # fmt: skip
+        ops.lstm_backward_step(ctx.spec, t, ctx.gates[t], _prev(ctx.c0, ctx.cs, t), ctx.cs[t], g.dy[t], g.dpw[nxt],
+                               g.dmm[nxt], g.dpw[cur], g.da[t], ctx.w_peep, ctx.lengths)  # fmt: skip
         ops.gemm(g.da[t], w_rec, g.dmm[cur])
 
 
 @_backward_size
-def lstm_backward(ops, xp, ctx, dy, dhT, dcT):
-    """dx [T, B, I], dh0, dc0 [B, H], dparams."""
-    x, p, H, full = ctx.x, ctx.params, dhT.shape[1], ctx.peephole == "full"
+def lstm_backward(ops, xp, ctx, dy, dstates):
+    """dx [T, B, I], (dh0, dc0) [B, H], dparams."""
+    dhT, dcT = dstates
+    x, p, H, full = ctx.x, ctx.params, dhT.shape[1], ctx.spec.peephole == "full"
     T, B, _ = x.shape
     make = lambda static: _lstm_backward_buffers(xp, x.dtype, T, B, H, full, static)  # noqa: E731
     slot = ctx.slot
@@ -290,7 +291,7 @@ def lstm_backward(ops, xp, ctx, dy, dhT, dcT):
     if full:
         dw_ch = _state_grad(ops, xp, da, ctx.c0, ctx.cs)  # [4H, H]
         dp["weight_ch"] = xp.concatenate([dw_ch[k * H : (k + 1) * H] for k in (0, 1, 3)])
-    elif ctx.peephole == "diagonal":
+    elif ctx.spec.peephole == "diagonal":
         d_i, d_f, d_o = (da[:, :, k * H : (k + 1) * H] for k in (0, 1, 3))
         w_i, w_f = (_state_dot(xp, d, ctx.c0, ctx.cs) for d in (d_i, d_f))
         dp["weight_ch"] = xp.concatenate([w_i, w_f, (d_o * ctx.cs).sum((0, 1))])  # w_o meets c', not c
@@ -298,7 +299,7 @@ def lstm_backward(ops, xp, ctx, dy, dhT, dcT):
         dp["bias_ih"] = ops.column_sum(_rows(da))
         dp["bias_hh"] = dp["bias_ih"].copy()
     dx = _input_grad(ops, xp, da, p["weight_ih"])
-    return dx, dhc0[:, :H].copy(), dhc0[:, H:].copy(), dp
+    return dx, (dhc0[:, :H].copy(), dhc0[:, H:].copy()), dp
 
 
 # --- GRU ------------------------------------------------------------------------
@@ -330,10 +331,10 @@ def _gru_work(xp, dt, T, B, H, reset_after, has_lengths):
     return b
 
 
-def _gru_forward_steps(ops, b, T, reset_after, training):
+def _gru_forward_steps(ops, b, T, spec, training):
     for t in range(T):
         h = _prev(b.h0, b.y, t)
-        if reset_after:
+        if spec.reset_after:
             ops.gemm(h, b.w_hh.T, b.gh)
             ops.gru_forward_step(t, b.xw[t], b.gh, b.b_hn, h, b.y[t], b.h_last, b.gates[t] if training else None,
                                  b.lengths)  # fmt: skip
@@ -346,12 +347,12 @@ def _gru_forward_steps(ops, b, T, reset_after, training):
 
 
 @_forward_size
-def gru_forward(ops, xp, x, p, h0, lengths, reset_after, training=True, graphs=None):
-    """y [T, B, H], hT [B, H], ctx (None when not training)."""
-    T, B, _ = x.shape
-    H = h0.shape[1]
-    spec = (x.dtype, T, B, H, reset_after, training, lengths is not None)
-    slot, b = _buffers(graphs, ops, ("gru", *spec), lambda static: _gru_buffers(xp, *spec, static),
+def gru_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None):
+    """y [T, B, H], (hT,) [B, H], ctx (None when not training)."""
+    (T, B, _), (h0,) = x.shape, states
+    H, reset_after = h0.shape[1], spec.reset_after
+    shape = (x.dtype, T, B, H, reset_after, training, lengths is not None)
+    slot, b = _buffers(graphs, ops, (spec, *shape), lambda static: _gru_buffers(xp, *shape, static),
                        lambda: _gru_work(xp, x.dtype, T, B, H, reset_after, lengths is not None))  # fmt: skip
     bias = None
     if "bias_ih" in p:
@@ -365,11 +366,13 @@ def gru_forward(ops, xp, x, p, h0, lengths, reset_after, training=True, graphs=N
     _input_gemm(ops, x, p["weight_ih"], bias, b.xw)
     if b.h_last is not None:
         b.h_last[...] = b.h0
-    _run(slot, "forward", ops, lambda ops: _gru_forward_steps(ops, b, T, reset_after, training))
+    _run(slot, "forward", ops, lambda ops: _gru_forward_steps(ops, b, T, spec, training))
     hT = b.h_last if b.h_last is not None else _prev(b.h0, b.y, T)
-    rh = None if reset_after else b.rh
-    ctx = GRUContext(x, p, b.h0, b.y, b.gates, rh, b.lengths, b.w_hh, slot, reset_after) if training else None
-    return b.y, hT.copy(), ctx
+    ctx = None
+    if training:
+        ctx = GRUContext(x=x, params=p, h0=b.h0, y=b.y, gates=b.gates, rh=None if reset_after else b.rh,
+                         lengths=b.lengths, w_hh=b.w_hh, slot=slot, spec=spec)
+    return b.y, (hT.copy(),), ctx
 
 
 def _gru_backward_buffers(xp, dt, T, B, H, reset_after, static):
@@ -389,7 +392,7 @@ def _gru_backward_steps(ops, ctx, g, T):
     for t in reversed(range(T)):
         nxt, cur = (t + 1) % 2, t % 2
         h, H = _prev(ctx.h0, ctx.y, t), w_hh.shape[1]
-        if ctx.reset_after:
+        if ctx.spec.reset_after:
             ops.gru_backward_step(t, ctx.gates[t], h, g.dy[t], g.dpw[nxt], g.dmm[nxt], g.dpw[cur], g.dg[t], g.dgh[t],
                                   ctx.lengths)  # fmt: skip
             ops.gemm(g.dgh[t], w_hh, g.dmm[cur])
@@ -402,11 +405,12 @@ def _gru_backward_steps(ops, ctx, g, T):
 
 
 @_backward_size
-def gru_backward(ops, xp, ctx, dy, dhT):
-    """dx [T, B, I], dh0 [B, H], dparams."""
+def gru_backward(ops, xp, ctx, dy, dstates):
+    """dx [T, B, I], (dh0,) [B, H], dparams."""
+    (dhT,) = dstates
     x, p, H = ctx.x, ctx.params, dhT.shape[1]
     T, B, _ = x.shape
-    make = lambda static: _gru_backward_buffers(xp, x.dtype, T, B, H, ctx.reset_after, static)  # noqa: E731
+    make = lambda static: _gru_backward_buffers(xp, x.dtype, T, B, H, ctx.spec.reset_after, static)  # noqa: E731
     slot = ctx.slot
     g = _workspace(slot, make)
     _bind(g, slot, dy=dy if slot else xp.ascontiguousarray(dy))
@@ -414,7 +418,7 @@ def gru_backward(ops, xp, ctx, dy, dhT):
     g.dmm[T % 2] = 0
     _run(slot, "backward", ops, lambda ops: _gru_backward_steps(ops, ctx, g, T))
     dg = g.dg
-    if ctx.reset_after:
+    if ctx.spec.reset_after:
         dgh = g.dgh
         dp = {"weight_hh": _state_grad(ops, xp, dgh, ctx.h0, ctx.y)}
     else:
@@ -432,4 +436,19 @@ def gru_backward(ops, xp, ctx, dy, dhT):
         dp["bias_ih"] = ops.column_sum(_rows(dg))
         dp["bias_hh"] = ops.column_sum(_rows(dgh))
     dx = _input_grad(ops, xp, dg, p["weight_ih"])
-    return dx, g.dpw[0] + g.dmm[0], dp
+    return dx, (g.dpw[0] + g.dmm[0],), dp
+
+
+# --- dispatch on the variant ------------------------------------------------------
+
+
+def forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None):
+    """y [T, B, H], the final states (a tuple) and a ctx (None when not training), for a spec of either family."""
+    run = lstm_forward if isinstance(spec, LSTMSpec) else gru_forward
+    return run(ops, xp, spec, x, p, states, lengths, training, graphs)
+
+
+def backward(ops, xp, ctx, dy, dstates):
+    """dx [T, B, I], the initial states' gradients (a tuple) and dparams of the forward that made ctx."""
+    run = lstm_backward if isinstance(ctx, LSTMContext) else gru_backward
+    return run(ops, xp, ctx, dy, dstates)

@@ -22,72 +22,79 @@ Arrays are made C-contiguous once, here: the kernels read raw memory and
 would misread a strided view (an expanded h0, a transposed weight).
 """
 
-import functools
-from types import SimpleNamespace
 from typing import NamedTuple
 
-import numpy as np
-
-from . import _checks, _numpy, _sequence, reference
+from . import _backends, _checks
 from ._graphs import GraphCache
+from .variants import GRUSpec, LSTMSpec
 
-BACKENDS = ("reference", "numpy", "cuda-host", "cupy")
-KERNEL_BACKENDS = ("cuda-host", "cupy")  # the ones whose loops launch the CUDA kernels (graphs=, 32-bit indices)
-_FUNCS = ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward")
-
-
-def _sequence_backend(ops, xp):
-    """The orchestration of `_sequence` bound to an array module and its per-step ops."""
-    return SimpleNamespace(**{f: functools.partial(getattr(_sequence, f), ops, xp) for f in _FUNCS})
+BACKENDS = _backends.NAMES
 
 
-@functools.lru_cache(maxsize=None)
-def _impl(name, tf32=False):
-    if name == "reference":
-        return reference
-    if name == "numpy":
-        return _sequence_backend(_numpy, np)
-    if name == "cuda-host":
-        from . import cuda
+class Context(NamedTuple):
+    """What a forward keeps for its backward; pass it back unchanged."""
 
-        return _sequence_backend(cuda.host_ops(tf32), np)
-    from . import _cupy
-
-    return _sequence_backend(_cupy.ops(tf32), _cupy.cupy)
+    spec: object  # the variant: a rnncells.variants.LSTMSpec or GRUSpec
+    step: bool  # made by a one-step *_cell_forward
+    backend: object  # the backend that ran the forward (and runs the backward)
+    xp: object
+    dtype: object
+    y_shape: tuple  # (T, B, H)
+    tf32: bool  # the forward's math mode, which its backward keeps
+    inner: object  # the backend's own saved buffers
 
 
-def _graphs(graphs, backend):
+def forward(spec, x, params, states, *, lengths=None, training=True, graphs=None, tf32=False, backend=None,
+            step=False):
+    """The forward of any variant: `spec` a `rnncells.variants` spec, `states` {name: array or None} in the
+    spec's order ("h0", "c0"; "h", "c" with step=True, where x is (B, I)).
+
+    Returns y (T, B, H), the final states (a tuple) and a ctx for `backward`
+    (None with training=False); the cell functions below are this call for
+    one family, and the objects and the PyTorch adapter call it.
+    """
+    training = _checks.flag("training", training)
+    xp, H, lengths = _checks.call(spec, x, params, states, lengths=lengths, sequence=not step)
+    tf32 = _checks.flag("tf32", tf32)
+    runner = _backends.resolve(backend, xp.__name__)
+    if runner.kernels:
+        _checks.index_range(x.shape, H)
+    graphs = _graphs(graphs, runner)
+    x = x[None] if step else x
+    T, B, _ = x.shape
+    x, params, *states = _contiguous(xp, x, params, *states.values())
+    states = tuple(xp.zeros((B, H), dtype=x.dtype) if s is None else s for s in states)
+    y, finals, inner = runner.forward(spec, x, params, states, lengths, training, graphs, tf32)
+    ctx = Context(spec, step, runner, xp, x.dtype, (T, B, H), tf32, inner) if training else None
+    return y, finals, ctx
+
+
+def backward(ctx, spec_type, dy, dstates, *, step=False):
+    """The backward of `forward`: dx, the initial states' gradients (a tuple) and dparams.
+
+    `spec_type` and `step` say which public function was called, so a ctx
+    from another one is refused by name; `dstates` is {name: array or None}
+    in the spec's order ("dhT", "dcT"; "dh1", "dc1" with step=True), and dy
+    None (or, for one step, no dy at all) means zero.
+    """
+    _check_context(ctx, spec_type, step)
+    T, B, H = ctx.y_shape
+    dt = ctx.backend.grad_dtypes(ctx.dtype)
+    dy = _checks.grad("dy", dy, (T, B, H), dt, ctx.xp)
+    dstates = tuple(_checks.grad(n, g, (B, H), dt, ctx.xp) for n, g in dstates.items())
+    dx, d0, dparams = ctx.backend.backward(ctx.inner, dy, dstates, ctx.tf32)
+    return (dx[0] if step else dx), d0, dparams
+
+
+def _graphs(graphs, runner):
     """graphs= checked: None, or a GraphCache on a backend whose loops launch kernels."""
     if graphs is None:
         return None
     if not isinstance(graphs, GraphCache):
         raise TypeError(f"graphs must be a rnncells.GraphCache or None, got {type(graphs).__name__}")
-    if backend not in KERNEL_BACKENDS:
-        raise ValueError(f"graphs= needs backend 'cupy' or 'cuda-host' (the {backend!r} loop launches no kernels)")
+    if not runner.kernels:
+        raise ValueError(f"graphs= needs backend 'cupy' or 'cuda-host' (the {runner.name!r} loop launches no kernels)")
     return graphs
-
-
-def _graph_kw(graphs):
-    return {} if graphs is None else {"graphs": graphs}  # only the kernel backends take graphs
-
-
-def backend_name(backend, xp):
-    """The backend that runs a call on arrays of module xp: `backend` checked against them, or, when None, the
-    arrays' own ("numpy" or "cupy")."""
-    name = xp.__name__ if backend is None else backend
-    if name not in BACKENDS:
-        raise ValueError(f"backend={name!r} is not one of {', '.join(map(repr, BACKENDS))}")
-    if (name == "cupy") != (xp.__name__ == "cupy"):
-        raise TypeError(f"backend={name!r} cannot run on {xp.__name__} arrays")
-    return name
-
-
-def _backend(name, xp, tf32, x, H):
-    """(name, implementation) of the backend of a call on x with hidden size H, checked against the call."""
-    name = backend_name(name, xp)
-    if name in KERNEL_BACKENDS:
-        _checks.index_range(x.shape, H)
-    return name, _impl(name, _checks.flag("tf32", tf32))
 
 
 def _contiguous(xp, x, params, *states):
@@ -96,36 +103,14 @@ def _contiguous(xp, x, params, *states):
     return (contiguous(x), {k: contiguous(v) for k, v in params.items()}, *map(contiguous, states))
 
 
-class Context(NamedTuple):
-    """What a forward keeps for its backward; pass it back unchanged."""
-
-    cell: str  # "lstm" or "gru"
-    step: bool  # made by a one-step *_cell_forward
-    backend: str
-    xp: object
-    dtype: object
-    y_shape: tuple  # (T, B, H)
-    tf32: bool  # the forward's math mode, which its backward keeps
-    inner: object  # the backend's own saved buffers
-
-
-def _zeros(xp, a, shape, dtype):
-    return xp.zeros(shape, dtype=dtype) if a is None else a
-
-
-def _context(ctx, cell, step):
+def _check_context(ctx, spec_type, step):
+    cell = spec_type.cell
     fn = f"{cell}_cell_backward" if step else f"{cell}_backward"
     if not isinstance(ctx, Context):
         raise TypeError(f"ctx must be the Context returned by the forward, got {type(ctx).__name__}")
-    if ctx.cell != cell or ctx.step != step:
-        made = f"{ctx.cell}_cell_forward" if ctx.step else f"{ctx.cell}_forward"
+    if type(ctx.spec) is not spec_type or ctx.step != step:
+        made = f"{ctx.spec.cell}_cell_forward" if ctx.step else f"{ctx.spec.cell}_forward"
         raise ValueError(f"{fn} was given the ctx of {made}")
-    return _impl(ctx.backend, ctx.tf32)
-
-
-def _grad_dtypes(ctx):
-    """The dtypes an incoming gradient may have: the forward's; the reference casts any float to float64."""
-    return _checks.FLOATS if ctx.backend == "reference" else (ctx.dtype,)
 
 
 def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candidate="tanh", *, training=True,
@@ -148,17 +133,8 @@ def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candi
     its backward; `backend` None follows the arrays, the others are named in
     the module docstring.
     """
-    _checks.lstm_variant(peephole, candidate)
-    training = _checks.flag("training", training)
-    xp, H, lengths = _checks.call("lstm", x, params, {"h0": h0, "c0": c0}, lengths=lengths, peephole=peephole)
-    T, B, _ = x.shape
-    name, impl = _backend(backend, xp, tf32, x, H)
-    graphs = _graphs(graphs, name)
-    x, params, h0, c0 = _contiguous(xp, x, params, h0, c0)
-    h0, c0 = _zeros(xp, h0, (B, H), x.dtype), _zeros(xp, c0, (B, H), x.dtype)
-    y, hT, cT, inner = impl.lstm_forward(x, params, h0, c0, lengths, peephole, candidate, training,
-                                         **_graph_kw(graphs))  # fmt: skip
-    return y, (hT, cT), Context("lstm", False, name, xp, x.dtype, (T, B, H), tf32, inner) if training else None
+    return forward(LSTMSpec(peephole, candidate), x, params, {"h0": h0, "c0": c0}, lengths=lengths,
+                   training=training, graphs=graphs, tf32=tf32, backend=backend)
 
 
 def lstm_backward(ctx, dy, dhT=None, dcT=None):
@@ -167,13 +143,7 @@ def lstm_backward(ctx, dy, dhT=None, dcT=None):
     dy (T, B, H), dhT, dcT (B, H); None means zero.  dparams has the keys and
     shapes of params.
     """
-    impl = _context(ctx, "lstm", step=False)
-    T, B, H = ctx.y_shape
-    dt = _grad_dtypes(ctx)
-    dy = _checks.grad("dy", dy, (T, B, H), dt, ctx.xp)
-    dhT, dcT = (_checks.grad(n, g, (B, H), dt, ctx.xp) for n, g in (("dhT", dhT), ("dcT", dcT)))
-    dx, dh0, dc0, dp = impl.lstm_backward(ctx.inner, dy, dhT, dcT)
-    return dx, (dh0, dc0), dp
+    return backward(ctx, LSTMSpec, dy, {"dhT": dhT, "dcT": dcT})
 
 
 def lstm_cell_forward(x, h, c, params, peephole=None, candidate="tanh", *, tf32=False, backend=None):
@@ -182,24 +152,15 @@ def lstm_cell_forward(x, h, c, params, peephole=None, candidate="tanh", *, tf32=
     `tf32` as in `lstm_forward`; the ctx refers to x, h, c and params: do not
     write into them before the backward.
     """
-    _checks.lstm_variant(peephole, candidate)
-    xp, H, _ = _checks.call("lstm", x, params, {"h": h, "c": c}, peephole=peephole, sequence=False)
-    B = x.shape[0]
-    name, impl = _backend(backend, xp, tf32, x, H)
-    x, params, h, c = _contiguous(xp, x, params, h, c)
-    h, c = _zeros(xp, h, (B, H), x.dtype), _zeros(xp, c, (B, H), x.dtype)
-    _, h1, c1, inner = impl.lstm_forward(x[None], params, h, c, None, peephole, candidate)
-    return h1, c1, Context("lstm", True, name, xp, x.dtype, (1, B, H), tf32, inner)
+    _, (h1, c1), ctx = forward(LSTMSpec(peephole, candidate), x, params, {"h": h, "c": c}, tf32=tf32,
+                               backend=backend, step=True)
+    return h1, c1, ctx
 
 
 def lstm_cell_backward(ctx, dh1, dc1):
     """Gradients of one `lstm_cell_forward` step: dx, dh, dc, dparams (None means zero)."""
-    impl = _context(ctx, "lstm", step=True)
-    _, B, H = ctx.y_shape
-    dt = _grad_dtypes(ctx)
-    dh1, dc1 = (_checks.grad(n, g, (B, H), dt, ctx.xp) for n, g in (("dh1", dh1), ("dc1", dc1)))
-    dx, dh, dc, dp = impl.lstm_backward(ctx.inner, ctx.xp.zeros(ctx.y_shape, dt[0]), dh1, dc1)
-    return dx[0], dh, dc, dp
+    dx, (dh, dc), dparams = backward(ctx, LSTMSpec, None, {"dh1": dh1, "dc1": dc1}, step=True)
+    return dx, dh, dc, dparams
 
 
 def gru_forward(x, params, h0=None, lengths=None, reset_after=True, *, training=True, graphs=None, tf32=False,
@@ -213,27 +174,15 @@ def gru_forward(x, params, h0=None, lengths=None, reset_after=True, *, training=
     and y: do not write into them before `gru_backward`; `graphs`, `tf32` and
     `backend` as there.
     """
-    _checks.gru_variant(reset_after)
-    training = _checks.flag("training", training)
-    xp, H, lengths = _checks.call("gru", x, params, {"h0": h0}, lengths=lengths)
-    T, B, _ = x.shape
-    name, impl = _backend(backend, xp, tf32, x, H)
-    graphs = _graphs(graphs, name)
-    x, params, h0 = _contiguous(xp, x, params, h0)
-    h0 = _zeros(xp, h0, (B, H), x.dtype)
-    y, hT, inner = impl.gru_forward(x, params, h0, lengths, reset_after, training,
-                                    **_graph_kw(graphs))  # fmt: skip
-    return y, hT, Context("gru", False, name, xp, x.dtype, (T, B, H), tf32, inner) if training else None
+    y, (hT,), ctx = forward(GRUSpec(reset_after), x, params, {"h0": h0}, lengths=lengths, training=training,
+                            graphs=graphs, tf32=tf32, backend=backend)
+    return y, hT, ctx
 
 
 def gru_backward(ctx, dy, dhT=None):
     """Gradients of a `gru_forward`: dx, dh0, dparams (None means zero)."""
-    impl = _context(ctx, "gru", step=False)
-    T, B, H = ctx.y_shape
-    dt = _grad_dtypes(ctx)
-    dy = _checks.grad("dy", dy, (T, B, H), dt, ctx.xp)
-    dhT = _checks.grad("dhT", dhT, (B, H), dt, ctx.xp)
-    return impl.gru_backward(ctx.inner, dy, dhT)
+    dx, (dh0,), dparams = backward(ctx, GRUSpec, dy, {"dhT": dhT})
+    return dx, dh0, dparams
 
 
 def gru_cell_forward(x, h, params, reset_after=True, *, tf32=False, backend=None):
@@ -242,21 +191,11 @@ def gru_cell_forward(x, h, params, reset_after=True, *, tf32=False, backend=None
     `tf32` as in `lstm_forward`; the ctx refers to x, h and params: do not
     write into them before the backward.
     """
-    _checks.gru_variant(reset_after)
-    xp, H, _ = _checks.call("gru", x, params, {"h": h}, sequence=False)
-    B = x.shape[0]
-    name, impl = _backend(backend, xp, tf32, x, H)
-    x, params, h = _contiguous(xp, x, params, h)
-    h = _zeros(xp, h, (B, H), x.dtype)
-    _, h1, inner = impl.gru_forward(x[None], params, h, None, reset_after)
-    return h1, Context("gru", True, name, xp, x.dtype, (1, B, H), tf32, inner)
+    _, (h1,), ctx = forward(GRUSpec(reset_after), x, params, {"h": h}, tf32=tf32, backend=backend, step=True)
+    return h1, ctx
 
 
 def gru_cell_backward(ctx, dh1):
     """Gradients of one `gru_cell_forward` step: dx, dh, dparams (None means zero)."""
-    impl = _context(ctx, "gru", step=True)
-    _, B, H = ctx.y_shape
-    dt = _grad_dtypes(ctx)
-    dh1 = _checks.grad("dh1", dh1, (B, H), dt, ctx.xp)
-    dx, dh, dp = impl.gru_backward(ctx.inner, ctx.xp.zeros(ctx.y_shape, dt[0]), dh1)
-    return dx[0], dh, dp
+    dx, (dh,), dparams = backward(ctx, GRUSpec, None, {"dh1": dh1}, step=True)
+    return dx, dh, dparams

@@ -291,7 +291,7 @@ def run(preset="full", cells=("lstm", "gru"), device=None, modes=("forward", "tr
     `precisions` on the CPU is fp32 only (a CPU has no TF32); `on_row(rows)`
     is called with the rows so far after each row is measured.
     """
-    from .verify import gpu_available
+    from ._backends import gpu_available
 
     device = device or ("cuda" if gpu_available() else "cpu")
     if device == "cuda":

@@ -17,7 +17,7 @@ import shutil
 
 import numpy as np
 
-from . import reference, verify
+from . import _backends, reference, verify
 
 _MODES = (
     {"step": True},
@@ -38,7 +38,7 @@ def _nvrtc_missing():
 def backends():
     """[(backend, reason it cannot run or None)] for tiers 2 and 3 here."""
     host = None if shutil.which("g++") else "needs g++ to build the kernels for the host"
-    gpu = None if verify.gpu_available() else "no CUDA GPU (or no CuPy) here"
+    gpu = None if _backends.gpu_available() else "no CUDA GPU (or no CuPy) here"
     kinds = ("", " graphs", " tf32")
     return [("numpy", None)] + [(f"{b}{k}", why) for b, why in (("cuda-host", host), ("cupy", gpu)) for k in kinds]
 
@@ -47,9 +47,9 @@ def rows():
     """Yield (tier, what, dtype, backend, worst relative error, bound); error None means not run."""
     for op in reference.RULES:
         yield 1, f"deriv {op}", "float64", "reference vs FD", verify.deriv_error(op), verify.BOUNDS["fd"]
-    for cell, variant in verify.VARIANTS:
-        worst = max(verify.fd_error(verify.problem(cell, variant, **m)) for m in _MODES[:3])
-        yield 1, verify.variant_name(cell, variant), "float64", "reference vs FD", worst, verify.BOUNDS["fd"]
+    for spec in verify.VARIANTS:
+        worst = max(verify.fd_error(verify.problem(spec, **m)) for m in _MODES[:3])
+        yield 1, str(spec), "float64", "reference vs FD", worst, verify.BOUNDS["fd"]
     for backend, why in backends():
         if why:
             yield _tier(backend), f"{backend}: {why}", "-", f"{backend} vs reference", None, None
@@ -73,15 +73,15 @@ def backend_rows(backend):
     name, *kind = backend.split()
     graphs, tf32 = GraphCache() if "graphs" in kind else None, "tf32" in kind
     tier = _tier(backend)
-    for cell, variant in verify.VARIANTS:
+    for spec in verify.VARIANTS:
         for dtype in ("float32",) if tf32 else ("float64", "float32"):
             worst = 0.0
             for m in _MODES:
-                p = verify.problem(cell, variant, dtype=dtype, **m)
+                p = verify.problem(spec, dtype=dtype, **m)
                 err, dtypes = verify.backend_error(p, name, graphs, tf32)
                 worst = max(worst, err if dtypes == {np.dtype(dtype)} else float("inf"))
             bound = verify.BOUNDS["float32-tf32" if tf32 else dtype]
-            yield tier, verify.variant_name(cell, variant), dtype, f"{backend} vs reference", worst, bound
+            yield tier, str(spec), dtype, f"{backend} vs reference", worst, bound
 
 
 def kernel_rows(archs=("80", "90")):

@@ -47,7 +47,7 @@ def main(argv=None):
 
 def _bench(args):
     from . import bench
-    from .verify import gpu_available
+    from ._backends import gpu_available
 
     device = args.device or ("cuda" if gpu_available() else "cpu")
     if device == "cuda" and not gpu_available():

@@ -28,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ._cublas import OP_N, OP_T
+from .variants import LSTMSpec
 
 SOURCES = ("lstm.cu", "gru.cu", "reduce.cu")
 BLOCK = 256  # threads per block for every pointwise kernel
@@ -35,7 +36,6 @@ CHUNK = 64  # rows per partial sum in column_sum
 GRID_LIMITS = (2**31 - 1, 65535, 65535)  # CUDA's largest grid (x, y, z)
 BLOCK_LIMITS = (1024, 1024, 64)  # CUDA's largest block (x, y, z), and at most 1024 threads in all
 _TYPES = {np.dtype("float32"): ("float", "float"), np.dtype("float64"): ("double", "double")}  # storage, compute
-_PEEPHOLE = {None: 0, "full": 1, "diagonal": 2}  # PEEPHOLE_* in common.cuh
 
 
 def kernel_dir():
@@ -59,22 +59,11 @@ def _flag(v):
     return "true" if v else "false"
 
 
-def lstm_forward_name(dtype, peephole, candidate, training):
-    """The instantiation of lstm_forward_step for a variant, as a C++ name expression."""
+def kernel_name(kernel, dtype, spec=None, *flags):
+    """An instantiation as a C++ name expression: kernel<S, C, the spec's template arguments, bool flags...>."""
     s, c = _TYPES[np.dtype(dtype)]
-    return f"lstm_forward_step<{s}, {c}, {_PEEPHOLE[peephole]}, {_flag(candidate == 'sigmoid')}, {_flag(training)}>"
-
-
-def lstm_backward_name(dtype, peephole, candidate):
-    """The instantiation of lstm_backward_step for a variant."""
-    s, c = _TYPES[np.dtype(dtype)]
-    return f"lstm_backward_step<{s}, {c}, {_PEEPHOLE[peephole]}, {_flag(candidate == 'sigmoid')}>"
-
-
-def plain_name(kernel, dtype, *flags):
-    """The instantiation of a kernel templated only on <S, C> (and any bool flags)."""
-    s, c = _TYPES[np.dtype(dtype)]
-    return f"{kernel}<{', '.join([s, c, *map(_flag, flags)])}>"
+    args = () if spec is None else spec.template_args()
+    return f"{kernel}<{', '.join([s, c, *args, *map(_flag, flags)])}>"
 
 
 _GRU = ("gru_backward_step", "gru_rz_step", "gru_n_step", "gru_n_backward_step", "gru_rz_backward_step")
@@ -85,12 +74,11 @@ def instantiations():
     """Every kernel instantiation a backend can launch."""
     names = []
     for dtype in _TYPES:
-        for peephole in _PEEPHOLE:
-            for candidate in ("tanh", "sigmoid"):
-                names += [lstm_forward_name(dtype, peephole, candidate, tr) for tr in (True, False)]
-                names.append(lstm_backward_name(dtype, peephole, candidate))
-        names += [plain_name("gru_forward_step", dtype, tr) for tr in (True, False)]
-        names += [plain_name(k, dtype) for k in _GRU + _REDUCE]
+        for spec in LSTMSpec.every():
+            names += [kernel_name("lstm_forward_step", dtype, spec, training) for training in (True, False)]
+            names.append(kernel_name("lstm_backward_step", dtype, spec))
+        names += [kernel_name("gru_forward_step", dtype, None, training) for training in (True, False)]
+        names += [kernel_name(k, dtype) for k in _GRU + _REDUCE]
     return names
 
 
@@ -137,55 +125,54 @@ class KernelOps:
             out[...] = 0
             return out
         grid_y = min(chunks, GRID_LIMITS[1])  # the kernel strides over the chunks past the grid
-        self._launch(plain_name("column_partial_sums", a.dtype), cols, rows, cols, CHUNK, a, partial, grid_y=grid_y)
-        self._launch(plain_name("column_totals", a.dtype), cols, chunks, cols, partial, out)
+        self._launch(kernel_name("column_partial_sums", a.dtype), cols, rows, cols, CHUNK, a, partial, grid_y=grid_y)
+        self._launch(kernel_name("column_totals", a.dtype), cols, chunks, cols, partial, out)
         return out
 
-    def lstm_forward_step(self, t, xw, hw, cw, c, c_next, y, h_last, gates, w_peep, lengths, peephole, candidate):
+    def lstm_forward_step(self, spec, t, xw, hw, cw, c, c_next, y, h_last, gates, w_peep, lengths):
         """One LSTM step's pointwise forward (see kernels/lstm.cu)."""
         B, H = y.shape
-        name = lstm_forward_name(y.dtype, peephole, candidate, gates is not None)
+        name = kernel_name("lstm_forward_step", y.dtype, spec, gates is not None)
         self._launch(name, B * H, t, B, H, xw, hw, cw, c, c_next, y, h_last, gates, w_peep, lengths)
 
-    def lstm_backward_step(self, t, gates, c, c_next, dy, dpw, dmm, dpw_out, da, w_peep, lengths, peephole,
-                           candidate):  # fmt: skip
+    def lstm_backward_step(self, spec, t, gates, c, c_next, dy, dpw, dmm, dpw_out, da, w_peep, lengths):
         """One LSTM step's pointwise backward."""
         B, H = dy.shape
-        name = lstm_backward_name(dy.dtype, peephole, candidate)
+        name = kernel_name("lstm_backward_step", dy.dtype, spec)
         self._launch(name, B * H, t, B, H, dmm.shape[1], gates, c, c_next, dy, dpw, dmm, dpw_out, da, w_peep, lengths)
 
     def gru_forward_step(self, t, xw, gh, b_hn, h, y, h_last, gates, lengths):
         """One GRU (reset_after) step's pointwise forward (see kernels/gru.cu)."""
         B, H = y.shape
-        name = plain_name("gru_forward_step", y.dtype, gates is not None)
+        name = kernel_name("gru_forward_step", y.dtype, None, gates is not None)
         self._launch(name, B * H, t, B, H, xw, gh, b_hn, h, y, h_last, gates, lengths)
 
     def gru_backward_step(self, t, gates, h, dy, dpw, dmm, dpw_out, dgi, dgh, lengths):
         """One GRU (reset_after) step's pointwise backward."""
         B, H = dy.shape
-        self._launch(plain_name("gru_backward_step", dy.dtype), B * H, t, B, H, gates, h, dy, dpw, dmm, dpw_out, dgi,
+        self._launch(kernel_name("gru_backward_step", dy.dtype), B * H, t, B, H, gates, h, dy, dpw, dmm, dpw_out, dgi,
                      dgh, lengths)  # fmt: skip
 
     def gru_rz_step(self, xw, ghrz, h, gates, rh):
         """GRU (reset before): r, z and r∘h."""
         B, H = h.shape
-        self._launch(plain_name("gru_rz_step", h.dtype), B * H, B, H, xw, ghrz, h, gates, rh)
+        self._launch(kernel_name("gru_rz_step", h.dtype), B * H, B, H, xw, ghrz, h, gates, rh)
 
     def gru_n_step(self, t, xw, ghn, h, y, h_last, gates, lengths):
         """GRU (reset before): n and the new state."""
         B, H = h.shape
-        self._launch(plain_name("gru_n_step", h.dtype), B * H, t, B, H, xw, ghn, h, y, h_last, gates, lengths)
+        self._launch(kernel_name("gru_n_step", h.dtype), B * H, t, B, H, xw, ghn, h, y, h_last, gates, lengths)
 
     def gru_n_backward_step(self, t, gates, h, dy, dpw, dmm, dpw_out, dg, lengths):
         """GRU (reset before): da_z, da_n and z∘dh."""
         B, H = h.shape
-        self._launch(plain_name("gru_n_backward_step", h.dtype), B * H, t, B, H, gates, h, dy, dpw, dmm, dpw_out, dg,
+        self._launch(kernel_name("gru_n_backward_step", h.dtype), B * H, t, B, H, gates, h, dy, dpw, dmm, dpw_out, dg,
                      lengths)  # fmt: skip
 
     def gru_rz_backward_step(self, t, gates, h, drh, dpw_out, dg, lengths):
         """GRU (reset before): da_r, and r∘d(r∘h) into dh."""
         B, H = h.shape
-        self._launch(plain_name("gru_rz_backward_step", h.dtype), B * H, t, B, H, gates, h, drh, dpw_out, dg, lengths)
+        self._launch(kernel_name("gru_rz_backward_step", h.dtype), B * H, t, B, H, gates, h, drh, dpw_out, dg, lengths)
 
 
 # --- graphs on the host --------------------------------------------------------

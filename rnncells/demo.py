@@ -156,7 +156,7 @@ def plot(results, path):
 
 def main(cells=("lstm", "gru"), seq_len=50, steps=2000, seed=0, plot_path=None, out=print):
     """Train each cell (CuPy on a GPU, else NumPy), print the summary, optionally plot; returns the results."""
-    from .verify import gpu_available
+    from ._backends import gpu_available
 
     if gpu_available():
         import cupy as xp

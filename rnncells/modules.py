@@ -16,9 +16,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _checks, api
+from . import _backends, _checks, api
 from ._graphs import GraphCache
-from .params import init_gru_params, init_lstm_params
+from .params import init_params
+from .variants import GRUSpec, LSTMSpec
 
 
 class ModuleContext(NamedTuple):
@@ -58,60 +59,68 @@ class _Holder:
             self.grads[k + suffix] += g
 
 
-class LSTMCell(_Holder):
+class _Cell(_Holder):
+    """One step of a variant with its parameters."""
+
+    def __init__(self, spec, input_size, hidden_size, bias, dtype, xp, seed, tf32, backend):
+        self.spec = spec
+        self.tf32, self.backend = _checks.flag("tf32", tf32), _backends.resolve(backend, xp.__name__)
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.params = init_params(spec, input_size, hidden_size, bias=bias, dtype=dtype, xp=xp, seed=seed)
+        self.grads = {k: xp.zeros_like(v) for k, v in self.params.items()}
+
+    def _step(self, x, hx):
+        states = _checks.hx(self.spec, hx, self.spec.states, _is_array, "a numpy or cupy array")
+        _, finals, ctx = api.forward(self.spec, x, self.params, dict(zip(self.spec.states, states)), tf32=self.tf32,
+                                     backend=self.backend, step=True)
+        return finals, self._context(ctx)
+
+    def _step_backward(self, ctx, dfinals):
+        names = [f"d{n}1" for n in self.spec.states]
+        dx, d0, dp = api.backward(self._inner(ctx), type(self.spec), None, dict(zip(names, dfinals)), step=True)
+        self._accumulate(dp)
+        return dx, d0
+
+
+class LSTMCell(_Cell):
     """One LSTM step with its parameters; `peephole`, `candidate`, `tf32` and `backend` as in
     `rnncells.lstm_forward` (backend=None follows `xp`)."""
 
     def __init__(self, input_size, hidden_size, bias=True, *, peephole=None, candidate="tanh",
                  dtype="float32", xp=np, seed=0, tf32=False, backend=None):  # fmt: skip
-        _checks.lstm_variant(peephole, candidate)
-        self.tf32, self.backend = _checks.flag("tf32", tf32), api.backend_name(backend, xp)
-        self.input_size, self.hidden_size = input_size, hidden_size
-        self.peephole, self.candidate = peephole, candidate
-        self.params = init_lstm_params(input_size, hidden_size, peephole=peephole, bias=bias, dtype=dtype, xp=xp,
-                                       seed=seed)  # fmt: skip
-        self.grads = {k: xp.zeros_like(v) for k, v in self.params.items()}
+        super().__init__(LSTMSpec(peephole, candidate), input_size, hidden_size, bias, dtype, xp, seed, tf32, backend)
 
     def forward(self, x, hx=None):
         """x (B, I), hx = (h, c) or None for zeros -> h1, c1, ctx."""
-        h, c = _checks.hx("lstm", hx, ("h", "c"), _is_array, "a numpy or cupy array")
-        h1, c1, ctx = api.lstm_cell_forward(x, h, c, self.params, self.peephole, self.candidate, tf32=self.tf32,
-                                            backend=self.backend)  # fmt: skip
-        return h1, c1, self._context(ctx)
+        (h1, c1), ctx = self._step(x, hx)
+        return h1, c1, ctx
 
     __call__ = forward
 
     def backward(self, ctx, dh1, dc1=None):
         """dx, dh, dc of one step; the parameter gradients are added into `grads`."""
-        dx, dh, dc, dp = api.lstm_cell_backward(self._inner(ctx), dh1, dc1)
-        self._accumulate(dp)
+        dx, (dh, dc) = self._step_backward(ctx, (dh1, dc1))
         return dx, dh, dc
 
 
-class GRUCell(_Holder):
+class GRUCell(_Cell):
     """One GRU step with its parameters; `reset_after`, `tf32` and `backend` as in `rnncells.gru_forward`
     (backend=None follows `xp`)."""
 
     def __init__(self, input_size, hidden_size, bias=True, *, reset_after=True, dtype="float32", xp=np, seed=0,
                  tf32=False, backend=None):  # fmt: skip
-        _checks.gru_variant(reset_after)
-        self.tf32, self.backend = _checks.flag("tf32", tf32), api.backend_name(backend, xp)
-        self.input_size, self.hidden_size, self.reset_after = input_size, hidden_size, reset_after
-        self.params = init_gru_params(input_size, hidden_size, bias=bias, dtype=dtype, xp=xp, seed=seed)
-        self.grads = {k: xp.zeros_like(v) for k, v in self.params.items()}
+        super().__init__(GRUSpec(reset_after), input_size, hidden_size, bias, dtype, xp, seed, tf32, backend)
 
     def forward(self, x, h=None):
         """x (B, I), h (B, H) or None for zeros -> h1, ctx."""
-        (h,) = _checks.hx("gru", h, ("h",), _is_array, "a numpy or cupy array")
-        h1, ctx = api.gru_cell_forward(x, h, self.params, self.reset_after, tf32=self.tf32, backend=self.backend)
-        return h1, self._context(ctx)
+        (h1,), ctx = self._step(x, h)
+        return h1, ctx
 
     __call__ = forward
 
     def backward(self, ctx, dh1):
         """dx, dh of one step; the parameter gradients are added into `grads`."""
-        dx, dh, dp = api.gru_cell_backward(self._inner(ctx), dh1)
-        self._accumulate(dp)
+        dx, (dh,) = self._step_backward(ctx, (dh1,))
         return dx, dh
 
 
@@ -132,18 +141,17 @@ def _reverse(xp, x, lengths):
 
 
 class _Stack(_Holder):
-    """Layers × directions of one sequence function; LSTM and GRU differ in their state and call."""
+    """Layers × directions of one variant's sequence function."""
 
-    _cell, _states = "", ()  # "lstm" or "gru"; the state names: ("h", "c") or ("h",)
-
-    def _build(self, init, input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dtype, xp, seed,
-               graphs, tf32, backend):  # fmt: skip
+    def __init__(self, spec, input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dtype, xp, seed,
+                 graphs, tf32, backend):  # fmt: skip
+        self.spec = spec
         _checks.sizes(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
-        self.tf32, self.backend = _checks.flag("tf32", tf32), api.backend_name(backend, xp)
+        self.tf32, self.backend = _checks.flag("tf32", tf32), _backends.resolve(backend, xp.__name__)
         batch_first, bidirectional, graphs = (_checks.flag(n, v) for n, v in (
             ("batch_first", batch_first), ("bidirectional", bidirectional), ("graphs", graphs)))  # fmt: skip
         # graphs only where the step loops launch kernels: the NumPy loop has nothing to capture
-        self.graphs = GraphCache() if graphs and self.backend in api.KERNEL_BACKENDS else None
+        self.graphs = GraphCache() if graphs and self.backend.kernels else None
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.batch_first, self.bidirectional = batch_first, bidirectional
         self.num_directions = 2 if bidirectional else 1
@@ -152,7 +160,7 @@ class _Stack(_Holder):
         for layer in range(num_layers):
             size = input_size if layer == 0 else hidden_size * self.num_directions
             for d in range(self.num_directions):
-                p = init(size, hidden_size, bias=bias, dtype=dtype, xp=xp, seed=seed + layer * 2 + d)
+                p = init_params(spec, size, hidden_size, bias=bias, dtype=dtype, xp=xp, seed=seed + layer * 2 + d)
                 self.params.update({k + self._suffix(layer, d): v for k, v in p.items()})
         self.grads = {k: xp.zeros_like(v) for k, v in self.params.items()}
 
@@ -166,7 +174,8 @@ class _Stack(_Holder):
 
     def _forward(self, x, hx, lengths):
         _checks.array_module({"x": x})
-        states = _checks.hx(self._cell, hx, ("h0", "c0"), _is_array, "a numpy or cupy array")
+        names = [n + "0" for n in self.spec.states]
+        states = _checks.hx(self.spec, hx, names, _is_array, "a numpy or cupy array")
         if x.ndim != 3 or x.shape[-1] != self.input_size:
             layout = "(batch, seq_len, input_size)" if self.batch_first else "(seq_len, batch, input_size)"
             raise ValueError(f"x has shape {tuple(x.shape)}; expected {layout} with input_size={self.input_size}")
@@ -174,29 +183,30 @@ class _Stack(_Holder):
             x = x.swapaxes(0, 1)
         T, B = x.shape[:2]
         LD, H = self.num_layers * self.num_directions, self.hidden_size
-        for name, s in zip(self._states, states):
+        for name, s in zip(names, states):
             if s is not None and tuple(s.shape) != (LD, B, H):
                 raise ValueError(
-                    f"{name}0 has shape {tuple(s.shape)}; expected {(LD, B, H)} = "
+                    f"{name} has shape {tuple(s.shape)}; expected {(LD, B, H)} = "
                     "(num_layers*num_directions, batch, hidden_size)"
                 )
         if lengths is not None:
             lengths = _checks.lengths_array(lengths, T, B)
-        ctxs, finals, inp = [], [[] for _ in self._states], x
+        ctxs, finals, inp = [], [[] for _ in states], x
         for layer in range(self.num_layers):
             outs = []
             for d in range(self.num_directions):
                 k = layer * self.num_directions + d
                 s0 = [None if s is None else s[k] for s in states]
                 xin = _reverse(self.xp, inp, lengths) if d else inp
-                y, sT, ctx = self._call(xin, self._layer(layer, d), s0, lengths)
+                y, sT, ctx = api.forward(self.spec, xin, self._layer(layer, d), dict(zip(names, s0)), lengths=lengths,
+                                         graphs=self.graphs, tf32=self.tf32, backend=self.backend)
                 outs.append(_reverse(self.xp, y, lengths) if d else y)
                 ctxs.append(ctx)
                 for f, s in zip(finals, sT):
                     f.append(s)
             inp = self.xp.concatenate(outs, axis=-1) if self.bidirectional else outs[0]
         y = inp.swapaxes(0, 1) if self.batch_first else inp
-        return y, [self.xp.stack(f) for f in finals], self._context((ctxs, lengths, x.shape, y.shape))
+        return y, tuple(self.xp.stack(f) for f in finals), self._context((ctxs, lengths, x.shape, y.shape))
 
     def _backward(self, ctx, dy, dstates):
         ctxs, lengths, x_shape, y_shape = self._inner(ctx)
@@ -205,24 +215,25 @@ class _Stack(_Holder):
         if self.batch_first:
             dy = dy.swapaxes(0, 1)
         T, B = x_shape[:2]
-        dstates = [_checks.grad(f"d{n}T", g, (self.num_layers * D, B, H), (ctxs[0].dtype,), xp)
-                   for n, g in zip(self._states, dstates)]  # fmt: skip
-        d0 = [[None] * len(ctxs) for _ in self._states]
+        names = [f"d{n}T" for n in self.spec.states]
+        shape = (self.num_layers * D, B, H)
+        dstates = [_checks.grad(n, g, shape, (ctxs[0].dtype,), xp) for n, g in zip(names, dstates)]
+        d0 = [[None] * len(ctxs) for _ in names]
         dinp = dy
         for layer in reversed(range(self.num_layers)):
             dnext = 0
             for d in range(D):
                 k = layer * D + d
                 dyd = dinp[:, :, d * H : (d + 1) * H]
-                dx, ds0, dp = self._call_backward(ctxs[k], _reverse(xp, dyd, lengths) if d else dyd,
-                                                  [s[k] for s in dstates])  # fmt: skip
+                dsT = dict(zip(names, (s[k] for s in dstates)))
+                dx, ds0, dp = api.backward(ctxs[k], type(self.spec), _reverse(xp, dyd, lengths) if d else dyd, dsT)
                 dnext = dnext + (_reverse(xp, dx, lengths) if d else dx)
                 self._accumulate(dp, self._suffix(layer, d))
                 for out, s in zip(d0, ds0):
                     out[k] = s
             dinp = dnext
         dx = dinp.swapaxes(0, 1) if self.batch_first else dinp
-        return dx, [xp.stack(s) for s in d0]
+        return dx, tuple(xp.stack(s) for s in d0)
 
 
 class LSTM(_Stack):
@@ -235,44 +246,24 @@ class LSTM(_Stack):
     kernels: "cupy", and "cuda-host", which records and replays them.
     """
 
-    _cell, _states = "lstm", ("h", "c")
-
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, bidirectional=False, *,
                  peephole=None, candidate="tanh", dtype="float32", xp=np, seed=0, graphs=False,
                  tf32=False, backend=None):  # fmt: skip
-        _checks.lstm_variant(peephole, candidate)
-        self.peephole, self.candidate = peephole, candidate
-
-        def init(*a, **kw):
-            return init_lstm_params(*a, peephole=peephole, **kw)
-
-        self._build(init, input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dtype, xp, seed,
-                    graphs, tf32, backend)  # fmt: skip
-
-    def _call(self, x, p, s0, lengths):
-        y, (h, c), ctx = api.lstm_forward(x, p, *s0, lengths=lengths, peephole=self.peephole,
-                                          candidate=self.candidate, graphs=self.graphs, tf32=self.tf32,
-                                          backend=self.backend)  # fmt: skip
-        return y, (h, c), ctx
-
-    def _call_backward(self, ctx, dy, dsT):
-        dx, (dh, dc), dp = api.lstm_backward(ctx, dy, *dsT)
-        return dx, (dh, dc), dp
+        super().__init__(LSTMSpec(peephole, candidate), input_size, hidden_size, num_layers, bias, batch_first,
+                         bidirectional, dtype, xp, seed, graphs, tf32, backend)
 
     def forward(self, x, hx=None, lengths=None):
         """x (T, B, I) (or (B, T, I) with batch_first), hx = (h0, c0) each (L·D, B, H) or None.
 
         Returns y (T, B, D·H), (hT, cT) and a ctx for `backward`.
         """
-        y, (hT, cT), ctx = self._forward(x, hx, lengths)
-        return y, (hT, cT), ctx
+        return self._forward(x, hx, lengths)
 
     __call__ = forward
 
     def backward(self, ctx, dy, dhT=None, dcT=None):
         """dx, (dh0, dc0); the parameter gradients are added into `grads`."""
-        dx, (dh0, dc0) = self._backward(ctx, dy, (dhT, dcT))
-        return dx, (dh0, dc0)
+        return self._backward(ctx, dy, (dhT, dcT))
 
 
 class GRU(_Stack):
@@ -282,24 +273,11 @@ class GRU(_Stack):
     (backend=None follows `xp`).  graphs=True as in `LSTM`.
     """
 
-    _cell, _states = "gru", ("h",)
-
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, bidirectional=False, *,
                  reset_after=True, dtype="float32", xp=np, seed=0, graphs=False, tf32=False,
                  backend=None):  # fmt: skip
-        _checks.gru_variant(reset_after)
-        self.reset_after = reset_after
-        self._build(init_gru_params, input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dtype,
-                    xp, seed, graphs, tf32, backend)  # fmt: skip
-
-    def _call(self, x, p, s0, lengths):
-        y, h, ctx = api.gru_forward(x, p, *s0, lengths=lengths, reset_after=self.reset_after, graphs=self.graphs,
-                                    tf32=self.tf32, backend=self.backend)  # fmt: skip
-        return y, (h,), ctx
-
-    def _call_backward(self, ctx, dy, dsT):
-        dx, dh, dp = api.gru_backward(ctx, dy, *dsT)
-        return dx, (dh,), dp
+        super().__init__(GRUSpec(reset_after), input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
+                         dtype, xp, seed, graphs, tf32, backend)
 
     def forward(self, x, h0=None, lengths=None):
         """x (T, B, I) (or (B, T, I) with batch_first), h0 (L·D, B, H) or None -> y, hT, ctx."""

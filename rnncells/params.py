@@ -9,23 +9,14 @@ Every entry is drawn from U(-1/√H, 1/√H), as torch.nn.LSTM/GRU do.
 import numpy as np
 
 from . import _checks
+from .variants import GRUSpec, LSTMSpec
 
 
-def expected_shapes(cell, input_size, hidden_size, *, peephole=None, bias=True):
-    """{key: shape} of the parameters of a cell variant."""
-    G = 4 if cell == "lstm" else 3
-    H, I = hidden_size, input_size
-    shapes = {"weight_ih": (G * H, I), "weight_hh": (G * H, H)}
-    if bias:
-        shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
-    if peephole == "full":
-        shapes["weight_ch"] = (3 * H, H)
-    elif peephole == "diagonal":
-        shapes["weight_ch"] = (3 * H,)
-    return shapes
-
-
-def _init(shapes, hidden_size, dtype, xp, seed):
+def init_params(spec, input_size, hidden_size, *, bias=True, dtype="float32", xp=np, seed=0):
+    """A dict of the parameters of a variant (`rnncells.variants`), drawn from U(-1/√H, 1/√H)."""
+    dtype = _checks.float_dtype(dtype)
+    _checks.sizes(input_size=input_size, hidden_size=hidden_size)
+    shapes = spec.param_shapes(input_size, hidden_size, bias=_checks.flag("bias", bias))
     rng = np.random.default_rng(seed)
     k = 1.0 / np.sqrt(hidden_size)
     return {key: xp.asarray(rng.uniform(-k, k, size=s).astype(dtype)) for key, s in shapes.items()}
@@ -37,16 +28,9 @@ def init_lstm_params(input_size, hidden_size, *, peephole=None, bias=True, dtype
     `xp` is numpy or cupy: the arrays are created there.  The same seed gives
     the same values on either.
     """
-    _checks.lstm_variant(peephole, "tanh")
-    dtype = _checks.float_dtype(dtype)
-    _checks.sizes(input_size=input_size, hidden_size=hidden_size)
-    shapes = expected_shapes("lstm", input_size, hidden_size, peephole=peephole, bias=_checks.flag("bias", bias))
-    return _init(shapes, hidden_size, dtype, xp, seed)
+    return init_params(LSTMSpec(peephole), input_size, hidden_size, bias=bias, dtype=dtype, xp=xp, seed=seed)
 
 
 def init_gru_params(input_size, hidden_size, *, bias=True, dtype="float32", xp=np, seed=0):
     """A dict of GRU parameters (torch names and layout), drawn from U(-1/√H, 1/√H)."""
-    dtype = _checks.float_dtype(dtype)
-    _checks.sizes(input_size=input_size, hidden_size=hidden_size)
-    shapes = expected_shapes("gru", input_size, hidden_size, bias=_checks.flag("bias", bias))
-    return _init(shapes, hidden_size, dtype, xp, seed)
+    return init_params(GRUSpec(), input_size, hidden_size, bias=bias, dtype=dtype, xp=xp, seed=seed)

@@ -26,6 +26,9 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from .params import init_params
+from .variants import GRUSpec, LSTMSpec
+
 
 def sigmoid(a):
     """σ(a) = 1 / (1 + e^-a), without overflow for any |a| (e^-|a| <= 1)."""
@@ -297,25 +300,16 @@ def equations(cell, *, peephole=None, candidate="tanh", reset_after=True, bias=T
     rule per equation, in the slides' notation.  Notation: column vectors,
     "∘" component-wise, juxtaposition a matrix product, "ᵀ" a transpose.
     """
-    from . import _checks
-
     if cell not in ("lstm", "gru"):
         raise ValueError(f"cell={cell!r} is not one of 'lstm', 'gru'")
-    H = I = 1
+    spec = LSTMSpec(peephole, candidate) if cell == "lstm" else GRUSpec(reset_after)
+    params = init_params(spec, 1, 1, bias=bias, dtype="float64")  # H = I = 1
     tape = Tape()
     if cell == "lstm":
-        _checks.lstm_variant(peephole, candidate)
-        from .params import init_lstm_params
-
-        params = init_lstm_params(I, H, peephole=peephole, bias=bias, dtype="float64")
-        P = _param_leaves(params, _LSTM_ROWS, H, peephole)
+        P = _param_leaves(params, _LSTM_ROWS, 1, peephole)
         b = _merged_biases(tape, P, "ifCo")
     else:
-        _checks.gru_variant(reset_after)
-        from .params import init_gru_params
-
-        params = init_gru_params(I, H, bias=bias, dtype="float64")
-        P = _param_leaves(params, _GRU_ROWS, H)
+        P = _param_leaves(params, _GRU_ROWS, 1)
         b = _merged_biases(tape, P, "rz" if reset_after else "rzn")
     pre = len(tape.eqs)
     x, h, c = (Var(n, np.zeros((1, 1))) for n in ("x_t", _PREV["h"], _PREV["c"]))
@@ -325,7 +319,8 @@ def equations(cell, *, peephole=None, candidate="tanh", reset_after=True, bias=T
         _gru_step(tape, P, b, x, h, reset_after)
     fwd, bwd = tape.lines(pre)
     bias_fwd, bias_bwd = tape.lines(0, pre)
-    out = [f"# {cell.upper()} {_variant_name(cell, peephole, candidate, reset_after)}: forward"]
+    flags = ", ".join(f"{k}={v!r}" for k, v in spec.kwargs().items())
+    out = [f"# {cell.upper()} {flags}: forward"]
     if pre:
         out.append("# torch keeps two biases per gate (bias_ih, bias_hh), the seed one; merged first:")
         out += ["   " + s.split(". ", 1)[1] for s in bias_fwd]
@@ -335,44 +330,32 @@ def equations(cell, *, peephole=None, candidate="tanh", reset_after=True, bias=T
     return "\n".join(out)
 
 
-def _variant_name(cell, peephole, candidate, reset_after):
-    if cell == "lstm":
-        return f"peephole={peephole!r}, candidate={candidate!r}"
-    return f"reset_after={reset_after!r}"
-
-
 # --- the reference as a backend: whole sequences, row layout at the boundary -
 #
 # Packed-sequence semantics by definition: the items that share a length L
 # run exactly L steps on a tape of their own; nothing is masked.
 
 
-def lstm_forward(x, params, h0, c0, lengths, peephole, candidate, training=True):
-    """y, hT, cT, ctx for validated row-layout inputs, computed on the tape in float64."""
+def forward(spec, x, params, states, lengths, training=True):
+    """y, the final states (a tuple) and a ctx, for validated row-layout inputs, computed on the tape in float64."""
+    if isinstance(spec, LSTMSpec):
+        rows, merged = _LSTM_ROWS, "ifCo"
 
-    def step(tape, P, b, x_t, h, c):
-        return _lstm_step(tape, P, b, x_t, h, c, peephole, candidate)
+        def step(tape, P, b, x_t, h, c):
+            return _lstm_step(tape, P, b, x_t, h, c, spec.peephole, spec.candidate)
 
-    return _run(x, params, (h0, c0), lengths, _LSTM_ROWS, "ifCo", peephole, step, training)
+    else:
+        rows, merged = _GRU_ROWS, "rz" if spec.reset_after else "rzn"
 
+        def step(tape, P, b, x_t, h):
+            return (_gru_step(tape, P, b, x_t, h, spec.reset_after),)
 
-def lstm_backward(ctx, dy, dhT, dcT):
-    """dx, dh0, dc0, dparams for the forward that made ctx."""
-    return _backprop(ctx, dy, (dhT, dcT))
-
-
-def gru_forward(x, params, h0, lengths, reset_after, training=True):
-    """y, hT, ctx for validated row-layout inputs, computed on the tape in float64."""
-
-    def step(tape, P, b, x_t, h):
-        return (_gru_step(tape, P, b, x_t, h, reset_after),)
-
-    return _run(x, params, (h0,), lengths, _GRU_ROWS, "rz" if reset_after else "rzn", None, step, training)
+    return _run(x, params, states, lengths, rows, merged, getattr(spec, "peephole", None), step, training)
 
 
-def gru_backward(ctx, dy, dhT):
-    """dx, dh0, dparams for the forward that made ctx."""
-    return _backprop(ctx, dy, (dhT,))
+def backward(ctx, dy, dstates):
+    """dx, the initial states' gradients (a tuple) and dparams, for the forward that made ctx."""
+    return _backprop(ctx, dy, dstates)
 
 
 class _Group(NamedTuple):
@@ -415,7 +398,7 @@ def _run(x, params, states, lengths, rows, merged, peephole, step, training):
         for out, v in zip(final, s):
             out[cols] = v.value.T
         groups.append(_Group(cols, tape, leaves, xs, s0, ys, s))
-    return (y, *final, _Context((T, B, I, H), params, rows, groups) if training else None)
+    return y, tuple(final), _Context((T, B, I, H), params, rows, groups) if training else None
 
 
 def _backprop(ctx, dy, dstates):
@@ -437,4 +420,4 @@ def _backprop(ctx, dy, dstates):
                 k = ctx.rows[key].index(g)
                 block = dparams[key][k * H : (k + 1) * H]
                 block += d[v].reshape(block.shape)
-    return (dx, *ds0, dparams)
+    return dx, tuple(ds0), dparams

@@ -57,10 +57,10 @@ except ImportError as e:  # pragma: no cover - the message is the point
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from . import _checks, api
+from . import _backends, _checks, api
 from ._graphs import GraphCache
 from .modules import reverse_index
-from .params import expected_shapes
+from .variants import GRUSpec, LSTMSpec
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -112,17 +112,17 @@ class _Sequence(torch.autograd.Function):
     """One layer, one direction: rnncells' forward, and rnncells' backward for autograd."""
 
     @staticmethod
-    def forward(ctx, cell, options, keys, lengths, x, *tensors):
-        """options: the api forward's keyword arguments but lengths and tf32 (variant, training, graphs, backend)."""
+    def forward(ctx, spec, options, keys, lengths, x, *tensors):
+        """options: `rnncells.api.forward`'s keyword arguments but lengths and tf32 (training, graphs, backend)."""
         ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None: zero for us
-        n = 2 if cell == "lstm" else 1
+        n = len(spec.states)
         states, params = tensors[:n], dict(zip(keys, map(_array, tensors[n:])))
-        ctx.cell, ctx.keys, ctx.given, ctx.device = cell, keys, [s is not None for s in states], x.device
-        fwd = api.lstm_forward if cell == "lstm" else api.gru_forward
+        ctx.spec, ctx.keys, ctx.given, ctx.device = spec, keys, [s is not None for s in states], x.device
+        names = [s + "0" for s in spec.states]
         with _on_stream(x.device):
-            y, state, ctx.rc = fwd(_array(x), params, *map(_array, states), lengths=lengths, tf32=_tf32(x),
-                                   **options)  # fmt: skip
-        outs = tuple(map(_tensor, (y, *(state if cell == "lstm" else (state,)))))
+            y, finals, ctx.rc = api.forward(spec, _array(x), params, dict(zip(names, map(_array, states))),
+                                            lengths=lengths, tf32=_tf32(x), **options)
+        outs = tuple(map(_tensor, (y, *finals)))
         if options["training"]:  # ctx.rc reads these tensors' memory: autograd refuses a backward after a write to one
             ctx.save_for_backward(x, *tensors, outs[0])
         return outs
@@ -131,11 +131,10 @@ class _Sequence(torch.autograd.Function):
     def backward(ctx, dy, *dstates):
         if all(g is None for g in (dy, *dstates)):  # nothing flows back through this node
             return (None,) * (5 + len(ctx.given) + len(ctx.keys))
-        bwd = api.lstm_backward if ctx.cell == "lstm" else api.gru_backward
         read = ctx.saved_tensors  # raises if one was modified in place since the forward
-        with _on_stream(ctx.device):
-            dx, dstate, dp = bwd(ctx.rc, _array(dy), *map(_array, dstates))  # ctx.rc lives as long as the graph
-        dstate = dstate if ctx.cell == "lstm" else (dstate,)
+        names = [f"d{s}T" for s in ctx.spec.states]
+        with _on_stream(ctx.device):  # ctx.rc lives as long as the graph
+            dx, dstate, dp = api.backward(ctx.rc, type(ctx.spec), _array(dy), dict(zip(names, map(_array, dstates))))
         grads = [_tensor(dx), *(_tensor(d) if given else None for d, given in zip(dstate, ctx.given)),
                  *(_tensor(dp[k]) for k in ctx.keys)]  # fmt: skip
         if torch.is_grad_enabled():  # create_graph=True: the gradients depend on whatever of these requires grad
@@ -144,7 +143,7 @@ class _Sequence(torch.autograd.Function):
         return (None, None, None, None, *grads)
 
 
-def _apply(cell, options, keys, lengths, x, *tensors):
+def _apply(spec, options, keys, lengths, x, *tensors):
     """_Sequence.apply, training only when autograd will call its backward; under torch.compile, first a graph
     break that says why (NumPy/CuPy code inside)."""
     # decided here, not from ctx.needs_input_grad inside forward: that follows requires_grad even under no_grad
@@ -154,7 +153,7 @@ def _apply(cell, options, keys, lengths, x, *tensors):
         torch._dynamo.graph_break(msg="rnncells' LSTM/GRU layers run NumPy/CuPy code, which torch.compile "
                                   "cannot trace: it calls them between compiled graphs, so fullgraph=True "
                                   "cannot hold a model that uses them")  # fmt: skip
-    return _Sequence.apply(cell, {**options, "training": training}, keys, lengths, x, *tensors)
+    return _Sequence.apply(spec, {**options, "training": training}, keys, lengths, x, *tensors)
 
 
 class _Refused(torch.autograd.Function):
@@ -215,15 +214,13 @@ class _Module(nn.Module):
     """What the sequence modules and the cells share: the checks each call makes before any work, and the
     backend that runs it."""
 
-    _cell = ""  # "lstm" or "gru"
-
     def _backend(self, x):
-        """The api's backend= for a call on x: "cupy" for CUDA tensors, `cpu_backend` for CPU ones."""
-        return "cupy" if x.is_cuda else self.cpu_backend
+        """The backend of a call on x: CuPy's for CUDA tensors, `cpu_backend`'s for CPU ones."""
+        return _backends.named("cupy" if x.is_cuda else self.cpu_backend)
 
     def _options_repr(self):
         """The variant, and cpu_backend unless it is the default, for extra_repr."""
-        s = "".join(f", {k}={v!r}" for k, v in self.variant.items())
+        s = "".join(f", {k}={v!r}" for k, v in self.spec.kwargs().items())
         return s + ("" if self.cpu_backend == "numpy" else f", cpu_backend={self.cpu_backend!r}")
 
     def __prepare_scriptable__(self):  # torch.jit.script calls this first
@@ -244,7 +241,7 @@ class _Module(nn.Module):
                                       "supports float32 and float64, half precision is not supported yet")  # fmt: skip
         if x.dtype != dtype:
             raise TypeError(f"input has dtype {x.dtype}; expected {dtype}, the parameters' dtype")
-        return _checks.hx(self._cell, hx, names, torch.is_tensor, "a tensor")
+        return _checks.hx(self.spec, hx, names, torch.is_tensor, "a tensor")
 
 
 class _RNN(_Module):
@@ -252,7 +249,7 @@ class _RNN(_Module):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, proj_size=0, device=None, dtype=None, *, graphs=False, cpu_backend="numpy",
-                 variant):  # fmt: skip
+                 spec):  # fmt: skip
         super().__init__()
         self.cpu_backend = _cpu_backend(cpu_backend)
         bias, batch_first, bidirectional = (_checks.flag(n, v) for n, v in (
@@ -267,14 +264,13 @@ class _RNN(_Module):
                                                 num_layers=num_layers))  # fmt: skip
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
-        self.bidirectional, self.proj_size, self.variant = bidirectional, 0, variant
+        self.bidirectional, self.proj_size, self.spec = bidirectional, 0, spec
         D = 2 if bidirectional else 1
-        peephole = variant.get("peephole")
-        self._keys = list(expected_shapes(self._cell, 1, 1, peephole=peephole, bias=bias))
+        self._keys = list(spec.param_shapes(1, 1, bias=bias))
         for layer in range(num_layers):
             size = input_size if layer == 0 else hidden_size * D
             for d in range(D):
-                shapes = expected_shapes(self._cell, size, hidden_size, peephole=peephole, bias=bias)
+                shapes = spec.param_shapes(size, hidden_size, bias=bias)
                 for key, shape in shapes.items():  # torch's order: weight_ih, weight_hh, bias_ih, bias_hh
                     w = nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
                     self.register_parameter(key + self._suffix(layer, d), w)
@@ -343,9 +339,8 @@ class _RNN(_Module):
                 s0 = [None if s is None else s[k] for s in states]
                 xin = _reverse(inp, lengths) if d else inp
                 backend = self._backend(xin)
-                graphs = self._graphs if backend in api.KERNEL_BACKENDS else None
-                options = {**self.variant, "graphs": graphs, "backend": backend}
-                y, *sT = _apply(self._cell, options, self._keys, lengths, xin, *s0, *params)
+                options = {"graphs": self._graphs if backend.kernels else None, "backend": backend}
+                y, *sT = _apply(self.spec, options, self._keys, lengths, xin, *s0, *params)
                 outs.append(_reverse(y, lengths) if d else y)
                 for f, s in zip(finals, sT):
                     f.append(s)
@@ -368,11 +363,8 @@ class LSTM(_RNN):
     runs CPU tensors; see the module docstring).
     """
 
-    _cell = "lstm"
-
     def __init__(self, *args, peephole=None, candidate="tanh", **kwargs):
-        _checks.lstm_variant(peephole, candidate)
-        super().__init__(*args, variant=dict(peephole=peephole, candidate=candidate), **kwargs)
+        super().__init__(*args, spec=LSTMSpec(peephole, candidate), **kwargs)
 
     def forward(self, input, hx=None):
         """input (T, B, I), (B, T, I) with batch_first, (T, I) unbatched, or a PackedSequence.
@@ -391,11 +383,8 @@ class GRU(_RNN):
     runs CPU tensors; see the module docstring).
     """
 
-    _cell = "gru"
-
     def __init__(self, *args, reset_after=True, **kwargs):
-        _checks.gru_variant(reset_after)
-        super().__init__(*args, variant=dict(reset_after=reset_after), **kwargs)
+        super().__init__(*args, spec=GRUSpec(reset_after), **kwargs)
 
     def forward(self, input, hx=None):
         """input as for LSTM; returns output, h_n exactly as torch.nn.GRU does."""
@@ -406,13 +395,13 @@ class GRU(_RNN):
 class _Cell(_Module):
     """One step, with torch.nn.RNNCellBase's arguments and names."""
 
-    def __init__(self, input_size, hidden_size, bias, device, dtype, variant, cpu_backend):
+    def __init__(self, input_size, hidden_size, bias, device, dtype, spec, cpu_backend):
         super().__init__()
         self.cpu_backend = _cpu_backend(cpu_backend)
         bias = _checks.flag("bias", bias)
         dtype = _check_construction(dtype, dict(input_size=input_size, hidden_size=hidden_size))
-        self.input_size, self.hidden_size, self.bias, self.variant = input_size, hidden_size, bias, variant
-        shapes = expected_shapes(self._cell, input_size, hidden_size, peephole=variant.get("peephole"), bias=bias)
+        self.input_size, self.hidden_size, self.bias, self.spec = input_size, hidden_size, bias, spec
+        shapes = spec.param_shapes(input_size, hidden_size, bias=bias)
         for key, shape in shapes.items():
             self.register_parameter(key, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
         self._keys = list(shapes)
@@ -433,21 +422,16 @@ class _Cell(_Module):
         x = input.unsqueeze(0) if unbatched else input
         states = [None if s is None else (s.unsqueeze(0) if unbatched else s) for s in states]
         params = [getattr(self, k) for k in self._keys]
-        options = {**self.variant, "backend": self._backend(x)}
-        _, *out = _apply(self._cell, options, self._keys, None, x.unsqueeze(0), *states, *params)
+        _, *out = _apply(self.spec, {"backend": self._backend(x)}, self._keys, None, x.unsqueeze(0), *states, *params)
         return [o.squeeze(0) for o in out] if unbatched else out
 
 
 class LSTMCell(_Cell):
     """Drop-in torch.nn.LSTMCell; `peephole` and `candidate` as in rnncells.lstm_forward."""
 
-    _cell = "lstm"
-
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, peephole=None,
                  candidate="tanh", cpu_backend="numpy"):  # fmt: skip
-        _checks.lstm_variant(peephole, candidate)
-        super().__init__(input_size, hidden_size, bias, device, dtype, dict(peephole=peephole, candidate=candidate),
-                         cpu_backend)  # fmt: skip
+        super().__init__(input_size, hidden_size, bias, device, dtype, LSTMSpec(peephole, candidate), cpu_backend)
 
     def forward(self, input, hx=None):
         """input (B, I) or (I,); hx = (h, c) or None -> (h1, c1), as torch.nn.LSTMCell."""
@@ -458,12 +442,9 @@ class LSTMCell(_Cell):
 class GRUCell(_Cell):
     """Drop-in torch.nn.GRUCell; `reset_after=False` gives the Cho et al. / Keras variant."""
 
-    _cell = "gru"
-
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, reset_after=True,
                  cpu_backend="numpy"):  # fmt: skip
-        _checks.gru_variant(reset_after)
-        super().__init__(input_size, hidden_size, bias, device, dtype, dict(reset_after=reset_after), cpu_backend)
+        super().__init__(input_size, hidden_size, bias, device, dtype, GRUSpec(reset_after), cpu_backend)
 
     def forward(self, input, hx=None):
         """input (B, I) or (I,); hx (B, H) or None -> h1, as torch.nn.GRUCell."""

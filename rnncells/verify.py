@@ -11,32 +11,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import api, reference
-from .params import init_gru_params, init_lstm_params
+from . import api, reference, variants
+from .params import init_params
 
-VARIANTS = [("lstm", {"peephole": p, "candidate": c}) for p in (None, "full", "diagonal") for c in ("tanh", "sigmoid")]
-VARIANTS += [("gru", {"reset_after": r}) for r in (True, False)]
+VARIANTS = variants.every()
 
 # float32 with TF32: GEMM inputs keep 10 of 23 mantissa bits (truncated: ≤ 2⁻¹⁰ ≈ 1e-3 relative each, ≤ 2e-3 per
 # product); through the recurrence and the backward the host emulation (cuda-host, tf32=True) gives at most 5.0e-3
 # over the variants and the modes of `rnncells check` and of the gpu tests, so 1e-2 leaves 2× headroom while a
 # wrong gate or index (errors of order 1) still fails.
 BOUNDS = {"fd": 1e-7, "float64": 1e-10, "float32": 1e-5, "float32-tf32": 1e-2}
-
-
-def gpu_available():
-    """True when CuPy imports and sees a CUDA device."""
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no CuPy, no driver, no device: all mean "no GPU here"
-        return False
-
-
-def variant_name(cell, variant):
-    """'lstm peephole=full candidate=sigmoid', 'gru reset_after=True'."""
-    return " ".join([cell] + [f"{k}={v}" for k, v in variant.items()])
 
 
 def rel_err(got, want):
@@ -52,8 +36,7 @@ def rel_err(got, want):
 class Problem(NamedTuple):
     """A random call: inputs, the incoming gradients and the variant."""
 
-    cell: str
-    variant: dict
+    spec: object  # a rnncells.variants spec
     step: bool  # one step (*_cell_*) rather than a sequence
     x: np.ndarray
     states: dict  # "h0"/"c0" (sequence) or "h"/"c" (step)
@@ -62,15 +45,12 @@ class Problem(NamedTuple):
     douts: dict  # "dy", "dhT", "dcT" (sequence) or "dh1", "dc1" (step)
 
 
-def problem(cell, variant, *, T=4, B=3, I=3, H=2, lengths=None, step=False, dtype="float64", seed=0):
+def problem(spec, *, T=4, B=3, I=3, H=2, lengths=None, step=False, dtype="float64", seed=0):
     """A random problem; the arrays are drawn in float64 and then cast, so dtypes share values."""
     rng = np.random.default_rng(seed)
-    if cell == "lstm":
-        params = init_lstm_params(I, H, peephole=variant["peephole"], dtype="float64", seed=seed)
-    else:
-        params = init_gru_params(I, H, dtype="float64", seed=seed)
+    params = init_params(spec, I, H, dtype="float64", seed=seed)
     params = {k: (v * 2.0).astype(dtype) for k, v in params.items()}  # larger weights: richer nonlinearity
-    names = ("h", "c") if cell == "lstm" else ("h",)
+    names = spec.states
     if step:
         x = rng.standard_normal((B, I))
         states = {n: rng.standard_normal((B, H)).astype(dtype) for n in names}
@@ -80,25 +60,37 @@ def problem(cell, variant, *, T=4, B=3, I=3, H=2, lengths=None, step=False, dtyp
         states = {f"{n}0": rng.standard_normal((B, H)).astype(dtype) for n in names}
         douts = {"dy": rng.standard_normal((T, B, H)).astype(dtype)}
         douts.update({f"d{n}T": rng.standard_normal((B, H)).astype(dtype) for n in names})
-    return Problem(cell, variant, step, x.astype(dtype), states, params, lengths, douts)
+    return Problem(spec, step, x.astype(dtype), states, params, lengths, douts)
+
+
+_PUBLIC = {
+    variants.LSTMSpec: (api.lstm_forward, api.lstm_backward, api.lstm_cell_forward, api.lstm_cell_backward),
+    variants.GRUSpec: (api.gru_forward, api.gru_backward, api.gru_cell_forward, api.gru_cell_backward),
+}
+
+
+def public_functions(spec):
+    """The public functions of a spec's family: forward, backward, one-step forward, one-step backward."""
+    return _PUBLIC[type(spec)]
+
+
+def _tuple(s):
+    return s if isinstance(s, tuple) else (s,)
 
 
 def run(p, backend, graphs=None, tf32=False):
-    """Forward and backward of a problem: {name: array} of every output and gradient (graphs: sequences only)."""
+    """Forward and backward of a problem through the public functions: {name: array} of every output and
+    gradient (graphs: sequences only).  `backend` is a name or a backend object."""
+    fwd, bwd, cell_fwd, cell_bwd = public_functions(p.spec)
     if p.step:
-        fwd = api.lstm_cell_forward if p.cell == "lstm" else api.gru_cell_forward
-        *outs, ctx = fwd(p.x, *p.states.values(), p.params, **p.variant, tf32=tf32, backend=backend)
-        bwd = api.lstm_cell_backward if p.cell == "lstm" else api.gru_cell_backward
-        *grads, dparams = bwd(ctx, *p.douts.values())
+        *outs, ctx = cell_fwd(p.x, *p.states.values(), p.params, **p.spec.kwargs(), tf32=tf32, backend=backend)
+        *grads, dparams = cell_bwd(ctx, *p.douts.values())
         names = [n + "1" for n in p.states] + ["dx"] + ["d" + n for n in p.states]
     else:
-        fwd = api.lstm_forward if p.cell == "lstm" else api.gru_forward
-        y, state, ctx = fwd(p.x, p.params, *p.states.values(), lengths=p.lengths, **p.variant, backend=backend,
-                            graphs=graphs, tf32=tf32)  # fmt: skip
-        bwd = api.lstm_backward if p.cell == "lstm" else api.gru_backward
+        y, state, ctx = fwd(p.x, p.params, *p.states.values(), lengths=p.lengths, **p.spec.kwargs(),
+                            backend=backend, graphs=graphs, tf32=tf32)
         dx, dstate, dparams = bwd(ctx, *p.douts.values())
-        state, dstate = (s if isinstance(s, tuple) else (s,) for s in (state, dstate))
-        outs, grads = [y, *state], [dx, *dstate]
+        outs, grads = [y, *_tuple(state)], [dx, *_tuple(dstate)]
         names = ["y"] + [n[0] + "T" for n in p.states] + ["dx"] + ["d" + n for n in p.states]
     got = dict(zip(names, [*outs, *grads]))
     got.update({f"d{k}": v for k, v in dparams.items()})
@@ -149,12 +141,12 @@ def _on_device(p):
 def backend_error(p, backend="numpy", graphs=None, tf32=False):
     """Tiers 2 and 3: worst relative error of a backend against the reference, and the dtypes it returned."""
     want = run(p, "reference")
-    if backend == "cupy":
+    if getattr(backend, "arrays", backend) == "cupy":
         got = {k: v.get() for k, v in run(_on_device(p), backend, graphs, tf32).items()}
     else:
         got = run(p, backend, graphs, tf32)
     if set(want) != set(got):
-        raise AssertionError(f"{backend} returned {sorted(got)}, the reference {sorted(want)}")
+        raise AssertionError(f"backend {backend} returned {sorted(got)}, the reference {sorted(want)}")
     dtypes = {np.asarray(v).dtype for v in got.values()}
     return max(rel_err(got[k], want[k]) for k in want), dtypes
 

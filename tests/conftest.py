@@ -1,16 +1,29 @@
 """GPU tests carry the `gpu` marker and skip cleanly where CuPy sees no CUDA device; tests that build the kernels
 for the CPU carry `host` and skip without g++; tests that need torch skip without it, and the summary then says so
-in one line."""
+in one line.
+
+A test that takes an argument `spec` runs once per cell variant (`rnncells.verify.VARIANTS`), and one that takes
+`kernel_backend` once per backend that launches the CUDA kernels: "cuda-host" (marked `host`) and "cupy" (`gpu`).
+"""
 
 import shutil
 
 import pytest
 
-from rnncells import verify
+from rnncells import _backends, verify
+
+KERNEL_BACKENDS = [pytest.param("cuda-host", marks=pytest.mark.host), pytest.param("cupy", marks=pytest.mark.gpu)]
+
+
+def pytest_generate_tests(metafunc):
+    if "spec" in metafunc.fixturenames:
+        metafunc.parametrize("spec", verify.VARIANTS, ids=[str(s).replace(" ", "-") for s in verify.VARIANTS])
+    if "kernel_backend" in metafunc.fixturenames:
+        metafunc.parametrize("kernel_backend", KERNEL_BACKENDS)
 
 
 def pytest_collection_modifyitems(config, items):
-    missing = {"gpu": None if verify.gpu_available() else "needs a CUDA GPU with CuPy",
+    missing = {"gpu": None if _backends.gpu_available() else "needs a CUDA GPU with CuPy",
                "host": None if shutil.which("g++") else "the host build of the kernels needs g++"}  # fmt: skip
     for item in items:
         for marker, reason in missing.items():

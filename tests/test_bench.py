@@ -53,7 +53,7 @@ def test_cpu_run_times_all_three_and_records_them(tmp_path, capsys, monkeypatch)
 
 
 def test_cuda_without_a_gpu_is_refused(capsys, monkeypatch):
-    monkeypatch.setattr("rnncells.verify.gpu_available", lambda: False)
+    monkeypatch.setattr("rnncells._backends.gpu_available", lambda: False)
     assert cli.main(["bench", "--device", "cuda"]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
 
@@ -124,7 +124,7 @@ def test_the_smoke_script_reports_every_item_even_when_each_fails():
     import sys
     from pathlib import Path
 
-    from rnncells.verify import gpu_available
+    from rnncells._backends import gpu_available
 
     if gpu_available():
         pytest.skip("a GPU is here: the smoke items would pass")

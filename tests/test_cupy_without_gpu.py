@@ -17,7 +17,7 @@ import pytest
 
 cupy = pytest.importorskip("cupy", reason="the CuPy tier needs: pip install 'rnncells[cupy-nogpu]'")
 
-from rnncells import _cublas, cuda, verify  # noqa: E402
+from rnncells import _backends, _cublas, cuda, verify  # noqa: E402
 
 try:
     _cublas.library()
@@ -27,8 +27,6 @@ except Exception as e:  # no libcublas: the tier cannot run here
 from rnncells import _cupy  # noqa: E402
 
 PACKAGE = Path(cuda.__file__).resolve().parent
-VARIANTS = [pytest.param(c, v, id=verify.variant_name(c, v).replace(" ", "-")) for c, v in verify.VARIANTS]
-
 
 @pytest.fixture(scope="module")
 def cublas_header():
@@ -125,8 +123,7 @@ def test_every_instantiation_compiles_through_cupys_own_nvrtc_path(arch, monkeyp
 
 
 @pytest.mark.host
-@pytest.mark.parametrize("cell,variant", VARIANTS)
-def test_every_cupy_launch_passes_what_the_kernel_takes(cell, variant, monkeypatch):
+def test_every_cupy_launch_passes_what_the_kernel_takes(spec):
     """The launches of the orchestration, converted as _cupy passes them to RawKernel, against each signature."""
     host = cuda.host_ops()
     launches = []
@@ -135,12 +132,10 @@ def test_every_cupy_launch_passes_what_the_kernel_takes(cell, variant, monkeypat
         launches.append((name, args))
         host.launcher(name, grid, block, args)
 
-    from rnncells import api
-
     ops = cuda.KernelOps(spy, np, host.gemm)
-    monkeypatch.setattr(api, "_impl", lambda n, tf32=False: api._sequence_backend(ops, np))
+    spied = _backends.Orchestrated("cuda-host", lambda tf32: ops, np)
     for kw in ({}, {"lengths": np.array([3, 0, 2])}):
-        verify.run(verify.problem(cell, variant, T=3, B=3, I=2, H=4, dtype="float32", **kw), "cuda-host")
+        verify.run(verify.problem(spec, T=3, B=3, I=2, H=4, dtype="float32", **kw), spied)
     kinds = {"int": np.int32, "float*": np.float32, "double*": np.float64, "int*": np.int32}
     assert launches
     for name, args in launches:

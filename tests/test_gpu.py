@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 from rnncells import verify
+from rnncells.variants import LSTMSpec
 
-VARIANTS = [pytest.param(c, v, id=verify.variant_name(c, v).replace(" ", "-")) for c, v in verify.VARIANTS]
 gpu = pytest.mark.gpu
-KERNELS = [pytest.param("cuda-host", marks=pytest.mark.host), pytest.param("cupy", marks=gpu)]
 MODES = [
     dict(step=True, B=4, I=3, H=5),
     dict(T=6, B=3, I=4, H=5),
@@ -47,37 +46,33 @@ def torch_float32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("cell,variant", VARIANTS)
-def test_kernels_match_reference_tf32_off(cell, variant, dtype, backend, monkeypatch):
+def test_kernels_match_reference_tf32_off(spec, dtype, kernel_backend, monkeypatch):
     monkeypatch.setenv("CUPY_TF32", "1")  # CuPy's own switch: none of our GEMMs may follow it
     for m in MODES:
-        err, dtypes = verify.backend_error(verify.problem(cell, variant, dtype=dtype, **m), backend)
+        err, dtypes = verify.backend_error(verify.problem(spec, dtype=dtype, **m), kernel_backend)
         assert err <= verify.BOUNDS[dtype], m
         assert dtypes == {np.dtype(dtype)}
 
 
 @gpu
-@pytest.mark.parametrize("cell,variant", VARIANTS)
-def test_cupy_backend_matches_reference_tf32_on(cell, variant):
+def test_cupy_backend_matches_reference_tf32_on(spec):
     for m in MODES:
-        p = verify.problem(cell, variant, dtype="float32", **m)
+        p = verify.problem(spec, dtype="float32", **m)
         err, _ = verify.backend_error(p, "cupy", tf32=True)
         assert err <= verify.BOUNDS["float32-tf32"], m
         if m.get("B") == 64:  # big enough for tensor cores: TF32 really ran (exact float32 stays within 1e-5)
             assert err > 10 * verify.BOUNDS["float32"], m
 
 
-@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_kernels_match_torch_nn(cell, backend, torch_float32):
+def test_kernels_match_torch_nn(cell, kernel_backend, torch_float32):
     """The functions against torch.nn (cuDNN on a GPU, torch's own CPU kernels beside cuda-host)."""
     torch = torch_float32
-    xp = pytest.importorskip("cupy") if backend == "cupy" else np
+    xp = pytest.importorskip("cupy") if kernel_backend == "cupy" else np
     import rnncells as rc
 
-    dev = _torch_device(backend)
+    dev = _torch_device(kernel_backend)
     T, B, I, H = 50, 32, 64, 128
     mod = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(I, H).to(dev)
     params = {k[:-3]: xp.asarray(v.detach().cpu().numpy()) for k, v in mod.named_parameters()}
@@ -88,7 +83,7 @@ def test_kernels_match_torch_nn(cell, backend, torch_float32):
     ty = mod(tx)[0]
     (ty * torch.tensor(dy, device=dev)).sum().backward()
     fwd, bwd = (rc.lstm_forward, rc.lstm_backward) if cell == "lstm" else (rc.gru_forward, rc.gru_backward)
-    y, _, ctx = fwd(xp.asarray(x), params, backend=backend)
+    y, _, ctx = fwd(xp.asarray(x), params, backend=kernel_backend)
     dx, _, dp = bwd(ctx, xp.asarray(dy))
     assert verify.rel_err(_numpy(y), ty.detach().cpu().numpy()) <= 1e-5
     assert verify.rel_err(_numpy(dx), tx.grad.cpu().numpy()) <= 1e-5
@@ -96,13 +91,11 @@ def test_kernels_match_torch_nn(cell, backend, torch_float32):
         assert verify.rel_err(_numpy(dp[k[:-3]]), v.grad.cpu().numpy()) <= 1e-5, k
 
 
-@pytest.mark.parametrize("backend", KERNELS)
-@pytest.mark.parametrize("cell,variant", VARIANTS)
-def test_training_step_gradients_are_bitwise_repeatable(cell, variant, backend):
-    p = _device(verify.problem(cell, variant, T=30, B=16, I=32, H=64, dtype="float32"), backend)
-    first = {k: _numpy(v).tobytes() for k, v in verify.run(p, backend).items()}
+def test_training_step_gradients_are_bitwise_repeatable(spec, kernel_backend):
+    p = _device(verify.problem(spec, T=30, B=16, I=32, H=64, dtype="float32"), kernel_backend)
+    first = {k: _numpy(v).tobytes() for k, v in verify.run(p, kernel_backend).items()}
     for _ in range(3):
-        assert {k: _numpy(v).tobytes() for k, v in verify.run(p, backend).items()} == first
+        assert {k: _numpy(v).tobytes() for k, v in verify.run(p, kernel_backend).items()} == first
 
 
 def _adapter(cls, backend, *args, **kw):
@@ -110,15 +103,14 @@ def _adapter(cls, backend, *args, **kw):
     return cls(*args, **kw).cuda() if backend == "cupy" else cls(*args, cpu_backend="cuda-host", **kw)
 
 
-@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_torch_adapter_matches_torch_nn(kind, backend, torch_float32):
+def test_torch_adapter_matches_torch_nn(kind, kernel_backend, torch_float32):
     torch = torch_float32
     import rnncells.torch as rt
 
-    dev = _torch_device(backend)
+    dev = _torch_device(kernel_backend)
     ref = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(64, 128, num_layers=2, bidirectional=True).to(dev)
-    ours = _adapter(rt.LSTM if kind == "lstm" else rt.GRU, backend, 64, 128, num_layers=2, bidirectional=True)
+    ours = _adapter(rt.LSTM if kind == "lstm" else rt.GRU, kernel_backend, 64, 128, num_layers=2, bidirectional=True)
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(40, 16, 64, device=dev)
     lengths = torch.randint(1, 41, (16,))
@@ -141,16 +133,16 @@ def test_cuda_graph_replays_equal_the_uncaptured_loop_bit_for_bit():
     import rnncells as rc
 
     cache = rc.GraphCache()
-    for cell, variant in verify.VARIANTS:
+    for spec in verify.VARIANTS:
         for seed in range(3):
             for lengths in (None, np.array([9, 3, 0, 9, 5])):
-                p = verify._on_device(verify.problem(cell, variant, T=9, B=5, I=7, H=33, dtype="float32", seed=seed,
+                p = verify._on_device(verify.problem(spec, T=9, B=5, I=7, H=33, dtype="float32", seed=seed,
                                                      lengths=lengths))  # fmt: skip
                 want = {k: v.get() for k, v in verify.run(p, "cupy").items()}
                 got = {k: v.get() for k, v in verify.run(p, "cupy", graphs=cache).items()}
                 assert got.keys() == want.keys()
                 for k in want:
-                    np.testing.assert_array_equal(got[k], want[k], err_msg=f"{cell} {variant} {k}")
+                    np.testing.assert_array_equal(got[k], want[k], err_msg=f"{spec} {k}")
     # a forward and a backward graph per variant and lengths setting: replays reuse their slot
     assert cache.captures == 4 * len(verify.VARIANTS)
 
@@ -163,7 +155,7 @@ def test_cuda_graph_slot_is_held_by_a_view_and_by_a_torch_tensor():
     import rnncells as rc
 
     cache = rc.GraphCache()
-    p = verify._on_device(verify.problem("lstm", {"peephole": None, "candidate": "tanh"}, T=5, B=3, dtype="float32"))
+    p = verify._on_device(verify.problem(LSTMSpec(), T=5, B=3, dtype="float32"))
     run = lambda: rc.lstm_forward(p.x, p.params, training=False, graphs=cache)[0]  # noqa: E731
     view = run()[2:]
     tensor = torch.from_dlpack(run())
@@ -175,18 +167,17 @@ def test_cuda_graph_slot_is_held_by_a_view_and_by_a_torch_tensor():
     assert (view == kept[0]).all() and torch.equal(tensor, kept[1])
 
 
-@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_modules_with_graphs_train_like_without(kind, backend):
+def test_modules_with_graphs_train_like_without(kind, kernel_backend):
     """Two training steps of the torch adapter and of rnncells' own module, graphs on and off: equal bit for bit."""
     torch = pytest.importorskip("torch")
-    xp = pytest.importorskip("cupy") if backend == "cupy" else np
+    xp = pytest.importorskip("cupy") if kernel_backend == "cupy" else np
 
     import rnncells as rc
     import rnncells.torch as rt
 
-    cls, dev = (rt.LSTM if kind == "lstm" else rt.GRU), _torch_device(backend)
-    plain, graphed = (_adapter(cls, backend, 16, 32, num_layers=2, graphs=g) for g in (False, True))
+    cls, dev = (rt.LSTM if kind == "lstm" else rt.GRU), _torch_device(kernel_backend)
+    plain, graphed = (_adapter(cls, kernel_backend, 16, 32, num_layers=2, graphs=g) for g in (False, True))
     graphed.load_state_dict(plain.state_dict())
     for seed in range(2):
         x = torch.randn(7, 3, 16, device=dev, generator=torch.Generator(dev).manual_seed(seed))
@@ -197,8 +188,8 @@ def test_modules_with_graphs_train_like_without(kind, backend):
             assert torch.equal(a.grad, b.grad), k
     assert graphed._graphs.captures == 4  # two layers, a forward and a backward graph each
 
-    own = {g: (rc.LSTM if kind == "lstm" else rc.GRU)(16, 32, num_layers=2, xp=xp, graphs=g, backend=backend)
-           for g in (False, True)}  # fmt: skip
+    own = {g: (rc.LSTM if kind == "lstm" else rc.GRU)(16, 32, num_layers=2, xp=xp, graphs=g,
+                                                      backend=kernel_backend) for g in (False, True)}  # fmt: skip
     x = xp.asarray(np.random.default_rng(0).standard_normal((7, 3, 16)).astype(np.float32))
     for m in own.values():
         y, _, ctx = m(x)
@@ -220,16 +211,15 @@ def test_column_sum_past_the_grid_y_limit_on_the_device():
     np.testing.assert_array_equal(_cupy.ops().column_sum(cupy.asarray(a)).get(), a.sum(0))
 
 
-@pytest.mark.parametrize("backend", KERNELS)
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_torch_adapter_with_an_expanded_hx_matches_torch_nn(kind, backend, torch_float32):
+def test_torch_adapter_with_an_expanded_hx_matches_torch_nn(kind, kernel_backend, torch_float32):
     """hx.expand() has stride 0: the kernels read raw memory, so it must reach them contiguous."""
     torch = torch_float32
     import rnncells.torch as rt
 
-    dev = _torch_device(backend)
+    dev = _torch_device(kernel_backend)
     ref = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(16, 32).to(dev)
-    ours = _adapter(rt.LSTM if kind == "lstm" else rt.GRU, backend, 16, 32)
+    ours = _adapter(rt.LSTM if kind == "lstm" else rt.GRU, kernel_backend, 16, 32)
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(9, 5, 16, device=dev)
     h = torch.randn(1, 1, 32, device=dev).expand(1, 5, 32)

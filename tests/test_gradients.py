@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from rnncells import verify
-
-VARIANTS = [pytest.param(c, v, id=verify.variant_name(c, v).replace(" ", "-")) for c, v in verify.VARIANTS]
+from rnncells.variants import LSTMSpec
 
 
 def _sizes(seed):
@@ -15,23 +14,20 @@ def _sizes(seed):
 
 
 @pytest.mark.parametrize("seed", range(2))
-@pytest.mark.parametrize("cell,variant", VARIANTS)
-def test_one_step(cell, variant, seed):
-    p = verify.problem(cell, variant, step=True, seed=seed, **_sizes(seed))
+def test_one_step(spec, seed):
+    p = verify.problem(spec, step=True, seed=seed, **_sizes(seed))
     assert verify.fd_error(p) <= verify.BOUNDS["fd"]
 
 
 @pytest.mark.parametrize("seed", range(2))
-@pytest.mark.parametrize("cell,variant", VARIANTS)
-def test_sequence(cell, variant, seed):
-    p = verify.problem(cell, variant, seed=seed, **_sizes(seed))
+def test_sequence(spec, seed):
+    p = verify.problem(spec, seed=seed, **_sizes(seed))
     assert verify.fd_error(p) <= verify.BOUNDS["fd"]
 
 
-@pytest.mark.parametrize("cell,variant", VARIANTS)
-def test_sequence_with_lengths(cell, variant):
+def test_sequence_with_lengths(spec):
     # one item runs all T steps, one none, one part-way
-    p = verify.problem(cell, variant, T=4, B=3, I=2, H=3, lengths=np.array([2, 4, 0]), seed=3)
+    p = verify.problem(spec, T=4, B=3, I=2, H=3, lengths=np.array([2, 4, 0]), seed=3)
     assert verify.fd_error(p) <= verify.BOUNDS["fd"]
 
 
@@ -41,5 +37,5 @@ def test_finite_differences_catch_a_wrong_gradient(monkeypatch):
 
     rule = ref.RULES["sigmoid"]
     monkeypatch.setitem(ref.RULES, "sigmoid", rule._replace(bwd=lambda dz, x, y: (dz * ref.sigmoid(x),)))
-    p = verify.problem("lstm", {"peephole": None, "candidate": "tanh"}, T=2, B=2, I=2, H=2)
+    p = verify.problem(LSTMSpec(), T=2, B=2, I=2, H=2)
     assert verify.fd_error(p) > 1e-2

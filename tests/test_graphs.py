@@ -12,16 +12,9 @@ import pytest
 
 import rnncells as rc
 from rnncells import verify
+from rnncells.variants import GRUSpec, LSTMSpec
 
 pytestmark = pytest.mark.host
-
-
-def _fwd(cell):
-    return rc.lstm_forward if cell == "lstm" else rc.gru_forward
-
-
-def _bwd(cell):
-    return rc.lstm_backward if cell == "lstm" else rc.gru_backward
 
 
 def _flat(out):
@@ -39,11 +32,12 @@ def _flat(out):
 
 def _step(p, training=True, **kw):
     """Forward (and backward when training) of a problem on the host kernels: its arrays."""
-    y, state, ctx = _fwd(p.cell)(p.x, p.params, *p.states.values(), lengths=p.lengths, **p.variant,
-                                 training=training, backend="cuda-host", **kw)  # fmt: skip
+    fwd, bwd, *_ = verify.public_functions(p.spec)
+    y, state, ctx = fwd(p.x, p.params, *p.states.values(), lengths=p.lengths, **p.spec.kwargs(), training=training,
+                        backend="cuda-host", **kw)
     out = _flat((y, state))
     if training:
-        out += _flat(_bwd(p.cell)(ctx, *p.douts.values()))
+        out += _flat(bwd(ctx, *p.douts.values()))
     return out
 
 
@@ -58,8 +52,8 @@ def test_replays_equal_the_uncaptured_loop_bit_for_bit(lengths):
     """One cache for every variant, as a program holds one: a graph replayed for another variant of the same
     shape (a key that forgot part of the variant) gives that variant's results, and fails here."""
     cache = rc.GraphCache()
-    for cell, variant in verify.VARIANTS:
-        problems = [verify.problem(cell, variant, T=5, B=4, I=3, H=6, dtype="float32", lengths=lengths, seed=s)
+    for spec in verify.VARIANTS:
+        problems = [verify.problem(spec, T=5, B=4, I=3, H=6, dtype="float32", lengths=lengths, seed=s)
                     for s in range(3)]  # fmt: skip
         # every problem stays alive, so a graph that kept the first call's arrays would read stale, not freed, memory
         for p in problems:
@@ -69,19 +63,19 @@ def test_replays_equal_the_uncaptured_loop_bit_for_bit(lengths):
 
 def test_inference_replays_equal_the_uncaptured_loop():
     cache = rc.GraphCache()
-    for cell, variant in verify.VARIANTS:
+    for spec in verify.VARIANTS:
         for s in range(2):
-            p = verify.problem(cell, variant, T=4, B=3, H=5, dtype="float64", seed=s)
+            p = verify.problem(spec, T=4, B=3, H=5, dtype="float64", seed=s)
             _assert_same(_step(p, training=False, graphs=cache), _step(p, training=False))
     assert cache.captures == len(verify.VARIANTS)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_a_held_output_is_never_overwritten(cell):
-    variant = dict(verify.VARIANTS)[cell]
+@pytest.mark.parametrize("family", [LSTMSpec(), GRUSpec()], ids=str)
+def test_a_held_output_is_never_overwritten(family):
     cache = rc.GraphCache()
-    a, b = (verify.problem(cell, variant, T=4, B=2, seed=s) for s in (0, 1))
-    run = lambda q: _fwd(cell)(q.x, q.params, **q.variant, training=False, graphs=cache, backend="cuda-host")[0]  # noqa: E731
+    a, b = (verify.problem(family, T=4, B=2, seed=s) for s in (0, 1))
+    fwd = verify.public_functions(family)[0]
+    run = lambda q: fwd(q.x, q.params, **family.kwargs(), training=False, graphs=cache, backend="cuda-host")[0]  # noqa: E731
     y_a = run(a)
     kept = y_a.copy()
     y_b = run(b)
@@ -97,8 +91,8 @@ def test_what_a_call_hands_out_stays_the_callers(training):
     """Outputs, final states and gradients of one call, kept while a second call of the same shape runs on the same
     cache: none of them may be (a view of) a buffer the second call writes, such as the shared h_last."""
     cache = rc.GraphCache()
-    for cell, variant in verify.VARIANTS:
-        a, b = (verify.problem(cell, variant, T=5, B=4, I=3, H=6, lengths=np.array([5, 2, 0, 3]), seed=s)
+    for spec in verify.VARIANTS:
+        a, b = (verify.problem(spec, T=5, B=4, I=3, H=6, lengths=np.array([5, 2, 0, 3]), seed=s)
                 for s in (0, 1))  # fmt: skip
         kept = _step(a, training, graphs=cache)
         copies = [k.copy() for k in kept]
@@ -109,7 +103,7 @@ def test_what_a_call_hands_out_stays_the_callers(training):
 def test_a_view_or_a_torch_tensor_of_the_output_holds_the_slot():
     torch = pytest.importorskip("torch")
     cache = rc.GraphCache()
-    p = verify.problem("gru", {"reset_after": True}, T=3, B=2)
+    p = verify.problem(GRUSpec(), T=3, B=2)
     run = lambda: rc.gru_forward(p.x, p.params, training=False, graphs=cache, backend="cuda-host")[0]  # noqa: E731
     view = run()[1:]
     tensor = torch.from_numpy(run())
@@ -126,10 +120,9 @@ def test_a_view_or_a_torch_tensor_of_the_output_holds_the_slot():
 
 def test_stacked_layers_of_one_shape_use_a_slot_each():
     """Layer 2's forward runs while layer 1's context lives: they must not share buffers."""
-    variant = {"peephole": None, "candidate": "tanh"}
     cache = rc.GraphCache()
-    p = verify.problem("lstm", variant, T=4, B=3, I=5, H=5, dtype="float32")
-    q = verify.problem("lstm", variant, T=4, B=3, I=5, H=5, dtype="float32", seed=1)
+    p = verify.problem(LSTMSpec(), T=4, B=3, I=5, H=5, dtype="float32")
+    q = verify.problem(LSTMSpec(), T=4, B=3, I=5, H=5, dtype="float32", seed=1)
 
     def two_layers(**kw):
         y1, _, ctx1 = rc.lstm_forward(p.x, p.params, backend="cuda-host", **kw)
@@ -152,7 +145,7 @@ def test_stacked_layers_of_one_shape_use_a_slot_each():
 
 def test_past_max_slots_the_loop_runs_uncaptured():
     cache = rc.GraphCache(max_slots=1)
-    a, b = (verify.problem("gru", {"reset_after": False}, T=3, B=2, seed=s) for s in (0, 1))
+    a, b = (verify.problem(GRUSpec(reset_after=False), T=3, B=2, seed=s) for s in (0, 1))
     held = rc.gru_forward(a.x, a.params, reset_after=False, graphs=cache, backend="cuda-host")  # y and ctx live on
     _assert_same(_step(b, graphs=cache), _step(b))
     assert cache.captures == 1 and held[-1] is not None  # only held's forward was ever captured
@@ -160,7 +153,7 @@ def test_past_max_slots_the_loop_runs_uncaptured():
 
 def test_past_max_shapes_the_least_recently_used_shape_is_dropped():
     cache = rc.GraphCache(max_shapes=2)
-    problems = {T: verify.problem("gru", {"reset_after": True}, T=T, B=2) for T in (3, 4, 5)}
+    problems = {T: verify.problem(GRUSpec(), T=T, B=2) for T in (3, 4, 5)}
     run = lambda T: rc.gru_forward(problems[T].x, problems[T].params, training=False, graphs=cache,  # noqa: E731
                                    backend="cuda-host")[0]  # fmt: skip
     for T in (3, 4, 3):  # one statement each: a tuple of results would hold their slots
@@ -183,7 +176,7 @@ def test_past_max_shapes_the_least_recently_used_shape_is_dropped():
 
 
 def test_graphs_argument_is_checked():
-    p = verify.problem("lstm", {"peephole": None, "candidate": "tanh"})
+    p = verify.problem(LSTMSpec())
     with pytest.raises(TypeError, match="graphs must be a rnncells.GraphCache or None, got str"):
         rc.lstm_forward(p.x, p.params, graphs="yes", backend="cuda-host")
     with pytest.raises(ValueError, match="graphs= needs backend 'cupy' or 'cuda-host'"):

@@ -18,9 +18,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from rnncells import api, cuda, verify
-
-VARIANTS = [pytest.param(c, v, id=verify.variant_name(c, v).replace(" ", "-")) for c, v in verify.VARIANTS]
+from rnncells import _backends, cuda, verify
+from rnncells.variants import LSTMSpec
 
 
 @pytest.mark.parametrize("arch", ["80", "90"])
@@ -78,13 +77,9 @@ class PoisonedNumpy:
 
 
 @pytest.fixture
-def poisoned_host(monkeypatch):
-    """backend='cuda-host' with poisoned buffers; yields the ops so a test may alter them."""
-    ops = cuda.host_ops()
-    impl = api._sequence_backend(ops, PoisonedNumpy())
-    real = api._impl
-    monkeypatch.setattr(api, "_impl", lambda name, tf32=False: impl if name == "cuda-host" else real(name, tf32))
-    return ops
+def poisoned_host():
+    """The host-built kernels on NaN-poisoned buffers: a backend to pass as backend=."""
+    return _backends.Orchestrated("cuda-host", cuda.host_ops, PoisonedNumpy())
 
 
 SHAPES = [
@@ -98,25 +93,22 @@ SHAPES = [
 @pytest.mark.host
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{T}B{B}I{I}H{H}".format(**s))
-@pytest.mark.parametrize("cell,variant", VARIANTS)
-def test_host_run_matches_reference(poisoned_host, cell, variant, shape, dtype):
+def test_host_run_matches_reference(poisoned_host, spec, shape, dtype):
     lengths = np.random.default_rng(shape["H"]).integers(0, shape["T"] + 1, size=shape["B"])
     for kw in ({}, {"lengths": lengths}, {"step": True}):
-        err, dtypes = verify.backend_error(verify.problem(cell, variant, dtype=dtype, **shape, **kw), "cuda-host")
+        err, dtypes = verify.backend_error(verify.problem(spec, dtype=dtype, **shape, **kw), poisoned_host)
         assert err <= verify.BOUNDS[dtype]
         assert dtypes == {np.dtype(dtype)}
 
 
 @pytest.mark.host
-@pytest.mark.parametrize("cell,variant", VARIANTS)
-def test_host_inference_kernels_give_the_training_outputs(poisoned_host, cell, variant):
-    import rnncells as rc
+def test_host_inference_kernels_give_the_training_outputs(poisoned_host, spec):
 
-    p = verify.problem(cell, variant, T=5, B=3, H=70, lengths=np.array([5, 2, 0]), dtype="float32")
-    fwd = rc.lstm_forward if cell == "lstm" else rc.gru_forward
+    p = verify.problem(spec, T=5, B=3, H=70, lengths=np.array([5, 2, 0]), dtype="float32")
+    fwd = verify.public_functions(spec)[0]
     args = (p.x, p.params, *p.states.values())
-    train = fwd(*args, lengths=p.lengths, **p.variant, backend="cuda-host")
-    infer = fwd(*args, lengths=p.lengths, **p.variant, training=False, backend="cuda-host")
+    train = fwd(*args, lengths=p.lengths, **spec.kwargs(), backend=poisoned_host)
+    infer = fwd(*args, lengths=p.lengths, **spec.kwargs(), training=False, backend=poisoned_host)
     assert infer[-1] is None
     # y, and the final states: items 1 and 2 stop early, so their hT and cT come from h_last and a frozen c
     for name, want, got in zip(("y", "hT", "cT"), _outputs(train), _outputs(infer)):
@@ -138,8 +130,8 @@ def test_poison_catches_an_unwritten_element(poisoned_host, monkeypatch):
         return real(self, name, n - cuda.BLOCK if name.startswith("lstm_forward_step") else n, *args, grid_y=grid_y)
 
     monkeypatch.setattr(cuda.KernelOps, "_launch", short)
-    p = verify.problem("lstm", {"peephole": None, "candidate": "tanh"}, B=3, H=100)  # 300 threads: two blocks
-    err, _ = verify.backend_error(p, "cuda-host")
+    p = verify.problem(LSTMSpec(), B=3, H=100)  # 300 threads: two blocks
+    err, _ = verify.backend_error(p, poisoned_host)
     assert not err <= verify.BOUNDS["float64"]
 
 
@@ -147,14 +139,14 @@ def test_poison_catches_an_unwritten_element(poisoned_host, monkeypatch):
 def test_host_launcher_rejects_a_strided_buffer():
     a = np.zeros((4, 6), np.float32)
     with pytest.raises(ValueError, match="argument 3 is not C-contiguous"):
-        cuda.host_ops().launcher(cuda.plain_name("column_totals", "float32"), (1, 1, 1), (256, 1, 1),
+        cuda.host_ops().launcher(cuda.kernel_name("column_totals", "float32"), (1, 1, 1), (256, 1, 1),
                                  (1, 3, a, a[:, ::2]))  # fmt: skip
 
 
 @pytest.mark.host
 def test_host_launcher_checks_arguments_against_the_kernel_signature():
     launcher = cuda.host_ops().launcher
-    name = cuda.plain_name("column_totals", "float32")
+    name = cuda.kernel_name("column_totals", "float32")
     assert launcher.signatures[name] == "int,int,float*,float*"
     a = np.zeros(4, np.float32)
     takes = r"takes \(int, int, float\*, float\*\) "
@@ -164,7 +156,7 @@ def test_host_launcher_checks_arguments_against_the_kernel_signature():
         launcher(name, (1, 1, 1), (256, 1, 1), (1, a, 4, a))
     with pytest.raises(TypeError, match=takes + r"but was given \(int, int, double\*, float\*\)"):
         launcher(name, (1, 1, 1), (256, 1, 1), (1, 4, a.astype(np.float64), a))
-    lengths = cuda.lstm_forward_name("float64", None, "tanh", False)
+    lengths = cuda.kernel_name("lstm_forward_step", "float64", LSTMSpec(), False)
     assert launcher.signatures[lengths].endswith(",double*,int*")  # ..., w_peep, lengths
     for sig in launcher.signatures.values():
         assert set(sig.split(",")) <= {"int", "float*", "double*", "int*"}
@@ -176,7 +168,7 @@ def test_host_launcher_checks_arguments_against_the_kernel_signature():
 def test_host_launcher_refuses_what_cuda_refuses(grid, block):
     a = np.zeros(4, np.float32)
     with pytest.raises(ValueError, match="outside CUDA's limits|more than 1024 threads"):
-        cuda.host_ops().launcher(cuda.plain_name("column_totals", "float32"), grid, block, (1, 4, a, a))
+        cuda.host_ops().launcher(cuda.kernel_name("column_totals", "float32"), grid, block, (1, 4, a, a))
 
 
 @pytest.mark.host
@@ -184,7 +176,7 @@ def test_host_launcher_refuses_an_int_argument_past_32_bits():
     """ctypes would wrap 2**31 to a negative int without a word; CuPy passes ints as int32 and must not either."""
     a = np.zeros(4, np.float32)
     with pytest.raises(OverflowError, match=r"argument 1 = 2147483648 does not fit the kernel's 32-bit int"):
-        cuda.host_ops().launcher(cuda.plain_name("column_totals", "float32"), (1, 1, 1), (256, 1, 1),
+        cuda.host_ops().launcher(cuda.kernel_name("column_totals", "float32"), (1, 1, 1), (256, 1, 1),
                                  (1, 2**31, a, a))  # fmt: skip
 
 
@@ -212,25 +204,25 @@ ASAN_SCRIPT = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from rnncells import _numpy, api, cuda, verify
+    from rnncells import _backends, _numpy, cuda, verify
+    from rnncells.variants import LSTMSpec
 
     lib = cuda.build_host_library(".", sanitize=True)  # the test's tmp_path
     ops = cuda.KernelOps(cuda.HostLauncher(lib), np, _numpy.gemm)
     if sys.argv[1] == "run":
-        api._impl = lambda name, tf32=False, real=api._impl: (api._sequence_backend(ops, np) if name == "cuda-host"
-                                                              else real(name, tf32))  # fmt: skip
+        sanitized = _backends.Orchestrated("cuda-host", lambda tf32: ops, np)
         worst = 0.0
-        for cell, variant in verify.VARIANTS:
+        for spec in verify.VARIANTS:
             for kw in ({}, {"lengths": np.array([3, 0, 2])}, {"step": True}):
-                p = verify.problem(cell, variant, T=3, B=3, I=2, H=33, dtype="float32", **kw)
-                worst = max(worst, verify.backend_error(p, "cuda-host")[0])
+                p = verify.problem(spec, T=3, B=3, I=2, H=33, dtype="float32", **kw)
+                worst = max(worst, verify.backend_error(p, sanitized)[0])
         print("worst", worst)
     else:  # every buffer one row too short for the H the kernel is told
         B, H = 3, 5
         buf = lambda *s: np.zeros(s, np.float32)
         args = (0, B, H + 1, buf(B, 4 * H), buf(B, 4 * H), None, buf(B, H), buf(B, H), buf(B, H), None,
                 buf(B, 4 * H), None, None)
-        ops.launcher(cuda.lstm_forward_name("float32", None, "tanh", True), (1, 1, 1), (256, 1, 1), args)
+        ops.launcher(cuda.kernel_name("lstm_forward_step", "float32", LSTMSpec(), True), (1, 1, 1), (256, 1, 1), args)
         print("no error reported")
     """
 )
@@ -313,16 +305,13 @@ def test_gemm_plan_drives_column_major_cublas_to_the_row_major_product(a, b):
 
 
 @pytest.mark.host
-@pytest.mark.parametrize("cell,variant", VARIANTS)
-def test_orchestration_with_the_cublas_argument_plan_matches_reference(cell, variant, monkeypatch):
+def test_orchestration_with_the_cublas_argument_plan_matches_reference(spec):
     """Every GEMM call site of the sequence code, with its real strides, through the cuBLAS mapping."""
     ops = cuda.KernelOps(cuda.host_ops().launcher, np, planned_gemm)
-    real = api._impl
-    monkeypatch.setattr(api, "_impl", lambda n, tf32=False: api._sequence_backend(ops, PoisonedNumpy())
-                        if n == "cuda-host" else real(n, tf32))  # fmt: skip
+    planned = _backends.Orchestrated("cuda-host", lambda tf32: ops, PoisonedNumpy())
     for kw in ({}, {"lengths": np.array([5, 0, 2])}, {"step": True}):
-        p = verify.problem(cell, variant, T=5, B=3, I=4, H=3, dtype="float64", **kw)
-        assert verify.backend_error(p, "cuda-host")[0] <= verify.BOUNDS["float64"]
+        p = verify.problem(spec, T=5, B=3, I=4, H=3, dtype="float64", **kw)
+        assert verify.backend_error(p, planned)[0] <= verify.BOUNDS["float64"]
 
 
 def _strided(a):
@@ -333,10 +322,9 @@ def _strided(a):
 
 
 @pytest.mark.host
-@pytest.mark.parametrize("cell,variant", VARIANTS)
-def test_strided_inputs_reach_the_kernels_contiguous(cell, variant):
+def test_strided_inputs_reach_the_kernels_contiguous(spec):
     """Kernels read raw memory: states, peephole weights and b_hn (a slice of bias_hh) must arrive contiguous."""
-    p = verify.problem(cell, variant, T=4, B=3, I=5, H=6, dtype="float64", lengths=np.array([4, 1, 0]))
+    p = verify.problem(spec, T=4, B=3, I=5, H=6, dtype="float64", lengths=np.array([4, 1, 0]))
     states = {k: np.broadcast_to(v[:1], v.shape) for k, v in p.states.items()}  # an expand()ed hx: stride 0
     strided = p._replace(x=_strided(p.x), states=states, params={k: _strided(v) for k, v in p.params.items()})
     for k, v in [("x", strided.x), *strided.states.items(), *strided.params.items()]:

@@ -11,10 +11,7 @@ import pytest
 
 import rnncells as rc
 from rnncells import verify
-
-VARIANTS = [pytest.param(c, v, id=verify.variant_name(c, v).replace(" ", "-")) for c, v in verify.VARIANTS]
-GATES = {"lstm": 4, "gru": 3}
-
+from rnncells.variants import GRUSpec
 
 def _arrays(obj):
     """Every array a context holds, however nested."""
@@ -29,37 +26,35 @@ def _arrays(obj):
 
 
 def _forward(p, backend):
-    fwd = rc.lstm_forward if p.cell == "lstm" else rc.gru_forward
-    return fwd(p.x, p.params, *p.states.values(), lengths=p.lengths, **p.variant, backend=backend)
+    fwd = verify.public_functions(p.spec)[0]
+    return fwd(p.x, p.params, *p.states.values(), lengths=p.lengths, **p.spec.kwargs(), backend=backend)
 
 
 @pytest.mark.parametrize("backend", ["numpy", "cuda-host"])
-@pytest.mark.parametrize("cell,variant", VARIANTS)
-def test_saved_activations_stay_within_g_plus_one_t_b_h(cell, variant, backend):
+def test_saved_activations_stay_within_g_plus_one_t_b_h(spec, backend):
     T, B, H = 6, 3, 5
-    p = verify.problem(cell, variant, T=T, B=B, I=4, H=H, dtype="float32", lengths=np.array([6, 2, 0]))
+    p = verify.problem(spec, T=T, B=B, I=4, H=H, dtype="float32", lengths=np.array([6, 2, 0]))
     y, _, ctx = _forward(p, backend)
     callers = [p.x, y, *p.states.values(), *p.params.values()]
     activations = [a for a in _arrays(ctx.inner) if a.dtype.kind == "f"]  # not the int lengths
     saved = [a for a in activations if not any(np.shares_memory(a, c) for c in callers)]
-    assert sum(a.size for a in saved) <= (GATES[cell] + 1) * T * B * H
+    assert sum(a.size for a in saved) <= (spec.gates + 1) * T * B * H
     assert saved, "the context must keep the gates it needs"
 
 
-@pytest.mark.parametrize("cell,variant", VARIANTS)
-def test_the_context_reads_y_as_its_state_history_and_backward_leaves_it(cell, variant):
+def test_the_context_reads_y_as_its_state_history_and_backward_leaves_it(spec):
     """The hidden states live in y alone (no second copy); backward must not write them."""
-    p = verify.problem(cell, variant, T=4, B=3, lengths=np.array([4, 1, 3]))
+    p = verify.problem(spec, T=4, B=3, lengths=np.array([4, 1, 3]))
     y, _, ctx = _forward(p, "numpy")
     assert ctx.inner.y is y
     before = y.copy()
-    (rc.lstm_backward if cell == "lstm" else rc.gru_backward)(ctx, *p.douts.values())
+    verify.public_functions(spec)[1](ctx, *p.douts.values())
     np.testing.assert_array_equal(y, before)
 
 
 def test_writing_into_y_before_backward_changes_the_gradients():
     """Why the docstrings say y must not be written to between forward and backward."""
-    p = verify.problem("gru", {"reset_after": True}, T=4, B=2)
+    p = verify.problem(GRUSpec(), T=4, B=2)
     want = verify.run(p, "numpy")
     y, _, ctx = _forward(p, "numpy")
     y[1] += 1.0

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from rnncells import verify
+from rnncells.variants import LSTMSpec
 
-VARIANTS = [pytest.param(c, v, id=verify.variant_name(c, v).replace(" ", "-")) for c, v in verify.VARIANTS]
 SHAPES = [
     dict(T=5, B=3, I=4, H=3),
     dict(T=1, B=1, I=1, H=1),
@@ -16,20 +16,18 @@ SHAPES = [
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{T}B{B}I{I}H{H}".format(**s))
-@pytest.mark.parametrize("cell,variant", VARIANTS)
-def test_sequence_matches_reference(cell, variant, shape, dtype):
+def test_sequence_matches_reference(spec, shape, dtype):
     rng = np.random.default_rng(shape["T"] * 10 + shape["B"])
     lengths = rng.integers(0, shape["T"] + 1, size=shape["B"])
     for kw in ({}, {"lengths": lengths}):
-        err, dtypes = verify.backend_error(verify.problem(cell, variant, dtype=dtype, **shape, **kw))
+        err, dtypes = verify.backend_error(verify.problem(spec, dtype=dtype, **shape, **kw))
         assert err <= verify.BOUNDS[dtype]
         assert dtypes == {np.dtype(dtype)}  # float32 stays float32
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("cell,variant", VARIANTS)
-def test_one_step_matches_reference(cell, variant, dtype):
-    err, dtypes = verify.backend_error(verify.problem(cell, variant, dtype=dtype, step=True, B=4, I=3, H=5))
+def test_one_step_matches_reference(spec, dtype):
+    err, dtypes = verify.backend_error(verify.problem(spec, dtype=dtype, step=True, B=4, I=3, H=5))
     assert err <= verify.BOUNDS[dtype]
     assert dtypes == {np.dtype(dtype)}
 
@@ -39,25 +37,22 @@ def test_backend_comparison_can_fail(monkeypatch):
     from rnncells import _numpy
 
     monkeypatch.setitem(_numpy.ACT, "tanh", lambda a: np.tanh(1.01 * a))
-    p = verify.problem("lstm", {"peephole": None, "candidate": "tanh"})
+    p = verify.problem(LSTMSpec())
     assert verify.backend_error(p)[0] > 1e-4
 
 
-@pytest.mark.parametrize("cell,variant", VARIANTS)
-def test_inference_gives_the_training_outputs_and_no_ctx(cell, variant):
+def test_inference_gives_the_training_outputs_and_no_ctx(spec):
     """The NumPy inference loop (two rows of c, no gates kept) against its training loop."""
-    import rnncells as rc
-
-    p = verify.problem(cell, variant, T=5, B=3, lengths=np.array([5, 2, 0]))
-    fwd = rc.lstm_forward if cell == "lstm" else rc.gru_forward
-    train = fwd(p.x, p.params, *p.states.values(), lengths=p.lengths, **p.variant)
-    infer = fwd(p.x, p.params, *p.states.values(), lengths=p.lengths, **p.variant, training=False)
+    p = verify.problem(spec, T=5, B=3, lengths=np.array([5, 2, 0]))
+    fwd, bwd, *_ = verify.public_functions(spec)
+    train = fwd(p.x, p.params, *p.states.values(), lengths=p.lengths, **spec.kwargs())
+    infer = fwd(p.x, p.params, *p.states.values(), lengths=p.lengths, **spec.kwargs(), training=False)
     assert infer[-1] is None
     for a, b in zip(train[:-1], infer[:-1]):
         for u, v in zip(a if isinstance(a, tuple) else (a,), b if isinstance(b, tuple) else (b,)):
             np.testing.assert_array_equal(u, v)
     with pytest.raises(TypeError, match="ctx must be the Context returned by the forward, got NoneType"):
-        (rc.lstm_backward if cell == "lstm" else rc.gru_backward)(infer[-1], None)
+        bwd(infer[-1], None)
 
 
 @pytest.mark.parametrize("B,H,threads", [(4, 8, 1), (64, 128, 2)])

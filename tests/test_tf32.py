@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 import rnncells as rc
-from rnncells import api, cuda, verify
-
-VARIANTS = [pytest.param(c, v, id=verify.variant_name(c, v).replace(" ", "-")) for c, v in verify.VARIANTS]
+from rnncells import cuda, verify
+from rnncells.variants import GRUSpec, LSTMSpec
 
 
 def test_tf32_keeps_ten_mantissa_bits_by_truncation():
@@ -21,14 +20,13 @@ def test_tf32_keeps_ten_mantissa_bits_by_truncation():
     assert np.isnan(cuda.to_tf32(np.float32(np.nan)))
 
 
-@pytest.mark.parametrize("cell,variant", VARIANTS)
-def test_host_tf32_is_within_its_bound_and_changes_float32_only(cell, variant):
-    p = verify.problem(cell, variant, T=20, B=8, I=16, H=33, lengths=np.array([20, 3, 0, 7, 20, 1, 19, 20]),
+def test_host_tf32_is_within_its_bound_and_changes_float32_only(spec):
+    p = verify.problem(spec, T=20, B=8, I=16, H=33, lengths=np.array([20, 3, 0, 7, 20, 1, 19, 20]),
                        dtype="float32")  # fmt: skip
     err, _ = verify.backend_error(p, "cuda-host", tf32=True)
     assert err <= verify.BOUNDS["float32-tf32"]
     assert err > 10 * verify.BOUNDS["float32"]  # TF32 really ran: exact float32 stays within 1e-5
-    p64 = verify.problem(cell, variant, T=5, B=3, I=4, H=6, dtype="float64")
+    p64 = verify.problem(spec, T=5, B=3, I=4, H=6, dtype="float64")
     on, off = verify.run(p64, "cuda-host", tf32=True), verify.run(p64, "cuda-host")
     for k in off:
         np.testing.assert_array_equal(on[k], off[k], err_msg=k)
@@ -40,20 +38,17 @@ def counted_tf32_gemms(monkeypatch):
     calls = []
     real = cuda.tf32_gemm
     monkeypatch.setattr(cuda, "tf32_gemm", lambda *a, **k: (calls.append(a[2].shape), real(*a, **k))[1])
-    for cache in (api._impl, cuda.host_ops):
-        cache.cache_clear()
+    cuda.host_ops.cache_clear()
     yield calls
-    for cache in (api._impl, cuda.host_ops):
-        cache.cache_clear()
+    cuda.host_ops.cache_clear()
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_every_gemm_of_forward_and_backward_follows_the_forwards_tf32(counted_tf32_gemms, cell):
+@pytest.mark.parametrize("family", [LSTMSpec(), GRUSpec()], ids=str)
+def test_every_gemm_of_forward_and_backward_follows_the_forwards_tf32(counted_tf32_gemms, family):
     T, B, I, H = 3, 2, 4, 5
-    p = verify.problem(cell, verify.VARIANTS[0][1] if cell == "lstm" else {"reset_after": True}, T=T, B=B, I=I, H=H,
-                       dtype="float32")  # fmt: skip
-    fwd, bwd = (rc.lstm_forward, rc.lstm_backward) if cell == "lstm" else (rc.gru_forward, rc.gru_backward)
-    G = 4 if cell == "lstm" else 3
+    p = verify.problem(family, T=T, B=B, I=I, H=H, dtype="float32")
+    fwd, bwd, *_ = verify.public_functions(family)
+    G = family.gates
     y, _, ctx = fwd(p.x, p.params, backend="cuda-host", tf32=True)
     assert counted_tf32_gemms == [(T * B, G * H)] + [(B, G * H)] * T  # the input GEMM, then one per step
     counted_tf32_gemms.clear()
@@ -68,6 +63,6 @@ def test_every_gemm_of_forward_and_backward_follows_the_forwards_tf32(counted_tf
 
 
 def test_tf32_must_be_a_bool():
-    p = verify.problem("gru", {"reset_after": True})
+    p = verify.problem(GRUSpec())
     with pytest.raises(TypeError, match=r"tf32='yes' must be True or False"):
         rc.gru_forward(p.x, p.params, tf32="yes")

@@ -204,23 +204,23 @@ def test_writing_into_the_output_before_backward_is_refused(kind):
 
 def test_autograd_runs_our_backward_once_per_layer_and_direction(monkeypatch):
     calls = []
-    real = api.lstm_backward
-    monkeypatch.setattr(api, "lstm_backward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = api.backward
+    monkeypatch.setattr(api, "backward", lambda *a, **k: calls.append(1) or real(*a, **k))
     m = rt.LSTM(3, 4, num_layers=2, bidirectional=True)
     m(torch.randn(5, 2, 3))[0].sum().backward()
     assert len(calls) == 4
 
 
 def _record_forwards(monkeypatch):
-    """Every call of api.lstm_forward / api.gru_forward: (the training= it was given, the ctx it returned)."""
+    """Every call of api.forward: (the training= it was given, the ctx it returned)."""
     seen = []
-    for name in ("lstm_forward", "gru_forward"):
-        def spy(*a, real=getattr(api, name), **k):
-            out = real(*a, **k)
-            seen.append((k["training"], out[-1]))
-            return out
 
-        monkeypatch.setattr(api, name, spy)
+    def spy(*a, real=api.forward, **k):
+        out = real(*a, **k)
+        seen.append((k["training"], out[-1]))
+        return out
+
+    monkeypatch.setattr(api, "forward", spy)
     return seen
 
 

@@ -1,0 +1,142 @@
+"""The cell variants: one frozen spec per cell family, the one place that knows what a variant's flags mean.
+
+A spec holds what a variant changes outside its equations: the check of its
+flags, its parameters (names, shapes and what each shape means), its
+kernels' template arguments and its name.  One spec travels unchanged from
+the public functions through the orchestration to the kernels' names.  The
+equations live in the reference tape (`rnncells.reference`), the NumPy twin
+(`rnncells._numpy`) and the kernels (kernels/*.cu), each reading the spec's
+fields.
+
+A new LSTM flag is a field here (checked in `__post_init__`, listed in
+`every`, passed to the kernels by `template_args`), and the lines that use
+it in those three places.
+"""
+
+import itertools
+from dataclasses import asdict, dataclass
+from typing import ClassVar
+
+import numpy as np
+
+PEEPHOLES = (None, "full", "diagonal")
+CANDIDATES = ("tanh", "sigmoid")
+_PEEPHOLE_CODES = {None: "0", "full": "1", "diagonal": "2"}  # PEEPHOLE_* in kernels/common.cuh
+
+
+def _cpp(flag):
+    return "true" if flag else "false"
+
+
+class _Spec:
+    """What both families share: their flags as keyword arguments, their names, their parameters."""
+
+    cell: ClassVar[str]  # "lstm" or "gru"
+    gates: ClassVar[int]  # G: the weights have G·H rows
+    states: ClassVar[tuple]  # the recurrent states' names
+
+    def kwargs(self):
+        """The flags as the public functions take them, e.g. {"peephole": None, "candidate": "tanh"}."""
+        return asdict(self)
+
+    def __str__(self):
+        """'lstm peephole=full candidate=sigmoid', 'gru reset_after=True'."""
+        return " ".join([self.cell] + [f"{k}={v}" for k, v in self.kwargs().items()])
+
+    def param_shapes(self, input_size, hidden_size, bias=True):
+        """{key: shape} of the parameters, in torch.nn's order (weight_ih, weight_hh, bias_ih, bias_hh, extras)."""
+        G, H, I = self.gates, hidden_size, input_size
+        shapes = {"weight_ih": (G * H, I), "weight_hh": (G * H, H)}
+        if bias:
+            shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
+        return {**shapes, **self._extra_shapes(H)}
+
+    def param_meanings(self):
+        """{key: the expected shape in words}, for error messages."""
+        G = self.gates
+        rows = {"weight_ih": "input_size", "weight_hh": "hidden_size"}
+        meanings = {k: f"({G}*hidden_size, {cols})" for k, cols in rows.items()}
+        meanings.update(bias_ih=f"({G}*hidden_size,)", bias_hh=f"({G}*hidden_size,)")
+        return {**meanings, **self._extra_meanings()}
+
+    def needed_for(self, key):
+        """Why a parameter is needed, for the message when it is missing."""
+        return "bias" if key.startswith("bias") else self.cell
+
+    def _extra_shapes(self, H):
+        return {}
+
+    def _extra_meanings(self):
+        return {}
+
+
+@dataclass(frozen=True)
+class LSTMSpec(_Spec):
+    """An LSTM variant: `peephole` None, "full" (c Wchᵀ) or "diagonal" (w∘c); `candidate` "tanh" or "sigmoid"."""
+
+    peephole: object = None
+    candidate: str = "tanh"
+
+    cell: ClassVar[str] = "lstm"
+    gates: ClassVar[int] = 4  # i, f, g, o
+    states: ClassVar[tuple] = ("h", "c")
+
+    def __post_init__(self):
+        if self.peephole not in PEEPHOLES:
+            raise ValueError(f"peephole={self.peephole!r} is not one of None, 'full', 'diagonal'")
+        if self.candidate not in CANDIDATES:
+            raise ValueError(f"candidate={self.candidate!r} is not one of 'tanh', 'sigmoid'")
+
+    @staticmethod
+    def every():
+        """Every LSTM variant."""
+        return [LSTMSpec(p, c) for p, c in itertools.product(PEEPHOLES, CANDIDATES)]
+
+    def template_args(self):
+        """The kernels' template arguments after <S, C>: PEEPHOLE, SIGMOID_CANDIDATE."""
+        return (_PEEPHOLE_CODES[self.peephole], _cpp(self.candidate == "sigmoid"))
+
+    def needed_for(self, key):
+        return f"peephole={self.peephole!r}" if key == "weight_ch" else super().needed_for(key)
+
+    def _extra_shapes(self, H):
+        if self.peephole == "full":
+            return {"weight_ch": (3 * H, H)}  # rows i, f, o
+        if self.peephole == "diagonal":
+            return {"weight_ch": (3 * H,)}
+        return {}
+
+    def _extra_meanings(self):
+        if self.peephole is None:
+            return {}
+        return {"weight_ch": "(3*hidden_size, hidden_size)" if self.peephole == "full" else "(3*hidden_size,)"}
+
+
+@dataclass(frozen=True)
+class GRUSpec(_Spec):
+    """A GRU variant: reset_after=True is torch.nn.GRU / cuDNN, False is Cho et al. / Keras."""
+
+    reset_after: bool = True
+
+    cell: ClassVar[str] = "gru"
+    gates: ClassVar[int] = 3  # r, z, n
+    states: ClassVar[tuple] = ("h",)
+
+    def __post_init__(self):
+        if not isinstance(self.reset_after, (bool, np.bool_)):
+            raise ValueError(f"reset_after={self.reset_after!r} must be True or False")
+        object.__setattr__(self, "reset_after", bool(self.reset_after))  # NumPy's bool too, stored as a bool
+
+    @staticmethod
+    def every():
+        """Every GRU variant."""
+        return [GRUSpec(r) for r in (True, False)]
+
+    def template_args(self):
+        """None: reset before and after are kernels of their own, not a template argument."""
+        return ()
+
+
+def every():
+    """Every variant of every cell family."""
+    return LSTMSpec.every() + GRUSpec.every()
