@@ -18,6 +18,7 @@ import numpy as np
 
 from . import _numpy, _sequence
 
+
 class Backend:
     """One way to run the cells.
 
@@ -87,9 +88,9 @@ class Orchestrated(Backend):
 
 
 def _host_ops(tf32):
-    from . import cuda
+    from . import _host
 
-    return cuda.host_ops(tf32)
+    return _host.ops(tf32)
 
 
 def _cupy_ops(tf32):

@@ -19,9 +19,9 @@ import functools
 import cupy
 import numpy as np
 
-from . import _cublas, cuda
+from . import _cublas, _kernels
 
-COMPILE_OPTIONS = ("--std=c++17", f"--include-path={cuda.kernel_dir()}")
+COMPILE_OPTIONS = ("--std=c++17", f"--include-path={_kernels.kernel_dir()}")
 # cuBLAS's recommended workspace for Hopper (4 MiB suffices before it); one per device and stream
 WORKSPACE_BYTES = 32 << 20
 
@@ -30,7 +30,8 @@ WORKSPACE_BYTES = 32 << 20
 def _module(device_id):
     """Every instantiation, compiled for one device."""
     del device_id  # the cache key: RawModule compiles for the current device
-    return cupy.RawModule(code=cuda.program_source(), options=COMPILE_OPTIONS, name_expressions=cuda.instantiations())
+    return cupy.RawModule(code=_kernels.program_source(), options=COMPILE_OPTIONS,
+                          name_expressions=_kernels.instantiations())
 
 
 @functools.lru_cache(maxsize=None)
@@ -68,12 +69,12 @@ def _workspace(device_id, stream_ptr):
 def gemm(a, b, out, accumulate=False, *, tf32=False, workspace=None):
     """out = a @ b (out += a @ b when accumulate), float32 or float64, on the current stream through cuBLAS.
 
-    Arguments come from `cuda.gemm_plan`.  `workspace` is the cuBLAS
+    Arguments come from `_kernels.gemm_plan`.  `workspace` is the cuBLAS
     workspace to use, by default the current stream's; a capture passes the
     one of the stream its graph will be replayed on.  With tf32, float32
     GEMMs may use TF32 tensor cores.
     """
-    cuda.planned_gemm(a, b, out, accumulate, functools.partial(_cublas_gemm, tf32=tf32, workspace=workspace))
+    _kernels.planned_gemm(a, b, out, accumulate, functools.partial(_cublas_gemm, tf32=tf32, workspace=workspace))
 
 
 def _cublas_gemm(op_b, op_a, m, n, k, b, ldb, a, lda, beta, out, ldc, *, tf32, workspace):
@@ -95,10 +96,11 @@ def capture(ops, loop):
     share one workspace, in stream order.
     """
     device, replay = cupy.cuda.Device().id, cupy.cuda.get_current_stream()
-    for name in cuda.instantiations():
+    for name in _kernels.instantiations():
         _function(device, name)
     _handle(device)
-    captured = cuda.KernelOps(ops.launcher, cupy, functools.partial(ops.gemm, workspace=_workspace(device, replay.ptr)))
+    gemm = functools.partial(ops.gemm, workspace=_workspace(device, replay.ptr))
+    captured = _kernels.KernelOps(ops.launcher, cupy, gemm)
     stream = cupy.cuda.Stream(non_blocking=True)
     with stream:
         stream.begin_capture()
@@ -112,7 +114,7 @@ def capture(ops, loop):
 @functools.lru_cache(maxsize=None)
 def ops(tf32=False):
     """The per-step ops of the CuPy backend, TF32 in every float32 GEMM or in none."""
-    return cuda.KernelOps(_launch, cupy, functools.partial(gemm, tf32=tf32), capture=capture,
+    return _kernels.KernelOps(_launch, cupy, functools.partial(gemm, tf32=tf32), capture=capture,
                           graph_key=lambda: _graph_key(tf32))  # fmt: skip
 
 

@@ -37,7 +37,12 @@ import threading
 
 import numpy as np
 
-from .reference import sigmoid
+
+def sigmoid(a):
+    """σ(a) = 1 / (1 + e^-a), without overflow for any |a| (e^-|a| <= 1); NaN stays NaN (common.cuh's twin)."""
+    e = np.exp(-np.abs(a))
+    return np.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
 
 ACT = {"tanh": np.tanh, "sigmoid": sigmoid}
 # d act / d a, written in terms of the activation's output

@@ -1,7 +1,7 @@
 """Whole sequences: buffers, GEMMs and the order of work.
 
 Generic over the array module `xp` and the backend's per-step `ops`
-(`rnncells._numpy`; the CUDA kernels through `rnncells.cuda`), so one
+(`rnncells._numpy`; the CUDA kernels through `rnncells._kernels`), so one
 orchestration serves every backend and CI checks it with host-run kernels:
 
 forward   xw = x Wihᵀ (+ biases)                  one GEMM over all T·B rows

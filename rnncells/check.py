@@ -13,11 +13,12 @@ variant row is the worst over one step, a sequence, a sequence with
 Then every kernel instantiation compiled with NVRTC for sm_80 and sm_90.
 """
 
+import re
 import shutil
 
 import numpy as np
 
-from . import _backends, reference, verify
+from . import _backends, _kernels, tape, verify
 
 _MODES = (
     {"step": True},
@@ -45,7 +46,7 @@ def backends():
 
 def rows():
     """Yield (tier, what, dtype, backend, worst relative error, bound); error None means not run."""
-    for op in reference.RULES:
+    for op in tape.RULES:
         yield 1, f"deriv {op}", "float64", "reference vs FD", verify.deriv_error(op), verify.BOUNDS["fd"]
     for spec in verify.VARIANTS:
         worst = max(verify.fd_error(verify.problem(spec, **m)) for m in _MODES[:3])
@@ -86,11 +87,54 @@ def backend_rows(backend):
 
 def kernel_rows(archs=("80", "90")):
     """Yield (instantiation, {arch: (registers, spill stores, spill loads)}), or raise if NVRTC fails."""
-    from . import cuda
-
-    reports = {arch: cuda.nvrtc_report(arch) for arch in archs}
-    for name in cuda.instantiations():
+    reports = {arch: nvrtc_report(arch) for arch in archs}
+    for name in _kernels.instantiations():
         yield name, {arch: reports[arch][name] for arch in archs}
+
+
+_PTXAS = re.compile(
+    r"Compiling entry function '(\w+)' for 'sm_\d+'.*?"
+    r"(\d+) bytes spill stores, (\d+) bytes spill loads.*?Used (\d+) registers",
+    re.S,
+)
+
+
+def nvrtc_report(arch):
+    """Compile every instantiation for sm_<arch> with NVRTC; {name: (registers, spill stores, spill loads)}.
+
+    Needs cuda-bindings and an NVRTC library (the `nvrtc` extra); no GPU.
+    Raises RuntimeError with NVRTC's log if the compile fails.
+    """
+    from cuda.bindings import nvrtc
+
+    names = _kernels.instantiations()
+    err, prog = nvrtc.nvrtcCreateProgram(_kernels.program_source().encode(), b"rnncells.cu", 0, [], [])
+    _nvrtc_check(err, "nvrtcCreateProgram")
+    for n in names:
+        _nvrtc_check(nvrtc.nvrtcAddNameExpression(prog, n.encode())[0], "nvrtcAddNameExpression")
+    include = f"--include-path={_kernels.kernel_dir()}"
+    opts = [f"--gpu-architecture=sm_{arch}", "--std=c++17", include, "--ptxas-options=-v"]
+    (status,) = nvrtc.nvrtcCompileProgram(prog, len(opts), [o.encode() for o in opts])
+    _, size = nvrtc.nvrtcGetProgramLogSize(prog)
+    log = b" " * size
+    nvrtc.nvrtcGetProgramLog(prog, log)
+    log = log.decode(errors="replace")
+    if status != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+        raise RuntimeError(f"NVRTC failed for sm_{arch}:\n{log}")
+    lowered = {nvrtc.nvrtcGetLoweredName(prog, n.encode())[1].decode(): n for n in names}
+    report = {lowered[m[1]]: (int(m[4]), int(m[2]), int(m[3])) for m in _PTXAS.finditer(log)}
+    nvrtc.nvrtcDestroyProgram(prog)
+    missing = set(names) - set(report)
+    if missing:
+        raise RuntimeError(f"ptxas reported nothing for {sorted(missing)[:3]} ...")
+    return report
+
+
+def _nvrtc_check(err, what):
+    from cuda.bindings import nvrtc
+
+    if err != nvrtc.nvrtcResult.NVRTC_SUCCESS:
+        raise RuntimeError(f"{what} failed: {err}")
 
 
 def main(out=print):

@@ -97,6 +97,7 @@ class LSTMSpec(_Spec):
         return (_PEEPHOLE_CODES[self.peephole], _cpp(self.candidate == "sigmoid"))
 
     def needed_for(self, key):
+        """Why a parameter is needed: the peephole weights for `peephole`."""
         return f"peephole={self.peephole!r}" if key == "weight_ch" else super().needed_for(key)
 
     def _extra_shapes(self, H):

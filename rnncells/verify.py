@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import api, reference, variants
+from . import api, tape, variants
 from .params import init_params
 
 VARIANTS = variants.every()
@@ -155,9 +155,9 @@ def deriv_error(op, seed=0, eps=1e-6):
     """Tier 1 for one `deriv` rule: its gradients against central differences, broadcast operands included."""
     rng = np.random.default_rng(seed)
     x, y = _operands(op, rng)
-    z = reference.RULES[op].fwd(x, y)
+    z = tape.RULES[op].fwd(x, y)
     dz = rng.standard_normal(np.shape(z))
-    grads = reference.deriv(dz, x, y, op)
+    grads = tape.deriv(dz, x, y, op)
     worst = 0.0
     for k, (g, a) in enumerate(zip(grads, (x, y))):
         fd = np.zeros(np.shape(a))
@@ -166,7 +166,7 @@ def deriv_error(op, seed=0, eps=1e-6):
                 b = a.copy()
                 b[idx] += sign * eps
                 args = (b, y) if k == 0 else (x, b)
-                fd[idx] += sign * np.sum(dz * reference.RULES[op].fwd(*args))
+                fd[idx] += sign * np.sum(dz * tape.RULES[op].fwd(*args))
         if g.shape != np.shape(a):
             raise AssertionError(f"deriv({op!r}) gave a gradient of shape {g.shape} for an operand of {np.shape(a)}")
         worst = max(worst, rel_err(g, fd / (2 * eps)))

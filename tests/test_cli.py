@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from rnncells import check, verify
+from rnncells import check, tape, verify
 
 
 def test_check_passes_with_one_row_per_variant_dtype_and_backend():
@@ -13,7 +13,7 @@ def test_check_passes_with_one_row_per_variant_dtype_and_backend():
     running = [b for b, why in check.backends() if why is None]
     per_variant = 1 + sum(1 if b.endswith(" tf32") else 2 for b in running)  # FD; float64 and float32, or TF32
     assert "cuda-host tf32" in running
-    assert len(rows) == len(verify.reference.RULES) + per_variant * len(verify.VARIANTS)
+    assert len(rows) == len(tape.RULES) + per_variant * len(verify.VARIANTS)
     assert all(line.endswith("ok") for line in rows)
     for spec in verify.VARIANTS:
         name = str(spec) + " "
@@ -46,12 +46,13 @@ def test_check_lists_every_kernel_for_both_architectures():
     import pytest
 
     pytest.importorskip("cuda.bindings.nvrtc")
-    from rnncells import cuda
+    from rnncells import _kernels
 
     lines = []
     check.main(out=lines.append)
-    kernel_lines = [line for line in lines if line.split("<")[0] in {n.split("<")[0] for n in cuda.instantiations()}]
-    assert len(kernel_lines) == len(cuda.instantiations())
+    kernels = {n.split("<")[0] for n in _kernels.instantiations()}
+    kernel_lines = [line for line in lines if line.split("<")[0] in kernels]
+    assert len(kernel_lines) == len(_kernels.instantiations())
     assert all(line.count(" / 0 / 0") == 2 for line in kernel_lines)  # sm_80 and sm_90, no spills
 
 

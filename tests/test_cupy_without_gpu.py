@@ -17,7 +17,7 @@ import pytest
 
 cupy = pytest.importorskip("cupy", reason="the CuPy tier needs: pip install 'rnncells[cupy-nogpu]'")
 
-from rnncells import _backends, _cublas, cuda, verify  # noqa: E402
+from rnncells import _backends, _cublas, _host, _kernels, verify  # noqa: E402
 
 try:
     _cublas.library()
@@ -26,7 +26,8 @@ except Exception as e:  # no libcublas: the tier cannot run here
 
 from rnncells import _cupy  # noqa: E402
 
-PACKAGE = Path(cuda.__file__).resolve().parent
+PACKAGE = Path(_kernels.__file__).resolve().parent
+
 
 @pytest.fixture(scope="module")
 def cublas_header():
@@ -116,23 +117,23 @@ def test_every_instantiation_compiles_through_cupys_own_nvrtc_path(arch, monkeyp
     from cupy.cuda import compiler
 
     monkeypatch.setattr(compiler, "_get_arch_for_options_for_nvrtc", lambda arch=None: (f"-arch=sm_{arch}", "cubin"))
-    names = cuda.instantiations()
+    names = _kernels.instantiations()
     options = (*_cupy.COMPILE_OPTIONS, "-ftz=true")  # -ftz=true: what CuPy's cached compile appends
-    cubin, mapping = compiler.compile_using_nvrtc(cuda.program_source(), options, arch=arch, name_expressions=names)
+    cubin, mapping = compiler.compile_using_nvrtc(_kernels.program_source(), options, arch=arch, name_expressions=names)
     assert len(cubin) > 0 and set(mapping) == set(names)
 
 
 @pytest.mark.host
 def test_every_cupy_launch_passes_what_the_kernel_takes(spec):
     """The launches of the orchestration, converted as _cupy passes them to RawKernel, against each signature."""
-    host = cuda.host_ops()
+    host = _host.ops()
     launches = []
 
     def spy(name, grid, block, args):
         launches.append((name, args))
         host.launcher(name, grid, block, args)
 
-    ops = cuda.KernelOps(spy, np, host.gemm)
+    ops = _kernels.KernelOps(spy, np, host.gemm)
     spied = _backends.Orchestrated("cuda-host", lambda tf32: ops, np)
     for kw in ({}, {"lengths": np.array([3, 0, 2])}):
         verify.run(verify.problem(spec, T=3, B=3, I=2, H=4, dtype="float32", **kw), spied)

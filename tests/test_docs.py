@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 import rnncells as rc
-from rnncells import reference, verify
+from rnncells import api, reference, tape, variants, verify
 
 
 def _public(obj):
@@ -16,7 +16,11 @@ def _public(obj):
 
 def test_every_public_name_has_a_docstring():
     names = [(f"rnncells.{n}", getattr(rc, n)) for n in rc.__all__]
-    names += list(_public(reference)) + list(_public(verify))
+    for module in (api, reference, tape, variants, verify):
+        names += list(_public(module))
+    for cls in (variants.LSTMSpec, variants.GRUSpec):
+        names += [(f"{cls.__name__}.{n}", m) for n, m in inspect.getmembers(cls, inspect.isfunction)
+                  if not n.startswith("_")]  # fmt: skip
     for cls in (rc.LSTM, rc.GRU, rc.LSTMCell, rc.GRUCell):
         names += [(f"{cls.__name__}.{n}", m) for n, m in inspect.getmembers(cls, inspect.isfunction)
                   if not n.startswith("_")]  # fmt: skip

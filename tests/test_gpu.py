@@ -204,9 +204,9 @@ def test_column_sum_past_the_grid_y_limit_on_the_device():
     """More chunks of rows than CUDA's 65,535 grid.y: the kernel strides over the rest."""
     import cupy
 
-    from rnncells import _cupy, cuda
+    from rnncells import _cupy, _kernels
 
-    rows = (cuda.GRID_LIMITS[1] + 2) * cuda.CHUNK + 5
+    rows = (_kernels.GRID_LIMITS[1] + 2) * _kernels.CHUNK + 5
     a = np.random.default_rng(0).integers(-4, 5, size=(rows, 3)).astype(np.float64)  # integers: exact sums
     np.testing.assert_array_equal(_cupy.ops().column_sum(cupy.asarray(a)).get(), a.sum(0))
 

@@ -1,7 +1,7 @@
 """graphs=: the step loops captured once per shape and replayed (rnncells._graphs).
 
 On the CPU the kernels run through the host build and a "capture" is
-`cuda.record`, which keeps addresses as a CUDA graph does, so these tests
+`_host.record`, which keeps addresses as a CUDA graph does, so these tests
 check what a GPU replay depends on: every input reaches the loop through the
 slot's buffers, replays equal the uncaptured loop bit for bit, and a slot
 whose buffers someone still holds is never written to.

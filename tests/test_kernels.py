@@ -18,15 +18,15 @@ import textwrap
 import numpy as np
 import pytest
 
-from rnncells import _backends, cuda, verify
+from rnncells import _backends, _host, _kernels, check, verify
 from rnncells.variants import LSTMSpec
 
 
 @pytest.mark.parametrize("arch", ["80", "90"])
 def test_every_instantiation_compiles_without_spills(arch):
     pytest.importorskip("cuda.bindings.nvrtc")
-    report = cuda.nvrtc_report(arch)
-    assert set(report) == set(cuda.instantiations())
+    report = check.nvrtc_report(arch)
+    assert set(report) == set(_kernels.instantiations())
     for name, (registers, spill_stores, spill_loads) in report.items():
         assert (spill_stores, spill_loads) == (0, 0), name
         assert registers <= 64, (name, registers)  # full occupancy at 256 threads per block
@@ -36,7 +36,7 @@ def _templates():
     """{kernel: the types of its template parameters}, read from the __global__ templates of kernels/*.cu."""
     pattern = re.compile(r"template <([^>]*)>\s*__global__ void (\w+)")
     found = {}
-    for f in cuda.kernel_dir().glob("*.cu"):
+    for f in _kernels.kernel_dir().glob("*.cu"):
         for params, name in pattern.findall(f.read_text()):
             found[name] = [p.split()[0] for p in params.split(",")]
     return found
@@ -45,11 +45,11 @@ def _templates():
 def test_instantiations_cover_every_kernel_variant_and_dtype():
     """Checked against the kernel sources, not against the name helpers: every kernel of kernels/*.cu is
     instantiated for each storage type with every combination of its variant parameters' values."""
-    peepholes = re.findall(r"constexpr int PEEPHOLE_\w+ = (\d+);", (cuda.kernel_dir() / "common.cuh").read_text())
+    peepholes = re.findall(r"constexpr int PEEPHOLE_\w+ = (\d+);", (_kernels.kernel_dir() / "common.cuh").read_text())
     values = {"bool": {"true", "false"}, "int": set(peepholes)}  # the one int parameter is the peephole kind
     templates = _templates()
     assert {"lstm_forward_step", "lstm_backward_step", "gru_forward_step", "column_totals"} <= set(templates)
-    names = cuda.instantiations()
+    names = _kernels.instantiations()
     assert len(names) == len(set(names))
     args = collections.defaultdict(set)  # kernel -> the template argument lists it is instantiated with
     for n in names:
@@ -79,7 +79,7 @@ class PoisonedNumpy:
 @pytest.fixture
 def poisoned_host():
     """The host-built kernels on NaN-poisoned buffers: a backend to pass as backend=."""
-    return _backends.Orchestrated("cuda-host", cuda.host_ops, PoisonedNumpy())
+    return _backends.Orchestrated("cuda-host", _host.ops, PoisonedNumpy())
 
 
 SHAPES = [
@@ -124,12 +124,12 @@ def _outputs(result):
 @pytest.mark.host
 def test_poison_catches_an_unwritten_element(poisoned_host, monkeypatch):
     """Launch the forward kernel with one block too few and the comparison must fail."""
-    real = cuda.KernelOps._launch
+    real = _kernels.KernelOps._launch
 
     def short(self, name, n, *args, grid_y=1):
-        return real(self, name, n - cuda.BLOCK if name.startswith("lstm_forward_step") else n, *args, grid_y=grid_y)
+        return real(self, name, n - _kernels.BLOCK if name.startswith("lstm_forward_step") else n, *args, grid_y=grid_y)
 
-    monkeypatch.setattr(cuda.KernelOps, "_launch", short)
+    monkeypatch.setattr(_kernels.KernelOps, "_launch", short)
     p = verify.problem(LSTMSpec(), B=3, H=100)  # 300 threads: two blocks
     err, _ = verify.backend_error(p, poisoned_host)
     assert not err <= verify.BOUNDS["float64"]
@@ -139,14 +139,14 @@ def test_poison_catches_an_unwritten_element(poisoned_host, monkeypatch):
 def test_host_launcher_rejects_a_strided_buffer():
     a = np.zeros((4, 6), np.float32)
     with pytest.raises(ValueError, match="argument 3 is not C-contiguous"):
-        cuda.host_ops().launcher(cuda.kernel_name("column_totals", "float32"), (1, 1, 1), (256, 1, 1),
+        _host.ops().launcher(_kernels.kernel_name("column_totals", "float32"), (1, 1, 1), (256, 1, 1),
                                  (1, 3, a, a[:, ::2]))  # fmt: skip
 
 
 @pytest.mark.host
 def test_host_launcher_checks_arguments_against_the_kernel_signature():
-    launcher = cuda.host_ops().launcher
-    name = cuda.kernel_name("column_totals", "float32")
+    launcher = _host.ops().launcher
+    name = _kernels.kernel_name("column_totals", "float32")
     assert launcher.signatures[name] == "int,int,float*,float*"
     a = np.zeros(4, np.float32)
     takes = r"takes \(int, int, float\*, float\*\) "
@@ -156,7 +156,7 @@ def test_host_launcher_checks_arguments_against_the_kernel_signature():
         launcher(name, (1, 1, 1), (256, 1, 1), (1, a, 4, a))
     with pytest.raises(TypeError, match=takes + r"but was given \(int, int, double\*, float\*\)"):
         launcher(name, (1, 1, 1), (256, 1, 1), (1, 4, a.astype(np.float64), a))
-    lengths = cuda.kernel_name("lstm_forward_step", "float64", LSTMSpec(), False)
+    lengths = _kernels.kernel_name("lstm_forward_step", "float64", LSTMSpec(), False)
     assert launcher.signatures[lengths].endswith(",double*,int*")  # ..., w_peep, lengths
     for sig in launcher.signatures.values():
         assert set(sig.split(",")) <= {"int", "float*", "double*", "int*"}
@@ -168,7 +168,7 @@ def test_host_launcher_checks_arguments_against_the_kernel_signature():
 def test_host_launcher_refuses_what_cuda_refuses(grid, block):
     a = np.zeros(4, np.float32)
     with pytest.raises(ValueError, match="outside CUDA's limits|more than 1024 threads"):
-        cuda.host_ops().launcher(cuda.kernel_name("column_totals", "float32"), grid, block, (1, 4, a, a))
+        _host.ops().launcher(_kernels.kernel_name("column_totals", "float32"), grid, block, (1, 4, a, a))
 
 
 @pytest.mark.host
@@ -176,16 +176,16 @@ def test_host_launcher_refuses_an_int_argument_past_32_bits():
     """ctypes would wrap 2**31 to a negative int without a word; CuPy passes ints as int32 and must not either."""
     a = np.zeros(4, np.float32)
     with pytest.raises(OverflowError, match=r"argument 1 = 2147483648 does not fit the kernel's 32-bit int"):
-        cuda.host_ops().launcher(cuda.kernel_name("column_totals", "float32"), (1, 1, 1), (256, 1, 1),
+        _host.ops().launcher(_kernels.kernel_name("column_totals", "float32"), (1, 1, 1), (256, 1, 1),
                                  (1, 2**31, a, a))  # fmt: skip
 
 
 @pytest.mark.host
 def test_column_sum_past_cuda_grid_y_limit():
     """More than 65,535 chunks of rows (T=100,000, B=64 makes 100,000): the kernel strides over those past the grid."""
-    rows = (cuda.GRID_LIMITS[1] + 2) * cuda.CHUNK + 5
+    rows = (_kernels.GRID_LIMITS[1] + 2) * _kernels.CHUNK + 5
     a = np.random.default_rng(0).integers(-4, 5, size=(rows, 1)).astype(np.float64)  # integers: exact sums
-    np.testing.assert_array_equal(cuda.host_ops().column_sum(a), a.sum(0))
+    np.testing.assert_array_equal(_host.ops().column_sum(a), a.sum(0))
 
 
 @pytest.mark.host
@@ -193,22 +193,22 @@ def test_column_sum_past_cuda_grid_y_limit():
 @pytest.mark.parametrize("rows,cols", [(1, 1), (63, 5), (64, 300), (1000, 257)])
 def test_column_sum_is_right_and_bitwise_repeatable(rows, cols, dtype):
     a = np.random.default_rng(rows).standard_normal((rows, cols)).astype(dtype)
-    got = cuda.host_ops().column_sum(a)
+    got = _host.ops().column_sum(a)
     assert verify.rel_err(got, a.astype(np.float64).sum(0)) <= (1e-6 if dtype == "float32" else 1e-14)
     assert got.dtype == np.dtype(dtype)
     for _ in range(3):
-        assert cuda.host_ops().column_sum(a).tobytes() == got.tobytes()
+        assert _host.ops().column_sum(a).tobytes() == got.tobytes()
 
 
 ASAN_SCRIPT = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from rnncells import _backends, _numpy, cuda, verify
+    from rnncells import _backends, _host, _kernels, _numpy, verify
     from rnncells.variants import LSTMSpec
 
-    lib = cuda.build_host_library(".", sanitize=True)  # the test's tmp_path
-    ops = cuda.KernelOps(cuda.HostLauncher(lib), np, _numpy.gemm)
+    lib = _host.build_host_library(".", sanitize=True)  # the test's tmp_path
+    ops = _kernels.KernelOps(_host.HostLauncher(lib), np, _numpy.gemm)
     if sys.argv[1] == "run":
         sanitized = _backends.Orchestrated("cuda-host", lambda tf32: ops, np)
         worst = 0.0
@@ -222,7 +222,8 @@ ASAN_SCRIPT = textwrap.dedent(
         buf = lambda *s: np.zeros(s, np.float32)
         args = (0, B, H + 1, buf(B, 4 * H), buf(B, 4 * H), None, buf(B, H), buf(B, H), buf(B, H), None,
                 buf(B, 4 * H), None, None)
-        ops.launcher(cuda.kernel_name("lstm_forward_step", "float32", LSTMSpec(), True), (1, 1, 1), (256, 1, 1), args)
+        name = _kernels.kernel_name("lstm_forward_step", "float32", LSTMSpec(), True)
+        ops.launcher(name, (1, 1, 1), (256, 1, 1), args)
         print("no error reported")
     """
 )
@@ -252,13 +253,13 @@ def test_address_sanitizer_catches_an_out_of_bounds_index(tmp_path):
 
 def test_program_text_changes_with_the_kernel_sources(tmp_path, monkeypatch):
     """Compilers cache on the program text: an edited kernel must change it."""
-    for f in cuda.kernel_dir().iterdir():
+    for f in _kernels.kernel_dir().iterdir():
         if f.suffix in (".cu", ".cuh", ".h"):
             (tmp_path / f.name).write_bytes(f.read_bytes())
-    monkeypatch.setattr(cuda, "kernel_dir", lambda: tmp_path)
-    before = cuda.program_source()
+    monkeypatch.setattr(_kernels, "kernel_dir", lambda: tmp_path)
+    before = _kernels.program_source()
     (tmp_path / "gru.cu").write_text((tmp_path / "gru.cu").read_text() + "\n// edited\n")
-    assert cuda.program_source() != before
+    assert _kernels.program_source() != before
 
 
 def cublas_gemm(op_a, op_b, m, n, k, A, lda, B, ldb, beta, C, ldc, dtype):
@@ -271,10 +272,10 @@ def cublas_gemm(op_a, op_b, m, n, k, A, lda, B, ldb, beta, C, ldc, dtype):
         buf = np.ctypeslib.as_array((ctype * (ld * (cols - 1) + rows)).from_address(ptr))
         return np.lib.stride_tricks.as_strided(buf, shape=(rows, cols), strides=(size, ld * size))
 
-    a = view(A, *((m, k) if op_a == cuda.OP_N else (k, m)), lda)
-    b = view(B, *((k, n) if op_b == cuda.OP_N else (n, k)), ldb)
+    a = view(A, *((m, k) if op_a == _kernels.OP_N else (k, m)), lda)
+    b = view(B, *((k, n) if op_b == _kernels.OP_N else (n, k)), ldb)
     c = view(C, m, n, ldc)
-    product = (a if op_a == cuda.OP_N else a.T) @ (b if op_b == cuda.OP_N else b.T)
+    product = (a if op_a == _kernels.OP_N else a.T) @ (b if op_b == _kernels.OP_N else b.T)
     c[...] = product + c if beta else product  # beta = 0: C is not read (it may hold NaN)
 
 
@@ -284,7 +285,7 @@ def planned_gemm(a, b, out, accumulate=False):
     def gemm(op_b, op_a, m, n, k, b, ldb, a, lda, beta, c, ldc):
         cublas_gemm(op_b, op_a, m, n, k, b.ctypes.data, ldb, a.ctypes.data, lda, beta, c.ctypes.data, ldc, c.dtype)
 
-    cuda.planned_gemm(a, b, out, accumulate, gemm)
+    _kernels.planned_gemm(a, b, out, accumulate, gemm)
 
 
 @pytest.mark.parametrize(
@@ -307,7 +308,7 @@ def test_gemm_plan_drives_column_major_cublas_to_the_row_major_product(a, b):
 @pytest.mark.host
 def test_orchestration_with_the_cublas_argument_plan_matches_reference(spec):
     """Every GEMM call site of the sequence code, with its real strides, through the cuBLAS mapping."""
-    ops = cuda.KernelOps(cuda.host_ops().launcher, np, planned_gemm)
+    ops = _kernels.KernelOps(_host.ops().launcher, np, planned_gemm)
     planned = _backends.Orchestrated("cuda-host", lambda tf32: ops, PoisonedNumpy())
     for kw in ({}, {"lengths": np.array([5, 0, 2])}, {"step": True}):
         p = verify.problem(spec, T=5, B=3, I=4, H=3, dtype="float64", **kw)

@@ -13,6 +13,7 @@ import rnncells as rc
 from rnncells import verify
 from rnncells.variants import GRUSpec
 
+
 def _arrays(obj):
     """Every array a context holds, however nested."""
     if isinstance(obj, np.ndarray):

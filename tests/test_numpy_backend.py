@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rnncells import verify
+from rnncells import _numpy, verify
 from rnncells.variants import LSTMSpec
 
 SHAPES = [
@@ -34,7 +34,6 @@ def test_one_step_matches_reference(spec, dtype):
 
 def test_backend_comparison_can_fail(monkeypatch):
     """Break the NumPy candidate activation and tier 2 must see it."""
-    from rnncells import _numpy
 
     monkeypatch.setitem(_numpy.ACT, "tanh", lambda a: np.tanh(1.01 * a))
     p = verify.problem(LSTMSpec())
@@ -60,7 +59,6 @@ def test_small_problems_run_on_one_blas_thread(B, H, threads, monkeypatch):
     """Every GEMM of a call with small steps on one BLAS thread (threads waiting for a time slice cost up to
     3.8x on a busy machine); a call whose step GEMM reaches _numpy.SMALL_STEP_MACS keeps BLAS's own threads."""
     import rnncells as rc
-    from rnncells import _numpy
 
     blas = _numpy._blas()
     assert (B * 4 * H * H < _numpy.SMALL_STEP_MACS) == (threads == 1)
@@ -82,7 +80,6 @@ def test_small_calls_in_several_threads_restore_blas_threads_once_all_end():
     import threading
 
     import rnncells as rc
-    from rnncells import _numpy
 
     blas = _numpy._blas()
     with blas.limit(limits=2):
@@ -108,7 +105,6 @@ def test_small_calls_in_several_threads_restore_blas_threads_once_all_end():
 def test_overlapping_small_calls_restore_blas_threads_when_the_last_one_ends():
     """Two threads' calls overlap as enter A, enter B, exit A, exit B: B still runs on one thread after A ends,
     and the count comes back when B ends (restoring per call would leave it at 1 for good)."""
-    from rnncells import _numpy
 
     blas = _numpy._blas()
     small = _numpy.SMALL_STEP_MACS - 1
@@ -122,3 +118,11 @@ def test_overlapping_small_calls_restore_blas_threads_when_the_last_one_ends():
         assert blas.info()[0]["num_threads"] == 1
         b.__exit__(None, None, None)
         assert blas.info()[0]["num_threads"] == 2
+
+
+def test_sigmoid_saturates_without_overflow():
+    a = np.array([-1e4, -50.0, 0.0, 50.0, 1e4])
+    with np.errstate(over="raise", invalid="raise"):
+        s = _numpy.sigmoid(a)
+    np.testing.assert_allclose(s, [0.0, np.exp(-50.0) / (1 + np.exp(-50.0)), 0.5, 1 / (1 + np.exp(-50.0)), 1.0])
+    assert np.isnan(_numpy.sigmoid(np.array([np.nan])))[0]

@@ -5,20 +5,21 @@ import pytest
 
 from rnncells import reference as ref
 from rnncells import verify
+from rnncells.tape import RULES, Tape, Var, deriv
 
 UNARY = ["tanh", "sigmoid", "softmax", "reciprocal", "inverse", "scale", "offset"]
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("op", list(ref.RULES))
+@pytest.mark.parametrize("op", list(RULES))
 def test_deriv_rule_matches_central_differences(op, seed):
     assert verify.deriv_error(op, seed=seed) <= verify.BOUNDS["fd"]
 
 
-@pytest.mark.parametrize("op", list(ref.RULES))
+@pytest.mark.parametrize("op", list(RULES))
 def test_deriv_returns_one_gradient_per_differentiable_operand(op):
     x, y = verify._operands(op, np.random.default_rng(1))
-    grads = ref.deriv(np.ones_like(ref.RULES[op].fwd(x, y)), x, y, op)
+    grads = deriv(np.ones_like(RULES[op].fwd(x, y)), x, y, op)
     assert len(grads) == (1 if op in UNARY else 2)
     for g, v in zip(grads, (x, y)):
         assert g.shape == np.shape(v)
@@ -26,9 +27,9 @@ def test_deriv_returns_one_gradient_per_differentiable_operand(op):
 
 def test_broadcast_bias_gets_the_summed_gradient():
     dz = np.arange(6.0).reshape(2, 3)
-    dx, db = ref.deriv(dz, np.zeros((2, 3)), np.zeros((2, 1)), "add")
+    dx, db = deriv(dz, np.zeros((2, 3)), np.zeros((2, 1)), "add")
     np.testing.assert_array_equal(db, [[3.0], [12.0]])
-    _, drow = ref.deriv(dz, np.zeros((2, 3)), np.zeros(3), "add")
+    _, drow = deriv(dz, np.zeros((2, 3)), np.zeros(3), "add")
     np.testing.assert_array_equal(drow, [3.0, 5.0, 7.0])
 
 
@@ -37,26 +38,18 @@ def test_softmax_rule_is_the_softmax_jacobian_not_the_sigmoid():
     s = np.exp(x) / np.exp(x).sum()
     dz = np.array([[1.0, -2.0, 0.5]])
     jac = np.diag(s[0]) - np.outer(s[0], s[0])
-    (dx,) = ref.deriv(dz, x, None, "softmax")
+    (dx,) = deriv(dz, x, None, "softmax")
     np.testing.assert_allclose(dx[0], dz[0] @ jac, rtol=1e-14, atol=1e-15)
 
 
 def test_unknown_operator_is_named_in_the_error():
     with pytest.raises(ValueError, match="unknown operator 'pow'"):
-        ref.deriv(np.ones(2), np.ones(2), np.ones(2), "pow")
-
-
-def test_sigmoid_saturates_without_overflow():
-    a = np.array([-1e4, -50.0, 0.0, 50.0, 1e4])
-    with np.errstate(over="raise", invalid="raise"):
-        s = ref.sigmoid(a)
-    np.testing.assert_allclose(s, [0.0, np.exp(-50.0) / (1 + np.exp(-50.0)), 0.5, 1 / (1 + np.exp(-50.0)), 1.0])
-    assert np.isnan(ref.sigmoid(np.array([np.nan])))[0]
+        deriv(np.ones(2), np.ones(2), np.ones(2), "pow")
 
 
 def test_tape_accumulates_a_reused_variable():
-    tape = ref.Tape()
-    x = ref.Var("x", np.array([1.5, -2.0]))
+    tape = Tape()
+    x = Var("x", np.array([1.5, -2.0]))
     z = tape("mul", x, x)  # z = x∘x is x used twice: two += into dx
     w = tape("add", z, x)  # and a third use
     d = tape.backward({w: np.array([1.0, 10.0])})
@@ -64,8 +57,8 @@ def test_tape_accumulates_a_reused_variable():
 
 
 def test_tape_names_intermediates_like_the_slides():
-    tape = ref.Tape()
-    a, b = ref.Var("a", np.ones(1)), ref.Var("b", np.ones(1))
+    tape = Tape()
+    a, b = Var("a", np.ones(1)), Var("b", np.ones(1))
     z1 = tape("add", a, b)
     h = tape("tanh", z1, name="h_t")
     z2 = tape("scale", h, -1.0)
@@ -121,13 +114,13 @@ def test_seed_cell_forward_is_the_slides_equations_1_to_31_in_order():
 @pytest.mark.parametrize(
     "line",
     [
-        "dz24 += do_t ∘ σ(z24) ∘ (1 − σ(z24))",  # slides: [dz25] += deriv(dot, z25, 'sigmoid')
+        "dz24 += do_t ∘ o_t ∘ (1 − o_t)",  # slides: [dz25] += deriv(dot, z25, 'sigmoid')
         "dz17 += dC_t",  # slides: deriv(dCt, z18, z18, '+')
         "di_t += dz18 ∘ C̃_t",  # slides: deriv(dz18, it, dtildeCt, '∘')
         "dW_ix += dz10 x_tᵀ",  # slides: deriv(dz10, Wix, xt, '+')
         "dW_fC += dz1 C_{t-1}ᵀ",  # slides: deriv(dz7, WfC, Ct-1, '*')
         "dW_Ch += dz13 h_{t-1}ᵀ",  # slides: ∇W_Ch L = h_{t-1} ∇z14 L
-        "dz16 += dC̃_t ∘ σ(z16) ∘ (1 − σ(z16))",  # slides: deriv(dtildeCt, 'sigmoid'), no operand
+        "dz16 += dC̃_t ∘ C̃_t ∘ (1 − C̃_t)",  # slides: deriv(dtildeCt, 'sigmoid'), no operand
     ],
 )
 def test_seed_cell_backward_has_the_corrected_slide_lines(line):

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 import rnncells as rc
-from rnncells import cuda, verify
+from rnncells import _host, verify
 from rnncells.variants import GRUSpec, LSTMSpec
 
 
 def test_tf32_keeps_ten_mantissa_bits_by_truncation():
     ulp = 2.0**-10  # the last mantissa bit TF32 keeps, at 1.0
     x = np.array([1 + ulp, 1 + ulp / 2, 1 + ulp - 2.0**-23, -(1 + ulp / 2), 3.0, np.inf, -np.inf, 0.0], np.float32)
-    np.testing.assert_array_equal(cuda.to_tf32(x), np.array([1 + ulp, 1, 1, -1, 3, np.inf, -np.inf, 0], np.float32))
-    assert np.isnan(cuda.to_tf32(np.float32(np.nan)))
+    np.testing.assert_array_equal(_host.to_tf32(x), np.array([1 + ulp, 1, 1, -1, 3, np.inf, -np.inf, 0], np.float32))
+    assert np.isnan(_host.to_tf32(np.float32(np.nan)))
 
 
 def test_host_tf32_is_within_its_bound_and_changes_float32_only(spec):
@@ -36,11 +36,11 @@ def test_host_tf32_is_within_its_bound_and_changes_float32_only(spec):
 def counted_tf32_gemms(monkeypatch):
     """Counts the GEMMs that run in TF32 on the host, from fresh backend objects."""
     calls = []
-    real = cuda.tf32_gemm
-    monkeypatch.setattr(cuda, "tf32_gemm", lambda *a, **k: (calls.append(a[2].shape), real(*a, **k))[1])
-    cuda.host_ops.cache_clear()
+    real = _host.tf32_gemm
+    monkeypatch.setattr(_host, "tf32_gemm", lambda *a, **k: (calls.append(a[2].shape), real(*a, **k))[1])
+    _host.ops.cache_clear()
     yield calls
-    cuda.host_ops.cache_clear()
+    _host.ops.cache_clear()
 
 
 @pytest.mark.parametrize("family", [LSTMSpec(), GRUSpec()], ids=str)

@@ -1,0 +1,211 @@
+"""The CUDA kernels run on the CPU: g++ builds kernels/ with kernels/host.h into a shared library.
+
+`HostLauncher` runs an instantiation on NumPy buffers, refusing any launch a
+GPU would refuse (`check_launch`); `record` stands in for stream capture;
+`ops(tf32)` is the per-step ops of the "cuda-host" backend, with TF32's input
+truncation emulated in its GEMMs (`tf32_gemm`).  A check of the kernels and
+their orchestration without a GPU, not a fast path.
+"""
+
+import ctypes
+import functools
+import math
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _numpy
+from ._kernels import BLOCK_LIMITS, GRID_LIMITS, KernelOps, instantiations, kernel_dir, program_source
+
+# --- graphs on the host --------------------------------------------------------
+
+
+class _Address(NamedTuple):
+    """An array as a graph holds it: where its memory is, not the array object."""
+
+    ptr: int
+    shape: tuple
+    strides: tuple
+    dtype: np.dtype
+
+
+def _address(a):
+    return a if a is None or isinstance(a, (int, np.integer)) else _Address(a.ctypes.data, a.shape, a.strides, a.dtype)
+
+
+def _at(v):
+    """The array an _Address describes, over the same memory."""
+    if not isinstance(v, _Address):
+        return v
+    if 0 in v.shape:
+        return np.empty(v.shape, v.dtype)
+    span = sum((n - 1) * s for n, s in zip(v.shape, v.strides)) + v.dtype.itemsize
+    return np.ndarray(v.shape, v.dtype, buffer=(ctypes.c_char * span).from_address(v.ptr), strides=v.strides)
+
+
+def record(ops, loop):
+    """The host's stand-in for CUDA stream capture: loop(ops) recorded, not run; returns its replay.
+
+    Like a CUDA graph, the recording keeps each launch's and GEMM's arguments
+    as addresses, not as the arrays: a replay writes wherever the capture's
+    buffers were, and holds none of them alive.
+    """
+    calls = []
+
+    def launch(name, grid, block, args):
+        addrs = tuple(map(_address, args))
+        calls.append(lambda: ops.launcher(name, grid, block, tuple(map(_at, addrs))))
+
+    def gemm(a, b, out, accumulate=False):
+        addrs = tuple(map(_address, (a, b, out)))
+        calls.append(lambda: ops.gemm(*map(_at, addrs), accumulate))
+
+    loop(KernelOps(launch, ops.xp, gemm))
+
+    def replay():
+        for call in calls:
+            call()
+
+    return replay
+
+
+# --- the host build -----------------------------------------------------------
+
+
+def host_source(names):
+    """C++ that includes the kernels and exports, per instantiation, a launcher and its signature."""
+    lines = ['#include "host.h"', program_source()]
+    for k, name in enumerate(names):
+        lines.append(
+            f'extern "C" void rnncells_{k}(unsigned gx, unsigned gy, unsigned bx, void** args) '
+            f"{{ launch(&{name}, dim3{{gx, gy, 1}}, dim3{{bx, 1, 1}}, args); }}"
+        )
+        lines.append(f'extern "C" const char* const* rnncells_{k}_signature() {{ return signature(&{name}); }}')
+    return "\n".join(lines) + "\n"
+
+
+def build_host_library(out_dir, sanitize=False):
+    """Compile every instantiation for the host with g++; returns the shared library's path."""
+    if shutil.which("g++") is None:
+        raise RuntimeError("the host build of the kernels needs g++ on PATH")
+    names = instantiations()
+    out_dir = Path(out_dir).resolve()  # dlopen reads a bare file name as a library-path search
+    src = out_dir / "host_kernels.cpp"
+    src.write_text(host_source(names))
+    lib = out_dir / ("host_kernels_asan.so" if sanitize else "host_kernels.so")
+    flags = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"] if sanitize else ["-O2"]
+    cmd = ["g++", "-std=c++17", "-shared", "-fPIC", *flags, f"-I{kernel_dir()}", str(src), "-o", str(lib)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"g++ failed on the kernels:\n{r.stderr}")
+    return lib
+
+
+_CTYPES = {np.dtype("float32"): "float", np.dtype("float64"): "double", np.dtype("int32"): "int"}
+
+
+def argument_types(args):
+    """The C types a launch's arguments stand for: "int" for an int, "<T>*" for an array, "*" for None (null)."""
+
+    def one(a):
+        if isinstance(a, (int, np.integer)):
+            return "int"
+        return "*" if a is None else _CTYPES.get(a.dtype, str(a.dtype)) + "*"
+
+    return [one(a) for a in args]
+
+
+def check_launch(name, signature, grid, block, args):
+    """Raise if a launch would be wrong or refused on a GPU: arguments against the kernel's parameter types
+    (`signature`, comma-separated C types) and int arguments against int's range, and the grid and block
+    against CUDA's limits."""
+    params, given = signature.split(","), argument_types(args)
+    if len(params) != len(given) or any(g not in (p, "*") or (g == "*" and not p.endswith("*"))
+                                        for p, g in zip(params, given)):  # fmt: skip
+        raise TypeError(f"{name} takes ({', '.join(params)}) but was given ({', '.join(given)})")
+    for k, a in enumerate(args):
+        if isinstance(a, (int, np.integer)) and not -(2**31) <= a < 2**31:
+            raise OverflowError(f"{name}: argument {k} = {a} does not fit the kernel's 32-bit int")
+    for what, dims, limits in (("grid", grid, GRID_LIMITS), ("block", block, BLOCK_LIMITS)):
+        if any(not 1 <= d <= lim for d, lim in zip(dims, limits)):
+            raise ValueError(f"{name}: {what} {tuple(dims)} is outside CUDA's limits (1 to {limits} per dimension)")
+    if math.prod(block) > BLOCK_LIMITS[0]:
+        raise ValueError(f"{name}: block {tuple(block)} has more than {BLOCK_LIMITS[0]} threads")
+
+
+class HostLauncher:
+    """Runs kernel instantiations on the CPU from a library made by `build_host_library`.
+
+    Every call is checked with `check_launch` against the kernel's own
+    parameter types and CUDA's grid limits, and every array argument must be
+    C-contiguous: a mismatch is an orchestration bug that would be undefined
+    behaviour (or a refused launch) on a GPU, so it raises here.  `KernelOps`
+    builds the same argument lists and grids for the GPU, so these checks
+    cover those launches too.
+    """
+
+    def __init__(self, library):
+        self.lib = ctypes.CDLL(str(library))
+        self.index = {name: k for k, name in enumerate(instantiations())}
+        self.signatures = {}
+        for name, k in self.index.items():
+            fn = getattr(self.lib, f"rnncells_{k}_signature")
+            fn.restype = ctypes.POINTER(ctypes.c_char_p)
+            types, n = fn(), 0
+            while types[n] is not None:
+                n += 1
+            self.signatures[name] = ",".join(types[i].decode() for i in range(n))
+
+    def __call__(self, name, grid, block, args):
+        check_launch(name, self.signatures[name], grid, block, args)
+        holders = []
+        for k, a in enumerate(args):
+            if a is None:
+                holders.append(ctypes.c_void_p(None))
+            elif isinstance(a, (int, np.integer)):
+                holders.append(ctypes.c_int(int(a)))
+            else:
+                if not a.flags.c_contiguous:
+                    raise ValueError(f"{name}: argument {k} is not C-contiguous (shape {a.shape}, strides {a.strides})")
+                holders.append(ctypes.c_void_p(a.ctypes.data))
+        packed = (ctypes.c_void_p * len(holders))(*(ctypes.cast(ctypes.pointer(h), ctypes.c_void_p) for h in holders))
+        getattr(self.lib, f"rnncells_{self.index[name]}")(grid[0], grid[1], block[0], packed)
+
+
+@functools.lru_cache(maxsize=None)
+def _host_launcher():
+    """The host-built kernels (built once per process)."""
+    with tempfile.TemporaryDirectory(prefix="rnncells-host-") as tmp:  # a loaded library outlives its file
+        return HostLauncher(build_host_library(tmp))
+
+
+@functools.lru_cache(maxsize=None)
+def ops(tf32=False):
+    """KernelOps running the host-built kernels on NumPy buffers; with tf32, GEMMs as TF32 tensor cores do them."""
+    return KernelOps(_host_launcher(), np, tf32_gemm if tf32 else _numpy.gemm, capture=record,
+                     graph_key=lambda: (tf32,))  # fmt: skip
+
+
+def to_tf32(a):
+    """float32 values as TF32 tensor cores read them: the low 13 of the 23 mantissa bits dropped.
+
+    Truncation, not rounding: PyTorch's numerical-accuracy notes say tensor
+    cores read only the first 10 mantissa bits of each input, and truncation
+    is the larger error of the two, so a bound that holds here holds for both.
+    """
+    bits = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32) & np.uint32(0xFFFFE000)
+    return bits.view(np.float32)
+
+
+def tf32_gemm(a, b, out, accumulate=False):
+    """out = a @ b (out += when accumulate) with float32 inputs read as TF32 and float32 accumulation.
+
+    The host's stand-in for cuBLAS in TF32 mode; float64 is computed as is (TF32 never touches it).
+    """
+    if out.dtype == np.float32:
+        a, b = to_tf32(a), to_tf32(b)
+    _numpy.gemm(a, b, out, accumulate)

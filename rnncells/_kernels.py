@@ -1,0 +1,219 @@
+"""The CUDA kernels of kernels/: their sources, every instantiation's name, and the per-step ops that launch them.
+
+`KernelOps` turns the orchestration's per-step calls (the protocol of
+`rnncells._numpy`) into launches of the right instantiation, whichever
+launcher it is given: the host build (`rnncells._host`) or CuPy's RawModule
+(`rnncells._cupy`).  Launches respect CUDA's limits (`GRID_LIMITS`), and the
+host launcher refuses any launch a GPU would refuse.  `planned_gemm` maps the
+orchestration's row-major GEMMs onto column-major cuBLAS arguments, for
+cuBLAS and for its host stand-in in the tests.
+"""
+
+import contextlib
+import hashlib
+import importlib.resources
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ._cublas import OP_N, OP_T
+from .variants import LSTMSpec
+
+SOURCES = ("lstm.cu", "gru.cu", "reduce.cu")
+BLOCK = 256  # threads per block for every pointwise kernel
+CHUNK = 64  # rows per partial sum in column_sum
+GRID_LIMITS = (2**31 - 1, 65535, 65535)  # CUDA's largest grid (x, y, z)
+BLOCK_LIMITS = (1024, 1024, 64)  # CUDA's largest block (x, y, z), and at most 1024 threads in all
+_TYPES = {np.dtype("float32"): ("float", "float"), np.dtype("float64"): ("double", "double")}  # storage, compute
+
+
+def kernel_dir():
+    """The folder of the .cu sources (kernels/ in a checkout, rnncells/kernels once installed)."""
+    try:
+        return Path(str(importlib.resources.files("rnncells.kernels")))
+    except ModuleNotFoundError:  # a checkout on PYTHONPATH, not installed: kernels/ beside rnncells/
+        return Path(__file__).resolve().parent.parent / "kernels"
+
+
+def program_source():
+    """The one translation unit that holds every kernel.
+
+    It opens with a hash of the sources because compilers' caches (CuPy's on
+    disk) key on this text, and the includes alone would not change with them.
+    """
+    return f"// kernels {source_hash()}\n" + "".join(f'#include "{name}"\n' for name in SOURCES)
+
+
+def _flag(v):
+    return "true" if v else "false"
+
+
+def kernel_name(kernel, dtype, spec=None, *flags):
+    """An instantiation as a C++ name expression: kernel<S, C, the spec's template arguments, bool flags...>."""
+    s, c = _TYPES[np.dtype(dtype)]
+    args = () if spec is None else spec.template_args()
+    return f"{kernel}<{', '.join([s, c, *args, *map(_flag, flags)])}>"
+
+
+_GRU = ("gru_backward_step", "gru_rz_step", "gru_n_step", "gru_n_backward_step", "gru_rz_backward_step")
+_REDUCE = ("column_partial_sums", "column_totals")
+
+
+def instantiations():
+    """Every kernel instantiation a backend can launch."""
+    names = []
+    for dtype in _TYPES:
+        for spec in LSTMSpec.every():
+            names += [kernel_name("lstm_forward_step", dtype, spec, training) for training in (True, False)]
+            names.append(kernel_name("lstm_backward_step", dtype, spec))
+        names += [kernel_name("gru_forward_step", dtype, None, training) for training in (True, False)]
+        names += [kernel_name(k, dtype) for k in _GRU + _REDUCE]
+    return names
+
+
+class KernelOps:
+    """The per-step ops of `rnncells._sequence`, as launches of the CUDA kernels.
+
+    `launcher(name, grid, block, args)` runs one instantiation; `gemm(a, b,
+    out, accumulate=False)` is the backend's out = a @ b (out += a @ b),
+    with its math mode (TF32 or not) already bound.  Arguments follow the
+    kernels' signatures: ints for scalars, arrays (or None for a null pointer).
+    `capture(ops, loop)` returns a replay of loop(ops) (a CUDA graph, or
+    `record` on the host); `graph_key()` is what else a graph depends on
+    (device, math mode).
+    """
+
+    def __init__(self, launcher, xp, gemm, capture=None, graph_key=tuple):
+        self.launcher, self.xp, self.gemm = launcher, xp, gemm
+        self._capture, self.graph_key = capture, graph_key
+
+    def capture(self, loop):
+        """The backend's graph of loop(self), as a function that replays it (see rnncells._graphs)."""
+        return self._capture(self, loop)
+
+    def _launch(self, name, n, *args, grid_y=1):
+        if n > 0:
+            self.launcher(name, (math.ceil(n / BLOCK), grid_y, 1), (BLOCK, 1, 1), args)
+
+    @staticmethod
+    def threads(step_macs):
+        """Nothing to choose: the kernels' work is on the device (or, run on the host, a check, not a fast path)."""
+        return contextlib.nullcontext()
+
+    def lengths(self, host_lengths):
+        """Lengths as the kernels read them: int32 on the buffers' device."""
+        return self.xp.asarray(host_lengths, dtype=np.int32)
+
+    def column_sum(self, a):
+        """Σ over the rows of a contiguous [rows, cols] matrix, deterministically (two fixed-order passes)."""
+        rows, cols = a.shape
+        chunks = math.ceil(rows / CHUNK)
+        partial = self.xp.empty((chunks, cols), dtype=a.dtype)
+        out = self.xp.empty(cols, dtype=a.dtype)
+        if chunks == 0:
+            out[...] = 0
+            return out
+        grid_y = min(chunks, GRID_LIMITS[1])  # the kernel strides over the chunks past the grid
+        self._launch(kernel_name("column_partial_sums", a.dtype), cols, rows, cols, CHUNK, a, partial, grid_y=grid_y)
+        self._launch(kernel_name("column_totals", a.dtype), cols, chunks, cols, partial, out)
+        return out
+
+    def lstm_forward_step(self, spec, t, xw, hw, cw, c, c_next, y, h_last, gates, w_peep, lengths):
+        """One LSTM step's pointwise forward (see kernels/lstm.cu)."""
+        B, H = y.shape
+        name = kernel_name("lstm_forward_step", y.dtype, spec, gates is not None)
+        self._launch(name, B * H, t, B, H, xw, hw, cw, c, c_next, y, h_last, gates, w_peep, lengths)
+
+    def lstm_backward_step(self, spec, t, gates, c, c_next, dy, dpw, dmm, dpw_out, da, w_peep, lengths):
+        """One LSTM step's pointwise backward."""
+        B, H = dy.shape
+        name = kernel_name("lstm_backward_step", dy.dtype, spec)
+        self._launch(name, B * H, t, B, H, dmm.shape[1], gates, c, c_next, dy, dpw, dmm, dpw_out, da, w_peep, lengths)
+
+    def gru_forward_step(self, t, xw, gh, b_hn, h, y, h_last, gates, lengths):
+        """One GRU (reset_after) step's pointwise forward (see kernels/gru.cu)."""
+        B, H = y.shape
+        name = kernel_name("gru_forward_step", y.dtype, None, gates is not None)
+        self._launch(name, B * H, t, B, H, xw, gh, b_hn, h, y, h_last, gates, lengths)
+
+    def gru_backward_step(self, t, gates, h, dy, dpw, dmm, dpw_out, dgi, dgh, lengths):
+        """One GRU (reset_after) step's pointwise backward."""
+        B, H = dy.shape
+        self._launch(kernel_name("gru_backward_step", dy.dtype), B * H, t, B, H, gates, h, dy, dpw, dmm, dpw_out, dgi,
+                     dgh, lengths)  # fmt: skip
+
+    def gru_rz_step(self, xw, ghrz, h, gates, rh):
+        """GRU (reset before): r, z and r∘h."""
+        B, H = h.shape
+        self._launch(kernel_name("gru_rz_step", h.dtype), B * H, B, H, xw, ghrz, h, gates, rh)
+
+    def gru_n_step(self, t, xw, ghn, h, y, h_last, gates, lengths):
+        """GRU (reset before): n and the new state."""
+        B, H = h.shape
+        self._launch(kernel_name("gru_n_step", h.dtype), B * H, t, B, H, xw, ghn, h, y, h_last, gates, lengths)
+
+    def gru_n_backward_step(self, t, gates, h, dy, dpw, dmm, dpw_out, dg, lengths):
+        """GRU (reset before): da_z, da_n and z∘dh."""
+        B, H = h.shape
+        self._launch(kernel_name("gru_n_backward_step", h.dtype), B * H, t, B, H, gates, h, dy, dpw, dmm, dpw_out, dg,
+                     lengths)  # fmt: skip
+
+    def gru_rz_backward_step(self, t, gates, h, drh, dpw_out, dg, lengths):
+        """GRU (reset before): da_r, and r∘d(r∘h) into dh."""
+        B, H = h.shape
+        self._launch(kernel_name("gru_rz_backward_step", h.dtype), B * H, t, B, H, gates, h, drh, dpw_out, dg, lengths)
+
+
+def source_hash():
+    """A hash of the kernel sources, for caches keyed on them."""
+    h = hashlib.sha256()
+    for name in (*SOURCES, "common.cuh"):
+        h.update((kernel_dir() / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+# --- cuBLAS arguments for the row-major GEMMs of the orchestration -------------
+
+def _operand(m):
+    """(op, leading dimension) of a 2-D row-major view as a column-major cuBLAS operand."""
+    rows, cols = m.shape
+    rs, cs = (s // m.itemsize for s in m.strides)
+    if cs == 1 or cols == 1:  # row-major: its memory is the column-major transpose
+        return OP_N, max(rs if rows > 1 else cols, cols, 1)
+    if rs == 1 or rows == 1:  # column-major (a transposed contiguous matrix)
+        return OP_T, max(cs if cols > 1 else rows, rows, 1)
+    raise ValueError(f"gemm operand with strides {m.strides} is neither row- nor column-major")
+
+
+def planned_gemm(a, b, out, accumulate, gemm):
+    """out = a @ b (out += a @ b when accumulate) through a column-major cuBLAS-style `gemm`.
+
+    gemm(op_b, op_a, m, n, k, b, ldb, a, lda, beta, out, ldc) gets the
+    arguments of `gemm_plan` and is called only when there is a product to
+    compute: an empty dimension is settled here (k = 0 leaves out zero, or
+    unchanged when accumulating), not left to cuBLAS's leading-dimension rules.
+    """
+    (M, K), N = a.shape, b.shape[1]
+    if M == 0 or N == 0:
+        return
+    if K == 0:
+        if not accumulate:
+            out[...] = 0
+        return
+    op_b, op_a, m, n, k, ldb, lda, ldc = gemm_plan(a, b, out)
+    gemm(op_b, op_a, m, n, k, b, ldb, a, lda, float(accumulate), out, ldc)
+
+
+def gemm_plan(a, b, out):
+    """cuBLAS gemm arguments for row-major out = a @ b: (op_b, op_a, m, n, k, ldb, lda, ldc).
+
+    Row-major out = a b is column-major outᵀ = bᵀ aᵀ, so b is cuBLAS's first
+    operand: gemm(op_b, op_a, m=N, n=M, k=K, b, ldb, a, lda, out, ldc).  Each
+    operand may be row-major with any row stride (dg[t, :, 2H:]) or the
+    transpose of a contiguous matrix (W.T).
+    """
+    (M, K), N = a.shape, b.shape[1]
+    op_b, ldb = _operand(b)
+    op_a, lda = _operand(a)
+    return op_b, op_a, N, M, K, ldb, lda, max(out.strides[0] // out.itemsize, N)
