@@ -2,8 +2,9 @@
 for the CPU carry `host` and skip without g++; tests that need torch skip without it, and the summary then says so
 in one line.
 
-A test that takes an argument `spec` runs once per cell variant (`rnncells.verify.VARIANTS`), and one that takes
-`kernel_backend` once per backend that launches the CUDA kernels: "cuda-host" (marked `host`) and "cupy" (`gpu`).
+A test that takes an argument `spec` runs once per cell variant (`rnncells.verify.VARIANTS`); one that takes
+`kernel_backend` once per backend that launches the CUDA kernels: "cuda-host" (marked `host`) and "cupy" (`gpu`);
+one that takes `cpu_backend` once per fast backend on NumPy arrays: "numpy" and "cuda-host".
 """
 
 import shutil
@@ -13,6 +14,7 @@ import pytest
 from rnncells import _backends, verify
 
 KERNEL_BACKENDS = [pytest.param("cuda-host", marks=pytest.mark.host), pytest.param("cupy", marks=pytest.mark.gpu)]
+CPU_BACKENDS = ["numpy", pytest.param("cuda-host", marks=pytest.mark.host)]
 
 
 def pytest_generate_tests(metafunc):
@@ -20,6 +22,8 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("spec", verify.VARIANTS, ids=[str(s).replace(" ", "-") for s in verify.VARIANTS])
     if "kernel_backend" in metafunc.fixturenames:
         metafunc.parametrize("kernel_backend", KERNEL_BACKENDS)
+    if "cpu_backend" in metafunc.fixturenames:
+        metafunc.parametrize("cpu_backend", CPU_BACKENDS)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -26,8 +26,7 @@ def test_non_finite_input_stays_in_its_item(spec, backend, bad):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("backend", ["numpy", pytest.param("cuda-host", marks=pytest.mark.host)])
-def test_huge_preactivations_saturate_to_the_references_values(spec, backend, dtype):
+def test_huge_preactivations_saturate_to_the_references_values(spec, cpu_backend, dtype):
     """|a| ~ 1e4: σ and tanh must saturate, not overflow (e^{2a} − 1)/(e^{2a} + 1 gives inf/inf = NaN there),
     and the values must be the reference's, which computes in float64 on the same inputs."""
     p = verify.problem(spec, T=3, B=4, I=3, H=2, dtype=dtype)
@@ -35,7 +34,7 @@ def test_huge_preactivations_saturate_to_the_references_values(spec, backend, dt
     p = p._replace(x=x)
     with np.errstate(over="raise", invalid="raise", divide="raise"):
         want = verify.run(p, "reference")
-        got = verify.run(p, backend)
+        got = verify.run(p, cpu_backend)
     for name in want:
         assert np.isfinite(got[name]).all() and np.isfinite(want[name]).all(), name
         assert verify.rel_err(got[name], want[name]) <= verify.BOUNDS[dtype], name
