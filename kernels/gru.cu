@@ -5,7 +5,8 @@
 //   h' = (1 − z)∘n + z∘h
 // h' is stored once, in y, which is also the next step's h (past an item's length y is 0, and
 // its last h' goes to h_last).
-// backward, dh = dh' + dy:
+// backward, dh = dh' + dy, dh' arriving in two parts: dcarry, which the later step's kernel wrote,
+// and drec, the recurrent GEMM's output:
 //   da_n = dh∘(1 − z)∘(1 − n²)   da_z = dh∘(h − n)∘z(1 − z)   da_r = da_n∘(gh_n + b_hn)∘r(1 − r)
 //   dgi = [da_r, da_z, da_n]     dgh = [da_r, da_z, r∘da_n]     dh_prev = z∘dh (+ dgh Whh, next kernel)
 // reset before (Cho et al., Keras) needs the GEMM (r∘h) Whnᵀ between r and n, so it is
@@ -23,26 +24,25 @@ __global__ void gru_forward_step(const int t, const int B, const int H,
                                  S* __restrict__ gates,           // [B, 4H] r z n (gh_n + b_hn), when TRAINING
                                  const int* __restrict__ lengths  // [B] or null
 ) {
-  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= B * H) return;
-  const int b = idx / H, j = idx % H;
-  const int a = b * 3 * H + j;
-  const C r = sigmoid(C(xw[a]) + C(gh[a]));
-  const C z = sigmoid(C(xw[a + H]) + C(gh[a + H]));
-  const C ghn = C(gh[a + 2 * H]) + C(b_hn[j]);
-  const C n = tanh(C(xw[a + 2 * H]) + r * ghn);
-  const C hp = C(h[idx]);
-  const C h1 = (C(1) - z) * n + z * hp;
+  const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
+  if (state_idx >= B * H) return;
+  const int b = state_idx / H, j = state_idx % H;
+  const int r_idx = b * 3 * H + j, z_idx = r_idx + H, n_idx = r_idx + 2 * H;  // in [B, 3H]
+  const C r = sigmoid(C(xw[r_idx]) + C(gh[r_idx]));
+  const C z = sigmoid(C(xw[z_idx]) + C(gh[z_idx]));
+  const C ghn = C(gh[n_idx]) + C(b_hn[j]);
+  const C n = tanh(C(xw[n_idx]) + r * ghn);
+  const C h1 = (C(1) - z) * n + z * C(h[state_idx]);
   if constexpr (TRAINING) {
-    const int g = b * 4 * H + j;
-    gates[g] = S(r);
-    gates[g + H] = S(z);
-    gates[g + 2 * H] = S(n);
-    gates[g + 3 * H] = S(ghn);
+    const int saved_r_idx = b * 4 * H + j;  // in [B, 4H]: r, z, n, gh_n + b_hn
+    gates[saved_r_idx] = S(r);
+    gates[saved_r_idx + H] = S(z);
+    gates[saved_r_idx + 2 * H] = S(n);
+    gates[saved_r_idx + 3 * H] = S(ghn);
   }
   const bool active = is_active(lengths, t, b);
-  y[idx] = active ? S(h1) : S(0);
-  if (h_last != nullptr && active) h_last[idx] = S(h1);
+  y[state_idx] = active ? S(h1) : S(0);
+  if (h_last != nullptr && active) h_last[state_idx] = S(h1);
 }
 
 template <typename S, typename C>
@@ -50,34 +50,36 @@ __global__ void gru_backward_step(const int t, const int B, const int H,
                                   const S* __restrict__ gates,     // [B, 4H] r z n (gh_n + b_hn)
                                   const S* __restrict__ h,         // [B, H] before the step
                                   const S* __restrict__ dy,        // [B, H]
-                                  const S* __restrict__ dpw,       // [B, H] dh', pointwise part
-                                  const S* __restrict__ dmm,       // [B, H] dh', GEMM part
-                                  S* __restrict__ dpw_out,         // [B, H] dh, pointwise part
+                                  const S* __restrict__ dcarry,    // [B, H] dh', the later kernel's part
+                                  const S* __restrict__ drec,      // [B, H] dh', the GEMM's part
+                                  S* __restrict__ dcarry_out,      // [B, H] dh, this kernel's part
                                   S* __restrict__ dgi,             // [B, 3H] d(xw)
                                   S* __restrict__ dgh,             // [B, 3H] d(gh)
                                   const int* __restrict__ lengths  // [B] or null
 ) {
-  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= B * H) return;
-  const int b = idx / H, j = idx % H;
-  const int a = b * 3 * H + j, g = b * 4 * H + j;
-  const C dh_in = C(dpw[idx]) + C(dmm[idx]);
+  const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
+  if (state_idx >= B * H) return;
+  const int b = state_idx / H, j = state_idx % H;
+  const int r_idx = b * 3 * H + j, z_idx = r_idx + H, n_idx = r_idx + 2 * H;  // in [B, 3H]
+  const int saved_r_idx = b * 4 * H + j;                                       // in [B, 4H]
+  const C dh_in = C(dcarry[state_idx]) + C(drec[state_idx]);
   if (!is_active(lengths, t, b)) {
-    dpw_out[idx] = S(dh_in);
-    dgi[a] = dgi[a + H] = dgi[a + 2 * H] = S(0);
-    dgh[a] = dgh[a + H] = dgh[a + 2 * H] = S(0);
+    dcarry_out[state_idx] = S(dh_in);
+    dgi[r_idx] = dgi[z_idx] = dgi[n_idx] = S(0);
+    dgh[r_idx] = dgh[z_idx] = dgh[n_idx] = S(0);
     return;
   }
-  const C r = C(gates[g]), z = C(gates[g + H]), n = C(gates[g + 2 * H]), ghn = C(gates[g + 3 * H]);
-  const C dh = dh_in + C(dy[idx]);
+  const C r = C(gates[saved_r_idx]), z = C(gates[saved_r_idx + H]);
+  const C n = C(gates[saved_r_idx + 2 * H]), ghn = C(gates[saved_r_idx + 3 * H]);
+  const C dh = dh_in + C(dy[state_idx]);
   const C da_n = dh * (C(1) - z) * (C(1) - n * n);
-  const C da_z = dh * (C(h[idx]) - n) * z * (C(1) - z);
+  const C da_z = dh * (C(h[state_idx]) - n) * z * (C(1) - z);
   const C da_r = da_n * ghn * r * (C(1) - r);
-  dgi[a] = dgh[a] = S(da_r);
-  dgi[a + H] = dgh[a + H] = S(da_z);
-  dgi[a + 2 * H] = S(da_n);
-  dgh[a + 2 * H] = S(da_n * r);
-  dpw_out[idx] = S(dh * z);
+  dgi[r_idx] = dgh[r_idx] = S(da_r);
+  dgi[z_idx] = dgh[z_idx] = S(da_z);
+  dgi[n_idx] = S(da_n);
+  dgh[n_idx] = S(da_n * r);
+  dcarry_out[state_idx] = S(dh * z);
 }
 
 template <typename S, typename C>
@@ -88,14 +90,15 @@ __global__ void gru_rz_step(const int B, const int H,
                             S* __restrict__ gates,       // [B, 3H] gets r, z
                             S* __restrict__ rh           // [B, H] r∘h
 ) {
-  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= B * H) return;
-  const int b = idx / H, j = idx % H;
-  const int a = b * 3 * H + j, m = b * 2 * H + j;
-  const C r = sigmoid(C(xw[a]) + C(ghrz[m]));
-  gates[a] = S(r);
-  gates[a + H] = S(sigmoid(C(xw[a + H]) + C(ghrz[m + H])));
-  rh[idx] = S(r * C(h[idx]));
+  const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
+  if (state_idx >= B * H) return;
+  const int b = state_idx / H, j = state_idx % H;
+  const int r_idx = b * 3 * H + j, z_idx = r_idx + H;       // in [B, 3H]
+  const int ghr_idx = b * 2 * H + j, ghz_idx = ghr_idx + H;  // in [B, 2H]
+  const C r = sigmoid(C(xw[r_idx]) + C(ghrz[ghr_idx]));
+  gates[r_idx] = S(r);
+  gates[z_idx] = S(sigmoid(C(xw[z_idx]) + C(ghrz[ghz_idx])));
+  rh[state_idx] = S(r * C(h[state_idx]));
 }
 
 template <typename S, typename C>
@@ -108,17 +111,17 @@ __global__ void gru_n_step(const int t, const int B, const int H,
                            S* __restrict__ gates,           // [B, 3H] reads z, gets n
                            const int* __restrict__ lengths  // [B] or null
 ) {
-  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= B * H) return;
-  const int b = idx / H, j = idx % H;
-  const int a = b * 3 * H + j;
-  const C z = C(gates[a + H]);
-  const C n = tanh(C(xw[a + 2 * H]) + C(ghn[idx]));
-  gates[a + 2 * H] = S(n);
-  const C h1 = (C(1) - z) * n + z * C(h[idx]);
+  const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
+  if (state_idx >= B * H) return;
+  const int b = state_idx / H, j = state_idx % H;
+  const int z_idx = b * 3 * H + j + H, n_idx = z_idx + H;  // in [B, 3H]
+  const C z = C(gates[z_idx]);
+  const C n = tanh(C(xw[n_idx]) + C(ghn[state_idx]));
+  gates[n_idx] = S(n);
+  const C h1 = (C(1) - z) * n + z * C(h[state_idx]);
   const bool active = is_active(lengths, t, b);
-  y[idx] = active ? S(h1) : S(0);
-  if (h_last != nullptr && active) h_last[idx] = S(h1);
+  y[state_idx] = active ? S(h1) : S(0);
+  if (h_last != nullptr && active) h_last[state_idx] = S(h1);
 }
 
 template <typename S, typename C>
@@ -126,27 +129,27 @@ __global__ void gru_n_backward_step(const int t, const int B, const int H,
                                     const S* __restrict__ gates,     // [B, 3H] r z n
                                     const S* __restrict__ h,         // [B, H]
                                     const S* __restrict__ dy,        // [B, H]
-                                    const S* __restrict__ dpw,       // [B, H] dh', pointwise part
-                                    const S* __restrict__ dmm,       // [B, H] dh', GEMM part
-                                    S* __restrict__ dpw_out,         // [B, H] dh, pointwise part (so far)
+                                    const S* __restrict__ dcarry,    // [B, H] dh', the later kernel's part
+                                    const S* __restrict__ drec,      // [B, H] dh', the GEMM's part
+                                    S* __restrict__ dcarry_out,      // [B, H] dh, this kernel's part (so far)
                                     S* __restrict__ dg,              // [B, 3H] gets da_z, da_n
                                     const int* __restrict__ lengths  // [B] or null
 ) {
-  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= B * H) return;
-  const int b = idx / H, j = idx % H;
-  const int a = b * 3 * H + j;
-  const C dh_in = C(dpw[idx]) + C(dmm[idx]);
+  const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
+  if (state_idx >= B * H) return;
+  const int b = state_idx / H, j = state_idx % H;
+  const int z_idx = b * 3 * H + j + H, n_idx = z_idx + H;  // in [B, 3H]
+  const C dh_in = C(dcarry[state_idx]) + C(drec[state_idx]);
   if (!is_active(lengths, t, b)) {
-    dpw_out[idx] = S(dh_in);
-    dg[a + H] = dg[a + 2 * H] = S(0);
+    dcarry_out[state_idx] = S(dh_in);
+    dg[z_idx] = dg[n_idx] = S(0);
     return;
   }
-  const C z = C(gates[a + H]), n = C(gates[a + 2 * H]);
-  const C dh = dh_in + C(dy[idx]);
-  dg[a + H] = S(dh * (C(h[idx]) - n) * z * (C(1) - z));
-  dg[a + 2 * H] = S(dh * (C(1) - z) * (C(1) - n * n));
-  dpw_out[idx] = S(dh * z);
+  const C z = C(gates[z_idx]), n = C(gates[n_idx]);
+  const C dh = dh_in + C(dy[state_idx]);
+  dg[z_idx] = S(dh * (C(h[state_idx]) - n) * z * (C(1) - z));
+  dg[n_idx] = S(dh * (C(1) - z) * (C(1) - n * n));
+  dcarry_out[state_idx] = S(dh * z);
 }
 
 template <typename S, typename C>
@@ -154,19 +157,19 @@ __global__ void gru_rz_backward_step(const int t, const int B, const int H,
                                      const S* __restrict__ gates,     // [B, 3H] r z n
                                      const S* __restrict__ h,         // [B, H]
                                      const S* __restrict__ drh,       // [B, H] da_n Whn = d(r∘h)
-                                     S* __restrict__ dpw_out,         // [B, H] += r∘drh
+                                     S* __restrict__ dcarry_out,      // [B, H] += r∘drh
                                      S* __restrict__ dg,              // [B, 3H] gets da_r
                                      const int* __restrict__ lengths  // [B] or null
 ) {
-  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= B * H) return;
-  const int b = idx / H, j = idx % H;
-  const int a = b * 3 * H + j;
+  const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
+  if (state_idx >= B * H) return;
+  const int b = state_idx / H, j = state_idx % H;
+  const int r_idx = b * 3 * H + j;  // in [B, 3H]
   if (!is_active(lengths, t, b)) {
-    dg[a] = S(0);
+    dg[r_idx] = S(0);
     return;
   }
-  const C r = C(gates[a]), d = C(drh[idx]);
-  dg[a] = S(d * C(h[idx]) * r * (C(1) - r));
-  dpw_out[idx] = S(C(dpw_out[idx]) + r * d);
+  const C r = C(gates[r_idx]), drh_j = C(drh[state_idx]);
+  dg[r_idx] = S(drh_j * C(h[state_idx]) * r * (C(1) - r));
+  dcarry_out[state_idx] = S(C(dcarry_out[state_idx]) + r * drh_j);
 }

@@ -6,7 +6,8 @@
 // h' is stored once, in y, which is also the next step's h: the states kept for backward are
 // y and c (no second copy of h), so past an item's length its h reads as 0 (y is 0 there) and
 // its last h' goes to h_last; c stays frozen.
-// backward, dh = dh' + dy and dc = dc' (each arriving as pointwise part + GEMM part):
+// backward, dh = dh' + dy and dc = dc', each arriving in two parts: dcarry, which the later step's
+// kernel wrote, and drec, the recurrent GEMM's da' Wrec (so no GEMM has to accumulate):
 //   da_o = dh∘tanh(c')∘o(1−o)        dc += dh∘o∘(1 − tanh²c')  (+ w_o∘da_o)
 //   da_i = dc∘g∘i(1−i)   da_f = dc∘c∘f(1−f)   da_g = dc∘i∘g'
 //   dc_prev = dc∘f  (+ w_i∘da_i + w_f∘da_f)
@@ -26,20 +27,20 @@ __global__ void lstm_forward_step(const int t, const int B, const int H,
                                   const S* __restrict__ w_peep,    // [3H] w_i w_f w_o when DIAGONAL
                                   const int* __restrict__ lengths  // [B], or null: every item runs
 ) {
-  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= B * H) return;
-  const int b = idx / H, j = idx % H;
-  const int a = b * 4 * H + j;  // a_i of (b, j) in [B, 4H]
-  const C c = C(c_prev[idx]);
-  C a_i = C(xw[a]) + C(hw[a]);
-  C a_f = C(xw[a + H]) + C(hw[a + H]);
-  const C a_g = C(xw[a + 2 * H]) + C(hw[a + 2 * H]);
-  C a_o = C(xw[a + 3 * H]) + C(hw[a + 3 * H]);
+  const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
+  if (state_idx >= B * H) return;
+  const int b = state_idx / H, j = state_idx % H;
+  const int i_idx = b * 4 * H + j, f_idx = i_idx + H, g_idx = i_idx + 2 * H, o_idx = i_idx + 3 * H;  // in [B, 4H]
+  const C c = C(c_prev[state_idx]);
+  C a_i = C(xw[i_idx]) + C(hw[i_idx]);
+  C a_f = C(xw[f_idx]) + C(hw[f_idx]);
+  const C a_g = C(xw[g_idx]) + C(hw[g_idx]);
+  C a_o = C(xw[o_idx]) + C(hw[o_idx]);
   if constexpr (PEEPHOLE == PEEPHOLE_FULL) {
-    const int p = b * 3 * H + j;
-    a_i += C(cw[p]);
-    a_f += C(cw[p + H]);
-    a_o += C(cw[p + 2 * H]);
+    const int cw_i_idx = b * 3 * H + j;  // in [B, 3H]: i, f, o
+    a_i += C(cw[cw_i_idx]);
+    a_f += C(cw[cw_i_idx + H]);
+    a_o += C(cw[cw_i_idx + 2 * H]);
   }
   if constexpr (PEEPHOLE == PEEPHOLE_DIAGONAL) {
     a_i += C(w_peep[j]) * c;
@@ -51,15 +52,15 @@ __global__ void lstm_forward_step(const int t, const int B, const int H,
   const C o = sigmoid(a_o);
   const C h1 = o * tanh(c1);
   if constexpr (TRAINING) {
-    gates[a] = S(i);
-    gates[a + H] = S(f);
-    gates[a + 2 * H] = S(g);
-    gates[a + 3 * H] = S(o);
+    gates[i_idx] = S(i);
+    gates[f_idx] = S(f);
+    gates[g_idx] = S(g);
+    gates[o_idx] = S(o);
   }
   const bool active = is_active(lengths, t, b);
-  c_next[idx] = active ? S(c1) : c_prev[idx];
-  y[idx] = active ? S(h1) : S(0);
-  if (h_last != nullptr && active) h_last[idx] = S(h1);
+  c_next[state_idx] = active ? S(c1) : c_prev[state_idx];
+  y[state_idx] = active ? S(h1) : S(0);
+  if (h_last != nullptr && active) h_last[state_idx] = S(h1);
 }
 
 template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE>
@@ -68,29 +69,31 @@ __global__ void lstm_backward_step(const int t, const int B, const int H, const 
                                    const S* __restrict__ c_prev,    // [B, H] c before the step
                                    const S* __restrict__ c_next,    // [B, H] c after it
                                    const S* __restrict__ dy,        // [B, H]
-                                   const S* __restrict__ dpw,       // [B, 2H] d[h | c]', pointwise part
-                                   const S* __restrict__ dmm,       // [B, n_rec] d[h | c]', GEMM part
-                                   S* __restrict__ dpw_out,         // [B, 2H] d[h | c], pointwise part
+                                   const S* __restrict__ dcarry,    // [B, 2H] d[h | c]', the later kernel's part
+                                   const S* __restrict__ drec,      // [B, n_rec] d[h | c]', the GEMM's part
+                                   S* __restrict__ dcarry_out,      // [B, 2H] d[h | c], this kernel's part
                                    S* __restrict__ da,              // [B, 4H] d(pre-activations)
                                    const S* __restrict__ w_peep,    // [3H] when DIAGONAL
                                    const int* __restrict__ lengths  // [B] or null
 ) {
-  const int idx = blockIdx.x * blockDim.x + threadIdx.x;
-  if (idx >= B * H) return;
-  const int b = idx / H, j = idx % H;
-  const int a = b * 4 * H + j, s = b * 2 * H + j, m = b * n_rec + j;
-  const C dh_in = C(dpw[s]) + C(dmm[m]);
-  C dc_in = C(dpw[s + H]);
-  if constexpr (PEEPHOLE == PEEPHOLE_FULL) dc_in += C(dmm[m + H]);
+  const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
+  if (state_idx >= B * H) return;
+  const int b = state_idx / H, j = state_idx % H;
+  const int i_idx = b * 4 * H + j, f_idx = i_idx + H, g_idx = i_idx + 2 * H, o_idx = i_idx + 3 * H;  // in [B, 4H]
+  const int dh_idx = b * 2 * H + j, dc_idx = dh_idx + H;  // in [B, 2H]
+  const int drec_h_idx = b * n_rec + j;                    // in [B, n_rec]; dc follows dh when FULL
+  const C dh_in = C(dcarry[dh_idx]) + C(drec[drec_h_idx]);
+  C dc_in = C(dcarry[dc_idx]);
+  if constexpr (PEEPHOLE == PEEPHOLE_FULL) dc_in += C(drec[drec_h_idx + H]);
   if (!is_active(lengths, t, b)) {  // past its length: the gradient passes through unchanged
-    dpw_out[s] = S(dh_in);
-    dpw_out[s + H] = S(dc_in);
-    da[a] = da[a + H] = da[a + 2 * H] = da[a + 3 * H] = S(0);
+    dcarry_out[dh_idx] = S(dh_in);
+    dcarry_out[dc_idx] = S(dc_in);
+    da[i_idx] = da[f_idx] = da[g_idx] = da[o_idx] = S(0);
     return;
   }
-  const C i = C(gates[a]), f = C(gates[a + H]), g = C(gates[a + 2 * H]), o = C(gates[a + 3 * H]);
-  const C c = C(c_prev[idx]), tc = tanh(C(c_next[idx]));
-  const C dh = dh_in + C(dy[idx]);
+  const C i = C(gates[i_idx]), f = C(gates[f_idx]), g = C(gates[g_idx]), o = C(gates[o_idx]);
+  const C c = C(c_prev[state_idx]), tc = tanh(C(c_next[state_idx]));
+  const C dh = dh_in + C(dy[state_idx]);
   const C da_o = dh * tc * o * (C(1) - o);
   C dc = dc_in + dh * o * (C(1) - tc * tc);
   if constexpr (PEEPHOLE == PEEPHOLE_DIAGONAL) dc += C(w_peep[2 * H + j]) * da_o;
@@ -99,10 +102,10 @@ __global__ void lstm_backward_step(const int t, const int B, const int H, const 
   const C da_g = dc * i * candidate_grad<SIGMOID_CANDIDATE>(g);
   C dc_prev = dc * f;
   if constexpr (PEEPHOLE == PEEPHOLE_DIAGONAL) dc_prev += C(w_peep[j]) * da_i + C(w_peep[H + j]) * da_f;
-  da[a] = S(da_i);
-  da[a + H] = S(da_f);
-  da[a + 2 * H] = S(da_g);
-  da[a + 3 * H] = S(da_o);
-  dpw_out[s] = S(0);  // dh_prev is all GEMM: the next kernel adds da Wrec
-  dpw_out[s + H] = S(dc_prev);
+  da[i_idx] = S(da_i);
+  da[f_idx] = S(da_f);
+  da[g_idx] = S(da_g);
+  da[o_idx] = S(da_o);
+  dcarry_out[dh_idx] = S(0);  // dh_prev is all GEMM: the next kernel adds da Wrec
+  dcarry_out[dc_idx] = S(dc_prev);
 }

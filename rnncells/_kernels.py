@@ -101,10 +101,6 @@ class KernelOps:
         """Nothing to choose: the kernels' work is on the device (or, run on the host, a check, not a fast path)."""
         return contextlib.nullcontext()
 
-    def lengths(self, host_lengths):
-        """Lengths as the kernels read them: int32 on the buffers' device."""
-        return self.xp.asarray(host_lengths, dtype=np.int32)
-
     def column_sum(self, a):
         """Σ over the rows of a contiguous [rows, cols] matrix, deterministically (two fixed-order passes)."""
         rows, cols = a.shape
@@ -125,11 +121,12 @@ class KernelOps:
         name = kernel_name("lstm_forward_step", y.dtype, spec, gates is not None)
         self._launch(name, B * H, t, B, H, xw, hw, cw, c, c_next, y, h_last, gates, w_peep, lengths)
 
-    def lstm_backward_step(self, spec, t, gates, c, c_next, dy, dpw, dmm, dpw_out, da, w_peep, lengths):
+    def lstm_backward_step(self, spec, t, gates, c, c_next, dy, dcarry, drec, dcarry_out, da, w_peep, lengths):
         """One LSTM step's pointwise backward."""
         B, H = dy.shape
         name = kernel_name("lstm_backward_step", dy.dtype, spec)
-        self._launch(name, B * H, t, B, H, dmm.shape[1], gates, c, c_next, dy, dpw, dmm, dpw_out, da, w_peep, lengths)
+        n_rec = drec.shape[1]
+        self._launch(name, B * H, t, B, H, n_rec, gates, c, c_next, dy, dcarry, drec, dcarry_out, da, w_peep, lengths)
 
     def gru_forward_step(self, t, xw, gh, b_hn, h, y, h_last, gates, lengths):
         """One GRU (reset_after) step's pointwise forward (see kernels/gru.cu)."""
@@ -137,11 +134,11 @@ class KernelOps:
         name = kernel_name("gru_forward_step", y.dtype, None, gates is not None)
         self._launch(name, B * H, t, B, H, xw, gh, b_hn, h, y, h_last, gates, lengths)
 
-    def gru_backward_step(self, t, gates, h, dy, dpw, dmm, dpw_out, dgi, dgh, lengths):
+    def gru_backward_step(self, t, gates, h, dy, dcarry, drec, dcarry_out, dgi, dgh, lengths):
         """One GRU (reset_after) step's pointwise backward."""
         B, H = dy.shape
-        self._launch(kernel_name("gru_backward_step", dy.dtype), B * H, t, B, H, gates, h, dy, dpw, dmm, dpw_out, dgi,
-                     dgh, lengths)  # fmt: skip
+        name = kernel_name("gru_backward_step", dy.dtype)
+        self._launch(name, B * H, t, B, H, gates, h, dy, dcarry, drec, dcarry_out, dgi, dgh, lengths)
 
     def gru_rz_step(self, xw, ghrz, h, gates, rh):
         """GRU (reset before): r, z and r∘h."""
@@ -153,16 +150,17 @@ class KernelOps:
         B, H = h.shape
         self._launch(kernel_name("gru_n_step", h.dtype), B * H, t, B, H, xw, ghn, h, y, h_last, gates, lengths)
 
-    def gru_n_backward_step(self, t, gates, h, dy, dpw, dmm, dpw_out, dg, lengths):
+    def gru_n_backward_step(self, t, gates, h, dy, dcarry, drec, dcarry_out, dg, lengths):
         """GRU (reset before): da_z, da_n and z∘dh."""
         B, H = h.shape
-        self._launch(kernel_name("gru_n_backward_step", h.dtype), B * H, t, B, H, gates, h, dy, dpw, dmm, dpw_out, dg,
-                     lengths)  # fmt: skip
+        name = kernel_name("gru_n_backward_step", h.dtype)
+        self._launch(name, B * H, t, B, H, gates, h, dy, dcarry, drec, dcarry_out, dg, lengths)
 
-    def gru_rz_backward_step(self, t, gates, h, drh, dpw_out, dg, lengths):
+    def gru_rz_backward_step(self, t, gates, h, drh, dcarry_out, dg, lengths):
         """GRU (reset before): da_r, and r∘d(r∘h) into dh."""
         B, H = h.shape
-        self._launch(kernel_name("gru_rz_backward_step", h.dtype), B * H, t, B, H, gates, h, drh, dpw_out, dg, lengths)
+        name = kernel_name("gru_rz_backward_step", h.dtype)
+        self._launch(name, B * H, t, B, H, gates, h, drh, dcarry_out, dg, lengths)
 
 
 def source_hash():

@@ -20,12 +20,16 @@ Buffers: h' is written once, to y (B, H), which is also the next step's h
 (so past an item's length h reads as 0) and, with lengths, to h_last (B, H)
 while the item runs; c and c_next (B, H) are the cell states; gates (B, 4H)
 the activations saved for backward (None: inference, nothing saved); da
-(B, 4H) the gradient of the pre-activations.  A state's gradient travels in two parts: `dpw`, written
-by the previous backward kernel, and `dmm`, the recurrent GEMM's output; the
-next backward kernel adds them, so no GEMM has to accumulate.
+(B, 4H) the gradient of the pre-activations.  A state's gradient travels in
+two parts: `dcarry`, written by the later step's backward kernel, and
+`drec`, the recurrent GEMM's output; the next backward kernel adds them, so
+no GEMM has to accumulate.
 
-Besides the kernels, a backend's ops provide `lengths` (the host lengths in
-the form its kernels read), `gemm` (out = a @ b, or out += a @ b, into a
+Each function is the twin of the kernel of the same name in kernels/lstm.cu
+or kernels/gru.cu, with the same arguments (the LSTM's take the spec, which
+the kernels get as template arguments).
+
+Besides the kernels, a backend's ops provide `gemm` (out = a @ b, or out += a @ b, into a
 preallocated buffer: every GEMM of the orchestration goes through it),
 `column_sum` (the bias gradients) and `threads` (the CPU threads a forward or
 backward may use, by the size of its steps).
@@ -47,11 +51,6 @@ def sigmoid(a):
 ACT = {"tanh": np.tanh, "sigmoid": sigmoid}
 # d act / d a, written in terms of the activation's output
 DACT = {"tanh": lambda g: 1.0 - g * g, "sigmoid": lambda g: g * (1.0 - g)}
-
-
-def lengths(host_lengths):
-    """The lengths as the kernels read them (NumPy reads the host array)."""
-    return host_lengths
 
 
 # A forward or backward whose step GEMM does fewer multiply-adds than this runs all its GEMMs on one BLAS thread.
@@ -110,7 +109,7 @@ def gemm(a, b, out, accumulate=False):
 
 
 def column_sum(a):
-    """Σ over the rows of a [rows, cols] matrix."""
+    """reduce.cu's column sums: Σ over the rows of a [rows, cols] matrix."""
     return a.sum(axis=0)
 
 
@@ -139,7 +138,8 @@ def _split(a, H):
 
 
 def lstm_forward_step(spec, t, xw, hw, cw, c, c_next, y, h_last, gates, w_peep, lengths):
-    """xw, hw [B, 4H]; cw [B, 3H] (full); c, c_next, y, h_last [B, H]; gates [B, 4H]; w_peep [3H] (diagonal)."""
+    """lstm.cu's lstm_forward_step.  xw, hw [B, 4H]; cw [B, 3H] (full); c, c_next, y, h_last [B, H];
+    gates [B, 4H]; w_peep [3H] (diagonal)."""
     H, peephole = y.shape[1], spec.peephole
     a_i, a_f, a_g, a_o = _split(xw + hw, H)
     if peephole == "full":
@@ -160,12 +160,13 @@ def lstm_forward_step(spec, t, xw, hw, cw, c, c_next, y, h_last, gates, w_peep, 
     _commit_h(t, h1, y, h_last, lengths)
 
 
-def lstm_backward_step(spec, t, gates, c, c1, dy, dpw, dmm, dpw_out, da, w_peep, lengths):
-    """da [B, 4H] and dpw_out [B, 2H] from dy [B, H] and d[h | c] = dpw [B, 2H] + dmm [B, H or 2H]."""
+def lstm_backward_step(spec, t, gates, c, c1, dy, dcarry, drec, dcarry_out, da, w_peep, lengths):
+    """lstm.cu's lstm_backward_step: da [B, 4H] and dcarry_out [B, 2H] from dy [B, H] and
+    d[h | c] = dcarry [B, 2H] + drec [B, H or 2H]."""
     H, peephole = dy.shape[1], spec.peephole
     i, f, g, o = _split(gates, H)
-    dh_in = dpw[:, :H] + dmm[:, :H]
-    dc_in = dpw[:, H:] + dmm[:, H:] if peephole == "full" else dpw[:, H:]
+    dh_in = dcarry[:, :H] + drec[:, :H]
+    dc_in = dcarry[:, H:] + drec[:, H:] if peephole == "full" else dcarry[:, H:]
     dh = dh_in + dy
     tc = np.tanh(c1)
     da_o = dh * tc * o * (1.0 - o)
@@ -182,12 +183,13 @@ def lstm_backward_step(spec, t, gates, c, c1, dy, dpw, dmm, dpw_out, da, w_peep,
     active = _active(t, lengths)
     for k, v in enumerate((da_i, da_f, da_g, da_o)):
         _commit(da[:, k * H : (k + 1) * H], v, 0.0, active)
-    _commit(dpw_out[:, :H], 0.0, dh_in, active)
-    _commit(dpw_out[:, H:], dc_prev, dc_in, active)
+    _commit(dcarry_out[:, :H], 0.0, dh_in, active)
+    _commit(dcarry_out[:, H:], dc_prev, dc_in, active)
 
 
 def gru_forward_step(t, xw, gh, b_hn, h, y, h_last, gates, lengths):
-    """reset_after.  xw, gh [B, 3H]; b_hn [H]; h, y, h_last [B, H]; gates [B, 4H] = r, z, n, gh_n + b_hn."""
+    """gru.cu's gru_forward_step (reset_after).  xw, gh [B, 3H]; b_hn [H]; h, y, h_last [B, H];
+    gates [B, 4H] = r, z, n, gh_n + b_hn."""
     H = h.shape[1]
     x_r, x_z, x_n = _split(xw, H)
     h_r, h_z, h_n = _split(gh, H)
@@ -201,11 +203,12 @@ def gru_forward_step(t, xw, gh, b_hn, h, y, h_last, gates, lengths):
     _commit_h(t, h1, y, h_last, lengths)
 
 
-def gru_backward_step(t, gates, h, dy, dpw, dmm, dpw_out, dgi, dgh, lengths):
-    """reset_after.  dgi, dgh [B, 3H]: gradients of xw and of gh; dh = dpw + dmm [B, H]."""
+def gru_backward_step(t, gates, h, dy, dcarry, drec, dcarry_out, dgi, dgh, lengths):
+    """gru.cu's gru_backward_step (reset_after).  dgi, dgh [B, 3H]: gradients of xw and of gh;
+    dh = dcarry + drec [B, H]."""
     H = h.shape[1]
     r, z, n, ghn = _split(gates, H)
-    dh_in = dpw + dmm
+    dh_in = dcarry + drec
     dh1 = dh_in + dy
     da_n = dh1 * (1.0 - z) * (1.0 - n * n)
     da_z = dh1 * (h - n) * z * (1.0 - z)
@@ -215,11 +218,12 @@ def gru_backward_step(t, gates, h, dy, dpw, dmm, dpw_out, dgi, dgh, lengths):
         _commit(dgi[:, k * H : (k + 1) * H], v, 0.0, active)
     for k, v in enumerate((da_r, da_z, da_n * r)):
         _commit(dgh[:, k * H : (k + 1) * H], v, 0.0, active)
-    _commit(dpw_out, dh1 * z, dh_in, active)
+    _commit(dcarry_out, dh1 * z, dh_in, active)
 
 
 def gru_rz_step(xw, ghrz, h, gates, rh):
-    """reset before, first half.  ghrz [B, 2H] = h Whh_rzᵀ; gates [B, 3H] gets r, z; rh [B, H] = r∘h."""
+    """gru.cu's gru_rz_step (reset before, first half).  ghrz [B, 2H] = h Whh_rzᵀ; gates [B, 3H] gets r, z;
+    rh [B, H] = r∘h."""
     H = h.shape[1]
     r = sigmoid(xw[:, :H] + ghrz[:, :H])
     gates[:, :H] = r
@@ -228,7 +232,7 @@ def gru_rz_step(xw, ghrz, h, gates, rh):
 
 
 def gru_n_step(t, xw, ghn, h, y, h_last, gates, lengths):
-    """reset before, second half.  ghn [B, H] = rh Whnᵀ; gates [B, 3H] gets n."""
+    """gru.cu's gru_n_step (reset before, second half).  ghn [B, H] = rh Whnᵀ; gates [B, 3H] gets n."""
     H = h.shape[1]
     z = gates[:, H : 2 * H]
     n = np.tanh(xw[:, 2 * H :] + ghn)
@@ -237,22 +241,24 @@ def gru_n_step(t, xw, ghn, h, y, h_last, gates, lengths):
     _commit_h(t, h1, y, h_last, lengths)
 
 
-def gru_n_backward_step(t, gates, h, dy, dpw, dmm, dpw_out, dg, lengths):
-    """reset before, first half.  dg [B, 3H] gets da_z and da_n; dpw_out [B, H] = z∘dh1 (or the carry)."""
+def gru_n_backward_step(t, gates, h, dy, dcarry, drec, dcarry_out, dg, lengths):
+    """gru.cu's gru_n_backward_step (reset before, first half).  dg [B, 3H] gets da_z and da_n;
+    dcarry_out [B, H] = z∘dh1 (or the carry)."""
     H = h.shape[1]
     r, z, n = _split(gates, H)
-    dh_in = dpw + dmm
+    dh_in = dcarry + drec
     dh1 = dh_in + dy
     active = _active(t, lengths)
     _commit(dg[:, H : 2 * H], dh1 * (h - n) * z * (1.0 - z), 0.0, active)
     _commit(dg[:, 2 * H :], dh1 * (1.0 - z) * (1.0 - n * n), 0.0, active)
-    _commit(dpw_out, dh1 * z, dh_in, active)
+    _commit(dcarry_out, dh1 * z, dh_in, active)
 
 
-def gru_rz_backward_step(t, gates, h, drh, dpw_out, dg, lengths):
-    """reset before, second half.  drh [B, H] = da_n Whn; dg gets da_r; dpw_out += r∘drh."""
+def gru_rz_backward_step(t, gates, h, drh, dcarry_out, dg, lengths):
+    """gru.cu's gru_rz_backward_step (reset before, second half).  drh [B, H] = da_n Whn; dg gets da_r;
+    dcarry_out += r∘drh."""
     H = h.shape[1]
     r = gates[:, :H]
     active = _active(t, lengths)
     _commit(dg[:, :H], drh * h * r * (1.0 - r), 0.0, active)
-    _commit(dpw_out, dpw_out + r * drh, dpw_out, active)
+    _commit(dcarry_out, dcarry_out + r * drh, dcarry_out, active)

@@ -7,7 +7,7 @@ orchestration serves every backend and CI checks it with host-run kernels:
 forward   xw = x Wihᵀ (+ biases)                  one GEMM over all T·B rows
           per step: ops.gemm(h, Whhᵀ) (peephole="full": and c Wchᵀ); ops.*_forward_step
           (GRU reset before: two GEMMs and two kernels)
-backward  per step: ops.*_backward_step; ops.gemm(da, Wrec) -> the next step's dmm
+backward  per step: ops.*_backward_step; ops.gemm(da, Wrec) -> the next step's drec
           then dWih = daᵀ x, dWrec = daᵀ states, db = ops.column_sum(da), dx = da Wih
 
 Every GEMM, inside the loops and out, is an `ops.gemm`, so the backend
@@ -177,6 +177,11 @@ _forward_size = _threads(lambda spec, x, p, *_: (x.shape[1], p["weight_hh"]))
 _backward_size = _threads(lambda ctx, *_: (ctx.x.shape[1], ctx.w_hh))
 
 
+def _lengths(xp, lengths):
+    """The host lengths as every backend's step functions read them: int32 [B] beside the buffers."""
+    return None if lengths is None else xp.asarray(lengths, dtype="int32")
+
+
 def _input_buffers(b, xp, dt, static, **shapes):
     """A graph slot's copies of the loop's inputs (dtype dt; `lengths` int32 [B] when given)."""
     if static:
@@ -232,7 +237,7 @@ def lstm_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=Non
                        lambda: _lstm_work(xp, x.dtype, T, B, H, peephole, lengths is not None))  # fmt: skip
     _bind(b, slot, h0=h0, c0=c0, w_hh=p["weight_hh"], w_ch=p["weight_ch"] if peephole == "full" else None,
           w_peep=p["weight_ch"] if peephole == "diagonal" else None,
-          lengths=None if lengths is None else ops.lengths(lengths))  # fmt: skip
+          lengths=_lengths(xp, lengths))  # fmt: skip
     _input_gemm(ops, x, p["weight_ih"], p["bias_ih"] + p["bias_hh"] if "bias_ih" in p else None, b.xw)
     if b.h_last is not None:
         b.h_last[...] = b.h0
@@ -250,8 +255,8 @@ def _lstm_backward_buffers(xp, dt, T, B, H, full, static):
     e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
     b = Buffers(
         da=e(T, B, 4 * H),  # [T, B, 4H]
-        dpw=e(2, B, 2 * H),  # [2, B, 2H] d[h | c], pointwise part, ping-pong
-        dmm=e(2, B, 2 * H if full else H),  # [2, B, n_rec] d[h | c], GEMM part, ping-pong
+        dcarry=e(2, B, 2 * H),  # [2, B, 2H] d[h | c], the kernels' part, ping-pong
+        drec=e(2, B, 2 * H if full else H),  # [2, B, n_rec] d[h | c], the recurrent GEMM's part, ping-pong
         w_rec=e(4 * H, 2 * H) if full else None,  # [4H, 2H] [[Whh, Wch]], zeros for g
     )
     return _input_buffers(b, xp, dt, static, dy=(T, B, H))
@@ -260,9 +265,9 @@ def _lstm_backward_buffers(xp, dt, T, B, H, full, static):
 def _lstm_backward_steps(ops, ctx, g, w_rec, T):
     for t in reversed(range(T)):
         nxt, cur = (t + 1) % 2, t % 2
-        ops.lstm_backward_step(ctx.spec, t, ctx.gates[t], _prev(ctx.c0, ctx.cs, t), ctx.cs[t], g.dy[t], g.dpw[nxt],
-                               g.dmm[nxt], g.dpw[cur], g.da[t], ctx.w_peep, ctx.lengths)  # fmt: skip
-        ops.gemm(g.da[t], w_rec, g.dmm[cur])
+        ops.lstm_backward_step(ctx.spec, t, ctx.gates[t], _prev(ctx.c0, ctx.cs, t), ctx.cs[t], g.dy[t], g.dcarry[nxt],
+                               g.drec[nxt], g.dcarry[cur], g.da[t], ctx.w_peep, ctx.lengths)  # fmt: skip
+        ops.gemm(g.da[t], w_rec, g.drec[cur])
 
 
 @_backward_size
@@ -281,12 +286,12 @@ def lstm_backward(ops, xp, ctx, dy, dstates):
         for k, gate in ((0, 0), (1, 1), (2, 3)):  # weight_ch rows i, f, o -> gates i, f, o
             g.w_rec[gate * H : (gate + 1) * H, H:] = ctx.w_ch[k * H : (k + 1) * H]
     w_rec = g.w_rec if full else ctx.w_hh
-    g.dpw[T % 2, :, :H], g.dpw[T % 2, :, H:] = dhT, dcT
-    g.dmm[T % 2] = 0
+    g.dcarry[T % 2, :, :H], g.dcarry[T % 2, :, H:] = dhT, dcT
+    g.drec[T % 2] = 0
     _run(slot, "backward", ops, lambda ops: _lstm_backward_steps(ops, ctx, g, w_rec, T))
     da, n_rec = g.da, w_rec.shape[1]
-    dhc0 = g.dpw[0].copy()
-    dhc0[:, :n_rec] += g.dmm[0]
+    dhc0 = g.dcarry[0].copy()
+    dhc0[:, :n_rec] += g.drec[0]
     dp = {"weight_ih": _weight_grad(ops, xp, da, x), "weight_hh": _state_grad(ops, xp, da, ctx.h0, ctx.y)}
     if full:
         dw_ch = _state_grad(ops, xp, da, ctx.c0, ctx.cs)  # [4H, H]
@@ -362,7 +367,7 @@ def gru_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None
     b_hn = None
     if reset_after:
         b_hn = p["bias_hh"][2 * H :] if "bias_hh" in p else xp.zeros(H, dtype=x.dtype)  # [H]
-    _bind(b, slot, h0=h0, w_hh=p["weight_hh"], b_hn=b_hn, lengths=None if lengths is None else ops.lengths(lengths))
+    _bind(b, slot, h0=h0, w_hh=p["weight_hh"], b_hn=b_hn, lengths=_lengths(xp, lengths))
     _input_gemm(ops, x, p["weight_ih"], bias, b.xw)
     if b.h_last is not None:
         b.h_last[...] = b.h0
@@ -381,8 +386,8 @@ def _gru_backward_buffers(xp, dt, T, B, H, reset_after, static):
         dg=e(T, B, 3 * H),  # [T, B, 3H] gradient of xw
         dgh=e(T, B, 3 * H) if reset_after else None,  # [T, B, 3H] gradient of gh (reset before: dg itself)
         drh=None if reset_after else e(B, H),  # [B, H] d(r∘h)
-        dpw=e(2, B, H),  # [2, B, H] dh, pointwise part, ping-pong
-        dmm=e(2, B, H),  # [2, B, H] dh, GEMM part, ping-pong
+        dcarry=e(2, B, H),  # [2, B, H] dh, the kernels' part, ping-pong
+        drec=e(2, B, H),  # [2, B, H] dh, the recurrent GEMM's part, ping-pong
     )
     return _input_buffers(b, xp, dt, static, dy=(T, B, H))
 
@@ -393,15 +398,15 @@ def _gru_backward_steps(ops, ctx, g, T):
         nxt, cur = (t + 1) % 2, t % 2
         h, H = _prev(ctx.h0, ctx.y, t), w_hh.shape[1]
         if ctx.spec.reset_after:
-            ops.gru_backward_step(t, ctx.gates[t], h, g.dy[t], g.dpw[nxt], g.dmm[nxt], g.dpw[cur], g.dg[t], g.dgh[t],
-                                  ctx.lengths)  # fmt: skip
-            ops.gemm(g.dgh[t], w_hh, g.dmm[cur])
+            ops.gru_backward_step(t, ctx.gates[t], h, g.dy[t], g.dcarry[nxt], g.drec[nxt], g.dcarry[cur], g.dg[t],
+                                  g.dgh[t], ctx.lengths)  # fmt: skip
+            ops.gemm(g.dgh[t], w_hh, g.drec[cur])
         else:
-            ops.gru_n_backward_step(t, ctx.gates[t], h, g.dy[t], g.dpw[nxt], g.dmm[nxt], g.dpw[cur], g.dg[t],
+            ops.gru_n_backward_step(t, ctx.gates[t], h, g.dy[t], g.dcarry[nxt], g.drec[nxt], g.dcarry[cur], g.dg[t],
                                     ctx.lengths)  # fmt: skip
             ops.gemm(g.dg[t, :, 2 * H :], w_hh[2 * H :], g.drh)
-            ops.gru_rz_backward_step(t, ctx.gates[t], h, g.drh, g.dpw[cur], g.dg[t], ctx.lengths)
-            ops.gemm(g.dg[t, :, : 2 * H], w_hh[: 2 * H], g.dmm[cur])
+            ops.gru_rz_backward_step(t, ctx.gates[t], h, g.drh, g.dcarry[cur], g.dg[t], ctx.lengths)
+            ops.gemm(g.dg[t, :, : 2 * H], w_hh[: 2 * H], g.drec[cur])
 
 
 @_backward_size
@@ -414,8 +419,8 @@ def gru_backward(ops, xp, ctx, dy, dstates):
     slot = ctx.slot
     g = _workspace(slot, make)
     _bind(g, slot, dy=dy if slot else xp.ascontiguousarray(dy))
-    g.dpw[T % 2] = dhT
-    g.dmm[T % 2] = 0
+    g.dcarry[T % 2] = dhT
+    g.drec[T % 2] = 0
     _run(slot, "backward", ops, lambda ops: _gru_backward_steps(ops, ctx, g, T))
     dg = g.dg
     if ctx.spec.reset_after:
@@ -436,7 +441,7 @@ def gru_backward(ops, xp, ctx, dy, dstates):
         dp["bias_ih"] = ops.column_sum(_rows(dg))
         dp["bias_hh"] = ops.column_sum(_rows(dgh))
     dx = _input_grad(ops, xp, dg, p["weight_ih"])
-    return dx, (g.dpw[0] + g.dmm[0],), dp
+    return dx, (g.dcarry[0] + g.drec[0],), dp
 
 
 # --- dispatch on the variant ------------------------------------------------------
