@@ -22,7 +22,7 @@ def versions():
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
     text = (f"{name}, driver {cupy.cuda.runtime.driverGetVersion()}, runtime {cupy.cuda.runtime.runtimeGetVersion()}, "
-            f"CuPy {cupy.__version__}")  # fmt: skip
+            f"CuPy {cupy.__version__}")
     try:
         import torch
 

@@ -31,7 +31,7 @@ def hx(spec, hx, names, is_array, arrays):
         states = list(hx)
     elif isinstance(hx, (tuple, list)):
         raise TypeError(f"{names[0]} must be {arrays} or None, got a {type(hx).__name__}: a GRU has one state, "
-                        f"{names[0]} ((h, c) pairs are an LSTM's)")  # fmt: skip
+                        f"{names[0]} ((h, c) pairs are an LSTM's)")
     else:
         states = [hx]
     for name, s in zip(names, states):
@@ -127,7 +127,7 @@ def call(spec, x, params, states, *, lengths=None, sequence=True):
     w_ih = params["weight_ih"]
     if w_ih.ndim == 2 and w_ih.shape[0] == spec.gates * H and w_ih.shape[1] != I:  # weights agree: x is the odd one
         raise ValueError(f"x has shape {tuple(x.shape)}, with {I} features; params['weight_ih'] has shape "
-                         f"{tuple(w_ih.shape)}, for input_size={w_ih.shape[1]}")  # fmt: skip
+                         f"{tuple(w_ih.shape)}, for input_size={w_ih.shape[1]}")
     meaning = spec.param_meanings()
     for k, shape in want.items():
         if tuple(params[k].shape) != shape:
@@ -153,11 +153,11 @@ def index_range(x_shape, H):
     """
     T, B, I = x_shape if len(x_shape) == 3 else (1, *x_shape)
     for what, n in (("batch*4*hidden_size, the elements of one step's gates", B * 4 * H),
-                    ("seq_len*batch, the rows of the sequence GEMMs", T * B), ("input_size", I)):  # fmt: skip
+                    ("seq_len*batch, the rows of the sequence GEMMs", T * B), ("input_size", I)):
         if n > INDEX_MAX:
             raise ValueError(f"x has shape {tuple(x_shape)} with hidden_size={H}: {what}, is {n:,}, past 2**31 - 1, the "
                              "largest the CUDA kernels and cuBLAS index with 32-bit ints; split the batch or the "
-                             "sequence, or run backend='numpy'")  # fmt: skip
+                             "sequence, or run backend='numpy'")
 
 
 def lengths_array(lengths, T, B):

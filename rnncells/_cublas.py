@@ -35,7 +35,7 @@ PROTOTYPES = {
     **{
         f"cublas{p}gemm_v2": ("cublasHandle_t", "cublasOperation_t", "cublasOperation_t", "int", "int", "int",
                               f"const {t}*", f"const {t}*", "int", f"const {t}*", "int", f"const {t}*", f"{t}*",
-                              "int")  # fmt: skip
+                              "int")
         for p, t in (("S", "float"), ("D", "double"))
     },
 }

@@ -115,7 +115,7 @@ def capture(ops, loop):
 def ops(tf32=False):
     """The per-step ops of the CuPy backend, TF32 in every float32 GEMM or in none."""
     return _kernels.KernelOps(_launch, cupy, functools.partial(gemm, tf32=tf32), capture=capture,
-                          graph_key=lambda: _graph_key(tf32))  # fmt: skip
+                          graph_key=lambda: _graph_key(tf32))
 
 
 def _graph_key(tf32):

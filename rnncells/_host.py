@@ -125,7 +125,7 @@ def check_launch(name, signature, grid, block, args):
     against CUDA's limits."""
     params, given = signature.split(","), argument_types(args)
     if len(params) != len(given) or any(g not in (p, "*") or (g == "*" and not p.endswith("*"))
-                                        for p, g in zip(params, given)):  # fmt: skip
+                                        for p, g in zip(params, given)):
         raise TypeError(f"{name} takes ({', '.join(params)}) but was given ({', '.join(given)})")
     for k, a in enumerate(args):
         if isinstance(a, (int, np.integer)) and not -(2**31) <= a < 2**31:
@@ -187,7 +187,7 @@ def _host_launcher():
 def ops(tf32=False):
     """KernelOps running the host-built kernels on NumPy buffers; with tf32, GEMMs as TF32 tensor cores do them."""
     return KernelOps(_host_launcher(), np, tf32_gemm if tf32 else _numpy.gemm, capture=record,
-                     graph_key=lambda: (tf32,))  # fmt: skip
+                     graph_key=lambda: (tf32,))
 
 
 def to_tf32(a):

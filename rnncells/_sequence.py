@@ -203,7 +203,7 @@ def _lstm_buffers(xp, dt, T, B, H, peephole, training, has_lengths, static):
     return _input_buffers(b, xp, dt, static, h0=(B, H), c0=(B, H), w_hh=(4 * H, H),
                           w_ch=(3 * H, H) if peephole == "full" else None,
                           w_peep=(3 * H,) if peephole == "diagonal" else None,
-                          lengths=(B,) if has_lengths else None)  # fmt: skip
+                          lengths=(B,) if has_lengths else None)
 
 
 def _lstm_work(xp, dt, T, B, H, peephole, has_lengths):
@@ -234,10 +234,10 @@ def lstm_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=Non
     H, peephole = h0.shape[1], spec.peephole
     shape = (x.dtype, T, B, H, peephole, training, lengths is not None)
     slot, b = _buffers(graphs, ops, (spec, *shape), lambda static: _lstm_buffers(xp, *shape, static),
-                       lambda: _lstm_work(xp, x.dtype, T, B, H, peephole, lengths is not None))  # fmt: skip
+                       lambda: _lstm_work(xp, x.dtype, T, B, H, peephole, lengths is not None))
     _bind(b, slot, h0=h0, c0=c0, w_hh=p["weight_hh"], w_ch=p["weight_ch"] if peephole == "full" else None,
           w_peep=p["weight_ch"] if peephole == "diagonal" else None,
-          lengths=_lengths(xp, lengths))  # fmt: skip
+          lengths=_lengths(xp, lengths))
     _input_gemm(ops, x, p["weight_ih"], p["bias_ih"] + p["bias_hh"] if "bias_ih" in p else None, b.xw)
     if b.h_last is not None:
         b.h_last[...] = b.h0
@@ -266,7 +266,7 @@ def _lstm_backward_steps(ops, ctx, g, w_rec, T):
     for t in reversed(range(T)):
         nxt, cur = (t + 1) % 2, t % 2
         ops.lstm_backward_step(ctx.spec, t, ctx.gates[t], _prev(ctx.c0, ctx.cs, t), ctx.cs[t], g.dy[t], g.dcarry[nxt],
-                               g.drec[nxt], g.dcarry[cur], g.da[t], ctx.w_peep, ctx.lengths)  # fmt: skip
+                               g.drec[nxt], g.dcarry[cur], g.da[t], ctx.w_peep, ctx.lengths)
         ops.gemm(g.da[t], w_rec, g.drec[cur])
 
 
@@ -319,7 +319,7 @@ def _gru_buffers(xp, dt, T, B, H, reset_after, training, has_lengths, static):
         b.gates = e(T if training else 1, B, 3 * H)  # [T, B, 3H]
         b.rh = e(T if training else 1, B, H)  # [T, B, H] r∘h
     return _input_buffers(b, xp, dt, static, h0=(B, H), w_hh=(3 * H, H), b_hn=(H,) if reset_after else None,
-                          lengths=(B,) if has_lengths else None)  # fmt: skip
+                          lengths=(B,) if has_lengths else None)
 
 
 def _gru_work(xp, dt, T, B, H, reset_after, has_lengths):
@@ -342,7 +342,7 @@ def _gru_forward_steps(ops, b, T, spec, training):
         if spec.reset_after:
             ops.gemm(h, b.w_hh.T, b.gh)
             ops.gru_forward_step(t, b.xw[t], b.gh, b.b_hn, h, b.y[t], b.h_last, b.gates[t] if training else None,
-                                 b.lengths)  # fmt: skip
+                                 b.lengths)
         else:
             s, H = (t if training else 0), h.shape[1]
             ops.gemm(h, b.w_hh[: 2 * H].T, b.ghrz)
@@ -358,7 +358,7 @@ def gru_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None
     H, reset_after = h0.shape[1], spec.reset_after
     shape = (x.dtype, T, B, H, reset_after, training, lengths is not None)
     slot, b = _buffers(graphs, ops, (spec, *shape), lambda static: _gru_buffers(xp, *shape, static),
-                       lambda: _gru_work(xp, x.dtype, T, B, H, reset_after, lengths is not None))  # fmt: skip
+                       lambda: _gru_work(xp, x.dtype, T, B, H, reset_after, lengths is not None))
     bias = None
     if "bias_ih" in p:
         bias = p["bias_ih"] + p["bias_hh"]
@@ -399,11 +399,11 @@ def _gru_backward_steps(ops, ctx, g, T):
         h, H = _prev(ctx.h0, ctx.y, t), w_hh.shape[1]
         if ctx.spec.reset_after:
             ops.gru_backward_step(t, ctx.gates[t], h, g.dy[t], g.dcarry[nxt], g.drec[nxt], g.dcarry[cur], g.dg[t],
-                                  g.dgh[t], ctx.lengths)  # fmt: skip
+                                  g.dgh[t], ctx.lengths)
             ops.gemm(g.dgh[t], w_hh, g.drec[cur])
         else:
             ops.gru_n_backward_step(t, ctx.gates[t], h, g.dy[t], g.dcarry[nxt], g.drec[nxt], g.dcarry[cur], g.dg[t],
-                                    ctx.lengths)  # fmt: skip
+                                    ctx.lengths)
             ops.gemm(g.dg[t, :, 2 * H :], w_hh[2 * H :], g.drh)
             ops.gru_rz_backward_step(t, ctx.gates[t], h, g.drh, g.dcarry[cur], g.dg[t], ctx.lengths)
             ops.gemm(g.dg[t, :, : 2 * H], w_hh[: 2 * H], g.drec[cur])

@@ -114,7 +114,7 @@ def _check_context(ctx, spec_type, step):
 
 
 def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candidate="tanh", *, training=True,
-                 graphs=None, tf32=False, backend=None):  # fmt: skip
+                 graphs=None, tf32=False, backend=None):
     """Run an LSTM over a sequence.
 
     x (T, B, I); h0, c0 (B, H) or None for zeros; lengths (B,) ints in
@@ -164,7 +164,7 @@ def lstm_cell_backward(ctx, dh1, dc1):
 
 
 def gru_forward(x, params, h0=None, lengths=None, reset_after=True, *, training=True, graphs=None, tf32=False,
-                backend=None):  # fmt: skip
+                backend=None):
     """Run a GRU over a sequence.
 
     x (T, B, I); h0 (B, H) or None for zeros; lengths as in `lstm_forward`.

@@ -285,7 +285,7 @@ def environment(device):
 
 
 def run(preset="full", cells=("lstm", "gru"), device=None, modes=("forward", "train"), repeats=20, warmup=5,
-        rotate=4, passes=2, out=print, groups=GROUPS, precisions=("fp32", "tf32"), on_row=None):  # fmt: skip
+        rotate=4, passes=2, out=print, groups=GROUPS, precisions=("fp32", "tf32"), on_row=None):
     """Time every implementation on every configuration; returns the device and the result rows.
 
     `precisions` on the CPU is fp32 only (a CPU has no TF32); `on_row(rows)`
@@ -329,7 +329,7 @@ def run(preset="full", cells=("lstm", "gru"), device=None, modes=("forward", "tr
                     row = dict(cfg._asdict(), mode=mode, precision=prec, pass_=p, ms=times, ratio=ratio)
                     if memories and mode == "train" and prec == "fp32" and p == 1:
                         row["peak_mb"] = {n: peak_train_mb(_build(n, cfg, mode, device, xp, rotate, seed=p), m)
-                                          for n, m in memories.items()}  # fmt: skip
+                                          for n, m in memories.items()}
                     rows.append(row)
                     cells_ms = "".join(f"{times[n]:>14.3f}" for n in impls)
                     r = f"{ratio:>8.2f}" if ratio is not None else f"{'-':>8}"

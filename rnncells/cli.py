@@ -13,7 +13,7 @@ def main(argv=None):
     demo = sub.add_parser("demo", help="train an LSTM and a GRU on the adding problem (GPU if present, else NumPy)")
     demo.add_argument("--cell", choices=("lstm", "gru", "both"), default="both")
     demo.add_argument("--seq-len", type=_at_least(2, "the adding problem marks two steps"), default=50,
-                      help="sequence length T, at least 2 (default 50)")  # fmt: skip
+                      help="sequence length T, at least 2 (default 50)")
     demo.add_argument("--steps", type=_positive, default=2000, help="training steps per cell (default 2000)")
     demo.add_argument("--seed", type=_at_least(0, "a NumPy seed"), default=0, help="(default 0)")
     demo.add_argument("--plot", metavar="PNG", type=_plot_path, help="write the loss curves here (needs matplotlib)")
@@ -30,7 +30,7 @@ def main(argv=None):
     bench.add_argument("--warmup", type=_at_least(0), default=5, help="untimed calls first (default 5)")
     bench.add_argument("--out", default="bench/results", help="folder for the JSON record (default bench/results)")
     bench.add_argument("--plot", metavar="PNG", type=_plot_path,
-                       help="write a plot of the ratios here (needs matplotlib)")  # fmt: skip
+                       help="write a plot of the ratios here (needs matplotlib)")
     args = parser.parse_args(argv)
     if args.command == "check":
         from . import check
@@ -59,14 +59,14 @@ def _bench(args):
     precisions = both(args.precision, ("fp32", "tf32"))
     groups = tuple("small batch" if g == "small" else g for g in args.group) if args.group else bench.GROUPS
     settings = dict(preset=preset, cells=cells, groups=groups, modes=modes, precisions=precisions,
-                    repeats=args.repeats, warmup=args.warmup, passes=args.passes)  # fmt: skip
+                    repeats=args.repeats, warmup=args.warmup, passes=args.passes)
     path = bench.record_path(args.out, device)
     # the record rewritten after every row: a run cut off keeps what it measured
     on_row = functools.partial(bench.write_json, path, device, settings=settings)
     out = functools.partial(print, flush=True)
     _, rows = bench.run(preset, cells, device, modes=modes, repeats=args.repeats, warmup=args.warmup,
                         passes=args.passes, out=out, groups=groups, precisions=precisions,
-                        on_row=on_row)  # fmt: skip
+                        on_row=on_row)
     print(f"results written to {path}")
     if args.plot:
         bench.plot(rows, args.plot)

@@ -108,7 +108,7 @@ class Result(NamedTuple):
 
 
 def train(cell, *, seq_len=50, steps=2000, seed=0, xp=np, batch=64, hidden=32, lr=1e-2, eval_every=100,
-          n_val=1000, progress=True):  # fmt: skip
+          n_val=1000, progress=True):
     """Train one cell on the adding problem; deterministic on the CPU for a given seed."""
     from tqdm import tqdm
 

@@ -46,7 +46,7 @@ class _Holder:
             raise TypeError(f"ctx must be the context returned by this {name}'s forward, got {type(ctx).__name__}")
         if ctx.owner is not self:
             raise ValueError(f"ctx was made by the forward of another {type(ctx.owner).__name__}; pass it to that "
-                             "object's backward")  # fmt: skip
+                             "object's backward")
         return ctx.inner
 
     def zero_grad(self):
@@ -87,7 +87,7 @@ class LSTMCell(_Cell):
     `rnncells.lstm_forward` (backend=None follows `xp`)."""
 
     def __init__(self, input_size, hidden_size, bias=True, *, peephole=None, candidate="tanh",
-                 dtype="float32", xp=np, seed=0, tf32=False, backend=None):  # fmt: skip
+                 dtype="float32", xp=np, seed=0, tf32=False, backend=None):
         super().__init__(LSTMSpec(peephole, candidate), input_size, hidden_size, bias, dtype, xp, seed, tf32, backend)
 
     def forward(self, x, hx=None):
@@ -108,7 +108,7 @@ class GRUCell(_Cell):
     (backend=None follows `xp`)."""
 
     def __init__(self, input_size, hidden_size, bias=True, *, reset_after=True, dtype="float32", xp=np, seed=0,
-                 tf32=False, backend=None):  # fmt: skip
+                 tf32=False, backend=None):
         super().__init__(GRUSpec(reset_after), input_size, hidden_size, bias, dtype, xp, seed, tf32, backend)
 
     def forward(self, x, h=None):
@@ -144,12 +144,12 @@ class _Stack(_Holder):
     """Layers × directions of one variant's sequence function."""
 
     def __init__(self, spec, input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dtype, xp, seed,
-                 graphs, tf32, backend):  # fmt: skip
+                 graphs, tf32, backend):
         self.spec = spec
         _checks.sizes(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
         self.tf32, self.backend = _checks.flag("tf32", tf32), _backends.resolve(backend, xp.__name__)
         batch_first, bidirectional, graphs = (_checks.flag(n, v) for n, v in (
-            ("batch_first", batch_first), ("bidirectional", bidirectional), ("graphs", graphs)))  # fmt: skip
+            ("batch_first", batch_first), ("bidirectional", bidirectional), ("graphs", graphs)))
         # graphs only where the step loops launch kernels: the NumPy loop has nothing to capture
         self.graphs = GraphCache() if graphs and self.backend.kernels else None
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
@@ -248,7 +248,7 @@ class LSTM(_Stack):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, bidirectional=False, *,
                  peephole=None, candidate="tanh", dtype="float32", xp=np, seed=0, graphs=False,
-                 tf32=False, backend=None):  # fmt: skip
+                 tf32=False, backend=None):
         super().__init__(LSTMSpec(peephole, candidate), input_size, hidden_size, num_layers, bias, batch_first,
                          bidirectional, dtype, xp, seed, graphs, tf32, backend)
 
@@ -275,7 +275,7 @@ class GRU(_Stack):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, bidirectional=False, *,
                  reset_after=True, dtype="float32", xp=np, seed=0, graphs=False, tf32=False,
-                 backend=None):  # fmt: skip
+                 backend=None):
         super().__init__(GRUSpec(reset_after), input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
                          dtype, xp, seed, graphs, tf32, backend)
 

@@ -136,7 +136,7 @@ class _Sequence(torch.autograd.Function):
         with _on_stream(ctx.device):  # ctx.rc lives as long as the graph
             dx, dstate, dp = api.backward(ctx.rc, type(ctx.spec), _array(dy), dict(zip(names, map(_array, dstates))))
         grads = [_tensor(dx), *(_tensor(d) if given else None for d, given in zip(dstate, ctx.given)),
-                 *(_tensor(dp[k]) for k in ctx.keys)]  # fmt: skip
+                 *(_tensor(dp[k]) for k in ctx.keys)]
         if torch.is_grad_enabled():  # create_graph=True: the gradients depend on whatever of these requires grad
             sources = [t for t in (*read, dy, *dstates) if t is not None and t.requires_grad]
             grads = _Refused.apply(grads, *sources) if sources else grads
@@ -152,7 +152,7 @@ def _apply(spec, options, keys, lengths, x, *tensors):
         # DistributedDataParallel's gloo workers deadlock at exit (9 runs in 25)
         torch._dynamo.graph_break(msg="rnncells' LSTM/GRU layers run NumPy/CuPy code, which torch.compile "
                                   "cannot trace: it calls them between compiled graphs, so fullgraph=True "
-                                  "cannot hold a model that uses them")  # fmt: skip
+                                  "cannot hold a model that uses them")
     return _Sequence.apply(spec, {**options, "training": training}, keys, lengths, x, *tensors)
 
 
@@ -225,7 +225,7 @@ class _Module(nn.Module):
 
     def __prepare_scriptable__(self):  # torch.jit.script calls this first
         raise NotImplementedError(f"rnncells.torch.{type(self).__name__} cannot be scripted: its forward runs "
-                                  "NumPy/CuPy code that TorchScript cannot compile")  # fmt: skip
+                                  "NumPy/CuPy code that TorchScript cannot compile")
 
     def _check_call(self, x, hx, names):
         """x (the unpacked input) and hx -> hx as a list of states (or Nones); refuses what the kernels lack."""
@@ -238,7 +238,7 @@ class _Module(nn.Module):
         dtype = next(self.parameters()).dtype
         if dtype not in _DTYPES:
             raise NotImplementedError(f"the parameters are {dtype} (after .half() or .to()); rnncells.torch "
-                                      "supports float32 and float64, half precision is not supported yet")  # fmt: skip
+                                      "supports float32 and float64, half precision is not supported yet")
         if x.dtype != dtype:
             raise TypeError(f"input has dtype {x.dtype}; expected {dtype}, the parameters' dtype")
         return _checks.hx(self.spec, hx, names, torch.is_tensor, "a tensor")
@@ -249,11 +249,11 @@ class _RNN(_Module):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, proj_size=0, device=None, dtype=None, *, graphs=False, cpu_backend="numpy",
-                 spec):  # fmt: skip
+                 spec):
         super().__init__()
         self.cpu_backend = _cpu_backend(cpu_backend)
         bias, batch_first, bidirectional = (_checks.flag(n, v) for n, v in (
-            ("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)))  # fmt: skip
+            ("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)))
         # graphs of the step loops where a call launches kernels: CUDA tensors, or CPU ones on cuda-host
         self._graphs = GraphCache() if _checks.flag("graphs", graphs) else None
         if proj_size:
@@ -261,7 +261,7 @@ class _RNN(_Module):
         if not (isinstance(dropout, (int, float)) and 0 <= dropout <= 1) or isinstance(dropout, bool):
             raise ValueError(f"dropout={dropout!r} must be a number in [0, 1]")
         dtype = _check_construction(dtype, dict(input_size=input_size, hidden_size=hidden_size,
-                                                num_layers=num_layers))  # fmt: skip
+                                                num_layers=num_layers))
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
         self.bidirectional, self.proj_size, self.spec = bidirectional, 0, spec
@@ -292,7 +292,7 @@ class _RNN(_Module):
     def extra_repr(self):
         s = f"{self.input_size}, {self.hidden_size}"
         for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0),
-                              ("bidirectional", False)):  # fmt: skip
+                              ("bidirectional", False)):
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
         return s + self._options_repr()
@@ -307,7 +307,7 @@ class _RNN(_Module):
             s = s.unsqueeze(1) if unbatched else s
             if tuple(s.shape) != want:
                 raise ValueError(f"{names[k]} has shape {tuple(s.shape)}; expected {want} = "
-                                 "(num_layers*num_directions, batch, hidden_size)")  # fmt: skip
+                                 "(num_layers*num_directions, batch, hidden_size)")
             states[k] = s
         return states
 
@@ -352,7 +352,7 @@ class _RNN(_Module):
             out, finals = inp.squeeze(1), [f.squeeze(1) for f in finals]
         else:
             out = inp.transpose(0, 1) if self.batch_first else inp
-        return out, finals
+        return out, tuple(finals)
 
 
 class LSTM(_RNN):
@@ -371,8 +371,7 @@ class LSTM(_RNN):
 
         Returns output, (h_n, c_n) exactly as torch.nn.LSTM does.
         """
-        out, (h, c) = self._run(input, hx)
-        return out, (h, c)
+        return self._run(input, hx)
 
 
 class GRU(_RNN):
@@ -423,27 +422,26 @@ class _Cell(_Module):
         states = [None if s is None else (s.unsqueeze(0) if unbatched else s) for s in states]
         params = [getattr(self, k) for k in self._keys]
         _, *out = _apply(self.spec, {"backend": self._backend(x)}, self._keys, None, x.unsqueeze(0), *states, *params)
-        return [o.squeeze(0) for o in out] if unbatched else out
+        return tuple(o.squeeze(0) for o in out) if unbatched else tuple(out)
 
 
 class LSTMCell(_Cell):
     """Drop-in torch.nn.LSTMCell; `peephole` and `candidate` as in rnncells.lstm_forward."""
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, peephole=None,
-                 candidate="tanh", cpu_backend="numpy"):  # fmt: skip
+                 candidate="tanh", cpu_backend="numpy"):
         super().__init__(input_size, hidden_size, bias, device, dtype, LSTMSpec(peephole, candidate), cpu_backend)
 
     def forward(self, input, hx=None):
         """input (B, I) or (I,); hx = (h, c) or None -> (h1, c1), as torch.nn.LSTMCell."""
-        h, c = self._step(input, hx)
-        return h, c
+        return self._step(input, hx)
 
 
 class GRUCell(_Cell):
     """Drop-in torch.nn.GRUCell; `reset_after=False` gives the Cho et al. / Keras variant."""
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, reset_after=True,
-                 cpu_backend="numpy"):  # fmt: skip
+                 cpu_backend="numpy"):
         super().__init__(input_size, hidden_size, bias, device, dtype, GRUSpec(reset_after), cpu_backend)
 
     def forward(self, input, hx=None):

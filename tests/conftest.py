@@ -28,7 +28,7 @@ def pytest_generate_tests(metafunc):
 
 def pytest_collection_modifyitems(config, items):
     missing = {"gpu": None if _backends.gpu_available() else "needs a CUDA GPU with CuPy",
-               "host": None if shutil.which("g++") else "the host build of the kernels needs g++"}  # fmt: skip
+               "host": None if shutil.which("g++") else "the host build of the kernels needs g++"}
     for item in items:
         for marker, reason in missing.items():
             if reason and marker in item.keywords:
@@ -41,4 +41,4 @@ def pytest_terminal_summary(terminalreporter):
     if skipped:
         terminalreporter.write_sep(
             "=", f"torch is not installed: {len(skipped)} skipped (the PyTorch adapter's tests and the comparisons "
-            "with torch.nn); pip install '.[test,torch]' runs them", yellow=True, bold=True)  # fmt: skip
+            "with torch.nn); pip install '.[test,torch]' runs them", yellow=True, bold=True)

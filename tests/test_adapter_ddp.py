@@ -65,7 +65,7 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     script.write_text(SCRIPT)
     out = tmp_path / "ddp.pt"
     r = subprocess.run([sys.executable, str(script), str(out), str(tmp_path / "init")], capture_output=True,
-                       text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+                       text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     ddp = torch.load(out)
 

@@ -66,7 +66,7 @@ def test_values_and_every_gradient_match_torch(kind, cfg):
         states = [torch.randn(L, H, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2)]
     else:
         x = torch.randn((B, T, I) if cfg["batch_first"] else (T, B, I), generator=g, dtype=torch.float64,
-                        requires_grad=True)  # fmt: skip
+                        requires_grad=True)
         states = [torch.randn(L, B, H, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2)]
     hx = (tuple(states) if kind == "lstm" else states[0]) if cfg["hx"] else None
     lengths = torch.randint(1, T + 1, (B,), generator=g)
@@ -354,7 +354,7 @@ def _write_into(kind, target):
     "kind,target",
     [("lstm", "x"), ("lstm", "h0"), ("lstm", "c0"), ("lstm", "weight_hh_l0"), ("lstm", "weight_ih_l0"),
      ("gru", "x"), ("gru", "h0"), ("gru", "weight_hh_l0")],
-)  # fmt: skip
+)
 def test_writing_into_what_the_backward_reads_is_refused(kind, target):
     """torch.nn raises here; before the check our backward read the new values and gave dW_ih off by 5x its norm."""
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
@@ -473,6 +473,6 @@ def test_running_a_layer_does_not_load_dynamo():
     code = ("import sys, torch, rnncells.torch as rt\n"
             "rt.LSTM(3, 4)(torch.zeros(5, 2, 3, requires_grad=True))[0].sum().backward()\n"
             "rt.GRUCell(3, 4)(torch.zeros(2, 3)).sum().backward()\n"
-            "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo was loaded'")  # fmt: skip
+            "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo was loaded'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

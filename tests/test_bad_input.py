@@ -143,13 +143,13 @@ def _huge(*shape):
     ((2**16, 2**15, 1), 1, r"seq_len\*batch, the rows of the sequence GEMMs, is 2,147,483,648"),
     ((1, 1, 2**31), 1, r"input_size, is 2,147,483,648"),
     ((2**29, 1), 1, r"batch\*4\*hidden_size, the elements of one step's gates, is 2,147,483,648"),  # x (B, I)
-])  # fmt: skip
+])
 def test_kernel_backends_refuse_what_32_bit_indices_cannot_reach(x_shape, hidden, what):
     params = {"weight_ih": _huge(4 * hidden, x_shape[-1]), "weight_hh": _huge(4 * hidden, hidden)}
     call = (lambda: rc.lstm_forward(_huge(*x_shape), params, backend="cuda-host")) if len(x_shape) == 3 else (
-        lambda: rc.lstm_cell_forward(_huge(*x_shape), None, None, params, backend="cuda-host"))  # fmt: skip
+        lambda: rc.lstm_cell_forward(_huge(*x_shape), None, None, params, backend="cuda-host"))
     with pytest.raises(ValueError, match=rf"x has shape {re.escape(str(x_shape))} with hidden_size={hidden}: {what}, past "
-                                         r"2\*\*31 - 1"):  # fmt: skip
+                                         r"2\*\*31 - 1"):
         call()
     # the largest sizes that fit pass the check
     _checks.index_range((1, 2**29 - 1, 2**31 - 1), 1)

@@ -33,7 +33,7 @@ def test_cpu_run_times_all_three_and_records_them(tmp_path, capsys, monkeypatch)
     pytest.importorskip("matplotlib")
     png = tmp_path / "ratios.png"
     argv = ["bench", "--device", "cpu", "--cell", "gru", "--repeats", "2", "--warmup", "1", "--out", str(tmp_path),
-            "--plot", str(png)]  # fmt: skip
+            "--plot", str(png)]
     written = []
     real = bench.write_json
     monkeypatch.setattr(bench, "write_json", lambda *a, **kw: (written.append(len(a[2])), real(*a, **kw))[1])
@@ -101,7 +101,7 @@ def test_peak_train_mb_counts_what_a_step_keeps_between_steps_but_not_its_inputs
 
 def test_the_run_can_be_cut_to_one_cell_mode_and_pass(tmp_path, capsys):
     argv = ["bench", "--device", "cpu", "--cell", "lstm", "--mode", "train", "--passes", "1", "--repeats", "1",
-            "--warmup", "0", "--out", str(tmp_path)]  # fmt: skip
+            "--warmup", "0", "--out", str(tmp_path)]
     assert cli.main(argv) == 0
     (path,) = tmp_path.glob("*-cpu.json")
     rows = json.loads(path.read_text())["rows"]
@@ -115,7 +115,7 @@ def _run_script(args, tmp_path, **env):
 
     root = Path(__file__).resolve().parent.parent
     return subprocess.run(["bash", str(root / "bench" / "gpu_session.sh"), *args], cwd=root, capture_output=True,
-                          text=True, env={**os.environ, "OUT": str(tmp_path / "out"), **env})  # fmt: skip
+                          text=True, env={**os.environ, "OUT": str(tmp_path / "out"), **env})
 
 
 def test_the_smoke_script_reports_every_item_even_when_each_fails():
@@ -145,13 +145,13 @@ def test_the_gpu_session_script_runs_its_steps_in_order_into_at_most_8_files(tmp
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for tool, body in (("pip", "echo pip $*"), ("nvidia-smi", "echo no GPU here; exit 9"),
-                       ("compute-sanitizer", 'shift 4; exec "$@"')):  # fmt: skip
+                       ("compute-sanitizer", 'shift 4; exec "$@"')):
         (bin_dir / tool).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / tool).chmod(0o755)
     r = _run_script(["check"], tmp_path, PATH=f"{bin_dir}:{os.environ['PATH']}")
     summary = (tmp_path / "out" / "summary.txt").read_text().splitlines()
     assert [line.split(":")[0] for line in summary] == ["probe", "install", "smoke", "gpu suite", "memcheck cupy",
-                                                        "memcheck cupy graphs"], r.stdout + r.stderr  # fmt: skip
+                                                        "memcheck cupy graphs"], r.stdout + r.stderr
     assert summary[2].startswith("smoke: exit 1") and summary[3].startswith("gpu suite: exit 0")  # all skipped
     assert len(list((tmp_path / "out").iterdir())) <= 8
     assert r.stdout.rstrip().endswith(summary[-1])

@@ -63,5 +63,5 @@ def test_pytest_says_in_one_line_that_torch_tests_were_skipped():
     hide_torch = "import sys; sys.modules['torch'] = None; import pytest; sys.exit(pytest.main(sys.argv[1:]))"
     root = pathlib.Path(__file__).parent.parent
     r = subprocess.run([sys.executable, "-c", hide_torch, "-q", "-p", "no:cacheprovider", "tests/test_functions_vs_torch_nn.py"],
-                       capture_output=True, text=True, cwd=root, timeout=300)  # fmt: skip
+                       capture_output=True, text=True, cwd=root, timeout=300)
     assert "torch is not installed: 1 skipped" in r.stdout and "pip install '.[test,torch]'" in r.stdout

@@ -59,7 +59,7 @@ def test_every_cublas_call_is_declared_as_the_header_declares_it(cublas_header, 
     [("STATUS_SUCCESS", "CUBLAS_STATUS_SUCCESS"), ("OP_N", "CUBLAS_OP_N"), ("OP_T", "CUBLAS_OP_T"),
      ("POINTER_MODE_HOST", "CUBLAS_POINTER_MODE_HOST"), ("DEFAULT_MATH", "CUBLAS_DEFAULT_MATH"),
      ("TF32_TENSOR_OP_MATH", "CUBLAS_TF32_TENSOR_OP_MATH")],
-)  # fmt: skip
+)
 def test_cublas_enum_values_are_the_headers(cublas_header, ours, theirs):
     m = re.search(rf"\b{theirs}\s*=\s*(\d+)", cublas_header)
     assert m and int(m[1]) == getattr(_cublas, ours)

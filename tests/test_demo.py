@@ -93,6 +93,6 @@ def test_plot_without_matplotlib_is_refused_before_any_training(monkeypatch, cap
 def test_progress_in_a_log_is_a_few_lines_not_one_per_refresh():
     """stderr is not a terminal here, as in CI: the bar refreshes rarely (every refresh is a line in a log)."""
     r = subprocess.run([sys.executable, "-m", "rnncells", "demo", "--cell", "gru", "--seq-len", "20", "--steps", "700"],
-                       capture_output=True, text=True, timeout=300)  # fmt: skip
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "700/700" in r.stderr and len(r.stderr.splitlines()) <= 3

@@ -20,10 +20,10 @@ def test_every_public_name_has_a_docstring():
         names += list(_public(module))
     for cls in (variants.LSTMSpec, variants.GRUSpec):
         names += [(f"{cls.__name__}.{n}", m) for n, m in inspect.getmembers(cls, inspect.isfunction)
-                  if not n.startswith("_")]  # fmt: skip
+                  if not n.startswith("_")]
     for cls in (rc.LSTM, rc.GRU, rc.LSTMCell, rc.GRUCell):
         names += [(f"{cls.__name__}.{n}", m) for n, m in inspect.getmembers(cls, inspect.isfunction)
-                  if not n.startswith("_")]  # fmt: skip
+                  if not n.startswith("_")]
     missing = [n for n, m in names if not (m.__doc__ or "").strip()]
     assert not missing, missing
 
@@ -56,7 +56,7 @@ def test_the_project_stands_alone():
     """What a user or contributor reads points at nothing outside the repository: no design card, no issue."""
     outside = re.compile(r"DESIGN\.md|TOOLCHAIN\.md|\.\./shared|\bissues? #?\d+", re.IGNORECASE)
     found = [f"{p.relative_to(ROOT)}: {m.group()}" for p in _project_files() if ".venv" not in p.parts
-             for m in outside.finditer(p.read_text(errors="replace"))]  # fmt: skip
+             for m in outside.finditer(p.read_text(errors="replace"))]
     assert not found, found
 
 

@@ -137,7 +137,7 @@ def test_cuda_graph_replays_equal_the_uncaptured_loop_bit_for_bit():
         for seed in range(3):
             for lengths in (None, np.array([9, 3, 0, 9, 5])):
                 p = verify._on_device(verify.problem(spec, T=9, B=5, I=7, H=33, dtype="float32", seed=seed,
-                                                     lengths=lengths))  # fmt: skip
+                                                     lengths=lengths))
                 want = {k: v.get() for k, v in verify.run(p, "cupy").items()}
                 got = {k: v.get() for k, v in verify.run(p, "cupy", graphs=cache).items()}
                 assert got.keys() == want.keys()
@@ -189,7 +189,7 @@ def test_modules_with_graphs_train_like_without(kind, kernel_backend):
     assert graphed._graphs.captures == 4  # two layers, a forward and a backward graph each
 
     own = {g: (rc.LSTM if kind == "lstm" else rc.GRU)(16, 32, num_layers=2, xp=xp, graphs=g,
-                                                      backend=kernel_backend) for g in (False, True)}  # fmt: skip
+                                                      backend=kernel_backend) for g in (False, True)}
     x = xp.asarray(np.random.default_rng(0).standard_normal((7, 3, 16)).astype(np.float32))
     for m in own.values():
         y, _, ctx = m(x)

@@ -54,7 +54,7 @@ def test_replays_equal_the_uncaptured_loop_bit_for_bit(lengths):
     cache = rc.GraphCache()
     for spec in verify.VARIANTS:
         problems = [verify.problem(spec, T=5, B=4, I=3, H=6, dtype="float32", lengths=lengths, seed=s)
-                    for s in range(3)]  # fmt: skip
+                    for s in range(3)]
         # every problem stays alive, so a graph that kept the first call's arrays would read stale, not freed, memory
         for p in problems:
             _assert_same(_step(p, graphs=cache), _step(p))
@@ -93,7 +93,7 @@ def test_what_a_call_hands_out_stays_the_callers(training):
     cache = rc.GraphCache()
     for spec in verify.VARIANTS:
         a, b = (verify.problem(spec, T=5, B=4, I=3, H=6, lengths=np.array([5, 2, 0, 3]), seed=s)
-                for s in (0, 1))  # fmt: skip
+                for s in (0, 1))
         kept = _step(a, training, graphs=cache)
         copies = [k.copy() for k in kept]
         _step(b, training, graphs=cache)
@@ -155,7 +155,7 @@ def test_past_max_shapes_the_least_recently_used_shape_is_dropped():
     cache = rc.GraphCache(max_shapes=2)
     problems = {T: verify.problem(GRUSpec(), T=T, B=2) for T in (3, 4, 5)}
     run = lambda T: rc.gru_forward(problems[T].x, problems[T].params, training=False, graphs=cache,  # noqa: E731
-                                   backend="cuda-host")[0]  # fmt: skip
+                                   backend="cuda-host")[0]
     for T in (3, 4, 3):  # one statement each: a tuple of results would hold their slots
         run(T)
     assert cache.captures == 2

@@ -140,7 +140,7 @@ def test_host_launcher_rejects_a_strided_buffer():
     a = np.zeros((4, 6), np.float32)
     with pytest.raises(ValueError, match="argument 3 is not C-contiguous"):
         _host.ops().launcher(_kernels.kernel_name("column_totals", "float32"), (1, 1, 1), (256, 1, 1),
-                                 (1, 3, a, a[:, ::2]))  # fmt: skip
+                                 (1, 3, a, a[:, ::2]))
 
 
 @pytest.mark.host
@@ -164,7 +164,7 @@ def test_host_launcher_checks_arguments_against_the_kernel_signature():
 
 @pytest.mark.host
 @pytest.mark.parametrize("grid,block", [((1, 65536, 1), (256, 1, 1)), ((0, 1, 1), (256, 1, 1)),
-                                        ((1, 1, 1), (2048, 1, 1)), ((1, 1, 1), (64, 32, 1))])  # fmt: skip
+                                        ((1, 1, 1), (2048, 1, 1)), ((1, 1, 1), (64, 32, 1))])
 def test_host_launcher_refuses_what_cuda_refuses(grid, block):
     a = np.zeros(4, np.float32)
     with pytest.raises(ValueError, match="outside CUDA's limits|more than 1024 threads"):
@@ -177,7 +177,7 @@ def test_host_launcher_refuses_an_int_argument_past_32_bits():
     a = np.zeros(4, np.float32)
     with pytest.raises(OverflowError, match=r"argument 1 = 2147483648 does not fit the kernel's 32-bit int"):
         _host.ops().launcher(_kernels.kernel_name("column_totals", "float32"), (1, 1, 1), (256, 1, 1),
-                                 (1, 2**31, a, a))  # fmt: skip
+                                 (1, 2**31, a, a))
 
 
 @pytest.mark.host

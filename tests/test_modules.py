@@ -15,7 +15,7 @@ def test_reverse_reads_each_item_backward_from_its_own_last_step():
 
 
 @pytest.mark.parametrize("cls,fwd,bwd", [(rc.LSTM, rc.lstm_forward, rc.lstm_backward),
-                                         (rc.GRU, rc.gru_forward, rc.gru_backward)])  # fmt: skip
+                                         (rc.GRU, rc.gru_forward, rc.gru_backward)])
 def test_one_layer_object_is_the_function_on_its_params(cls, fwd, bwd):
     """Outputs, final states, input and state gradients, and the accumulated parameter gradients."""
     m = cls(3, 4, dtype="float64", seed=7)

@@ -22,7 +22,7 @@ def test_tf32_keeps_ten_mantissa_bits_by_truncation():
 
 def test_host_tf32_is_within_its_bound_and_changes_float32_only(spec):
     p = verify.problem(spec, T=20, B=8, I=16, H=33, lengths=np.array([20, 3, 0, 7, 20, 1, 19, 20]),
-                       dtype="float32")  # fmt: skip
+                       dtype="float32")
     err, _ = verify.backend_error(p, "cuda-host", tf32=True)
     assert err <= verify.BOUNDS["float32-tf32"]
     assert err > 10 * verify.BOUNDS["float32"]  # TF32 really ran: exact float32 stays within 1e-5
