@@ -114,14 +114,15 @@ def _check_context(ctx, spec_type, step):
 
 
 def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candidate="tanh", *, training=True,
-                 graphs=None, tf32=False, backend=None):
+                 graphs=None, tf32=False, backend=None, **variant):
     """Run an LSTM over a sequence.
 
     x (T, B, I); h0, c0 (B, H) or None for zeros; lengths (B,) ints in
     [0, T] or None (item b then runs lengths[b] steps, its later outputs are
     zero and its final state is the one after its last step).  `peephole` is
     None, "full" or "diagonal"; `candidate` "tanh" or "sigmoid" (the
-    README's table of variants).  Returns y (T, B, H), (hT, cT) and a ctx
+    README's table of variants; `variant` takes any other flag of
+    `rnncells.variants.LSTMSpec`).  Returns y (T, B, H), (hT, cT) and a ctx
     for `lstm_backward` (None with training=False, which saves nothing for a
     backward).  The ctx refers to x, h0, c0, params and y rather than copying
     them (y holds the hidden states the backward reads): writing into any of
@@ -133,7 +134,8 @@ def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candi
     its backward; `backend` None follows the arrays, the others are named in
     the module docstring.
     """
-    return forward(LSTMSpec(peephole, candidate), x, params, {"h0": h0, "c0": c0}, lengths=lengths,
+    spec = LSTMSpec.of({"peephole": peephole, "candidate": candidate, **variant})
+    return forward(spec, x, params, {"h0": h0, "c0": c0}, lengths=lengths,
                    training=training, graphs=graphs, tf32=tf32, backend=backend)
 
 
@@ -146,14 +148,14 @@ def lstm_backward(ctx, dy, dhT=None, dcT=None):
     return backward(ctx, LSTMSpec, dy, {"dhT": dhT, "dcT": dcT})
 
 
-def lstm_cell_forward(x, h, c, params, peephole=None, candidate="tanh", *, tf32=False, backend=None):
+def lstm_cell_forward(x, h, c, params, peephole=None, candidate="tanh", *, tf32=False, backend=None, **variant):
     """One LSTM step: x (B, I), h, c (B, H) -> h1, c1, ctx for `lstm_cell_backward`.
 
-    `tf32` as in `lstm_forward`; the ctx refers to x, h, c and params: do not
-    write into them before the backward.
+    The variant, `tf32` and `backend` as in `lstm_forward`; the ctx refers
+    to x, h, c and params: do not write into them before the backward.
     """
-    _, (h1, c1), ctx = forward(LSTMSpec(peephole, candidate), x, params, {"h": h, "c": c}, tf32=tf32,
-                               backend=backend, step=True)
+    spec = LSTMSpec.of({"peephole": peephole, "candidate": candidate, **variant})
+    _, (h1, c1), ctx = forward(spec, x, params, {"h": h, "c": c}, tf32=tf32, backend=backend, step=True)
     return h1, c1, ctx
 
 
@@ -164,17 +166,19 @@ def lstm_cell_backward(ctx, dh1, dc1):
 
 
 def gru_forward(x, params, h0=None, lengths=None, reset_after=True, *, training=True, graphs=None, tf32=False,
-                backend=None):
+                backend=None, **variant):
     """Run a GRU over a sequence.
 
     x (T, B, I); h0 (B, H) or None for zeros; lengths as in `lstm_forward`.
-    reset_after=True is torch.nn.GRU / cuDNN, False is Cho et al. / Keras.
+    reset_after=True is torch.nn.GRU / cuDNN, False is Cho et al. / Keras;
+    `variant` takes any other flag of `rnncells.variants.GRUSpec`.
     Returns y (T, B, H), hT (B, H) and a ctx for `gru_backward` (None with
     training=False).  As in `lstm_forward`, the ctx refers to x, h0, params
     and y: do not write into them before `gru_backward`; `graphs`, `tf32` and
     `backend` as there.
     """
-    y, (hT,), ctx = forward(GRUSpec(reset_after), x, params, {"h0": h0}, lengths=lengths, training=training,
+    spec = GRUSpec.of({"reset_after": reset_after, **variant})
+    y, (hT,), ctx = forward(spec, x, params, {"h0": h0}, lengths=lengths, training=training,
                             graphs=graphs, tf32=tf32, backend=backend)
     return y, hT, ctx
 
@@ -185,13 +189,15 @@ def gru_backward(ctx, dy, dhT=None):
     return dx, dh0, dparams
 
 
-def gru_cell_forward(x, h, params, reset_after=True, *, tf32=False, backend=None):
+def gru_cell_forward(x, h, params, reset_after=True, *, tf32=False, backend=None, **variant):
     """One GRU step: x (B, I), h (B, H) -> h1, ctx for `gru_cell_backward`.
 
-    `tf32` as in `lstm_forward`; the ctx refers to x, h and params: do not
-    write into them before the backward.
+    The variant as in `gru_forward`, `tf32` and `backend` as in
+    `lstm_forward`; the ctx refers to x, h and params: do not write into
+    them before the backward.
     """
-    _, (h1,), ctx = forward(GRUSpec(reset_after), x, params, {"h": h}, tf32=tf32, backend=backend, step=True)
+    spec = GRUSpec.of({"reset_after": reset_after, **variant})
+    _, (h1,), ctx = forward(spec, x, params, {"h": h}, tf32=tf32, backend=backend, step=True)
     return h1, ctx
 
 

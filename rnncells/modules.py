@@ -83,12 +83,13 @@ class _Cell(_Holder):
 
 
 class LSTMCell(_Cell):
-    """One LSTM step with its parameters; `peephole`, `candidate`, `tf32` and `backend` as in
-    `rnncells.lstm_forward` (backend=None follows `xp`)."""
+    """One LSTM step with its parameters; `peephole`, `candidate` (and any other `variant` flag), `tf32` and
+    `backend` as in `rnncells.lstm_forward` (backend=None follows `xp`)."""
 
     def __init__(self, input_size, hidden_size, bias=True, *, peephole=None, candidate="tanh",
-                 dtype="float32", xp=np, seed=0, tf32=False, backend=None):
-        super().__init__(LSTMSpec(peephole, candidate), input_size, hidden_size, bias, dtype, xp, seed, tf32, backend)
+                 dtype="float32", xp=np, seed=0, tf32=False, backend=None, **variant):
+        spec = LSTMSpec.of({"peephole": peephole, "candidate": candidate, **variant})
+        super().__init__(spec, input_size, hidden_size, bias, dtype, xp, seed, tf32, backend)
 
     def forward(self, x, hx=None):
         """x (B, I), hx = (h, c) or None for zeros -> h1, c1, ctx."""
@@ -104,12 +105,13 @@ class LSTMCell(_Cell):
 
 
 class GRUCell(_Cell):
-    """One GRU step with its parameters; `reset_after`, `tf32` and `backend` as in `rnncells.gru_forward`
-    (backend=None follows `xp`)."""
+    """One GRU step with its parameters; `reset_after` (and any other `variant` flag), `tf32` and `backend` as in
+    `rnncells.gru_forward` (backend=None follows `xp`)."""
 
     def __init__(self, input_size, hidden_size, bias=True, *, reset_after=True, dtype="float32", xp=np, seed=0,
-                 tf32=False, backend=None):
-        super().__init__(GRUSpec(reset_after), input_size, hidden_size, bias, dtype, xp, seed, tf32, backend)
+                 tf32=False, backend=None, **variant):
+        spec = GRUSpec.of({"reset_after": reset_after, **variant})
+        super().__init__(spec, input_size, hidden_size, bias, dtype, xp, seed, tf32, backend)
 
     def forward(self, x, h=None):
         """x (B, I), h (B, H) or None for zeros -> h1, ctx."""
@@ -239,8 +241,8 @@ class _Stack(_Holder):
 class LSTM(_Stack):
     """A multi-layer, optionally bidirectional LSTM with torch.nn.LSTM's parameter names.
 
-    `peephole`, `candidate`, `tf32` and `backend` as in
-    `rnncells.lstm_forward` (backend=None follows `xp`); the peephole weights
+    `peephole`, `candidate` (and any other `variant` flag), `tf32` and
+    `backend` as in `rnncells.lstm_forward` (backend=None follows `xp`); the peephole weights
     are named weight_ch_l{k}[_reverse].  graphs=True runs the step loops as
     CUDA graphs (see `rnncells.GraphCache`) on the backends that launch
     kernels: "cupy", and "cuda-host", which records and replays them.
@@ -248,8 +250,9 @@ class LSTM(_Stack):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, bidirectional=False, *,
                  peephole=None, candidate="tanh", dtype="float32", xp=np, seed=0, graphs=False,
-                 tf32=False, backend=None):
-        super().__init__(LSTMSpec(peephole, candidate), input_size, hidden_size, num_layers, bias, batch_first,
+                 tf32=False, backend=None, **variant):
+        spec = LSTMSpec.of({"peephole": peephole, "candidate": candidate, **variant})
+        super().__init__(spec, input_size, hidden_size, num_layers, bias, batch_first,
                          bidirectional, dtype, xp, seed, graphs, tf32, backend)
 
     def forward(self, x, hx=None, lengths=None):
@@ -269,14 +272,15 @@ class LSTM(_Stack):
 class GRU(_Stack):
     """A multi-layer, optionally bidirectional GRU with torch.nn.GRU's parameter names.
 
-    `reset_after`, `tf32` and `backend` as in `rnncells.gru_forward`
-    (backend=None follows `xp`).  graphs=True as in `LSTM`.
+    `reset_after` (and any other `variant` flag), `tf32` and `backend` as in
+    `rnncells.gru_forward` (backend=None follows `xp`).  graphs=True as in `LSTM`.
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, bidirectional=False, *,
                  reset_after=True, dtype="float32", xp=np, seed=0, graphs=False, tf32=False,
-                 backend=None):
-        super().__init__(GRUSpec(reset_after), input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
+                 backend=None, **variant):
+        spec = GRUSpec.of({"reset_after": reset_after, **variant})
+        super().__init__(spec, input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
                          dtype, xp, seed, graphs, tf32, backend)
 
     def forward(self, x, h0=None, lengths=None):

@@ -7,7 +7,8 @@
 Same constructor arguments, parameter names, state_dict keys, inputs
 (padded, batch_first, unbatched, PackedSequence) and return values as
 torch.nn; extra keyword arguments select our variants (`peephole`,
-`candidate` for the LSTMs, `reset_after` for the GRUs), their extra weights
+`candidate` for the LSTMs, `reset_after` for the GRUs: the flags of
+`rnncells.variants.LSTMSpec` and `GRUSpec`), their extra weights
 named weight_ch_l{k}[_reverse] (weight_ch for the cells).
 
 Each layer and direction is one `torch.autograd.Function` whose forward and
@@ -364,7 +365,8 @@ class LSTM(_RNN):
     """
 
     def __init__(self, *args, peephole=None, candidate="tanh", **kwargs):
-        super().__init__(*args, spec=LSTMSpec(peephole, candidate), **kwargs)
+        spec, kwargs = LSTMSpec.split({"peephole": peephole, "candidate": candidate, **kwargs})
+        super().__init__(*args, spec=spec, **kwargs)
 
     def forward(self, input, hx=None):
         """input (T, B, I), (B, T, I) with batch_first, (T, I) unbatched, or a PackedSequence.
@@ -383,7 +385,8 @@ class GRU(_RNN):
     """
 
     def __init__(self, *args, reset_after=True, **kwargs):
-        super().__init__(*args, spec=GRUSpec(reset_after), **kwargs)
+        spec, kwargs = GRUSpec.split({"reset_after": reset_after, **kwargs})
+        super().__init__(*args, spec=spec, **kwargs)
 
     def forward(self, input, hx=None):
         """input as for LSTM; returns output, h_n exactly as torch.nn.GRU does."""
@@ -429,8 +432,9 @@ class LSTMCell(_Cell):
     """Drop-in torch.nn.LSTMCell; `peephole` and `candidate` as in rnncells.lstm_forward."""
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, peephole=None,
-                 candidate="tanh", cpu_backend="numpy"):
-        super().__init__(input_size, hidden_size, bias, device, dtype, LSTMSpec(peephole, candidate), cpu_backend)
+                 candidate="tanh", cpu_backend="numpy", **variant):
+        spec = LSTMSpec.of({"peephole": peephole, "candidate": candidate, **variant})
+        super().__init__(input_size, hidden_size, bias, device, dtype, spec, cpu_backend)
 
     def forward(self, input, hx=None):
         """input (B, I) or (I,); hx = (h, c) or None -> (h1, c1), as torch.nn.LSTMCell."""
@@ -441,8 +445,9 @@ class GRUCell(_Cell):
     """Drop-in torch.nn.GRUCell; `reset_after=False` gives the Cho et al. / Keras variant."""
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, reset_after=True,
-                 cpu_backend="numpy"):
-        super().__init__(input_size, hidden_size, bias, device, dtype, GRUSpec(reset_after), cpu_backend)
+                 cpu_backend="numpy", **variant):
+        spec = GRUSpec.of({"reset_after": reset_after, **variant})
+        super().__init__(input_size, hidden_size, bias, device, dtype, spec, cpu_backend)
 
     def forward(self, input, hx=None):
         """input (B, I) or (I,); hx (B, H) or None -> h1, as torch.nn.GRUCell."""

@@ -8,13 +8,15 @@ equations live in the reference tape (`rnncells.reference`), the NumPy twin
 (`rnncells._numpy`) and the kernels (kernels/*.cu), each reading the spec's
 fields.
 
-A new LSTM flag is a field here (checked in `__post_init__`, listed in
+A new LSTM flag is a field here (checked in `__post_init__`, its values in
 `every`, passed to the kernels by `template_args`), and the lines that use
-it in those three places.
+it in those three places: every public entry point takes the flags as
+keyword arguments (`of`, `split`), every test that takes `spec` runs every
+value, and every kernel is instantiated for every spec of `every`.
 """
 
 import itertools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import ClassVar
 
 import numpy as np
@@ -38,6 +40,23 @@ class _Spec:
     def kwargs(self):
         """The flags as the public functions take them, e.g. {"peephole": None, "candidate": "tanh"}."""
         return asdict(self)
+
+    @classmethod
+    def of(cls, flags):
+        """The spec of keyword arguments {flag: value}; a name that is not one of the family's flags is refused."""
+        names = [f.name for f in fields(cls)]
+        unknown = [k for k in flags if k not in names]
+        if unknown:
+            raise TypeError(f"unexpected keyword argument {unknown[0]!r}; the {cls.cell.upper()} variant flags are "
+                            f"{', '.join(names)}")
+        return cls(**flags)
+
+    @classmethod
+    def split(cls, kwargs):
+        """(the spec of the family's flags among kwargs, the other kwargs)."""
+        names = {f.name for f in fields(cls)}
+        flags = {k: v for k, v in kwargs.items() if k in names}
+        return cls(**flags), {k: v for k, v in kwargs.items() if k not in names}
 
     def __str__(self):
         """'lstm peephole=full candidate=sigmoid', 'gru reset_after=True'."""
