@@ -18,6 +18,9 @@ The kernel backends ("cuda-host", "cupy") index with 32-bit ints: a call
 where batch·4·hidden_size, seq_len·batch or input_size passes 2³¹ − 1 is
 refused there (the NumPy backend has no such limit).
 
+`backend=` also takes a backend object (`rnncells._backends.Backend`): the
+tests run the host kernels on NaN-poisoned buffers that way.
+
 Arrays are made C-contiguous once, here: the kernels read raw memory and
 would misread a strided view (an expanded h0, a transposed weight).
 """
