@@ -12,6 +12,7 @@ arrays.  A test builds its own (the host kernels on NaN-poisoned buffers)
 and passes it as `backend=`.
 """
 
+import abc
 import importlib
 
 import numpy as np
@@ -19,7 +20,7 @@ import numpy as np
 from . import _numpy, _sequence
 
 
-class Backend:
+class Backend(abc.ABC):
     """One way to run the cells.
 
     `name` is what messages call it, `arrays` the array module it takes
@@ -30,13 +31,13 @@ class Backend:
 
     name, arrays, kernels = "", "numpy", False
 
+    @abc.abstractmethod
     def forward(self, spec, x, params, states, lengths, training=True, graphs=None, tf32=False):
         """y [T, B, H], the final states (a tuple, one per spec.states) and a ctx (None unless training)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def backward(self, ctx, dy, dstates, tf32=False):
         """dx [T, B, I], the initial states' gradients (a tuple) and {key: dparam} of the forward that made ctx."""
-        raise NotImplementedError
 
     def grad_dtypes(self, dtype):
         """The forward's dtype: a backend computes in the dtype of its inputs."""
@@ -47,7 +48,11 @@ class Backend:
 
 
 class Reference(Backend):
-    """The float64 tape; it casts any float input (and incoming gradient) to float64."""
+    """The float64 tape; it casts any float input (and incoming gradient) to float64.
+
+    The verification layer is imported when this backend first runs, so the
+    fast backends never load it.
+    """
 
     name = "reference"
 
@@ -87,6 +92,7 @@ class Orchestrated(Backend):
         return _sequence.backward(self.ops(tf32), self.xp, ctx, dy, dstates)
 
 
+# imported when first used: g++'s build, and CuPy, only where they run
 def _host_ops(tf32):
     from . import _host
 
