@@ -65,7 +65,7 @@ def tf32_gemm():
 def _graphs(cell):
     from rnncells import GraphCache, verify
 
-    p = verify._on_device(_problem(cell, "float32", lengths=np.arange(64) % 21))
+    p = verify.on_device(_problem(cell, "float32", lengths=np.arange(64) % 21))
     cache = GraphCache()
     want = {k: v.get() for k, v in verify.run(p, "cupy").items()}
     for _ in range(2):  # capture, then replay (the copies to the host free the slot for the replay)

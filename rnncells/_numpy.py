@@ -80,7 +80,7 @@ class _OneBlasThread:
     def __enter__(self):
         with self._lock:
             if self._inside == 0:
-                self._limiter = _blas().limit(limits=1)  # applies now; restore_original_limits undoes it
+                self._limiter = blas().limit(limits=1)  # applies now; restore_original_limits undoes it
             self._inside += 1
 
     def __exit__(self, *exc):
@@ -94,7 +94,8 @@ _ONE_BLAS_THREAD = _OneBlasThread()  # one per process, as the count it guards
 
 
 @functools.cache
-def _blas():
+def blas():
+    """The process's BLAS thread pools (threadpoolctl), found once."""
     from threadpoolctl import ThreadpoolController
 
     return ThreadpoolController().select(user_api="blas")

@@ -128,7 +128,7 @@ def fd_error(p, eps=1e-6):
     return worst
 
 
-def _on_device(p):
+def on_device(p):
     """The problem's arrays copied to the current CUDA device (lengths stay on the host)."""
     import cupy
 
@@ -142,7 +142,7 @@ def backend_error(p, backend="numpy", graphs=None, tf32=False):
     """Tiers 2 and 3: worst relative error of a backend against the reference, and the dtypes it returned."""
     want = run(p, "reference")
     if getattr(backend, "arrays", backend) == "cupy":
-        got = {k: v.get() for k, v in run(_on_device(p), backend, graphs, tf32).items()}
+        got = {k: v.get() for k, v in run(on_device(p), backend, graphs, tf32).items()}
     else:
         got = run(p, backend, graphs, tf32)
     if set(want) != set(got):
@@ -154,7 +154,7 @@ def backend_error(p, backend="numpy", graphs=None, tf32=False):
 def deriv_error(op, seed=0, eps=1e-6):
     """Tier 1 for one `deriv` rule: its gradients against central differences, broadcast operands included."""
     rng = np.random.default_rng(seed)
-    x, y = _operands(op, rng)
+    x, y = operands(op, rng)
     z = tape.RULES[op].fwd(x, y)
     dz = rng.standard_normal(np.shape(z))
     grads = tape.deriv(dz, x, y, op)
@@ -173,7 +173,7 @@ def deriv_error(op, seed=0, eps=1e-6):
     return worst
 
 
-def _operands(op, rng):
+def operands(op, rng):
     """Random operands of random shapes for one operator.
 
     Binary component-wise operators get, by turns, a same-shape y, a column

@@ -28,7 +28,7 @@ def _numpy(a):
 
 def _device(p, backend):
     """A problem's arrays where `backend` reads them."""
-    return verify._on_device(p) if backend == "cupy" else p
+    return verify.on_device(p) if backend == "cupy" else p
 
 
 def _torch_device(backend):
@@ -136,7 +136,7 @@ def test_cuda_graph_replays_equal_the_uncaptured_loop_bit_for_bit():
     for spec in verify.VARIANTS:
         for seed in range(3):
             for lengths in (None, np.array([9, 3, 0, 9, 5])):
-                p = verify._on_device(verify.problem(spec, T=9, B=5, I=7, H=33, dtype="float32", seed=seed,
+                p = verify.on_device(verify.problem(spec, T=9, B=5, I=7, H=33, dtype="float32", seed=seed,
                                                      lengths=lengths))
                 want = {k: v.get() for k, v in verify.run(p, "cupy").items()}
                 got = {k: v.get() for k, v in verify.run(p, "cupy", graphs=cache).items()}
@@ -155,7 +155,7 @@ def test_cuda_graph_slot_is_held_by_a_view_and_by_a_torch_tensor():
     import rnncells as rc
 
     cache = rc.GraphCache()
-    p = verify._on_device(verify.problem(LSTMSpec(), T=5, B=3, dtype="float32"))
+    p = verify.on_device(verify.problem(LSTMSpec(), T=5, B=3, dtype="float32"))
     run = lambda: rc.lstm_forward(p.x, p.params, training=False, graphs=cache)[0]  # noqa: E731
     view = run()[2:]
     tensor = torch.from_dlpack(run())

@@ -60,7 +60,7 @@ def test_small_problems_run_on_one_blas_thread(B, H, threads, monkeypatch):
     3.8x on a busy machine); a call whose step GEMM reaches _numpy.SMALL_STEP_MACS keeps BLAS's own threads."""
     import rnncells as rc
 
-    blas = _numpy._blas()
+    blas = _numpy.blas()
     assert (B * 4 * H * H < _numpy.SMALL_STEP_MACS) == (threads == 1)
     with blas.limit(limits=2):
         if blas.info()[0]["num_threads"] != 2:
@@ -81,7 +81,7 @@ def test_small_calls_in_several_threads_restore_blas_threads_once_all_end():
 
     import rnncells as rc
 
-    blas = _numpy._blas()
+    blas = _numpy.blas()
     with blas.limit(limits=2):
         if blas.info()[0]["num_threads"] != 2:
             pytest.skip("this BLAS will not run two threads here")
@@ -106,7 +106,7 @@ def test_overlapping_small_calls_restore_blas_threads_when_the_last_one_ends():
     """Two threads' calls overlap as enter A, enter B, exit A, exit B: B still runs on one thread after A ends,
     and the count comes back when B ends (restoring per call would leave it at 1 for good)."""
 
-    blas = _numpy._blas()
+    blas = _numpy.blas()
     small = _numpy.SMALL_STEP_MACS - 1
     with blas.limit(limits=2):
         if blas.info()[0]["num_threads"] != 2:

@@ -18,7 +18,7 @@ def test_deriv_rule_matches_central_differences(op, seed):
 
 @pytest.mark.parametrize("op", list(RULES))
 def test_deriv_returns_one_gradient_per_differentiable_operand(op):
-    x, y = verify._operands(op, np.random.default_rng(1))
+    x, y = verify.operands(op, np.random.default_rng(1))
     grads = deriv(np.ones_like(RULES[op].fwd(x, y)), x, y, op)
     assert len(grads) == (1 if op in UNARY else 2)
     for g, v in zip(grads, (x, y)):
