@@ -34,7 +34,14 @@ def _is_array(a):
 
 
 class _Holder:
-    """Parameters (`params`) and their accumulated gradients (`grads`), one key each."""
+    """Parameters (`params`) and their accumulated gradients (`grads`), one key each; the variant's flags read as
+    attributes (`lstm.peephole`), as the constructor took them."""
+
+    def __getattr__(self, name):  # only reached when normal lookup fails
+        spec = self.__dict__.get("spec")
+        if spec is not None and name in spec.kwargs():
+            return getattr(spec, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def _context(self, inner):
         return ModuleContext(self, inner)

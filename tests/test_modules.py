@@ -76,3 +76,17 @@ def test_float32_objects_stay_float32():
     y, (h, c), ctx = m(x)
     dx, (dh, dc) = m.backward(ctx, np.ones_like(y))
     assert {a.dtype for a in (y, h, c, dx, dh, dc, *m.grads.values())} == {np.dtype("float32")}
+
+
+@pytest.mark.parametrize("make, flags", [
+    (lambda: rc.LSTM(3, 4, peephole="full", candidate="sigmoid"), {"peephole": "full", "candidate": "sigmoid"}),
+    (lambda: rc.LSTMCell(3, 4, peephole="diagonal"), {"peephole": "diagonal", "candidate": "tanh"}),
+    (lambda: rc.GRU(3, 4, reset_after=False), {"reset_after": False}),
+    (lambda: rc.GRUCell(3, 4), {"reset_after": True}),
+])
+def test_objects_show_their_variant_flags_as_attributes(make, flags):
+    m = make()
+    assert {k: getattr(m, k) for k in flags} == flags
+    with pytest.raises(AttributeError, match="has no attribute 'dropout'"):
+        m.dropout
+
