@@ -17,7 +17,7 @@ import importlib
 
 import numpy as np
 
-from . import _numpy, _sequence
+from . import _checks, _numpy, _sequence
 
 
 class Backend(abc.ABC):
@@ -67,7 +67,7 @@ class Reference(Backend):
         return reference.backward(ctx, dy, dstates)
 
     def grad_dtypes(self, dtype):
-        return (np.dtype("float32"), np.dtype("float64"))
+        return _checks.FLOATS
 
 
 class Orchestrated(Backend):

@@ -31,8 +31,6 @@ from . import _backends, _checks
 from ._graphs import GraphCache
 from .variants import GRUSpec, LSTMSpec
 
-BACKENDS = _backends.NAMES
-
 
 class Context(NamedTuple):
     """What a forward keeps for its backward; pass it back unchanged."""
