@@ -1,10 +1,17 @@
 // Device helpers shared by the pointwise kernels (lstm.cu, gru.cu, reduce.cu).
 //
-// Template parameters of every kernel: S is the storage type (what the
-// buffers hold), C the compute type (what the arithmetic runs in); today
-// S = C = float or double, half storage with float compute comes later.
+// Template parameters of every kernel: S is the storage type, C the compute type:
+//   S = C = float or double, or S = __half or __nv_bfloat16 with C = float.
+// The buffers of a whole sequence (x Wᵀ, gates, y, da) hold S; the arithmetic runs in C, and so do the
+// buffers that carry a value from one step to the next (c, the gradient carries) and the per-step GEMM
+// outputs that feed them: c accumulates over T, and rounding it to S every step would drift.
 // One thread per element (b, j) of a [B, H] step; no shared memory.
 #pragma once
+
+#ifdef __CUDACC__  // NVRTC or nvcc; the host build (host.h) defines its own __half and __nv_bfloat16
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
 
 constexpr int PEEPHOLE_NONE = 0;
 constexpr int PEEPHOLE_FULL = 1;      // c Wchᵀ from a GEMM of its own, added in the kernel

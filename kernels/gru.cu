@@ -16,7 +16,7 @@
 template <typename S, typename C, bool TRAINING>
 __global__ void gru_forward_step(const int t, const int B, const int H,
                                  const S* __restrict__ xw,        // [B, 3H] x Wihᵀ + b_ih + [b_hr, b_hz, 0]
-                                 const S* __restrict__ gh,        // [B, 3H] h Whhᵀ
+                                 const C* __restrict__ gh,        // [B, 3H] h Whhᵀ
                                  const S* __restrict__ b_hn,      // [H]
                                  const S* __restrict__ h,         // [B, H] before the step
                                  S* __restrict__ y,               // [B, H] h', also the next step's h
@@ -28,9 +28,9 @@ __global__ void gru_forward_step(const int t, const int B, const int H,
   if (state_idx >= B * H) return;
   const int b = state_idx / H, j = state_idx % H;
   const int r_idx = b * 3 * H + j, z_idx = r_idx + H, n_idx = r_idx + 2 * H;  // in [B, 3H]
-  const C r = sigmoid(C(xw[r_idx]) + C(gh[r_idx]));
-  const C z = sigmoid(C(xw[z_idx]) + C(gh[z_idx]));
-  const C ghn = C(gh[n_idx]) + C(b_hn[j]);
+  const C r = sigmoid(C(xw[r_idx]) + gh[r_idx]);
+  const C z = sigmoid(C(xw[z_idx]) + gh[z_idx]);
+  const C ghn = gh[n_idx] + C(b_hn[j]);
   const C n = tanh(C(xw[n_idx]) + r * ghn);
   const C h1 = (C(1) - z) * n + z * C(h[state_idx]);
   if constexpr (TRAINING) {
@@ -41,7 +41,7 @@ __global__ void gru_forward_step(const int t, const int B, const int H,
     gates[saved_r_idx + 3 * H] = S(ghn);
   }
   const bool active = is_active(lengths, t, b);
-  y[state_idx] = active ? S(h1) : S(0);
+  y[state_idx] = active ? S(h1) : S(C(0));
   if (h_last != nullptr && active) h_last[state_idx] = S(h1);
 }
 
@@ -50,9 +50,9 @@ __global__ void gru_backward_step(const int t, const int B, const int H,
                                   const S* __restrict__ gates,     // [B, 4H] r z n (gh_n + b_hn)
                                   const S* __restrict__ h,         // [B, H] before the step
                                   const S* __restrict__ dy,        // [B, H]
-                                  const S* __restrict__ dcarry,    // [B, H] dh', the later kernel's part
-                                  const S* __restrict__ drec,      // [B, H] dh', the GEMM's part
-                                  S* __restrict__ dcarry_out,      // [B, H] dh, this kernel's part
+                                  const C* __restrict__ dcarry,    // [B, H] dh', the later kernel's part
+                                  const C* __restrict__ drec,      // [B, H] dh', the GEMM's part
+                                  C* __restrict__ dcarry_out,      // [B, H] dh, this kernel's part
                                   S* __restrict__ dgi,             // [B, 3H] d(xw)
                                   S* __restrict__ dgh,             // [B, 3H] d(gh)
                                   const int* __restrict__ lengths  // [B] or null
@@ -62,11 +62,11 @@ __global__ void gru_backward_step(const int t, const int B, const int H,
   const int b = state_idx / H, j = state_idx % H;
   const int r_idx = b * 3 * H + j, z_idx = r_idx + H, n_idx = r_idx + 2 * H;  // in [B, 3H]
   const int saved_r_idx = b * 4 * H + j;                                       // in [B, 4H]
-  const C dh_in = C(dcarry[state_idx]) + C(drec[state_idx]);
+  const C dh_in = dcarry[state_idx] + drec[state_idx];
   if (!is_active(lengths, t, b)) {
-    dcarry_out[state_idx] = S(dh_in);
-    dgi[r_idx] = dgi[z_idx] = dgi[n_idx] = S(0);
-    dgh[r_idx] = dgh[z_idx] = dgh[n_idx] = S(0);
+    dcarry_out[state_idx] = dh_in;
+    dgi[r_idx] = dgi[z_idx] = dgi[n_idx] = S(C(0));
+    dgh[r_idx] = dgh[z_idx] = dgh[n_idx] = S(C(0));
     return;
   }
   const C r = C(gates[saved_r_idx]), z = C(gates[saved_r_idx + H]);
@@ -79,13 +79,13 @@ __global__ void gru_backward_step(const int t, const int B, const int H,
   dgi[z_idx] = dgh[z_idx] = S(da_z);
   dgi[n_idx] = S(da_n);
   dgh[n_idx] = S(da_n * r);
-  dcarry_out[state_idx] = S(dh * z);
+  dcarry_out[state_idx] = dh * z;
 }
 
 template <typename S, typename C>
 __global__ void gru_rz_step(const int B, const int H,
                             const S* __restrict__ xw,    // [B, 3H] x Wihᵀ + b_ih + b_hh
-                            const S* __restrict__ ghrz,  // [B, 2H] h Whh_rzᵀ
+                            const C* __restrict__ ghrz,  // [B, 2H] h Whh_rzᵀ
                             const S* __restrict__ h,     // [B, H]
                             S* __restrict__ gates,       // [B, 3H] gets r, z
                             S* __restrict__ rh           // [B, H] r∘h
@@ -95,16 +95,16 @@ __global__ void gru_rz_step(const int B, const int H,
   const int b = state_idx / H, j = state_idx % H;
   const int r_idx = b * 3 * H + j, z_idx = r_idx + H;       // in [B, 3H]
   const int ghr_idx = b * 2 * H + j, ghz_idx = ghr_idx + H;  // in [B, 2H]
-  const C r = sigmoid(C(xw[r_idx]) + C(ghrz[ghr_idx]));
+  const C r = sigmoid(C(xw[r_idx]) + ghrz[ghr_idx]);
   gates[r_idx] = S(r);
-  gates[z_idx] = S(sigmoid(C(xw[z_idx]) + C(ghrz[ghz_idx])));
+  gates[z_idx] = S(sigmoid(C(xw[z_idx]) + ghrz[ghz_idx]));
   rh[state_idx] = S(r * C(h[state_idx]));
 }
 
 template <typename S, typename C>
 __global__ void gru_n_step(const int t, const int B, const int H,
                            const S* __restrict__ xw,        // [B, 3H]
-                           const S* __restrict__ ghn,       // [B, H] (r∘h) Whnᵀ
+                           const C* __restrict__ ghn,       // [B, H] (r∘h) Whnᵀ
                            const S* __restrict__ h,         // [B, H] before the step
                            S* __restrict__ y,               // [B, H] h', also the next step's h
                            S* __restrict__ h_last,          // [B, H] h' of each item's last step, or null
@@ -116,11 +116,11 @@ __global__ void gru_n_step(const int t, const int B, const int H,
   const int b = state_idx / H, j = state_idx % H;
   const int z_idx = b * 3 * H + j + H, n_idx = z_idx + H;  // in [B, 3H]
   const C z = C(gates[z_idx]);
-  const C n = tanh(C(xw[n_idx]) + C(ghn[state_idx]));
+  const C n = tanh(C(xw[n_idx]) + ghn[state_idx]);
   gates[n_idx] = S(n);
   const C h1 = (C(1) - z) * n + z * C(h[state_idx]);
   const bool active = is_active(lengths, t, b);
-  y[state_idx] = active ? S(h1) : S(0);
+  y[state_idx] = active ? S(h1) : S(C(0));
   if (h_last != nullptr && active) h_last[state_idx] = S(h1);
 }
 
@@ -129,9 +129,9 @@ __global__ void gru_n_backward_step(const int t, const int B, const int H,
                                     const S* __restrict__ gates,     // [B, 3H] r z n
                                     const S* __restrict__ h,         // [B, H]
                                     const S* __restrict__ dy,        // [B, H]
-                                    const S* __restrict__ dcarry,    // [B, H] dh', the later kernel's part
-                                    const S* __restrict__ drec,      // [B, H] dh', the GEMM's part
-                                    S* __restrict__ dcarry_out,      // [B, H] dh, this kernel's part (so far)
+                                    const C* __restrict__ dcarry,    // [B, H] dh', the later kernel's part
+                                    const C* __restrict__ drec,      // [B, H] dh', the GEMM's part
+                                    C* __restrict__ dcarry_out,      // [B, H] dh, this kernel's part (so far)
                                     S* __restrict__ dg,              // [B, 3H] gets da_z, da_n
                                     const int* __restrict__ lengths  // [B] or null
 ) {
@@ -139,25 +139,25 @@ __global__ void gru_n_backward_step(const int t, const int B, const int H,
   if (state_idx >= B * H) return;
   const int b = state_idx / H, j = state_idx % H;
   const int z_idx = b * 3 * H + j + H, n_idx = z_idx + H;  // in [B, 3H]
-  const C dh_in = C(dcarry[state_idx]) + C(drec[state_idx]);
+  const C dh_in = dcarry[state_idx] + drec[state_idx];
   if (!is_active(lengths, t, b)) {
-    dcarry_out[state_idx] = S(dh_in);
-    dg[z_idx] = dg[n_idx] = S(0);
+    dcarry_out[state_idx] = dh_in;
+    dg[z_idx] = dg[n_idx] = S(C(0));
     return;
   }
   const C z = C(gates[z_idx]), n = C(gates[n_idx]);
   const C dh = dh_in + C(dy[state_idx]);
   dg[z_idx] = S(dh * (C(h[state_idx]) - n) * z * (C(1) - z));
   dg[n_idx] = S(dh * (C(1) - z) * (C(1) - n * n));
-  dcarry_out[state_idx] = S(dh * z);
+  dcarry_out[state_idx] = dh * z;
 }
 
 template <typename S, typename C>
 __global__ void gru_rz_backward_step(const int t, const int B, const int H,
                                      const S* __restrict__ gates,     // [B, 3H] r z n
                                      const S* __restrict__ h,         // [B, H]
-                                     const S* __restrict__ drh,       // [B, H] da_n Whn = d(r∘h)
-                                     S* __restrict__ dcarry_out,      // [B, H] += r∘drh
+                                     const C* __restrict__ drh,       // [B, H] da_n Whn = d(r∘h)
+                                     C* __restrict__ dcarry_out,      // [B, H] += r∘drh
                                      S* __restrict__ dg,              // [B, 3H] gets da_r
                                      const int* __restrict__ lengths  // [B] or null
 ) {
@@ -166,10 +166,10 @@ __global__ void gru_rz_backward_step(const int t, const int B, const int H,
   const int b = state_idx / H, j = state_idx % H;
   const int r_idx = b * 3 * H + j;  // in [B, 3H]
   if (!is_active(lengths, t, b)) {
-    dg[r_idx] = S(0);
+    dg[r_idx] = S(C(0));
     return;
   }
-  const C r = C(gates[r_idx]), drh_j = C(drh[state_idx]);
+  const C r = C(gates[r_idx]), drh_j = drh[state_idx];
   dg[r_idx] = S(drh_j * C(h[state_idx]) * r * (C(1) - r));
-  dcarry_out[state_idx] = S(C(dcarry_out[state_idx]) + r * drh_j);
+  dcarry_out[state_idx] += r * drh_j;
 }

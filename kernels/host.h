@@ -3,9 +3,13 @@
 // grid one thread at a time.  That is exact for kernels whose threads share
 // nothing (no __shared__, no __syncthreads, no warp intrinsics) — all of ours.
 // Tolerances must still allow for FMA contraction and libm-vs-CUDA math.
+// __half and __nv_bfloat16 are storage types here, as the kernels use them:
+// conversions to and from float, rounding to nearest even as CUDA's do.
 #pragma once
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <utility>
 
@@ -16,6 +20,55 @@ using std::tanh;
 #define __global__
 #define __device__
 #define __forceinline__ inline
+
+inline std::uint32_t float_bits(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+inline float bits_float(std::uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// bfloat16: a float's top 16 bits (8 exponent bits, 7 mantissa bits), the dropped 16 rounded to nearest even.
+struct __nv_bfloat16 {
+  std::uint16_t bits;
+  __nv_bfloat16() = default;
+  __nv_bfloat16(float f) {
+    const std::uint32_t u = float_bits(f);
+    if (std::isnan(f)) bits = std::uint16_t((u >> 16) | 0x40);  // stays a (quiet) NaN
+    else bits = std::uint16_t((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);  // a carry may reach inf: right
+  }
+  operator float() const { return bits_float(std::uint32_t(bits) << 16); }
+};
+
+// IEEE binary16: 5 exponent bits (bias 15), 10 mantissa bits; below 2^-14 subnormal, from 65520 on inf.
+struct __half {
+  std::uint16_t bits;
+  __half() = default;
+  __half(float f) {
+    const std::uint32_t u = float_bits(f), sign = (u >> 16) & 0x8000u, mag = u & 0x7FFFFFFFu;
+    if (mag > 0x7F800000u) bits = std::uint16_t(sign | 0x7E00u);                // NaN
+    else if (mag >= 0x477FF000u) bits = std::uint16_t(sign | 0x7C00u);          // ±inf, or rounds to it
+    else if (mag >= 0x38800000u) {                                              // normal: rebias, round 13 bits
+      const std::uint32_t m = mag - ((127u - 15u) << 23);
+      bits = std::uint16_t(sign | ((m + 0xFFFu + ((m >> 13) & 1u)) >> 13));
+    } else {  // subnormal or zero: a count of 2^-24, exact in float, rounded to nearest even by nearbyint
+      bits = std::uint16_t(sign | std::uint32_t(std::nearbyint(std::fabs(f) * 16777216.0f)));
+    }
+  }
+  operator float() const {
+    const std::uint32_t sign = std::uint32_t(bits & 0x8000u) << 16, e = (bits >> 10) & 0x1Fu, m = bits & 0x3FFu;
+    if (e == 0) {
+      const float v = std::ldexp(float(m), -24);
+      return sign ? -v : v;
+    }
+    if (e == 0x1F) return bits_float(sign | 0x7F800000u | (m << 13));
+    return bits_float(sign | ((e + 127u - 15u) << 23) | (m << 13));
+  }
+};
 
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
@@ -33,6 +86,10 @@ template <typename T> struct ctype;
 template <> struct ctype<int> { static constexpr const char *name = "int", *pointer = "int*"; };
 template <> struct ctype<float> { static constexpr const char *name = "float", *pointer = "float*"; };
 template <> struct ctype<double> { static constexpr const char *name = "double", *pointer = "double*"; };
+template <> struct ctype<__half> { static constexpr const char *name = "__half", *pointer = "__half*"; };
+template <> struct ctype<__nv_bfloat16> {
+  static constexpr const char *name = "__nv_bfloat16", *pointer = "__nv_bfloat16*";
+};
 template <typename A>
 constexpr const char* param_type() {
   if constexpr (std::is_pointer_v<A>) return ctype<std::remove_cv_t<std::remove_pointer_t<A>>>::pointer;

@@ -17,10 +17,10 @@
 template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool TRAINING>
 __global__ void lstm_forward_step(const int t, const int B, const int H,
                                   const S* __restrict__ xw,        // [B, 4H] x Wihᵀ + biases, this step
-                                  const S* __restrict__ hw,        // [B, 4H] h Whhᵀ
-                                  const S* __restrict__ cw,        // [B, 3H] c Wchᵀ (i f o) when FULL
-                                  const S* __restrict__ c_prev,    // [B, H] c before the step
-                                  S* __restrict__ c_next,          // [B, H] c after it
+                                  const C* __restrict__ hw,        // [B, 4H] h Whhᵀ
+                                  const C* __restrict__ cw,        // [B, 3H] c Wchᵀ (i f o) when FULL
+                                  const C* __restrict__ c_prev,    // [B, H] c before the step
+                                  C* __restrict__ c_next,          // [B, H] c after it
                                   S* __restrict__ y,               // [B, H] h', also the next step's h
                                   S* __restrict__ h_last,          // [B, H] h' of each item's last step, or null
                                   S* __restrict__ gates,           // [B, 4H] i f g o, saved when TRAINING
@@ -31,16 +31,16 @@ __global__ void lstm_forward_step(const int t, const int B, const int H,
   if (state_idx >= B * H) return;
   const int b = state_idx / H, j = state_idx % H;
   const int i_idx = b * 4 * H + j, f_idx = i_idx + H, g_idx = i_idx + 2 * H, o_idx = i_idx + 3 * H;  // in [B, 4H]
-  const C c = C(c_prev[state_idx]);
-  C a_i = C(xw[i_idx]) + C(hw[i_idx]);
-  C a_f = C(xw[f_idx]) + C(hw[f_idx]);
-  const C a_g = C(xw[g_idx]) + C(hw[g_idx]);
-  C a_o = C(xw[o_idx]) + C(hw[o_idx]);
+  const C c = c_prev[state_idx];
+  C a_i = C(xw[i_idx]) + hw[i_idx];
+  C a_f = C(xw[f_idx]) + hw[f_idx];
+  const C a_g = C(xw[g_idx]) + hw[g_idx];
+  C a_o = C(xw[o_idx]) + hw[o_idx];
   if constexpr (PEEPHOLE == PEEPHOLE_FULL) {
     const int cw_i_idx = b * 3 * H + j;  // in [B, 3H]: i, f, o
-    a_i += C(cw[cw_i_idx]);
-    a_f += C(cw[cw_i_idx + H]);
-    a_o += C(cw[cw_i_idx + 2 * H]);
+    a_i += cw[cw_i_idx];
+    a_f += cw[cw_i_idx + H];
+    a_o += cw[cw_i_idx + 2 * H];
   }
   if constexpr (PEEPHOLE == PEEPHOLE_DIAGONAL) {
     a_i += C(w_peep[j]) * c;
@@ -58,20 +58,20 @@ __global__ void lstm_forward_step(const int t, const int B, const int H,
     gates[o_idx] = S(o);
   }
   const bool active = is_active(lengths, t, b);
-  c_next[state_idx] = active ? S(c1) : c_prev[state_idx];
-  y[state_idx] = active ? S(h1) : S(0);
+  c_next[state_idx] = active ? c1 : c;
+  y[state_idx] = active ? S(h1) : S(C(0));
   if (h_last != nullptr && active) h_last[state_idx] = S(h1);
 }
 
 template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE>
 __global__ void lstm_backward_step(const int t, const int B, const int H, const int n_rec,
                                    const S* __restrict__ gates,     // [B, 4H] i f g o
-                                   const S* __restrict__ c_prev,    // [B, H] c before the step
-                                   const S* __restrict__ c_next,    // [B, H] c after it
+                                   const C* __restrict__ c_prev,    // [B, H] c before the step
+                                   const C* __restrict__ c_next,    // [B, H] c after it
                                    const S* __restrict__ dy,        // [B, H]
-                                   const S* __restrict__ dcarry,    // [B, 2H] d[h | c]', the later kernel's part
-                                   const S* __restrict__ drec,      // [B, n_rec] d[h | c]', the GEMM's part
-                                   S* __restrict__ dcarry_out,      // [B, 2H] d[h | c], this kernel's part
+                                   const C* __restrict__ dcarry,    // [B, 2H] d[h | c]', the later kernel's part
+                                   const C* __restrict__ drec,      // [B, n_rec] d[h | c]', the GEMM's part
+                                   C* __restrict__ dcarry_out,      // [B, 2H] d[h | c], this kernel's part
                                    S* __restrict__ da,              // [B, 4H] d(pre-activations)
                                    const S* __restrict__ w_peep,    // [3H] when DIAGONAL
                                    const int* __restrict__ lengths  // [B] or null
@@ -82,17 +82,17 @@ __global__ void lstm_backward_step(const int t, const int B, const int H, const 
   const int i_idx = b * 4 * H + j, f_idx = i_idx + H, g_idx = i_idx + 2 * H, o_idx = i_idx + 3 * H;  // in [B, 4H]
   const int dh_idx = b * 2 * H + j, dc_idx = dh_idx + H;  // in [B, 2H]
   const int drec_h_idx = b * n_rec + j;                    // in [B, n_rec]; dc follows dh when FULL
-  const C dh_in = C(dcarry[dh_idx]) + C(drec[drec_h_idx]);
-  C dc_in = C(dcarry[dc_idx]);
-  if constexpr (PEEPHOLE == PEEPHOLE_FULL) dc_in += C(drec[drec_h_idx + H]);
+  const C dh_in = dcarry[dh_idx] + drec[drec_h_idx];
+  C dc_in = dcarry[dc_idx];
+  if constexpr (PEEPHOLE == PEEPHOLE_FULL) dc_in += drec[drec_h_idx + H];
   if (!is_active(lengths, t, b)) {  // past its length: the gradient passes through unchanged
-    dcarry_out[dh_idx] = S(dh_in);
-    dcarry_out[dc_idx] = S(dc_in);
-    da[i_idx] = da[f_idx] = da[g_idx] = da[o_idx] = S(0);
+    dcarry_out[dh_idx] = dh_in;
+    dcarry_out[dc_idx] = dc_in;
+    da[i_idx] = da[f_idx] = da[g_idx] = da[o_idx] = S(C(0));
     return;
   }
   const C i = C(gates[i_idx]), f = C(gates[f_idx]), g = C(gates[g_idx]), o = C(gates[o_idx]);
-  const C c = C(c_prev[state_idx]), tc = tanh(C(c_next[state_idx]));
+  const C c = c_prev[state_idx], tc = tanh(c_next[state_idx]);
   const C dh = dh_in + C(dy[state_idx]);
   const C da_o = dh * tc * o * (C(1) - o);
   C dc = dc_in + dh * o * (C(1) - tc * tc);
@@ -106,6 +106,6 @@ __global__ void lstm_backward_step(const int t, const int B, const int H, const 
   da[f_idx] = S(da_f);
   da[g_idx] = S(da_g);
   da[o_idx] = S(da_o);
-  dcarry_out[dh_idx] = S(0);  // dh_prev is all GEMM: the next kernel adds da Wrec
-  dcarry_out[dc_idx] = S(dc_prev);
+  dcarry_out[dh_idx] = C(0);  // dh_prev is all GEMM: the next kernel adds da Wrec
+  dcarry_out[dc_idx] = dc_prev;
 }

@@ -6,7 +6,9 @@ valid input.  Each message names the argument, the expected and the actual.
 
 import numpy as np
 
-FLOATS = (np.dtype("float32"), np.dtype("float64"))
+from ._dtypes import FLOATS
+
+EXPECTED = "float32, float64, float16 or bfloat16"
 
 
 def flag(name, v):
@@ -44,9 +46,9 @@ def float_dtype(dtype):
     try:
         dt = np.dtype(dtype)
     except TypeError:
-        raise TypeError(f"dtype={dtype!r} is not a dtype; expected 'float32' or 'float64'") from None
+        raise TypeError(f"dtype={dtype!r} is not a dtype; expected {EXPECTED}") from None
     if dt not in FLOATS:
-        raise TypeError(f"dtype={dt.name} is not supported; expected float32 or float64")
+        raise TypeError(f"dtype={dt.name} is not supported; expected {EXPECTED}")
     return dt
 
 
@@ -101,7 +103,7 @@ def call(spec, x, params, states, *, lengths=None, sequence=True):
 
     dtype = x.dtype
     if dtype not in FLOATS:
-        raise TypeError(f"x has dtype {dtype}; expected float32 or float64")
+        raise TypeError(f"x has dtype {dtype}; expected {EXPECTED}")
     for name, a in named.items():
         if a.dtype != dtype:
             raise TypeError(f"{name} has dtype {a.dtype} but x has {dtype}; all arrays of one call share one dtype")

@@ -21,7 +21,6 @@ import numpy as np
 
 from . import _cublas, _kernels
 
-COMPILE_OPTIONS = ("--std=c++17", f"--include-path={_kernels.kernel_dir()}")
 # cuBLAS's recommended workspace for Hopper (4 MiB suffices before it); one per device and stream
 WORKSPACE_BYTES = 32 << 20
 
@@ -30,7 +29,7 @@ WORKSPACE_BYTES = 32 << 20
 def _module(device_id):
     """Every instantiation, compiled for one device."""
     del device_id  # the cache key: RawModule compiles for the current device
-    return cupy.RawModule(code=_kernels.program_source(), options=COMPILE_OPTIONS,
+    return cupy.RawModule(code=_kernels.program_source(), options=_kernels.nvrtc_options(),
                           name_expressions=_kernels.instantiations())
 
 

@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _numpy
+from ._dtypes import BFLOAT16, FLOAT16
 from ._kernels import BLOCK_LIMITS, GRID_LIMITS, KernelOps, instantiations, kernel_dir, program_source
 
 # --- graphs on the host --------------------------------------------------------
@@ -105,7 +106,8 @@ def build_host_library(out_dir, sanitize=False):
     return lib
 
 
-_CTYPES = {np.dtype("float32"): "float", np.dtype("float64"): "double", np.dtype("int32"): "int"}
+_CTYPES = {np.dtype("float32"): "float", np.dtype("float64"): "double", FLOAT16: "__half", BFLOAT16: "__nv_bfloat16",
+           np.dtype("int32"): "int"}
 
 
 def argument_types(args):
@@ -204,8 +206,9 @@ def to_tf32(a):
 def tf32_gemm(a, b, out, accumulate=False):
     """out = a @ b (out += when accumulate) with float32 inputs read as TF32 and float32 accumulation.
 
-    The host's stand-in for cuBLAS in TF32 mode; float64 is computed as is (TF32 never touches it).
+    The host's stand-in for cuBLAS in TF32 mode; float64 and half inputs are computed as they are (TF32 never
+    touches them).
     """
-    if out.dtype == np.float32:
+    if a.dtype == np.float32:
         a, b = to_tf32(a), to_tf32(b)
     _numpy.gemm(a, b, out, accumulate)

@@ -13,11 +13,13 @@ import contextlib
 import hashlib
 import importlib.resources
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from ._cublas import OP_N, OP_T
+from ._dtypes import BFLOAT16, FLOAT16, compute
 from .variants import LSTMSpec
 
 SOURCES = ("lstm.cu", "gru.cu", "reduce.cu")
@@ -25,7 +27,12 @@ BLOCK = 256  # threads per block for every pointwise kernel
 CHUNK = 64  # rows per partial sum in column_sum
 GRID_LIMITS = (2**31 - 1, 65535, 65535)  # CUDA's largest grid (x, y, z)
 BLOCK_LIMITS = (1024, 1024, 64)  # CUDA's largest block (x, y, z), and at most 1024 threads in all
-_TYPES = {np.dtype("float32"): ("float", "float"), np.dtype("float64"): ("double", "double")}  # storage, compute
+_TYPES = {  # storage dtype: the kernels' S, C
+    np.dtype("float32"): ("float", "float"),
+    np.dtype("float64"): ("double", "double"),
+    FLOAT16: ("__half", "float"),
+    BFLOAT16: ("__nv_bfloat16", "float"),
+}
 
 
 def kernel_dir():
@@ -34,6 +41,29 @@ def kernel_dir():
         return Path(str(importlib.resources.files("rnncells.kernels")))
     except ModuleNotFoundError:  # a checkout on PYTHONPATH, not installed: kernels/ beside rnncells/
         return Path(__file__).resolve().parent.parent / "kernels"
+
+
+def cuda_include_dir():
+    """Where cuda_fp16.h and cuda_bf16.h are, which NVRTC needs for the half-precision kernels: the CUDA
+    runtime wheel's headers (nvidia-cuda-runtime), or a CUDA toolkit's (CUDA_HOME, nvcc's, /usr/local/cuda)."""
+    try:
+        from cuda.pathfinder import find_nvidia_header_directory
+
+        candidates = [find_nvidia_header_directory("cudart")]
+    except ImportError:
+        candidates = []
+    nvcc = shutil.which("nvcc")
+    candidates += [nvcc and str(Path(nvcc).resolve().parent.parent / "include"), "/usr/local/cuda/include"]
+    for d in candidates:
+        if d and (Path(d) / "cuda_fp16.h").is_file():
+            return d
+    raise RuntimeError("NVRTC needs the CUDA headers cuda_fp16.h and cuda_bf16.h: pip install nvidia-cuda-runtime, "
+                       "or set CUDA_HOME to a CUDA toolkit")
+
+
+def nvrtc_options():
+    """The options every NVRTC compile of program_source() takes (an architecture besides)."""
+    return ("--std=c++17", f"--include-path={kernel_dir()}", f"--include-path={cuda_include_dir()}")
 
 
 def program_source():
@@ -105,7 +135,7 @@ class KernelOps:
         """Σ over the rows of a contiguous [rows, cols] matrix, deterministically (two fixed-order passes)."""
         rows, cols = a.shape
         chunks = math.ceil(rows / CHUNK)
-        partial = self.xp.empty((chunks, cols), dtype=a.dtype)
+        partial = self.xp.empty((chunks, cols), dtype=compute(a.dtype))  # sums in the compute dtype
         out = self.xp.empty(cols, dtype=a.dtype)
         if chunks == 0:
             out[...] = 0

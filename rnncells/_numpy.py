@@ -27,7 +27,10 @@ no GEMM has to accumulate.
 
 Each function is the twin of the kernel of the same name in kernels/lstm.cu
 or kernels/gru.cu, with the same arguments (the LSTM's take the spec, which
-the kernels get as template arguments).
+the kernels get as template arguments) and the same dtypes: half storage
+(float16, bfloat16) is read as float32 (`_c`, the kernels' C(...)), the
+arithmetic runs in float32, and assigning into a half buffer rounds to
+nearest even, as the kernels' S(...) does.
 
 Besides the kernels, a backend's ops provide `gemm` (out = a @ b, or out += a @ b, into a
 preallocated buffer: every GEMM of the orchestration goes through it),
@@ -40,6 +43,8 @@ import functools
 import threading
 
 import numpy as np
+
+from ._dtypes import HALVES, compute
 
 
 def sigmoid(a):
@@ -101,17 +106,30 @@ def blas():
     return ThreadpoolController().select(user_api="blas")
 
 
+def _c(a):
+    """An array as the arithmetic reads it: half storage as float32, float32 and float64 as they are."""
+    return a.astype(np.float32) if a.dtype in HALVES else a
+
+
 def gemm(a, b, out, accumulate=False):
-    """out = a @ b, or out += a @ b when accumulate."""
-    if accumulate:
+    """out = a @ b, or out += a @ b when accumulate.
+
+    Half inputs are multiplied in float32 and the result (with out added, when
+    accumulating) rounded once to out's dtype, as cuBLAS's GemmEx does with a
+    float32 compute type.
+    """
+    if a.dtype in HALVES:
+        product = _c(a) @ _c(b)
+        out[...] = _c(out) + product if accumulate else product
+    elif accumulate:
         out += a @ b
     else:
         np.matmul(a, b, out=out)
 
 
 def column_sum(a):
-    """reduce.cu's column sums: Σ over the rows of a [rows, cols] matrix."""
-    return a.sum(axis=0)
+    """reduce.cu's column sums: Σ over the rows of a [rows, cols] matrix, in the compute dtype."""
+    return a.sum(axis=0, dtype=compute(a.dtype)).astype(a.dtype, copy=False)
 
 
 def _active(t, lengths):
@@ -142,11 +160,11 @@ def lstm_forward_step(spec, t, xw, hw, cw, c, c_next, y, h_last, gates, w_peep, 
     """lstm.cu's lstm_forward_step.  xw, hw [B, 4H]; cw [B, 3H] (full); c, c_next, y, h_last [B, H];
     gates [B, 4H]; w_peep [3H] (diagonal)."""
     H, peephole = y.shape[1], spec.peephole
-    a_i, a_f, a_g, a_o = _split(xw + hw, H)
+    a_i, a_f, a_g, a_o = _split(_c(xw) + hw, H)
     if peephole == "full":
         a_i, a_f, a_o = a_i + cw[:, :H], a_f + cw[:, H : 2 * H], a_o + cw[:, 2 * H :]
     if peephole == "diagonal":
-        w_i, w_f, w_o = w_peep[:H], w_peep[H : 2 * H], w_peep[2 * H :]
+        w_i, w_f, w_o = _split(_c(w_peep)[None], H)
         a_i, a_f = a_i + w_i * c, a_f + w_f * c
     i, f, g = sigmoid(a_i), sigmoid(a_f), ACT[spec.candidate](a_g)
     c1 = f * c + i * g
@@ -165,15 +183,15 @@ def lstm_backward_step(spec, t, gates, c, c1, dy, dcarry, drec, dcarry_out, da, 
     """lstm.cu's lstm_backward_step: da [B, 4H] and dcarry_out [B, 2H] from dy [B, H] and
     d[h | c] = dcarry [B, 2H] + drec [B, H or 2H]."""
     H, peephole = dy.shape[1], spec.peephole
-    i, f, g, o = _split(gates, H)
+    i, f, g, o = _split(_c(gates), H)
     dh_in = dcarry[:, :H] + drec[:, :H]
     dc_in = dcarry[:, H:] + drec[:, H:] if peephole == "full" else dcarry[:, H:]
-    dh = dh_in + dy
+    dh = dh_in + _c(dy)
     tc = np.tanh(c1)
     da_o = dh * tc * o * (1.0 - o)
     dc = dc_in + dh * o * (1.0 - tc * tc)
     if peephole == "diagonal":
-        w_i, w_f, w_o = w_peep[:H], w_peep[H : 2 * H], w_peep[2 * H :]
+        w_i, w_f, w_o = _split(_c(w_peep)[None], H)
         dc = dc + da_o * w_o
     da_i = dc * g * i * (1.0 - i)
     da_f = dc * c * f * (1.0 - f)
@@ -191,11 +209,11 @@ def lstm_backward_step(spec, t, gates, c, c1, dy, dcarry, drec, dcarry_out, da, 
 def gru_forward_step(t, xw, gh, b_hn, h, y, h_last, gates, lengths):
     """gru.cu's gru_forward_step (reset_after).  xw, gh [B, 3H]; b_hn [H]; h, y, h_last [B, H];
     gates [B, 4H] = r, z, n, gh_n + b_hn."""
-    H = h.shape[1]
-    x_r, x_z, x_n = _split(xw, H)
+    H, h = h.shape[1], _c(h)
+    x_r, x_z, x_n = _split(_c(xw), H)
     h_r, h_z, h_n = _split(gh, H)
     r, z = sigmoid(x_r + h_r), sigmoid(x_z + h_z)
-    ghn = h_n + b_hn
+    ghn = h_n + _c(b_hn)
     n = np.tanh(x_n + r * ghn)
     h1 = (1.0 - z) * n + z * h
     if gates is not None:
@@ -207,10 +225,10 @@ def gru_forward_step(t, xw, gh, b_hn, h, y, h_last, gates, lengths):
 def gru_backward_step(t, gates, h, dy, dcarry, drec, dcarry_out, dgi, dgh, lengths):
     """gru.cu's gru_backward_step (reset_after).  dgi, dgh [B, 3H]: gradients of xw and of gh;
     dh = dcarry + drec [B, H]."""
-    H = h.shape[1]
-    r, z, n, ghn = _split(gates, H)
+    H, h = h.shape[1], _c(h)
+    r, z, n, ghn = _split(_c(gates), H)
     dh_in = dcarry + drec
-    dh1 = dh_in + dy
+    dh1 = dh_in + _c(dy)
     da_n = dh1 * (1.0 - z) * (1.0 - n * n)
     da_z = dh1 * (h - n) * z * (1.0 - z)
     da_r = da_n * ghn * r * (1.0 - r)
@@ -225,30 +243,30 @@ def gru_backward_step(t, gates, h, dy, dcarry, drec, dcarry_out, dgi, dgh, lengt
 def gru_rz_step(xw, ghrz, h, gates, rh):
     """gru.cu's gru_rz_step (reset before, first half).  ghrz [B, 2H] = h Whh_rzᵀ; gates [B, 3H] gets r, z;
     rh [B, H] = r∘h."""
-    H = h.shape[1]
+    H, xw = h.shape[1], _c(xw)
     r = sigmoid(xw[:, :H] + ghrz[:, :H])
     gates[:, :H] = r
     gates[:, H : 2 * H] = sigmoid(xw[:, H : 2 * H] + ghrz[:, H:])
-    rh[...] = r * h
+    rh[...] = r * _c(h)
 
 
 def gru_n_step(t, xw, ghn, h, y, h_last, gates, lengths):
     """gru.cu's gru_n_step (reset before, second half).  ghn [B, H] = rh Whnᵀ; gates [B, 3H] gets n."""
     H = h.shape[1]
-    z = gates[:, H : 2 * H]
-    n = np.tanh(xw[:, 2 * H :] + ghn)
+    z = _c(gates[:, H : 2 * H])
+    n = np.tanh(_c(xw[:, 2 * H :]) + ghn)
     gates[:, 2 * H :] = n
-    h1 = (1.0 - z) * n + z * h
+    h1 = (1.0 - z) * n + z * _c(h)
     _commit_h(t, h1, y, h_last, lengths)
 
 
 def gru_n_backward_step(t, gates, h, dy, dcarry, drec, dcarry_out, dg, lengths):
     """gru.cu's gru_n_backward_step (reset before, first half).  dg [B, 3H] gets da_z and da_n;
     dcarry_out [B, H] = z∘dh1 (or the carry)."""
-    H = h.shape[1]
-    r, z, n = _split(gates, H)
+    H, h = h.shape[1], _c(h)
+    r, z, n = _split(_c(gates), H)
     dh_in = dcarry + drec
-    dh1 = dh_in + dy
+    dh1 = dh_in + _c(dy)
     active = _active(t, lengths)
     _commit(dg[:, H : 2 * H], dh1 * (h - n) * z * (1.0 - z), 0.0, active)
     _commit(dg[:, 2 * H :], dh1 * (1.0 - z) * (1.0 - n * n), 0.0, active)
@@ -259,7 +277,7 @@ def gru_rz_backward_step(t, gates, h, drh, dcarry_out, dg, lengths):
     """gru.cu's gru_rz_backward_step (reset before, second half).  drh [B, H] = da_n Whn; dg gets da_r;
     dcarry_out += r∘drh."""
     H = h.shape[1]
-    r = gates[:, :H]
+    r = _c(gates[:, :H])
     active = _active(t, lengths)
-    _commit(dg[:, :H], drh * h * r * (1.0 - r), 0.0, active)
+    _commit(dg[:, :H], drh * _c(h) * r * (1.0 - r), 0.0, active)
     _commit(dcarry_out, dcarry_out + r * drh, dcarry_out, active)

@@ -13,12 +13,19 @@ backward  per step: ops.*_backward_step; ops.gemm(da, Wrec) -> the next step's d
 Every GEMM, inside the loops and out, is an `ops.gemm`, so the backend
 decides how all of them run (on a GPU: one cuBLAS binding, one math mode).
 
+Buffers hold one of two dtypes: the storage dtype of the call (`dt`: x,
+the weights, y and the other [T, B, ·] buffers) and its compute dtype (`ct`,
+float32 for half storage, see `rnncells._dtypes`): c, the gradients'
+carries, and the per-step GEMM outputs that feed them.  Every GEMM reads
+`dt` and computes in float32 or float64; the weight gradients are summed in
+`ct` and returned in `dt`.
+
 Every buffer the loops touch is allocated before them.  h is stored once:
 the output y is the state, y[t] being the h that step t+1 reads (0 past an
 item's length; its last h is kept in h_last).  So besides x, the initial
 states and y, a forward keeps (G+1)·T·B·H elements for its backward: the
-LSTM's gates [T, B, 4H] and c [T, B, H], the GRU's gates [T, B, 4H] (reset
-before: [T, B, 3H] and r∘h [T, B, H]).  The backward reads y: it must not be
+LSTM's gates [T, B, 4H] and c [T, B, H] (c in `ct`), the GRU's gates
+[T, B, 4H] (reset before: [T, B, 3H] and r∘h [T, B, H]).  The backward reads y: it must not be
 written to in between.
 
 With a `rnncells._graphs.GraphCache` (graphs=), the loops run as CUDA graphs:
@@ -33,6 +40,7 @@ import functools
 from types import SimpleNamespace as Buffers
 from typing import NamedTuple
 
+from ._dtypes import compute
 from .variants import LSTMSpec
 
 
@@ -42,13 +50,13 @@ class LSTMContext(NamedTuple):
     x: object  # [T, B, I]
     params: dict
     h0: object  # [B, H]
-    c0: object  # [B, H]
+    c0: object  # [B, H] in the compute dtype
     y: object  # [T, B, H]: h after each step, the h of the next
-    cs: object  # [T, B, H]: c after each step
+    cs: object  # [T, B, H]: c after each step, in the compute dtype
     gates: object  # [T, B, 4H]: i, f, g, o
     lengths: object  # [B] as the ops read them, or None
     w_hh: object  # [4H, H] the recurrent weights the forward used
-    w_ch: object  # [3H, H] (peephole="full") or None
+    w_ch: object  # [3H, H] (peephole="full") or None, in the compute dtype
     w_peep: object  # [3H] (peephole="diagonal") or None
     slot: object  # the graph slot that holds these buffers, or None
     spec: object  # the LSTMSpec
@@ -75,10 +83,19 @@ def _prev(s0, states, t):
 
 
 def _input_gemm(ops, x, w, bias, out):
-    """out [T, B, G·H] = x Wᵀ (+ bias), as one GEMM over all T·B rows."""
-    ops.gemm(_rows(x), w.T, _rows(out))
-    if bias is not None:
-        out += bias
+    """out [T, B, G·H] = x Wᵀ (+ bias), as one GEMM over all T·B rows (the bias added in it, before its one
+    rounding to out's dtype)."""
+    if bias is None:
+        ops.gemm(_rows(x), w.T, _rows(out))
+    else:
+        out[...] = bias
+        ops.gemm(_rows(x), w.T, _rows(out), accumulate=True)
+
+
+def _bias_sum(xp, *biases):
+    """b_ih + b_hh, added in the compute dtype (one rounding, where the GEMM stores)."""
+    ct = compute(biases[0].dtype)
+    return sum(b.astype(ct, copy=False) for b in biases[1:]) + biases[0].astype(ct)
 
 
 def _rows(a):
@@ -87,20 +104,20 @@ def _rows(a):
 
 
 def _weight_grad(ops, xp, da, inp):
-    """Σ over all steps and items of daᵀ inp: one GEMM, [G·H, K]."""
-    g = xp.empty((da.shape[-1], inp.shape[-1]), dtype=da.dtype)
+    """Σ over all steps and items of daᵀ inp: one GEMM, [G·H, K], summed in the compute dtype."""
+    g = xp.empty((da.shape[-1], inp.shape[-1]), dtype=compute(da.dtype))
     ops.gemm(_rows(da).T, _rows(inp), g)
-    return g
+    return g.astype(da.dtype, copy=False)
 
 
 def _state_grad(ops, xp, da, s0, states):
-    """Σ_t da[t]ᵀ (the state before step t): the gradient of a weight applied to the previous state."""
-    if da.shape[0] == 0:
-        return xp.zeros((da.shape[-1], s0.shape[-1]), dtype=da.dtype)
-    g = xp.empty((da.shape[-1], s0.shape[-1]), dtype=da.dtype)
-    ops.gemm(da[0].T, s0, g)
-    ops.gemm(_rows(da[1:]).T, _rows(states[:-1]), g, accumulate=True)
-    return g
+    """Σ_t da[t]ᵀ (the state before step t): the gradient of a weight applied to the previous state, summed in
+    the compute dtype.  s0 and states are in da's dtype (GEMM inputs)."""
+    g = xp.zeros((da.shape[-1], s0.shape[-1]), dtype=compute(da.dtype))
+    if da.shape[0] > 0:
+        ops.gemm(da[0].T, s0, g)
+        ops.gemm(_rows(da[1:]).T, _rows(states[:-1]), g, accumulate=True)
+    return g.astype(da.dtype, copy=False)
 
 
 def _input_grad(ops, xp, da, w):
@@ -111,7 +128,9 @@ def _input_grad(ops, xp, da, w):
 
 
 def _state_dot(xp, d, s0, states):
-    """Σ over steps and items of d[t] ∘ (the state before step t): a diagonal weight's gradient."""
+    """Σ over steps and items of d[t] ∘ (the state before step t): a diagonal weight's gradient, in the compute
+    dtype (s0 and states are)."""
+    d = d.astype(s0.dtype, copy=False)
     if d.shape[0] == 0:
         return xp.zeros(d.shape[-1], dtype=d.dtype)
     return (d[0] * s0).sum(0) + (d[1:] * states[:-1]).sum((0, 1))
@@ -183,10 +202,12 @@ def _lengths(xp, lengths):
 
 
 def _input_buffers(b, xp, dt, static, **shapes):
-    """A graph slot's copies of the loop's inputs (dtype dt; `lengths` int32 [B] when given)."""
+    """A graph slot's copies of the loop's inputs: dtype dt, but int32 `lengths` [B], and c0 and w_ch in the
+    compute dtype (c is, and c Wchᵀ is a GEMM of c)."""
+    kind = {"lengths": "int32", "c0": compute(dt), "w_ch": compute(dt)}
     if static:
         for name, shape in shapes.items():
-            setattr(b, name, None if shape is None else xp.empty(shape, dtype="int32" if name == "lengths" else dt))
+            setattr(b, name, None if shape is None else xp.empty(shape, dtype=kind.get(name, dt)))
     return b
 
 
@@ -197,7 +218,7 @@ def _lstm_buffers(xp, dt, T, B, H, peephole, training, has_lengths, static):
     e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
     b = Buffers(
         y=e(T, B, H),  # [T, B, H]
-        cs=e(T if training else min(T, 2), B, H),  # [T, B, H] (inference: two rows, ping-pong)
+        cs=xp.empty((T if training else min(T, 2), B, H), dtype=compute(dt)),  # [T, B, H] (inference: ping-pong)
         gates=e(T, B, 4 * H) if training else None,  # [T, B, 4H]
     )
     return _input_buffers(b, xp, dt, static, h0=(B, H), c0=(B, H), w_hh=(4 * H, H),
@@ -208,11 +229,12 @@ def _lstm_buffers(xp, dt, T, B, H, peephole, training, has_lengths, static):
 
 def _lstm_work(xp, dt, T, B, H, peephole, has_lengths):
     e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
+    ec = lambda *shape: xp.empty(shape, dtype=compute(dt))  # noqa: E731
     return Buffers(
         xw=e(T, B, 4 * H),  # [T, B, 4H] x Wihᵀ + biases
         h_last=e(B, H) if has_lengths else None,  # [B, H]
-        hw=e(B, 4 * H),  # [B, 4H] h Whhᵀ
-        cw=e(B, 3 * H) if peephole == "full" else None,  # [B, 3H] c Wchᵀ
+        hw=ec(B, 4 * H),  # [B, 4H] h Whhᵀ
+        cw=ec(B, 3 * H) if peephole == "full" else None,  # [B, 3H] c Wchᵀ
     )
 
 
@@ -235,10 +257,11 @@ def lstm_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=Non
     shape = (x.dtype, T, B, H, peephole, training, lengths is not None)
     slot, b = _buffers(graphs, ops, (spec, *shape), lambda static: _lstm_buffers(xp, *shape, static),
                        lambda: _lstm_work(xp, x.dtype, T, B, H, peephole, lengths is not None))
-    _bind(b, slot, h0=h0, c0=c0, w_hh=p["weight_hh"], w_ch=p["weight_ch"] if peephole == "full" else None,
-          w_peep=p["weight_ch"] if peephole == "diagonal" else None,
-          lengths=_lengths(xp, lengths))
-    _input_gemm(ops, x, p["weight_ih"], p["bias_ih"] + p["bias_hh"] if "bias_ih" in p else None, b.xw)
+    ct = compute(x.dtype)
+    _bind(b, slot, h0=h0, c0=c0.astype(ct, copy=False), w_hh=p["weight_hh"],
+          w_ch=p["weight_ch"].astype(ct, copy=False) if peephole == "full" else None,
+          w_peep=p["weight_ch"] if peephole == "diagonal" else None, lengths=_lengths(xp, lengths))
+    _input_gemm(ops, x, p["weight_ih"], _bias_sum(xp, p["bias_ih"], p["bias_hh"]) if "bias_ih" in p else None, b.xw)
     if b.h_last is not None:
         b.h_last[...] = b.h0
     _run(slot, "forward", ops, lambda ops: _lstm_forward_steps(ops, b, T, spec, training))
@@ -248,15 +271,16 @@ def lstm_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=Non
     if training:
         ctx = LSTMContext(x=x, params=p, h0=b.h0, c0=b.c0, y=b.y, cs=b.cs, gates=b.gates, lengths=b.lengths,
                           w_hh=b.w_hh, w_ch=b.w_ch, w_peep=b.w_peep, slot=slot, spec=spec)
-    return b.y, (hT.copy(), cT.copy()), ctx
+    return b.y, (hT.copy(), cT.astype(x.dtype)), ctx
 
 
 def _lstm_backward_buffers(xp, dt, T, B, H, full, static):
     e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
+    ec = lambda *shape: xp.empty(shape, dtype=compute(dt))  # noqa: E731
     b = Buffers(
         da=e(T, B, 4 * H),  # [T, B, 4H]
-        dcarry=e(2, B, 2 * H),  # [2, B, 2H] d[h | c], the kernels' part, ping-pong
-        drec=e(2, B, 2 * H if full else H),  # [2, B, n_rec] d[h | c], the recurrent GEMM's part, ping-pong
+        dcarry=ec(2, B, 2 * H),  # [2, B, 2H] d[h | c], the kernels' part, ping-pong
+        drec=ec(2, B, 2 * H if full else H),  # [2, B, n_rec] d[h | c], the recurrent GEMM's part, ping-pong
         w_rec=e(4 * H, 2 * H) if full else None,  # [4H, 2H] [[Whh, Wch]], zeros for g
     )
     return _input_buffers(b, xp, dt, static, dy=(T, B, H))
@@ -293,18 +317,20 @@ def lstm_backward(ops, xp, ctx, dy, dstates):
     dhc0 = g.dcarry[0].copy()
     dhc0[:, :n_rec] += g.drec[0]
     dp = {"weight_ih": _weight_grad(ops, xp, da, x), "weight_hh": _state_grad(ops, xp, da, ctx.h0, ctx.y)}
-    if full:
-        dw_ch = _state_grad(ops, xp, da, ctx.c0, ctx.cs)  # [4H, H]
-        dp["weight_ch"] = xp.concatenate([dw_ch[k * H : (k + 1) * H] for k in (0, 1, 3)])
+    dt = x.dtype
+    if full:  # c is in the compute dtype, so this GEMM is too
+        dw_ch = _state_grad(ops, xp, da.astype(ctx.cs.dtype, copy=False), ctx.c0, ctx.cs)  # [4H, H]
+        dp["weight_ch"] = xp.concatenate([dw_ch[k * H : (k + 1) * H] for k in (0, 1, 3)]).astype(dt, copy=False)
     elif ctx.spec.peephole == "diagonal":
         d_i, d_f, d_o = (da[:, :, k * H : (k + 1) * H] for k in (0, 1, 3))
         w_i, w_f = (_state_dot(xp, d, ctx.c0, ctx.cs) for d in (d_i, d_f))
-        dp["weight_ch"] = xp.concatenate([w_i, w_f, (d_o * ctx.cs).sum((0, 1))])  # w_o meets c', not c
+        w_o = (d_o.astype(ctx.cs.dtype, copy=False) * ctx.cs).sum((0, 1))  # w_o meets c', not c
+        dp["weight_ch"] = xp.concatenate([w_i, w_f, w_o]).astype(dt, copy=False)
     if "bias_ih" in p:
         dp["bias_ih"] = ops.column_sum(_rows(da))
         dp["bias_hh"] = dp["bias_ih"].copy()
     dx = _input_grad(ops, xp, da, p["weight_ih"])
-    return dx, (dhc0[:, :H].copy(), dhc0[:, H:].copy()), dp
+    return dx, (dhc0[:, :H].astype(dt), dhc0[:, H:].astype(dt)), dp
 
 
 # --- GRU ------------------------------------------------------------------------
@@ -328,11 +354,12 @@ def _gru_work(xp, dt, T, B, H, reset_after, has_lengths):
         xw=e(T, B, 3 * H),  # [T, B, 3H] x Wihᵀ + biases (reset_after: all but b_hn)
         h_last=e(B, H) if has_lengths else None,  # [B, H]
     )
+    ec = lambda *shape: xp.empty(shape, dtype=compute(dt))  # noqa: E731
     if reset_after:
-        b.gh = e(B, 3 * H)  # [B, 3H] h Whhᵀ
+        b.gh = ec(B, 3 * H)  # [B, 3H] h Whhᵀ
     else:
-        b.ghrz = e(B, 2 * H)  # [B, 2H] h Whh_rzᵀ
-        b.ghn = e(B, H)  # [B, H] (r∘h) Whnᵀ
+        b.ghrz = ec(B, 2 * H)  # [B, 2H] h Whh_rzᵀ
+        b.ghn = ec(B, H)  # [B, H] (r∘h) Whnᵀ
     return b
 
 
@@ -361,7 +388,7 @@ def gru_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None
                        lambda: _gru_work(xp, x.dtype, T, B, H, reset_after, lengths is not None))
     bias = None
     if "bias_ih" in p:
-        bias = p["bias_ih"] + p["bias_hh"]
+        bias = _bias_sum(xp, p["bias_ih"], p["bias_hh"])
         if reset_after:  # bias_hh's n part stays inside r∘(gh_n + b_hn)
             bias[2 * H :] = p["bias_ih"][2 * H :]
     b_hn = None
@@ -382,12 +409,13 @@ def gru_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None
 
 def _gru_backward_buffers(xp, dt, T, B, H, reset_after, static):
     e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
+    ec = lambda *shape: xp.empty(shape, dtype=compute(dt))  # noqa: E731
     b = Buffers(
         dg=e(T, B, 3 * H),  # [T, B, 3H] gradient of xw
         dgh=e(T, B, 3 * H) if reset_after else None,  # [T, B, 3H] gradient of gh (reset before: dg itself)
-        drh=None if reset_after else e(B, H),  # [B, H] d(r∘h)
-        dcarry=e(2, B, H),  # [2, B, H] dh, the kernels' part, ping-pong
-        drec=e(2, B, H),  # [2, B, H] dh, the recurrent GEMM's part, ping-pong
+        drh=None if reset_after else ec(B, H),  # [B, H] d(r∘h)
+        dcarry=ec(2, B, H),  # [2, B, H] dh, the kernels' part, ping-pong
+        drec=ec(2, B, H),  # [2, B, H] dh, the recurrent GEMM's part, ping-pong
     )
     return _input_buffers(b, xp, dt, static, dy=(T, B, H))
 
@@ -441,7 +469,7 @@ def gru_backward(ops, xp, ctx, dy, dstates):
         dp["bias_ih"] = ops.column_sum(_rows(dg))
         dp["bias_hh"] = ops.column_sum(_rows(dgh))
     dx = _input_grad(ops, xp, dg, p["weight_ih"])
-    return dx, (g.dcarry[0] + g.drec[0],), dp
+    return dx, ((g.dcarry[0] + g.drec[0]).astype(x.dtype, copy=False),), dp
 
 
 # --- dispatch on the variant ------------------------------------------------------

@@ -112,8 +112,7 @@ def nvrtc_report(arch):
     _nvrtc_check(err, "nvrtcCreateProgram")
     for n in names:
         _nvrtc_check(nvrtc.nvrtcAddNameExpression(prog, n.encode())[0], "nvrtcAddNameExpression")
-    include = f"--include-path={_kernels.kernel_dir()}"
-    opts = [f"--gpu-architecture=sm_{arch}", "--std=c++17", include, "--ptxas-options=-v"]
+    opts = [f"--gpu-architecture=sm_{arch}", *_kernels.nvrtc_options(), "--ptxas-options=-v"]
     (status,) = nvrtc.nvrtcCompileProgram(prog, len(opts), [o.encode() for o in opts])
     _, size = nvrtc.nvrtcGetProgramLogSize(prog)
     log = b" " * size

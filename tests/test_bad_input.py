@@ -36,10 +36,10 @@ CASES = [
     (lambda: rc.gru_forward(x3(), {**rc.init_gru_params(I, H, dtype="float64"), "bias_hh": np.zeros(3)}), ValueError, r"params\['bias_hh'\] has shape \(3,\); expected \(15,\) = \(3\*hidden_size,\)"),
     (lambda: rc.lstm_forward(x3(), lstm(peephole="diagonal"), peephole="full"), ValueError, r"params\['weight_ch'\] has shape \(15,\); expected \(15, 5\)"),
     # dtypes
-    (lambda: rc.lstm_forward(x3("int64"), lstm()), TypeError, r"x has dtype int64; expected float32 or float64"),
+    (lambda: rc.lstm_forward(x3("int64"), lstm()), TypeError, r"x has dtype int64; expected float32, float64, float16 or bfloat16"),
     (lambda: rc.lstm_forward(x3("float32"), lstm()), TypeError, r"params\['weight_ih'\] has dtype float64 but x has float32"),
     (lambda: rc.lstm_forward(x3(), lstm(), h0=np.zeros((B, H), "float32")), TypeError, r"h0 has dtype float32 but x has float64"),
-    (lambda: rc.init_lstm_params(I, H, dtype="float16"), TypeError, r"dtype=float16 is not supported"),
+    (lambda: rc.init_lstm_params(I, H, dtype="complex64"), TypeError, r"dtype=complex64 is not supported; expected float32, float64, float16 or bfloat16"),
     # keys
     (lambda: rc.lstm_forward(x3(), {k: v for k, v in lstm().items() if k != "bias_hh"}), ValueError, r"params is missing 'bias_hh'"),
     (lambda: rc.lstm_forward(x3(), lstm(), peephole="full"), ValueError, r"params is missing 'weight_ch', needed for peephole='full'"),

@@ -118,7 +118,7 @@ def test_every_instantiation_compiles_through_cupys_own_nvrtc_path(arch, monkeyp
 
     monkeypatch.setattr(compiler, "_get_arch_for_options_for_nvrtc", lambda arch=None: (f"-arch=sm_{arch}", "cubin"))
     names = _kernels.instantiations()
-    options = (*_cupy.COMPILE_OPTIONS, "-ftz=true")  # -ftz=true: what CuPy's cached compile appends
+    options = (*_kernels.nvrtc_options(), "-ftz=true")  # -ftz=true: what CuPy's cached compile appends
     cubin, mapping = compiler.compile_using_nvrtc(_kernels.program_source(), options, arch=arch, name_expressions=names)
     assert len(cubin) > 0 and set(mapping) == set(names)
 

@@ -42,6 +42,10 @@ def _templates():
     return found
 
 
+# (S, C): full precision computes in itself, half storage in float
+STORAGE_COMPUTE = {("float", "float"), ("double", "double"), ("__half", "float"), ("__nv_bfloat16", "float")}
+
+
 def test_instantiations_cover_every_kernel_variant_and_dtype():
     """Checked against the kernel sources, not against the name helpers: every kernel of kernels/*.cu is
     instantiated for each storage type with every combination of its variant parameters' values."""
@@ -59,10 +63,10 @@ def test_instantiations_cover_every_kernel_variant_and_dtype():
     for kernel, lists in args.items():
         types = templates[kernel]
         assert types[:2] == ["typename", "typename"] and {len(a) for a in lists} == {len(types)}, kernel
-        assert {a[:2] for a in lists} == {("float", "float"), ("double", "double")}, kernel
+        assert {a[:2] for a in lists} == STORAGE_COMPUTE, kernel
         for k, t in enumerate(types[2:], 2):
             assert {a[k] for a in lists} == values[t], (kernel, k)
-        assert len(lists) == 2 * math.prod(len(values[t]) for t in types[2:]), kernel  # every combination
+        assert len(lists) == len(STORAGE_COMPUTE) * math.prod(len(values[t]) for t in types[2:]), kernel
 
 
 class PoisonedNumpy:
@@ -158,8 +162,12 @@ def test_host_launcher_checks_arguments_against_the_kernel_signature():
         launcher(name, (1, 1, 1), (256, 1, 1), (1, 4, a.astype(np.float64), a))
     lengths = _kernels.kernel_name("lstm_forward_step", "float64", LSTMSpec(), False)
     assert launcher.signatures[lengths].endswith(",double*,int*")  # ..., w_peep, lengths
+    half = _kernels.kernel_name("column_totals", "bfloat16")
+    assert launcher.signatures[half] == "int,int,float*,__nv_bfloat16*"  # sums in C, the total stored in S
+    with pytest.raises(TypeError, match=r"but was given \(int, int, float\*, __half\*\)"):
+        launcher(half, (1, 1, 1), (256, 1, 1), (1, 4, a, a.astype(np.float16)))
     for sig in launcher.signatures.values():
-        assert set(sig.split(",")) <= {"int", "float*", "double*", "int*"}
+        assert set(sig.split(",")) <= {"int", "float*", "double*", "__half*", "__nv_bfloat16*", "int*"}
 
 
 @pytest.mark.host
