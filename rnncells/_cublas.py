@@ -24,6 +24,10 @@ OP_N, OP_T = 0, 1  # cublasOperation_t
 POINTER_MODE_HOST = 0  # cublasPointerMode_t
 DEFAULT_MATH = 0  # cublasMath_t: no tensor cores for float32
 TF32_TENSOR_OP_MATH = 3  # cublasMath_t: float32 GEMMs may round their inputs to TF32 (10-bit mantissa)
+COMPUTE_32F = 68  # cublasComputeType_t: float32 arithmetic and accumulation (tensor cores for half inputs)
+GEMM_DEFAULT = -1  # cublasGemmAlgo_t: cuBLAS's heuristic
+# cudaDataType, from library_types.h
+DATA_TYPES = {"float16": 2, "bfloat16": 14, "float32": 0, "float64": 1}  # CUDA_R_16F, _16BF, _32F, _64F
 
 # name -> parameter types as cublas_api.h declares them; every one returns cublasStatus_t
 PROTOTYPES = {
@@ -38,8 +42,12 @@ PROTOTYPES = {
                               "int")
         for p, t in (("S", "float"), ("D", "double"))
     },
+    "cublasGemmEx": ("cublasHandle_t", "cublasOperation_t", "cublasOperation_t", "int", "int", "int", "const void*",
+                     "const void*", "cudaDataType", "int", "const void*", "cudaDataType", "int", "const void*",
+                     "void*", "cudaDataType", "int", "cublasComputeType_t", "cublasGemmAlgo_t"),
 }
-_ENUMS = ("cublasOperation_t", "cublasPointerMode_t", "cublasMath_t", "cublasStatus_t")
+_ENUMS = ("cublasOperation_t", "cublasPointerMode_t", "cublasMath_t", "cublasStatus_t", "cudaDataType",
+          "cublasComputeType_t", "cublasGemmAlgo_t")
 
 
 def _ctype(c):
@@ -103,3 +111,12 @@ def gemm(dtype, handle, op_a, op_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
     alpha, beta = scalar(1.0), scalar(beta)
     name = "cublasSgemm_v2" if scalar is ctypes.c_float else "cublasDgemm_v2"
     _call(name, handle, op_a, op_b, m, n, k, ctypes.byref(alpha), a, lda, b, ldb, ctypes.byref(beta), c, ldc)
+
+
+def gemm_ex(ab_dtype, c_dtype, handle, op_a, op_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
+    """gemm with half inputs: A and B of ab_dtype (float16 or bfloat16), C of c_dtype (the same, or
+    float32), float32 arithmetic and accumulation, C rounded once at the end."""
+    alpha, beta = ctypes.c_float(1.0), ctypes.c_float(beta)  # COMPUTE_32F takes float scalars
+    ab, cc = DATA_TYPES[str(ab_dtype)], DATA_TYPES[str(c_dtype)]
+    _call("cublasGemmEx", handle, op_a, op_b, m, n, k, ctypes.byref(alpha), a, ab, lda, b, ab, ldb,
+          ctypes.byref(beta), c, cc, ldc, COMPUTE_32F, GEMM_DEFAULT)

@@ -20,6 +20,7 @@ import cupy
 import numpy as np
 
 from . import _cublas, _kernels
+from ._dtypes import HALVES
 
 # cuBLAS's recommended workspace for Hopper (4 MiB suffices before it); one per device and stream
 WORKSPACE_BYTES = 32 << 20
@@ -66,8 +67,10 @@ def _workspace(device_id, stream_ptr):
 
 
 def gemm(a, b, out, accumulate=False, *, tf32=False, workspace=None):
-    """out = a @ b (out += a @ b when accumulate), float32 or float64, on the current stream through cuBLAS.
+    """out = a @ b (out += a @ b when accumulate) on the current stream through cuBLAS.
 
+    a and b share a dtype; out has it too, or is float32 for half inputs
+    (which are multiplied in float32 on tensor cores, cublasGemmEx).
     Arguments come from `_kernels.gemm_plan`.  `workspace` is the cuBLAS
     workspace to use, by default the current stream's; a capture passes the
     one of the stream its graph will be replayed on.  With tf32, float32
@@ -82,7 +85,12 @@ def _cublas_gemm(op_b, op_a, m, n, k, b, ldb, a, lda, beta, out, ldc, *, tf32, w
     handle = _handle(device)
     _cublas.set_stream(handle, stream, workspace.data.ptr, workspace.nbytes)
     _cublas.set_math_mode(handle, tf32)
-    _cublas.gemm(out.dtype, handle, op_b, op_a, m, n, k, b.data.ptr, ldb, a.data.ptr, lda, beta, out.data.ptr, ldc)
+    if a.dtype in HALVES:
+        _cublas.gemm_ex(a.dtype, out.dtype, handle, op_b, op_a, m, n, k, b.data.ptr, ldb, a.data.ptr, lda, beta,
+                        out.data.ptr, ldc)
+    else:
+        _cublas.gemm(out.dtype, handle, op_b, op_a, m, n, k, b.data.ptr, ldb, a.data.ptr, lda, beta, out.data.ptr,
+                     ldc)
 
 
 def capture(ops, loop):

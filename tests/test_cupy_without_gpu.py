@@ -31,13 +31,14 @@ PACKAGE = Path(_kernels.__file__).resolve().parent
 
 @pytest.fixture(scope="module")
 def cublas_header():
-    """cublas_api.h from the cuBLAS wheel beside the library we load."""
+    """cublas_api.h from the cuBLAS wheel beside the library we load, and library_types.h (cudaDataType)."""
     from cuda.pathfinder import load_nvidia_dynamic_lib
 
-    path = Path(load_nvidia_dynamic_lib("cublas").abs_path).parent.parent / "include" / "cublas_api.h"
-    if not path.exists():
-        pytest.skip(f"no cublas_api.h at {path}")
-    return re.sub(r"/\*.*?\*/|//[^\n]*", "", path.read_text(), flags=re.S)
+    include = Path(load_nvidia_dynamic_lib("cublas").abs_path).parent.parent / "include"
+    paths = [include / "cublas_api.h", include / "library_types.h"]
+    if not all(p.exists() for p in paths):
+        pytest.skip(f"no cublas_api.h and library_types.h in {include}")
+    return "".join(re.sub(r"/\*.*?\*/|//[^\n]*", "", p.read_text(), flags=re.S) for p in paths)
 
 
 def _parameter_type(decl):
@@ -58,11 +59,14 @@ def test_every_cublas_call_is_declared_as_the_header_declares_it(cublas_header, 
     "ours,theirs",
     [("STATUS_SUCCESS", "CUBLAS_STATUS_SUCCESS"), ("OP_N", "CUBLAS_OP_N"), ("OP_T", "CUBLAS_OP_T"),
      ("POINTER_MODE_HOST", "CUBLAS_POINTER_MODE_HOST"), ("DEFAULT_MATH", "CUBLAS_DEFAULT_MATH"),
-     ("TF32_TENSOR_OP_MATH", "CUBLAS_TF32_TENSOR_OP_MATH")],
+     ("TF32_TENSOR_OP_MATH", "CUBLAS_TF32_TENSOR_OP_MATH"), ("COMPUTE_32F", "CUBLAS_COMPUTE_32F"),
+     ("GEMM_DEFAULT", "CUBLAS_GEMM_DEFAULT"), *((f"DATA_TYPES[{t!r}]", c) for t, c in (
+         ("float16", "CUDA_R_16F"), ("bfloat16", "CUDA_R_16BF"), ("float32", "CUDA_R_32F"), ("float64", "CUDA_R_64F")))],
 )
 def test_cublas_enum_values_are_the_headers(cublas_header, ours, theirs):
-    m = re.search(rf"\b{theirs}\s*=\s*(\d+)", cublas_header)
-    assert m and int(m[1]) == getattr(_cublas, ours)
+    m = re.search(rf"\b{theirs}\s*=\s*(-?\d+)", cublas_header)
+    value = _cublas.DATA_TYPES[ours[12:-2]] if ours.startswith("DATA_TYPES") else getattr(_cublas, ours)
+    assert m and int(m[1]) == value
 
 
 def _cupy_attribute_chains():
@@ -136,8 +140,10 @@ def test_every_cupy_launch_passes_what_the_kernel_takes(spec):
     ops = _kernels.KernelOps(spy, np, host.gemm)
     spied = _backends.Orchestrated("cuda-host", lambda tf32: ops, np)
     for kw in ({}, {"lengths": np.array([3, 0, 2])}):
-        verify.run(verify.problem(spec, T=3, B=3, I=2, H=4, dtype="float32", **kw), spied)
-    kinds = {"int": np.int32, "float*": np.float32, "double*": np.float64, "int*": np.int32}
+        for dtype in ("float32", "bfloat16", "float16"):
+            verify.run(verify.problem(spec, T=3, B=3, I=2, H=4, dtype=dtype, **kw), spied)
+    kinds = {"int": np.int32, "float*": np.float32, "double*": np.float64, "__half*": np.float16,
+             "__nv_bfloat16*": np.dtype("bfloat16"), "int*": np.int32}
     assert launches
     for name, args in launches:
         params = host.launcher.signatures[name].split(",")
