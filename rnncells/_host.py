@@ -89,8 +89,11 @@ def host_source(names):
     return "\n".join(lines) + "\n"
 
 
-def build_host_library(out_dir, sanitize=False):
-    """Compile every instantiation for the host with g++; returns the shared library's path."""
+def build_host_library(out_dir, sanitize=False, source_dir=None):
+    """Compile every instantiation for the host with g++; returns the shared library's path.
+
+    `source_dir` holds the kernel sources, by default `kernel_dir()` (a test builds edited copies).
+    """
     if shutil.which("g++") is None:
         raise RuntimeError("the host build of the kernels needs g++ on PATH")
     names = instantiations()
@@ -99,7 +102,7 @@ def build_host_library(out_dir, sanitize=False):
     src.write_text(host_source(names))
     lib = out_dir / ("host_kernels_asan.so" if sanitize else "host_kernels.so")
     flags = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"] if sanitize else ["-O2"]
-    cmd = ["g++", "-std=c++17", "-shared", "-fPIC", *flags, f"-I{kernel_dir()}", str(src), "-o", str(lib)]
+    cmd = ["g++", "-std=c++17", "-shared", "-fPIC", *flags, f"-I{source_dir or kernel_dir()}", str(src), "-o", str(lib)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode:
         raise RuntimeError(f"g++ failed on the kernels:\n{r.stderr}")
