@@ -3,13 +3,16 @@
 G is the number of gates (LSTM 4, GRU 3).  The input x, the initial states,
 the parameters and the output y are the caller's; everything else the
 context holds counts.  y doubles as the hidden-state history, so the
-backward must leave it unchanged.
+backward must leave it unchanged.  In half precision those elements are
+half-sized, except the LSTM's cell states, which stay float32.
 """
 
 import numpy as np
+import pytest
 
 import rnncells as rc
 from rnncells import verify
+from rnncells._dtypes import FLOATS
 from rnncells.variants import GRUSpec
 
 
@@ -30,15 +33,39 @@ def _forward(p, backend):
     return fwd(p.x, p.params, *p.states.values(), lengths=p.lengths, **p.spec.kwargs(), backend=backend)
 
 
+def _saved(p, backend):
+    """The arrays a forward's context keeps besides the caller's (x, the states, the parameters, y)."""
+    y, _, ctx = _forward(p, backend)
+    callers = [p.x, y, *p.states.values(), *p.params.values()]
+    activations = [a for a in _arrays(ctx.inner) if a.dtype in FLOATS]  # not the int lengths
+    return [a for a in activations if not any(np.shares_memory(a, c) for c in callers)]
+
+
 def test_saved_activations_stay_within_g_plus_one_t_b_h(spec, cpu_backend):
     T, B, H = 6, 3, 5
-    p = verify.problem(spec, T=T, B=B, I=4, H=H, dtype="float32", lengths=np.array([6, 2, 0]))
-    y, _, ctx = _forward(p, cpu_backend)
-    callers = [p.x, y, *p.states.values(), *p.params.values()]
-    activations = [a for a in _arrays(ctx.inner) if a.dtype.kind == "f"]  # not the int lengths
-    saved = [a for a in activations if not any(np.shares_memory(a, c) for c in callers)]
+    saved = _saved(verify.problem(spec, T=T, B=B, I=4, H=H, dtype="float32", lengths=np.array([6, 2, 0])),
+                   cpu_backend)
     assert sum(a.size for a in saved) <= (spec.gates + 1) * T * B * H
     assert saved, "the context must keep the gates it needs"
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_saves_half_sized_activations_and_float32_cell_states(spec, cpu_backend, dtype):
+    """(G+1)·T·B·H elements of which all but c are half-sized; c (and the float32 copies of c0 and, with
+    full peepholes, of W_ch that its GEMMs read) is the only float32 the context keeps."""
+    T, B, H = 6, 3, 5
+    saved = _saved(verify.problem(spec, T=T, B=B, I=4, H=H, dtype=dtype, lengths=np.array([6, 2, 0])), cpu_backend)
+    half = [a for a in saved if a.dtype == np.dtype(dtype)]
+    single = [a for a in saved if a.dtype == np.float32]
+    assert len(half) + len(single) == len(saved)
+    c_shapes = {(T, B, H), (B, H), (3 * H, H)} if spec.cell == "lstm" else set()
+    assert {a.shape for a in single} <= c_shapes
+    assert ((T, B, H) in {a.shape for a in single}) == (spec.cell == "lstm")  # c of every step, in float32
+    nbytes = sum(a.nbytes for a in half) + sum(a.nbytes for a in single if a.shape != (3 * H, H))
+    if spec.cell == "lstm":  # gates in S; c of every step, and c0, in float32: 12 bytes per T·B·H against 20
+        assert nbytes <= spec.gates * T * B * H * 2 + (T + 1) * B * H * 4
+    else:
+        assert nbytes <= (spec.gates + 1) * T * B * H * 2
 
 
 def test_the_context_reads_y_as_its_state_history_and_backward_leaves_it(spec):
