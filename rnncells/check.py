@@ -7,7 +7,8 @@ where a GPU is present: the CuPy backend against the reference.  The
 "graphs" rows run the sequence loops as graphs (`GraphCache`; recorded and
 replayed on the host for cuda-host, CUDA graphs for cupy); the "tf32" rows
 run float32 with tf32=True (TF32's input truncation emulated on the host,
-tensor cores on a GPU), against the TF32 bound.  Each
+tensor cores on a GPU), against the TF32 bound.  float16 and bfloat16 rows
+store in half precision and compute in float32 (`rnncells._dtypes`).  Each
 variant row is the worst over one step, a sequence, a sequence with
 `lengths` (one item of length 0) and a wide one (H = 300, several blocks).
 Then every kernel instantiation compiled with NVRTC for sm_80 and sm_90.
@@ -63,7 +64,7 @@ def _tier(backend):
 
 
 def backend_rows(backend):
-    """Yield the rows of one backend against the reference: every variant, float64 and float32.
+    """Yield the rows of one backend against the reference: every variant, in every dtype (float32 only with tf32).
 
     `backend` is a backend's name, optionally followed by " graphs" (a
     GraphCache) or " tf32" (float32 only, tf32=True).  A row's error is the
@@ -75,7 +76,7 @@ def backend_rows(backend):
     graphs, tf32 = GraphCache() if "graphs" in kind else None, "tf32" in kind
     tier = _tier(backend)
     for spec in verify.VARIANTS:
-        for dtype in ("float32",) if tf32 else ("float64", "float32"):
+        for dtype in ("float32",) if tf32 else ("float64", "float32", "float16", "bfloat16"):
             worst = 0.0
             for m in _MODES:
                 p = verify.problem(spec, dtype=dtype, **m)

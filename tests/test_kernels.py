@@ -95,7 +95,7 @@ SHAPES = [
 
 
 @pytest.mark.host
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{T}B{B}I{I}H{H}".format(**s))
 def test_host_run_matches_reference(poisoned_host, spec, shape, dtype):
     lengths = np.random.default_rng(shape["H"]).integers(0, shape["T"] + 1, size=shape["B"])

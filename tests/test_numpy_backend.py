@@ -14,7 +14,7 @@ SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{T}B{B}I{I}H{H}".format(**s))
 def test_sequence_matches_reference(spec, shape, dtype):
     rng = np.random.default_rng(shape["T"] * 10 + shape["B"])
@@ -25,7 +25,7 @@ def test_sequence_matches_reference(spec, shape, dtype):
         assert dtypes == {np.dtype(dtype)}  # float32 stays float32
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
 def test_one_step_matches_reference(spec, dtype):
     err, dtypes = verify.backend_error(verify.problem(spec, dtype=dtype, step=True, B=4, I=3, H=5))
     assert err <= verify.BOUNDS[dtype]
