@@ -39,8 +39,15 @@ What autograd checks, as it does for torch.nn on cuDNN:
   gradients our backward returns carry a node that raises when autograd
   reaches it.  Taking such a gradient and using it as data is fine.
 
-Half precision (float16, bfloat16) is not supported yet: a module holding
-or given half tensors raises at its first call.  The modules run NumPy or
+Half precision: modules in float16 or bfloat16 (`dtype=`, `.half()`,
+`.to(torch.bfloat16)`) store in it and compute in float32 (see
+`rnncells._dtypes`).  Under `torch.autocast` for the input's device, a call
+runs in autocast's dtype whatever the parameters' dtype: the input, the
+states and each layer's parameters are cast once per forward (autograd
+carries the gradients back to float32 master weights), and the outputs are
+in that dtype, as torch.nn's RNNs on cuDNN do.  (On the CPU, torch's own
+autocast covers torch.nn.LSTM but leaves torch.nn.GRU in float32; ours
+treats both alike.)  The modules run NumPy or
 CuPy code, which tracers cannot see: `torch.jit.script`, `torch.jit.trace`
 and `torch.export` raise, and `torch.compile` compiles the torch code around
 each layer and calls our forward and backward as they are (a graph break).
@@ -49,6 +56,7 @@ each layer and calls our forward and backward as they are (a graph break).
 import contextlib
 import math
 
+import ml_dtypes
 import numpy as np
 
 try:
@@ -63,23 +71,38 @@ from ._graphs import GraphCache
 from .modules import reverse_index
 from .variants import GRUSpec, LSTMSpec
 
-_DTYPES = (torch.float32, torch.float64)
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
 
 def _array(t):
-    """A tensor's data as a NumPy (CPU) or CuPy (CUDA) array, without a copy."""
+    """A tensor's data as a NumPy (CPU) or CuPy (CUDA) array, without a copy.
+
+    bfloat16 travels as its bits (int16), which every NumPy, CuPy and DLPack
+    understands, and is viewed as ml_dtypes' bfloat16 on arrival.
+    """
     if t is None:
         return None
     t = t.detach()
+    bf16 = t.dtype == torch.bfloat16
+    if bf16:
+        t = t.view(torch.int16)
     if t.is_cuda:
         import cupy
 
-        return cupy.from_dlpack(t)
-    return t.numpy()
+        a = cupy.from_dlpack(t)
+    else:
+        a = t.numpy()
+    return a.view(_BFLOAT16) if bf16 else a
 
 
 def _tensor(a):
-    return torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.from_dlpack(a)
+    """An array as a tensor on the same memory (bfloat16 through its bits, as in _array)."""
+    bf16 = a.dtype == _BFLOAT16
+    if bf16:
+        a = a.view(np.int16)
+    t = torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.from_dlpack(a)
+    return t.view(torch.bfloat16) if bf16 else t
 
 
 def _on_stream(device):
@@ -192,9 +215,15 @@ def _pack_like(y, packed):
 def _check_construction(dtype, sizes):
     dtype = torch.get_default_dtype() if dtype is None else dtype
     if dtype not in _DTYPES:
-        raise NotImplementedError(f"dtype={dtype} is not supported yet by rnncells.torch (float32, float64 are)")
+        raise NotImplementedError(f"dtype={dtype} is not supported by rnncells.torch (float32, float64, float16 "
+                                  "and bfloat16 are)")
     _checks.sizes(**sizes)
     return dtype
+
+
+def _cast(dtype, x, states):
+    """x and the states in the call's dtype (themselves when they have it: no copy), through autograd."""
+    return x.to(dtype), [None if s is None else s.to(dtype) for s in states]
 
 
 def _exporting():
@@ -229,7 +258,8 @@ class _Module(nn.Module):
                                   "NumPy/CuPy code that TorchScript cannot compile")
 
     def _check_call(self, x, hx, names):
-        """x (the unpacked input) and hx -> hx as a list of states (or Nones); refuses what the kernels lack."""
+        """x (the unpacked input) and hx -> (the dtype the call runs in, hx as a list of states or Nones);
+        refuses what the kernels lack."""
         if torch.jit.is_tracing() or _exporting():
             raise NotImplementedError(
                 f"rnncells.torch.{type(self).__name__} cannot be traced or exported (torch.jit.trace, "
@@ -238,11 +268,15 @@ class _Module(nn.Module):
             )
         dtype = next(self.parameters()).dtype
         if dtype not in _DTYPES:
-            raise NotImplementedError(f"the parameters are {dtype} (after .half() or .to()); rnncells.torch "
-                                      "supports float32 and float64, half precision is not supported yet")
-        if x.dtype != dtype:
+            raise NotImplementedError(f"the parameters are {dtype} (after .to()); rnncells.torch supports float32, "
+                                      "float64, float16 and bfloat16")
+        if torch.is_autocast_enabled(x.device.type):  # as torch.nn's RNNs: everything in autocast's dtype
+            dtype = torch.get_autocast_dtype(x.device.type)
+            if x.dtype not in _DTYPES:
+                raise TypeError(f"input has dtype {x.dtype}; expected a floating-point dtype")
+        elif x.dtype != dtype:
             raise TypeError(f"input has dtype {x.dtype}; expected {dtype}, the parameters' dtype")
-        return _checks.hx(self.spec, hx, names, torch.is_tensor, "a tensor")
+        return dtype, _checks.hx(self.spec, hx, names, torch.is_tensor, "a tensor")
 
 
 class _RNN(_Module):
@@ -327,7 +361,9 @@ class _RNN(_Module):
             x = x.unsqueeze(1) if unbatched else (x.transpose(0, 1) if self.batch_first else x)
         if x.shape[-1] != self.input_size:
             raise ValueError(f"input has {x.shape[-1]} features; expected input_size={self.input_size}")
-        states = self._states(self._check_call(x, hx, ("h0", "c0")), x.shape[1], unbatched)
+        dtype, states = self._check_call(x, hx, ("h0", "c0"))
+        states = self._states(states, x.shape[1], unbatched)
+        x, states = _cast(dtype, x, states)
         D = 2 if self.bidirectional else 1
         finals, inp = [[] for _ in states], x
         for layer in range(self.num_layers):
@@ -336,7 +372,7 @@ class _RNN(_Module):
             outs = []
             for d in range(D):
                 k = layer * D + d
-                params = [getattr(self, key + self._suffix(layer, d)) for key in self._keys]
+                params = [getattr(self, key + self._suffix(layer, d)).to(dtype) for key in self._keys]
                 s0 = [None if s is None else s[k] for s in states]
                 xin = _reverse(inp, lengths) if d else inp
                 backend = self._backend(xin)
@@ -419,11 +455,12 @@ class _Cell(_Module):
             raise TypeError(f"input must be a tensor, got {type(input).__name__}")
         if input.dim() not in (1, 2):
             raise ValueError(f"input has {input.dim()} dimensions; expected 1 (unbatched) or 2")
-        states = self._check_call(input, hx, ("h", "c"))
+        dtype, states = self._check_call(input, hx, ("h", "c"))
         unbatched = input.dim() == 1
         x = input.unsqueeze(0) if unbatched else input
         states = [None if s is None else (s.unsqueeze(0) if unbatched else s) for s in states]
-        params = [getattr(self, k) for k in self._keys]
+        x, states = _cast(dtype, x, states)
+        params = [getattr(self, k).to(dtype) for k in self._keys]
         _, *out = _apply(self.spec, {"backend": self._backend(x)}, self._keys, None, x.unsqueeze(0), *states, *params)
         return tuple(o.squeeze(0) for o in out) if unbatched else tuple(out)
 

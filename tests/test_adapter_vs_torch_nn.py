@@ -7,7 +7,7 @@ from torch import nn  # noqa: E402
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
 import rnncells.torch as rt  # noqa: E402
-from rnncells import api  # noqa: E402
+from rnncells import api, verify  # noqa: E402
 
 BOUND = 1e-10
 PAIRS = {"lstm": (nn.LSTM, rt.LSTM), "gru": (nn.GRU, rt.GRU)}
@@ -261,7 +261,8 @@ def test_inference_runs_the_inference_path_and_keeps_no_context(make, mode, monk
     "make,exc,message",
     [
         (lambda: rt.LSTM(3, 4, proj_size=2), NotImplementedError, "proj_size=2 is not supported yet"),
-        (lambda: rt.GRU(3, 4, dtype=torch.float16), NotImplementedError, "dtype=torch.float16 is not supported yet"),
+        (lambda: rt.GRU(3, 4, dtype=torch.int32), NotImplementedError, "dtype=torch.int32 is not supported by "
+         "rnncells.torch"),
         (lambda: rt.LSTM(3, 4, dropout=1.5), ValueError, r"dropout=1.5 must be a number in \[0, 1\]"),
         (lambda: rt.LSTM(3, 4, peephole="ful"), ValueError, "peephole='ful'"),
         (lambda: rt.GRUCell(3, 0), ValueError, "hidden_size=0 must be a positive integer"),
@@ -409,10 +410,10 @@ BAD_CALLS = [
      r"h0 must be a tensor or None, got a tuple: a GRU has one state"),
     (lambda: rt.LSTMCell(3, 4)(torch.randn(2, 3), torch.zeros(2, 4)), TypeError, r"hx must be the pair \(h, c\)"),
     (lambda: rt.LSTM(3, 4)(torch.randn(5, 2, 3).numpy()), TypeError, "input must be a tensor or a PackedSequence"),
-    (lambda: rt.LSTM(3, 4).half()(torch.randn(5, 2, 3).half()), NotImplementedError,
-     r"the parameters are torch.float16 \(after .half\(\) or .to\(\)\); .* half precision is not supported yet"),
-    (lambda: rt.GRUCell(3, 4).to(torch.bfloat16)(torch.randn(2, 3, dtype=torch.bfloat16)), NotImplementedError,
-     "the parameters are torch.bfloat16"),
+    (lambda: rt.LSTM(3, 4).half()(torch.randn(5, 2, 3)), TypeError,
+     r"input has dtype torch.float32; expected torch.float16, the parameters' dtype"),
+    (lambda: rt.GRUCell(3, 4).to(torch.bfloat16)(torch.randn(2, 3, dtype=torch.float16)), TypeError,
+     r"input has dtype torch.float16; expected torch.bfloat16"),
     (lambda: rt.GRU(3, 4)(torch.randn(5, 2, 3, dtype=torch.bfloat16)), TypeError,
      r"input has dtype torch.bfloat16; expected torch.float32, the parameters' dtype"),
     (lambda: rt.LSTM(3, 4, foo=1), TypeError, "unexpected keyword argument 'foo'"),
@@ -476,3 +477,72 @@ def test_running_a_layer_does_not_load_dynamo():
             "assert 'torch._dynamo' not in sys.modules, 'torch._dynamo was loaded'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+# --- half precision -------------------------------------------------------------------
+
+HALF = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def _outputs_and_grads(module, x, hx, seed=0):
+    """The outputs, and the gradients of x, hx and the parameters of a random projection of them drawn in float64
+    (so modules that output different dtypes get the same projection)."""
+    x = x.detach().requires_grad_()
+    hx = None if hx is None else tuple(h.detach().requires_grad_() for h in hx)
+    out = flatten(module(x, hx if hx is None or len(hx) == 2 else hx[0]))
+    g = torch.Generator().manual_seed(seed)
+    loss = sum((o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum() for o in out)
+    return out, torch.autograd.grad(loss, [x, *(hx or ()), *module.parameters()])
+
+
+@pytest.mark.parametrize("dtype", HALF, ids=str)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_half_modules_match_torch_in_half(kind, dtype):
+    """.to(dtype) on both sides (torch.nn's own CPU kernels in half): values and every gradient within the
+    half bound, and ours in that dtype throughout."""
+    ref, ours = twins(kind, 4, 6, num_layers=2, bidirectional=True)
+    ref, ours = ref.to(dtype), ours.to(dtype)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 3, 4, generator=g, dtype=torch.float64).to(dtype)
+    hx = tuple(torch.randn(4, 3, 6, generator=g, dtype=torch.float64).to(dtype) for _ in range(2 if kind == "lstm"
+                                                                                            else 1))
+    (want, dwant), (got, dgot) = _outputs_and_grads(ref, x, hx), _outputs_and_grads(ours, x, hx)
+    for a, b in zip([*got, *dgot], [*want, *dwant]):
+        assert a.dtype == dtype
+        close(a, b, verify.BOUNDS[HALF[dtype]])
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_autocast_runs_in_its_dtype_and_carries_gradients_to_float32_weights(kind):
+    """Under autocast a float32 module runs exactly as its bfloat16 copy does on the input cast once, and the
+    gradients reach the float32 parameters and input; against torch.nn under the same autocast (which on the
+    CPU runs its LSTM in bfloat16 and its GRU in float32) within the bfloat16 bound."""
+    ref, ours = twins(kind, 4, 6, num_layers=2)
+    ref, ours = ref.float(), ours.float()
+    x = torch.randn(7, 3, 4, generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, dgot = _outputs_and_grads(ours, x, None)
+        want, dwant = _outputs_and_grads(ref, x, None)
+    half = PAIRS[kind][1](4, 6, num_layers=2, dtype=torch.bfloat16)
+    half.load_state_dict(ours.state_dict())
+    same, dsame = _outputs_and_grads(half, x.to(torch.bfloat16), None)
+    for a, b in zip(got, same):
+        assert a.dtype == torch.bfloat16 and torch.equal(a, b)
+    for a, b in zip(dgot, dsame):  # x and every parameter: float32, the bfloat16 run's gradients cast up
+        assert a.dtype == torch.float32 and torch.equal(a, b.float())
+    for a, b in zip([*got, *dgot], [*want, *dwant]):
+        close(a, b, verify.BOUNDS["bfloat16"])
+
+
+def test_half_cells_and_dtype_construction():
+    for kind, dtype in (("lstm", torch.bfloat16), ("gru", torch.float16)):
+        ref = CELLS[kind][0](4, 6, dtype=torch.float64)
+        ours = CELLS[kind][1](4, 6, dtype=dtype)
+        assert all(p.dtype == dtype for p in ours.parameters())
+        ours.load_state_dict(ref.state_dict())
+        ref = ref.to(dtype)
+        x = torch.randn(3, 4, dtype=torch.float64).to(dtype)
+        got, want = ours(x), ref(x)
+        for a, b in zip(got if kind == "lstm" else [got], want if kind == "lstm" else [want]):
+            assert a.dtype == dtype
+            close(a, b, verify.BOUNDS[HALF[dtype]])

@@ -226,3 +226,29 @@ def test_torch_adapter_with_an_expanded_hx_matches_torch_nn(kind, kernel_backend
     hx = (h, 2 * h) if kind == "lstm" else h
     y_ref, y = ref(x, hx)[0], ours(x, hx)[0]
     assert verify.rel_err(y.detach().cpu().numpy(), y_ref.detach().cpu().numpy()) <= verify.BOUNDS["float32"]
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_torch_adapter_under_autocast_matches_cudnn(kind, dtype, torch_float32):
+    """torch.autocast("cuda") on float32 modules: ours and torch.nn (cuDNN) both run in `dtype`; outputs and the
+    float32 parameters' gradients within the half bound."""
+    torch = torch_float32
+    import rnncells.torch as rt
+
+    ref = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(64, 128, num_layers=2).cuda()
+    ours = (rt.LSTM if kind == "lstm" else rt.GRU)(64, 128, num_layers=2).cuda()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(50, 16, 64, device="cuda")
+    dy = torch.randn(50, 16, 128, device="cuda")
+    results = []
+    for m in (ref, ours):
+        m.zero_grad()
+        with torch.autocast("cuda", dtype=getattr(torch, dtype)):
+            y = m(x)[0]
+        assert y.dtype == getattr(torch, dtype)
+        (y.float() * dy).sum().backward()
+        results.append([y] + [p.grad for p in m.parameters()])
+    for want, got in zip(*results):
+        assert verify.rel_err(got.float().cpu().numpy(), want.float().cpu().numpy()) <= verify.BOUNDS[dtype]
