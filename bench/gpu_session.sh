@@ -32,7 +32,7 @@ probe() {
   python - <<'EOF'
 import importlib, platform
 print("python", platform.python_version())
-for m in ("numpy", "cupy", "torch", "pytest", "pytest_benchmark", "cuda.pathfinder", "matplotlib"):
+for m in ("numpy", "cupy", "torch", "pytest", "pytest_benchmark", "cuda.pathfinder", "matplotlib", "ml_dtypes"):
     try:
         print(m, getattr(importlib.import_module(m), "__version__", "present"))
     except Exception as e:
@@ -44,6 +44,13 @@ try:
     print("torch cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())
 except Exception as e:
     print("probe:", type(e).__name__, e)
+try:  # NVRTC compiles the half-precision kernels against these headers
+    import sys
+    sys.path.insert(0, ".")
+    from rnncells._kernels import cuda_include_dir
+    print("cuda_fp16.h in", cuda_include_dir())
+except Exception as e:
+    print("cuda headers:", type(e).__name__, e)
 EOF
   for tool in nvcc compute-sanitizer ncu; do echo "$tool: $(command -v "$tool" || echo MISSING)"; done
 }

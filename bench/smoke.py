@@ -3,8 +3,9 @@
     python bench/smoke.py        # prints one line per item; exit 1 if any failed
 
 Items: the versions; the eager CuPy backend against the reference (LSTM and
-GRU, float32 and float64); one TF32 GEMM; one CUDA-graph capture and replay
-per cell against the eager loop; the torch adapter against cuDNN.
+GRU, float32, float64, float16 and bfloat16); one TF32 GEMM; one half GEMM
+per half type (cublasGemmEx); one CUDA-graph capture and replay per cell
+against the eager loop; the torch adapter against cuDNN.
 bench/gpu_session.sh runs it before the gpu-marked suite.
 """
 
@@ -62,6 +63,21 @@ def tf32_gemm():
     return f"error {err:.2e}"
 
 
+def half_gemm(dtype):
+    """S inputs, a float32 output: float32 accumulation of the exact products (so within float32's error)."""
+    import cupy
+
+    from rnncells import _cupy, verify
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((512, 512)).astype(dtype) for _ in range(2))
+    out = cupy.empty((512, 512), cupy.float32)
+    _cupy.gemm(cupy.asarray(a), cupy.asarray(b), out)
+    err = verify.rel_err(out.get(), a.astype(np.float64) @ b.astype(np.float64))
+    assert err <= verify.BOUNDS["float32"], f"error {err:.2e}: not float32 accumulation of {dtype} inputs"
+    return f"error {err:.2e}"
+
+
 def _graphs(cell):
     from rnncells import GraphCache, verify
 
@@ -99,8 +115,10 @@ def _adapter(kind):
 
 ITEMS = {
     "versions": versions,
-    **{f"eager {c} {d}": functools.partial(_eager, c, d) for c in ("lstm", "gru") for d in ("float32", "float64")},
+    **{f"eager {c} {d}": functools.partial(_eager, c, d) for c in ("lstm", "gru")
+       for d in ("float32", "float64", "float16", "bfloat16")},
     "tf32 gemm": tf32_gemm,
+    **{f"{d} gemm": functools.partial(half_gemm, d) for d in ("float16", "bfloat16")},
     **{f"graph capture {c}": functools.partial(_graphs, c) for c in ("lstm", "gru")},
     **{f"adapter {k} vs cuDNN": functools.partial(_adapter, k) for k in ("LSTM", "GRU")},
 }

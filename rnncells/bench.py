@@ -7,8 +7,11 @@ The implementations, timed side by side in one process on one device:
   torch.nn        torch.nn.LSTM / GRU (cuDNN on a GPU)
   torch loop      a Python loop over torch.nn.LSTMCell / GRUCell: the lower anchor
 Modes: "forward" (inference, nothing saved) and "train" (forward + backward,
-dx included for everyone).  Precision: fp32 with TF32 off and, on a GPU, on
-(ours through `tf32=True`, torch's through torch.backends' two switches).
+dx included for everyone).  Precision (`PRECISIONS`): fp32 with TF32 off
+and, on a GPU, on (ours through `tf32=True`, torch's through torch.backends'
+two switches); and, on a GPU, fp16 and bf16: ours with the parameters and
+the inputs in that dtype (float32 arithmetic), torch's float32 modules under
+torch.autocast in that dtype, as mixed-precision training runs them.
 Configurations are chosen by cell, group (standard, small batch, large),
 mode and precision, so that one run fits a time limit; `on_row` gets the
 rows so far as soon as each is measured (the CLI rewrites the JSON record
@@ -18,7 +21,7 @@ GPU, perf_counter on the CPU), inputs rotated among `rotate` sets so caches
 do not flatter anyone; the median is reported, and every configuration is
 measured twice (pass 1, pass 2) so the table shows its own noise.
 ratio = torch.nn time / rnncells time: above 1, we are faster.  On a GPU each
-configuration also gets the peak memory of one warm training step (fp32),
+configuration also gets the peak memory of one warm training step (fp32 and bf16),
 rnncells and torch.nn, beyond its inputs and parameters (`peak_train_mb`).
 """
 
@@ -47,6 +50,9 @@ class Config(NamedTuple):
 
 
 GROUPS = ("standard", "small batch", "large")
+# precision -> (our dtype, TF32 on); torch runs float32 modules, under autocast for the half ones
+PRECISIONS = {"fp32": ("float32", False), "tf32": ("float32", True), "fp16": ("float16", False),
+              "bf16": ("bfloat16", False)}
 
 
 def configs(preset, cells=("lstm", "gru"), groups=GROUPS):
@@ -70,16 +76,17 @@ def configs(preset, cells=("lstm", "gru"), groups=GROUPS):
 # --- the implementations: each returns a step() closure over rotated inputs ---
 
 
-def _ours(cfg, mode, xp, rotate, seed, graphs=False, tf32=False):
+def _ours(cfg, mode, xp, rotate, seed, graphs=False, precision="fp32"):
     from . import api
     from ._graphs import GraphCache
     from .params import init_gru_params, init_lstm_params
 
+    dtype, tf32 = PRECISIONS[precision]
     init = init_lstm_params if cfg.cell == "lstm" else init_gru_params
-    params = init(cfg.I, cfg.H, xp=xp, seed=seed)
+    params = init(cfg.I, cfg.H, xp=xp, seed=seed, dtype=dtype)
     rng = np.random.default_rng(seed)
-    xs = [xp.asarray(rng.standard_normal((cfg.T, cfg.B, cfg.I), dtype=np.float32)) for _ in range(rotate)]
-    dy = xp.asarray(rng.standard_normal((cfg.T, cfg.B, cfg.H), dtype=np.float32))
+    xs = [xp.asarray(rng.standard_normal((cfg.T, cfg.B, cfg.I)).astype(dtype)) for _ in range(rotate)]
+    dy = xp.asarray(rng.standard_normal((cfg.T, cfg.B, cfg.H)).astype(dtype))
     fwd = api.lstm_forward if cfg.cell == "lstm" else api.gru_forward
     bwd = api.lstm_backward if cfg.cell == "lstm" else api.gru_backward
     cache = GraphCache() if graphs else None
@@ -95,9 +102,14 @@ def _ours(cfg, mode, xp, rotate, seed, graphs=False, tf32=False):
     return step
 
 
-def _torch(cfg, mode, device, rotate, seed, loop):
+def _torch(cfg, mode, device, rotate, seed, loop, precision="fp32"):
+    import contextlib
+
     import torch
 
+    dtype = PRECISIONS[precision][0]
+    half = dtype != "float32"
+    autocast = (lambda: torch.autocast(device, dtype=getattr(torch, dtype))) if half else contextlib.nullcontext
     torch.manual_seed(seed)
     cls = {"lstm": (torch.nn.LSTM, torch.nn.LSTMCell), "gru": (torch.nn.GRU, torch.nn.GRUCell)}[cfg.cell][loop]
     m = cls(cfg.I, cfg.H).to(device)
@@ -123,9 +135,11 @@ def _torch(cfg, mode, device, rotate, seed, loop):
         if mode == "train":
             m.zero_grad(set_to_none=True)
             x.grad = None
-            run(x).backward(dy)
+            with autocast():
+                y = run(x)
+            y.backward(dy.to(y.dtype))
         else:
-            with torch.no_grad():
+            with torch.no_grad(), autocast():
                 run(x)
 
     return step
@@ -140,11 +154,11 @@ def implementations(device, torch_available=True):
     return tuple(n for n in names if torch_available or not n.startswith("torch"))
 
 
-def _build(name, cfg, mode, device, xp, rotate, seed, tf32=False):
+def _build(name, cfg, mode, device, xp, rotate, seed, precision="fp32"):
     """The step() closure of one implementation (torch's TF32 is set by `_torch_tf32` around it)."""
     if name.startswith("rnncells"):
-        return _ours(cfg, mode, xp, rotate, seed, graphs=device == "cuda" and name == "rnncells", tf32=tf32)
-    return _torch(cfg, mode, device, rotate, seed, loop=name == "torch loop")
+        return _ours(cfg, mode, xp, rotate, seed, graphs=device == "cuda" and name == "rnncells", precision=precision)
+    return _torch(cfg, mode, device, rotate, seed, loop=name == "torch loop", precision=precision)
 
 
 class _CupyMemory:
@@ -285,11 +299,12 @@ def environment(device):
 
 
 def run(preset="full", cells=("lstm", "gru"), device=None, modes=("forward", "train"), repeats=20, warmup=5,
-        rotate=4, passes=2, out=print, groups=GROUPS, precisions=("fp32", "tf32"), on_row=None):
+        rotate=4, passes=2, out=print, groups=GROUPS, precisions=tuple(PRECISIONS), on_row=None):
     """Time every implementation on every configuration; returns the device and the result rows.
 
-    `precisions` on the CPU is fp32 only (a CPU has no TF32); `on_row(rows)`
-    is called with the rows so far after each row is measured.
+    `precisions` (keys of PRECISIONS) on the CPU is fp32 only (a CPU has no
+    TF32, and the CPU bench compares float32); `on_row(rows)` is called with
+    the rows so far after each row is measured.
     """
     from ._backends import gpu_available
 
@@ -318,18 +333,17 @@ def run(preset="full", cells=("lstm", "gru"), device=None, modes=("forward", "tr
     for cfg in configs(preset, cells, groups):
         for mode in modes:
             for prec in precisions:
-                tf32 = prec == "tf32"
-                _torch_tf32(tf32)
+                _torch_tf32(PRECISIONS[prec][1])
                 for p in range(1, passes + 1):
                     times = {}
                     for name in impls:
-                        step = _build(name, cfg, mode, device, xp, rotate, seed=p, tf32=tf32)
+                        step = _build(name, cfg, mode, device, xp, rotate, seed=p, precision=prec)
                         times[name] = time_step(step, timer, warmup, repeats)[0]
                     ratio = times["torch.nn"] / times["rnncells"] if "torch.nn" in times else None
                     row = dict(cfg._asdict(), mode=mode, precision=prec, pass_=p, ms=times, ratio=ratio)
-                    if memories and mode == "train" and prec == "fp32" and p == 1:
-                        row["peak_mb"] = {n: peak_train_mb(_build(n, cfg, mode, device, xp, rotate, seed=p), m)
-                                          for n, m in memories.items()}
+                    if memories and mode == "train" and prec in ("fp32", "bf16") and p == 1:
+                        row["peak_mb"] = {n: peak_train_mb(_build(n, cfg, mode, device, xp, rotate, seed=p,
+                                                                  precision=prec), m) for n, m in memories.items()}
                     rows.append(row)
                     cells_ms = "".join(f"{times[n]:>14.3f}" for n in impls)
                     r = f"{ratio:>8.2f}" if ratio is not None else f"{'-':>8}"

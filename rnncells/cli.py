@@ -24,7 +24,8 @@ def main(argv=None):
     bench.add_argument("--group", choices=("standard", "small", "large"), action="append",
                        help="full preset only: shapes to time (repeatable; default all, the standard first)")
     bench.add_argument("--mode", choices=("forward", "train", "both"), default="both")
-    bench.add_argument("--precision", choices=("fp32", "tf32", "both"), default="both", help="TF32: GPU only")
+    bench.add_argument("--precision", choices=("fp32", "tf32", "fp16", "bf16"), action="append",
+                       help="repeatable; default all four on a GPU (tf32, fp16, bf16: GPU only), fp32 on the CPU")
     bench.add_argument("--passes", type=_positive, default=2, help="times each configuration is measured (default 2)")
     bench.add_argument("--repeats", type=_positive, default=20, help="timed calls per measurement (default 20)")
     bench.add_argument("--warmup", type=_at_least(0), default=5, help="untimed calls first (default 5)")
@@ -56,7 +57,11 @@ def _bench(args):
     preset = args.preset or ("full" if device == "cuda" else "quick")
     both = lambda choice, all_: all_ if choice == "both" else (choice,)  # noqa: E731
     cells, modes = both(args.cell, ("lstm", "gru")), both(args.mode, ("forward", "train"))
-    precisions = both(args.precision, ("fp32", "tf32"))
+    precisions = tuple(args.precision or (bench.PRECISIONS if device == "cuda" else ("fp32",)))
+    if device == "cpu" and set(precisions) != {"fp32"}:
+        print(f"rnncells bench --precision {' '.join(precisions)}: the CPU bench times fp32 only",
+              file=sys.stderr)
+        return 2
     groups = tuple("small batch" if g == "small" else g for g in args.group) if args.group else bench.GROUPS
     settings = dict(preset=preset, cells=cells, groups=groups, modes=modes, precisions=precisions,
                     repeats=args.repeats, warmup=args.warmup, passes=args.passes)

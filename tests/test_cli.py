@@ -11,7 +11,7 @@ def test_check_passes_with_one_row_per_variant_dtype_and_backend():
     assert check.main(out=lines.append) == 0
     rows = [line for line in lines if line[:1].isdigit() and not line.endswith("(not run)")]
     running = [b for b, why in check.backends() if why is None]
-    per_variant = 1 + sum(1 if b.endswith(" tf32") else 2 for b in running)  # FD; float64 and float32, or TF32
+    per_variant = 1 + sum(1 if b.endswith(" tf32") else 4 for b in running)  # FD; the four dtypes, or TF32
     assert "cuda-host tf32" in running
     assert len(rows) == len(tape.RULES) + per_variant * len(verify.VARIANTS)
     assert all(line.endswith("ok") for line in rows)
@@ -65,3 +65,11 @@ def test_pytest_says_in_one_line_that_torch_tests_were_skipped():
     r = subprocess.run([sys.executable, "-c", hide_torch, "-q", "-p", "no:cacheprovider", "tests/test_functions_vs_torch_nn.py"],
                        capture_output=True, text=True, cwd=root, timeout=300)
     assert "torch is not installed: 1 skipped" in r.stdout and "pip install '.[test,torch]'" in r.stdout
+
+
+def test_half_precision_bench_on_the_cpu_is_refused_before_any_work(tmp_path, capsys):
+    from rnncells import cli
+
+    assert cli.main(["bench", "--device", "cpu", "--precision", "bf16", "--out", str(tmp_path)]) == 2
+    assert "the CPU bench times fp32 only" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing measured, no record
