@@ -106,7 +106,8 @@ _SCALARS = {"float32": ctypes.c_float, "float64": ctypes.c_double}
 
 
 def gemm(dtype, handle, op_a, op_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
-    """Column-major C (m×n) = op(A) op(B) + beta·C, float32 or float64; a, b, c are device addresses."""
+    """Column-major C (m×n) = op(A) op(B) + beta·C, float32 or float64 (half inputs: `gemm_ex`); a, b, c are
+    device addresses."""
     scalar = _SCALARS[str(dtype)]
     alpha, beta = scalar(1.0), scalar(beta)
     name = "cublasSgemm_v2" if scalar is ctypes.c_float else "cublasDgemm_v2"

@@ -7,6 +7,11 @@ kernels compiled for the CPU (g++) on NumPy arrays, which is how the kernels
 and their orchestration are verified without a GPU.  A one-step cell is the
 sequence path with T = 1.
 
+Arrays are float64, float32, float16 or bfloat16 (ml_dtypes' bfloat16,
+which CuPy shares), one dtype per call; float16 and bfloat16 are storage
+types, computed in float32 (see `rnncells._dtypes`), on every backend but
+the reference, which computes in float64 whatever it is given.
+
 `tf32=` is the one switch for TF32: it allows float32 GEMMs to use TF32
 tensor cores (inputs read with a 10-bit mantissa), in every GEMM of the
 forward and of its backward, which follows the forward's choice.  It
