@@ -106,9 +106,10 @@ def test_host_run_matches_reference(poisoned_host, spec, shape, dtype):
 
 
 @pytest.mark.host
-def test_host_inference_kernels_give_the_training_outputs(poisoned_host, spec):
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_host_inference_kernels_give_the_training_outputs(poisoned_host, spec, dtype):
 
-    p = verify.problem(spec, T=5, B=3, H=70, lengths=np.array([5, 2, 0]), dtype="float32")
+    p = verify.problem(spec, T=5, B=3, H=70, lengths=np.array([5, 2, 0]), dtype=dtype)
     fwd = verify.public_functions(spec)[0]
     args = (p.x, p.params, *p.states.values())
     train = fwd(*args, lengths=p.lengths, **spec.kwargs(), backend=poisoned_host)
