@@ -164,7 +164,8 @@ def lstm_forward_step(spec, t, xw, hw, cw, c, c_next, y, h_last, gates, w_peep, 
     if peephole == "full":
         a_i, a_f, a_o = a_i + cw[:, :H], a_f + cw[:, H : 2 * H], a_o + cw[:, 2 * H :]
     if peephole == "diagonal":
-        w_i, w_f, w_o = _split(_c(w_peep)[None], H)
+        w = _c(w_peep)
+        w_i, w_f, w_o = w[:H], w[H : 2 * H], w[2 * H :]
         a_i, a_f = a_i + w_i * c, a_f + w_f * c
     i, f, g = sigmoid(a_i), sigmoid(a_f), ACT[spec.candidate](a_g)
     c1 = f * c + i * g
@@ -191,7 +192,8 @@ def lstm_backward_step(spec, t, gates, c, c1, dy, dcarry, drec, dcarry_out, da, 
     da_o = dh * tc * o * (1.0 - o)
     dc = dc_in + dh * o * (1.0 - tc * tc)
     if peephole == "diagonal":
-        w_i, w_f, w_o = _split(_c(w_peep)[None], H)
+        w = _c(w_peep)
+        w_i, w_f, w_o = w[:H], w[H : 2 * H], w[2 * H :]
         dc = dc + da_o * w_o
     da_i = dc * g * i * (1.0 - i)
     da_f = dc * c * f * (1.0 - f)

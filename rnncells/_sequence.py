@@ -25,8 +25,8 @@ the output y is the state, y[t] being the h that step t+1 reads (0 past an
 item's length; its last h is kept in h_last).  So besides x, the initial
 states and y, a forward keeps (G+1)·T·B·H elements for its backward: the
 LSTM's gates [T, B, 4H] and c [T, B, H] (c in `ct`), the GRU's gates
-[T, B, 4H] (reset before: [T, B, 3H] and r∘h [T, B, H]).  The backward reads y: it must not be
-written to in between.
+[T, B, 4H] (reset before: [T, B, 3H] and r∘h [T, B, H]).  The backward reads
+y: it must not be written to in between.
 
 With a `rnncells._graphs.GraphCache` (graphs=), the loops run as CUDA graphs:
 the buffers come from a slot of the cache, each call copies its inputs
@@ -92,10 +92,10 @@ def _input_gemm(ops, x, w, bias, out):
         ops.gemm(_rows(x), w.T, _rows(out), accumulate=True)
 
 
-def _bias_sum(xp, *biases):
-    """b_ih + b_hh, added in the compute dtype (one rounding, where the GEMM stores)."""
-    ct = compute(biases[0].dtype)
-    return sum(b.astype(ct, copy=False) for b in biases[1:]) + biases[0].astype(ct)
+def _bias_sum(b_ih, b_hh):
+    """b_ih + b_hh as a new array in the compute dtype (rounded once, with the GEMM it is added in)."""
+    ct = compute(b_ih.dtype)
+    return b_ih.astype(ct) + b_hh.astype(ct, copy=False)
 
 
 def _rows(a):
@@ -261,7 +261,7 @@ def lstm_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=Non
     _bind(b, slot, h0=h0, c0=c0.astype(ct, copy=False), w_hh=p["weight_hh"],
           w_ch=p["weight_ch"].astype(ct, copy=False) if peephole == "full" else None,
           w_peep=p["weight_ch"] if peephole == "diagonal" else None, lengths=_lengths(xp, lengths))
-    _input_gemm(ops, x, p["weight_ih"], _bias_sum(xp, p["bias_ih"], p["bias_hh"]) if "bias_ih" in p else None, b.xw)
+    _input_gemm(ops, x, p["weight_ih"], _bias_sum(p["bias_ih"], p["bias_hh"]) if "bias_ih" in p else None, b.xw)
     if b.h_last is not None:
         b.h_last[...] = b.h0
     _run(slot, "forward", ops, lambda ops: _lstm_forward_steps(ops, b, T, spec, training))
@@ -388,7 +388,7 @@ def gru_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None
                        lambda: _gru_work(xp, x.dtype, T, B, H, reset_after, lengths is not None))
     bias = None
     if "bias_ih" in p:
-        bias = _bias_sum(xp, p["bias_ih"], p["bias_hh"])
+        bias = _bias_sum(p["bias_ih"], p["bias_hh"])
         if reset_after:  # bias_hh's n part stays inside r∘(gh_n + b_hn)
             bias[2 * H :] = p["bias_ih"][2 * H :]
     b_hn = None
