@@ -108,6 +108,36 @@ def test_the_run_can_be_cut_to_one_cell_mode_and_pass(tmp_path, capsys):
     assert [(r["cell"], r["mode"], r["pass_"], r["precision"]) for r in rows] == [("lstm", "train", 1, "fp32")] * 2
 
 
+@pytest.mark.parametrize("precision,dtype", [("fp16", "float16"), ("bf16", "bfloat16")])
+def test_half_rows_time_ours_in_that_dtype_and_torch_under_autocast(precision, dtype, monkeypatch):
+    """What a half row times, built on the CPU (the GPU runs the same closures): our forward and backward on
+    arrays of that dtype; torch.nn's float32 module under autocast, whose output is in that dtype."""
+    import numpy as np
+
+    from rnncells import api
+
+    seen = []
+    real = api.lstm_forward
+    monkeypatch.setattr(api, "lstm_forward", lambda x, params, **kw: seen.append(
+        {x.dtype, *(p.dtype for p in params.values())}) or real(x, params, **kw))
+    cfg = bench.Config("lstm", 3, 2, 4, 5, "quick")
+    bench._build("rnncells", cfg, "train", "cpu", np, 2, seed=0, precision=precision)()
+    assert seen == [{np.dtype(dtype)}]
+    if precision == "bf16":  # torch's CPU autocast covers its LSTM in bfloat16 only
+        torch = pytest.importorskip("torch")
+        calls = []
+        real_forward = torch.nn.LSTM.forward
+
+        def forward(self, x, *args):
+            calls.append((self, real_forward(self, x, *args)))
+            return calls[-1][1]
+
+        monkeypatch.setattr(torch.nn.LSTM, "forward", forward)
+        bench._build("torch.nn", cfg, "train", "cpu", np, 2, seed=0, precision=precision)()
+        (module, (y, _)), = calls
+        assert y.dtype == torch.bfloat16 and all(p.dtype == torch.float32 for p in module.parameters())
+
+
 def _run_script(args, tmp_path, **env):
     import os
     import subprocess
