@@ -56,7 +56,6 @@ each layer and calls our forward and backward as they are (a graph break).
 import contextlib
 import math
 
-import ml_dtypes
 import numpy as np
 
 try:
@@ -67,12 +66,12 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from . import _backends, _checks, api
+from ._dtypes import BFLOAT16
 from ._graphs import GraphCache
 from .modules import reverse_index
 from .variants import GRUSpec, LSTMSpec
 
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-_BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
 
 def _array(t):
@@ -93,12 +92,12 @@ def _array(t):
         a = cupy.from_dlpack(t)
     else:
         a = t.numpy()
-    return a.view(_BFLOAT16) if bf16 else a
+    return a.view(BFLOAT16) if bf16 else a
 
 
 def _tensor(a):
     """An array as a tensor on the same memory (bfloat16 through its bits, as in _array)."""
-    bf16 = a.dtype == _BFLOAT16
+    bf16 = a.dtype == BFLOAT16
     if bf16:
         a = a.view(np.int16)
     t = torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.from_dlpack(a)
