@@ -19,8 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _numpy
-from ._dtypes import BFLOAT16, FLOAT16
-from ._kernels import BLOCK_LIMITS, GRID_LIMITS, KernelOps, instantiations, kernel_dir, program_source
+from ._kernels import BLOCK_LIMITS, GRID_LIMITS, TYPES, KernelOps, instantiations, kernel_dir, program_source
 
 # --- graphs on the host --------------------------------------------------------
 
@@ -109,8 +108,7 @@ def build_host_library(out_dir, sanitize=False, source_dir=None):
     return lib
 
 
-_CTYPES = {np.dtype("float32"): "float", np.dtype("float64"): "double", FLOAT16: "__half", BFLOAT16: "__nv_bfloat16",
-           np.dtype("int32"): "int"}
+_CTYPES = {**{dtype: s for dtype, (s, _) in TYPES.items()}, np.dtype("int32"): "int"}  # the kernels' parameter types
 
 
 def argument_types(args):

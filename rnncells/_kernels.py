@@ -27,7 +27,7 @@ BLOCK = 256  # threads per block for every pointwise kernel
 CHUNK = 64  # rows per partial sum in column_sum
 GRID_LIMITS = (2**31 - 1, 65535, 65535)  # CUDA's largest grid (x, y, z)
 BLOCK_LIMITS = (1024, 1024, 64)  # CUDA's largest block (x, y, z), and at most 1024 threads in all
-_TYPES = {  # storage dtype: the kernels' S, C
+TYPES = {  # storage dtype: the kernels' S, C
     np.dtype("float32"): ("float", "float"),
     np.dtype("float64"): ("double", "double"),
     FLOAT16: ("__half", "float"),
@@ -81,7 +81,7 @@ def _flag(v):
 
 def kernel_name(kernel, dtype, spec=None, *flags):
     """An instantiation as a C++ name expression: kernel<S, C, the spec's template arguments, bool flags...>."""
-    s, c = _TYPES[np.dtype(dtype)]
+    s, c = TYPES[np.dtype(dtype)]
     args = () if spec is None else spec.template_args()
     return f"{kernel}<{', '.join([s, c, *args, *map(_flag, flags)])}>"
 
@@ -93,7 +93,7 @@ _REDUCE = ("column_partial_sums", "column_totals")
 def instantiations():
     """Every kernel instantiation a backend can launch."""
     names = []
-    for dtype in _TYPES:
+    for dtype in TYPES:
         for spec in LSTMSpec.every():
             names += [kernel_name("lstm_forward_step", dtype, spec, training) for training in (True, False)]
             names.append(kernel_name("lstm_backward_step", dtype, spec))

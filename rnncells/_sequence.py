@@ -113,10 +113,11 @@ def _weight_grad(ops, xp, da, inp):
 def _state_grad(ops, xp, da, s0, states):
     """Σ_t da[t]ᵀ (the state before step t): the gradient of a weight applied to the previous state, summed in
     the compute dtype.  s0 and states are in da's dtype (GEMM inputs)."""
-    g = xp.zeros((da.shape[-1], s0.shape[-1]), dtype=compute(da.dtype))
-    if da.shape[0] > 0:
-        ops.gemm(da[0].T, s0, g)
-        ops.gemm(_rows(da[1:]).T, _rows(states[:-1]), g, accumulate=True)
+    if da.shape[0] == 0:
+        return xp.zeros((da.shape[-1], s0.shape[-1]), dtype=da.dtype)
+    g = xp.empty((da.shape[-1], s0.shape[-1]), dtype=compute(da.dtype))
+    ops.gemm(da[0].T, s0, g)
+    ops.gemm(_rows(da[1:]).T, _rows(states[:-1]), g, accumulate=True)
     return g.astype(da.dtype, copy=False)
 
 

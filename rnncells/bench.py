@@ -25,6 +25,7 @@ configuration also gets the peak memory of one warm training step (fp32 and bf16
 rnncells and torch.nn, beyond its inputs and parameters (`peak_train_mb`).
 """
 
+import contextlib
 import json
 import platform
 import statistics
@@ -103,8 +104,6 @@ def _ours(cfg, mode, xp, rotate, seed, graphs=False, precision="fp32"):
 
 
 def _torch(cfg, mode, device, rotate, seed, loop, precision="fp32"):
-    import contextlib
-
     import torch
 
     dtype = PRECISIONS[precision][0]
