@@ -2,6 +2,8 @@
 
     reference   the float64 tape (`rnncells.reference`): how the others are verified
     numpy       the orchestration (`_sequence`) over the NumPy twin of the kernels (`_numpy`)
+    cpu         the same with the step loops of small steps compiled whole (`_cpu`; the NumPy backend
+                where g++ is missing): the default for NumPy arrays
     cuda-host   the orchestration over the CUDA kernels built for the CPU (`_host`), on NumPy arrays:
                 how the kernels are verified without a GPU
     cupy        the orchestration over the CUDA kernels on the current device (`_cupy`)
@@ -99,6 +101,12 @@ def _host_ops(tf32):
     return _host.ops(tf32)
 
 
+def _cpu_ops(tf32):
+    from . import _cpu
+
+    return _cpu.ops()
+
+
 def _cupy_ops(tf32):
     from . import _cupy
 
@@ -108,10 +116,12 @@ def _cupy_ops(tf32):
 _NAMED = {
     "reference": Reference(),
     "numpy": Orchestrated("numpy", lambda tf32: _numpy, kernels=False),  # a CPU has no TF32
+    "cpu": Orchestrated("cpu", _cpu_ops, kernels=False),
     "cuda-host": Orchestrated("cuda-host", _host_ops),
     "cupy": Orchestrated("cupy", _cupy_ops, arrays="cupy"),
 }
 NAMES = tuple(_NAMED)
+DEFAULT = {"numpy": "cpu", "cupy": "cupy"}  # the backend of a call's arrays when backend=None
 
 
 def named(name):
@@ -123,7 +133,7 @@ def resolve(backend, arrays):
     """The backend of a call on arrays of module `arrays` ("numpy" or "cupy"): `backend` (None for the arrays'
     own, a name in NAMES, or a Backend) checked against them."""
     if not isinstance(backend, Backend):
-        name = arrays if backend is None else backend
+        name = DEFAULT[arrays] if backend is None else backend
         if name not in NAMES:
             raise ValueError(f"backend={name!r} is not one of {', '.join(map(repr, NAMES))}")
         backend = named(name)

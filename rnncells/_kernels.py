@@ -131,6 +131,11 @@ class KernelOps:
         """Nothing to choose: the kernels' work is on the device (or, run on the host, a check, not a fast path)."""
         return contextlib.nullcontext()
 
+    @staticmethod
+    def run_compiled(steps, *args):
+        """False: the loops launch kernel by kernel (a CUDA graph makes them one launch; see rnncells._graphs)."""
+        return False
+
     def column_sum(self, a):
         """Σ over the rows of a contiguous [rows, cols] matrix, deterministically (two fixed-order passes)."""
         rows, cols = a.shape

@@ -34,8 +34,10 @@ nearest even, as the kernels' S(...) does.
 
 Besides the kernels, a backend's ops provide `gemm` (out = a @ b, or out += a @ b, into a
 preallocated buffer: every GEMM of the orchestration goes through it),
-`column_sum` (the bias gradients) and `threads` (the CPU threads a forward or
-backward may use, by the size of its steps).
+`column_sum` (the bias gradients), `threads` (the CPU threads a forward or
+backward may use, by the size of its steps) and `run_compiled(steps, *args)`,
+which runs a whole step loop of `rnncells._sequence` in one call and says
+whether it did.
 """
 
 import contextlib
@@ -125,6 +127,11 @@ def gemm(a, b, out, accumulate=False):
         out += a @ b
     else:
         np.matmul(a, b, out=out)
+
+
+def run_compiled(steps, *args):
+    """False: this backend runs every step loop step by step, in Python (the "cpu" backend compiles them)."""
+    return False
 
 
 def column_sum(a):

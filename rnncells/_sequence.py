@@ -169,12 +169,15 @@ def _workspace(slot, make):
     return make(False) if slot is None else slot.workspace("backward", lambda: make(True))
 
 
-def _run(slot, name, ops, loop):
-    """loop(ops), or the slot's graph of it."""
+def _run(slot, ops, steps, *args):
+    """The step loop steps(ops, *args): whole in one call where the backend has it compiled
+    (ops.run_compiled), else the slot's graph of it, else step by step."""
+    if ops.run_compiled(steps, *args):
+        return
     if slot is None:
-        loop(ops)
+        steps(ops, *args)
     else:
-        slot.run(name, ops, loop)
+        slot.run(steps.__name__, ops, lambda ops: steps(ops, *args))
 
 
 def _threads(batch_and_recurrent_weight):
@@ -265,7 +268,7 @@ def lstm_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=Non
     _input_gemm(ops, x, p["weight_ih"], _bias_sum(p["bias_ih"], p["bias_hh"]) if "bias_ih" in p else None, b.xw)
     if b.h_last is not None:
         b.h_last[...] = b.h0
-    _run(slot, "forward", ops, lambda ops: _lstm_forward_steps(ops, b, T, spec, training))
+    _run(slot, ops, _lstm_forward_steps, b, T, spec, training)
     hT = b.h_last if b.h_last is not None else _prev(b.h0, b.y, T)
     cT = b.c0 if T == 0 else b.cs[T - 1 if training else (T - 1) % 2]
     ctx = None
@@ -313,7 +316,7 @@ def lstm_backward(ops, xp, ctx, dy, dstates):
     w_rec = g.w_rec if full else ctx.w_hh
     g.dcarry[T % 2, :, :H], g.dcarry[T % 2, :, H:] = dhT, dcT
     g.drec[T % 2] = 0
-    _run(slot, "backward", ops, lambda ops: _lstm_backward_steps(ops, ctx, g, w_rec, T))
+    _run(slot, ops, _lstm_backward_steps, ctx, g, w_rec, T)
     da, n_rec = g.da, w_rec.shape[1]
     dhc0 = g.dcarry[0].copy()
     dhc0[:, :n_rec] += g.drec[0]
@@ -399,7 +402,7 @@ def gru_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None
     _input_gemm(ops, x, p["weight_ih"], bias, b.xw)
     if b.h_last is not None:
         b.h_last[...] = b.h0
-    _run(slot, "forward", ops, lambda ops: _gru_forward_steps(ops, b, T, spec, training))
+    _run(slot, ops, _gru_forward_steps, b, T, spec, training)
     hT = b.h_last if b.h_last is not None else _prev(b.h0, b.y, T)
     ctx = None
     if training:
@@ -450,7 +453,7 @@ def gru_backward(ops, xp, ctx, dy, dstates):
     _bind(g, slot, dy=dy if slot else xp.ascontiguousarray(dy))
     g.dcarry[T % 2] = dhT
     g.drec[T % 2] = 0
-    _run(slot, "backward", ops, lambda ops: _gru_backward_steps(ops, ctx, g, T))
+    _run(slot, ops, _gru_backward_steps, ctx, g, T)
     dg = g.dg
     if ctx.spec.reset_after:
         dgh = g.dgh

@@ -77,7 +77,7 @@ def configs(preset, cells=("lstm", "gru"), groups=GROUPS):
 # --- the implementations: each returns a step() closure over rotated inputs ---
 
 
-def _ours(cfg, mode, xp, rotate, seed, graphs=False, precision="fp32"):
+def _ours(cfg, mode, xp, rotate, seed, graphs=False, precision="fp32", backend=None):
     from . import api
     from ._graphs import GraphCache
     from .params import init_gru_params, init_lstm_params
@@ -96,7 +96,7 @@ def _ours(cfg, mode, xp, rotate, seed, graphs=False, precision="fp32"):
     def step():
         x = xs[k[0] % rotate]
         k[0] += 1
-        out = fwd(x, params, training=mode == "train", graphs=cache, tf32=tf32)
+        out = fwd(x, params, training=mode == "train", graphs=cache, tf32=tf32, backend=backend)
         if mode == "train":
             bwd(out[-1], dy)
 

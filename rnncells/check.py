@@ -42,7 +42,11 @@ def backends():
     host = None if shutil.which("g++") else "needs g++ to build the kernels for the host"
     gpu = None if _backends.gpu_available() else "no CUDA GPU (or no CuPy) here"
     kinds = ("", " graphs", " tf32")
-    return [("numpy", None)] + [(f"{b}{k}", why) for b, why in (("cuda-host", host), ("cupy", gpu)) for k in kinds]
+    from . import _cpu
+
+    cpu = None if _cpu.load() else "needs g++ and a BLAS with cblas to compile its loops"
+    return [("numpy", None), ("cpu", cpu)] + [(f"{b}{k}", why) for b, why in (("cuda-host", host), ("cupy", gpu))
+                                               for k in kinds]
 
 
 def rows():

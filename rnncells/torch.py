@@ -12,9 +12,10 @@ torch.nn; extra keyword arguments select our variants (`peephole`,
 named weight_ch_l{k}[_reverse] (weight_ch for the cells).
 
 Each layer and direction is one `torch.autograd.Function` whose forward and
-backward are rnncells' own (NumPy for CPU tensors; CuPy, zero-copy through
-DLPack and on torch's current stream, for CUDA tensors).  Every module takes
-`cpu_backend="cuda-host"`, which runs CPU tensors through the CUDA kernels
+backward are rnncells' own (the "cpu" backend for CPU tensors; CuPy,
+zero-copy through DLPack and on torch's current stream, for CUDA tensors).
+Every module takes `cpu_backend=`: "numpy" (no compiled loops), or
+"cuda-host", which runs CPU tensors through the CUDA kernels
 built for the CPU (graphs=True included): a check of the GPU path without a
 GPU, not a fast path.  On CUDA tensors TF32 follows
 `torch.backends.cudnn.allow_tf32` at each forward, as torch.nn.LSTM/GRU on
@@ -230,7 +231,7 @@ def _exporting():
     return is_exporting is not None and is_exporting()
 
 
-_CPU_BACKENDS = ("numpy", "cuda-host")
+_CPU_BACKENDS = ("cpu", "numpy", "cuda-host")
 
 
 def _cpu_backend(name):
@@ -250,7 +251,7 @@ class _Module(nn.Module):
     def _options_repr(self):
         """The variant, and cpu_backend unless it is the default, for extra_repr."""
         s = "".join(f", {k}={v!r}" for k, v in self.spec.kwargs().items())
-        return s + ("" if self.cpu_backend == "numpy" else f", cpu_backend={self.cpu_backend!r}")
+        return s + ("" if self.cpu_backend == "cpu" else f", cpu_backend={self.cpu_backend!r}")
 
     def __prepare_scriptable__(self):  # torch.jit.script calls this first
         raise NotImplementedError(f"rnncells.torch.{type(self).__name__} cannot be scripted: its forward runs "
@@ -282,7 +283,7 @@ class _RNN(_Module):
     """Layers × directions of one cell kind, with torch.nn.RNNBase's arguments and names."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, proj_size=0, device=None, dtype=None, *, graphs=False, cpu_backend="numpy",
+                 bidirectional=False, proj_size=0, device=None, dtype=None, *, graphs=False, cpu_backend="cpu",
                  spec):
         super().__init__()
         self.cpu_backend = _cpu_backend(cpu_backend)
@@ -395,8 +396,8 @@ class LSTM(_RNN):
     """Drop-in torch.nn.LSTM (proj_size=0); `peephole` and `candidate` as in rnncells.lstm_forward.
 
     graphs=True: the step loops run as CUDA graphs (`rnncells.GraphCache`) on CUDA tensors, and recorded
-    and replayed on CPU tensors with cpu_backend="cuda-host" ("numpy", the default, or "cuda-host": what
-    runs CPU tensors; see the module docstring).
+    and replayed on CPU tensors with cpu_backend="cuda-host" ("cpu", the default, "numpy" or "cuda-host":
+    what runs CPU tensors; see the module docstring).
     """
 
     def __init__(self, *args, peephole=None, candidate="tanh", **kwargs):
@@ -415,8 +416,8 @@ class GRU(_RNN):
     """Drop-in torch.nn.GRU; `reset_after=False` gives the Cho et al. / Keras variant.
 
     graphs=True: the step loops run as CUDA graphs (`rnncells.GraphCache`) on CUDA tensors, and recorded
-    and replayed on CPU tensors with cpu_backend="cuda-host" ("numpy", the default, or "cuda-host": what
-    runs CPU tensors; see the module docstring).
+    and replayed on CPU tensors with cpu_backend="cuda-host" ("cpu", the default, "numpy" or "cuda-host":
+    what runs CPU tensors; see the module docstring).
     """
 
     def __init__(self, *args, reset_after=True, **kwargs):
@@ -468,7 +469,7 @@ class LSTMCell(_Cell):
     """Drop-in torch.nn.LSTMCell; `peephole` and `candidate` as in rnncells.lstm_forward."""
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, peephole=None,
-                 candidate="tanh", cpu_backend="numpy", **variant):
+                 candidate="tanh", cpu_backend="cpu", **variant):
         spec = LSTMSpec.of({"peephole": peephole, "candidate": candidate, **variant})
         super().__init__(input_size, hidden_size, bias, device, dtype, spec, cpu_backend)
 
@@ -481,7 +482,7 @@ class GRUCell(_Cell):
     """Drop-in torch.nn.GRUCell; `reset_after=False` gives the Cho et al. / Keras variant."""
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *, reset_after=True,
-                 cpu_backend="numpy", **variant):
+                 cpu_backend="cpu", **variant):
         spec = GRUSpec.of({"reset_after": reset_after, **variant})
         super().__init__(input_size, hidden_size, bias, device, dtype, spec, cpu_backend)
 

@@ -4,7 +4,7 @@ in one line.
 
 A test that takes an argument `spec` runs once per cell variant (`rnncells.verify.VARIANTS`); one that takes
 `kernel_backend` once per backend that launches the CUDA kernels: "cuda-host" (marked `host`) and "cupy" (`gpu`);
-one that takes `cpu_backend` once per fast backend on NumPy arrays: "numpy" and "cuda-host".
+one that takes `cpu_backend` once per fast backend on NumPy arrays: "numpy", "cpu" and "cuda-host" (both `host`).
 """
 
 import shutil
@@ -14,7 +14,7 @@ import pytest
 from rnncells import _backends, verify
 
 KERNEL_BACKENDS = [pytest.param("cuda-host", marks=pytest.mark.host), pytest.param("cupy", marks=pytest.mark.gpu)]
-CPU_BACKENDS = ["numpy", pytest.param("cuda-host", marks=pytest.mark.host)]
+CPU_BACKENDS = ["numpy", *(pytest.param(b, marks=pytest.mark.host) for b in ("cpu", "cuda-host"))]
 
 
 def pytest_generate_tests(metafunc):
@@ -28,7 +28,7 @@ def pytest_generate_tests(metafunc):
 
 def pytest_collection_modifyitems(config, items):
     missing = {"gpu": None if _backends.gpu_available() else "needs a CUDA GPU with CuPy",
-               "host": None if shutil.which("g++") else "the host build of the kernels needs g++"}
+               "host": None if shutil.which("g++") else "the host builds of the kernels need g++"}
     for item in items:
         for marker, reason in missing.items():
             if reason and marker in item.keywords:

@@ -423,7 +423,7 @@ BAD_CALLS = [
     (lambda: rt.GRU(3, 4, batch_first=None), TypeError, "batch_first=None must be True or False"),
     (lambda: rt.LSTMCell(3, 4, bias=0), TypeError, "bias=0 must be True or False"),
     (lambda: rt.LSTM(3, 4, graphs="yes"), TypeError, "graphs='yes' must be True or False"),
-    (lambda: rt.GRU(3, 4, cpu_backend="reference"), ValueError, "cpu_backend='reference' is not one of 'numpy', "
+    (lambda: rt.GRU(3, 4, cpu_backend="reference"), ValueError, "cpu_backend='reference' is not one of 'cpu', 'numpy', "
      "'cuda-host'"),
     (lambda: rt.LSTMCell(3, 4, cpu_backend=None), ValueError, "cpu_backend=None is not one of"),
 ]

@@ -61,7 +61,7 @@ CASES = [
     (lambda: rc.gru_cell_forward(x3()[0], None, rc.init_gru_params(I, H, dtype="float64"), peephole="full"), TypeError, r"unexpected keyword argument 'peephole'; the GRU variant flags are reset_after"),
     (lambda: rc.LSTM(I, H, dtyp="float64"), TypeError, r"unexpected keyword argument 'dtyp'; the LSTM variant flags are peephole, candidate"),
     (lambda: rc.GRUCell(I, H, candidate="tanh"), TypeError, r"unexpected keyword argument 'candidate'; the GRU variant flags are reset_after"),
-    (lambda: rc.lstm_forward(x3(), lstm(), backend="jax"), ValueError, r"backend='jax' is not one of 'reference', 'numpy', 'cuda-host', 'cupy'"),
+    (lambda: rc.lstm_forward(x3(), lstm(), backend="jax"), ValueError, r"backend='jax' is not one of 'reference', 'numpy', 'cpu', 'cuda-host', 'cupy'"),
     (lambda: rc.init_gru_params(0, H), ValueError, r"input_size=0 must be a positive integer"),
     (lambda: rc.lstm_forward(x3(), lstm(), backend="cupy"), TypeError, r"backend='cupy' cannot run on numpy arrays"),
     (lambda: rc.lstm_forward(x3(), lstm(), training="no"), TypeError, r"training='no' must be True or False"),

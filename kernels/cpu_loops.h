@@ -1,0 +1,161 @@
+// The step loops of rnncells/_sequence.py in C++: a whole sequence in one call on the CPU.
+//
+// From Python, each step of a loop costs a GEMM call and a step function, microseconds of interpreter
+// work where a small step computes in well under one.  Here the same loops run the kernels of this
+// folder (with host.h's execution model, inlined) between calls to the process's BLAS, so the
+// interpreter is paid once per sequence.  Each loop is the twin of the Python function of the same
+// name and takes its buffers in the order of its comment; the GEMMs are those of the Python loop:
+//   forward   hw = h Whhᵀ (FULL: cw = c Wchᵀ); lstm_forward_step          GRU: gh = h Whhᵀ; gru_forward_step
+//             GRU reset before: ghrz = h Whh_rzᵀ; gru_rz_step; ghn = (r∘h) Whnᵀ; gru_n_step
+//   backward  lstm_backward_step; drec = da Wrec                          GRU: gru_backward_step; drec = dgh Whh
+//             GRU reset before: gru_n_backward_step; drh = da_n Whn; gru_rz_backward_step; drec = da_rz Whh_rz
+// S = C (float or double): half storage stays on the NumPy backend.
+#pragma once
+#include <cstdint>
+
+#include "host.h"
+#include "lstm.cu"
+#include "gru.cu"
+
+// The row-major GEMM and GEMV of the process's BLAS (cblas_?gemm, cblas_?gemv), with 32- or 64-bit ints (ILP64).
+struct Blas {
+  void* gemm;
+  void* gemv;
+  int ilp64;
+};
+template <> struct ctype<Blas> { static constexpr const char* name = "Blas"; };  // for signature()
+
+template <typename I, typename S>
+using cblas_gemm = void (*)(int order, int trans_a, int trans_b, I m, I n, I k, S alpha, const S* a, I lda,
+                            const S* b, I ldb, S beta, S* c, I ldc);
+template <typename I, typename S>
+using cblas_gemv = void (*)(int order, int trans, I m, I n, S alpha, const S* a, I lda, const S* x, I incx, S beta,
+                            S* y, I incy);
+
+template <typename I, typename S>
+void gemm_as(const Blas blas, bool trans_w, int M, int N, int K, const S* a, int lda, const S* w, int ldw, S* out,
+             int ldo) {
+  constexpr int ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112;
+  if (M <= 2) {  // one GEMV per row: GEMM would copy (pack) all of w first, 3x slower for one row of 256
+    for (int m = 0; m < M; ++m)
+      reinterpret_cast<cblas_gemv<I, S>>(blas.gemv)(ROW_MAJOR, trans_w ? NO_TRANS : TRANS, trans_w ? N : K,
+                                                    trans_w ? K : N, S(1), w, ldw, a + std::ptrdiff_t(m) * lda, 1,
+                                                    S(0), out + std::ptrdiff_t(m) * ldo, 1);
+  } else {
+    reinterpret_cast<cblas_gemm<I, S>>(blas.gemm)(ROW_MAJOR, NO_TRANS, trans_w ? TRANS : NO_TRANS, M, N, K, S(1), a,
+                                                  lda, w, ldw, S(0), out, ldo);
+  }
+}
+
+// out [M, N] (row stride ldo) = a [M, K] (row stride lda) · b, b being w [N, K]ᵀ (trans_w) or w [K, N].
+template <typename S>
+void gemm(const Blas blas, bool trans_w, int M, int N, int K, const S* a, int lda, const S* w, int ldw, S* out,
+          int ldo) {
+  if (M == 0 || N == 0) return;
+  if (blas.ilp64) gemm_as<std::int64_t>(blas, trans_w, M, N, K, a, lda, w, ldw, out, ldo);
+  else gemm_as<int>(blas, trans_w, M, N, K, a, lda, w, ldw, out, ldo);
+}
+
+// A kernel's grid over n = B·H elements, one block, inlined: the kernels ignore blockDim's CUDA limit.
+template <typename... P, typename... A>
+void run(void (*kernel)(P...), int n, A... args) {
+  blockIdx = {0, 0, 0};
+  blockDim = gridDim = {unsigned(n), 1, 1};
+  for (int k = 0; k < n; ++k) {
+    threadIdx.x = unsigned(k);
+    kernel(args...);
+  }
+}
+
+using Size = std::ptrdiff_t;  // offsets of a step within a [T, B, ·] buffer may pass 2^31
+
+// lstm_forward_steps: xw [T, B, 4H], h0 [B, H], c0 [B, H], w_hh [4H, H], w_ch [3H, H] (FULL), w_peep [3H]
+// (DIAGONAL), lengths [B] or null; y [T, B, H], cs [T, B, H] (inference: [2, B, H] ping-pong), gates [T, B, 4H]
+// (TRAINING), h_last [B, H] or null; hw [B, 4H], cw [B, 3H] (FULL).
+template <typename S, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool TRAINING>
+void lstm_forward_steps(const Blas blas, int T, int B, int H, const S* xw, const S* h0, const S* c0, const S* w_hh,
+                        const S* w_ch, const S* w_peep, const int* lengths, S* y, S* cs, S* gates, S* h_last, S* hw,
+                        S* cw) {
+  const Size BH = Size(B) * H;
+  for (int t = 0; t < T; ++t) {
+    const Size s = TRAINING ? t : t % 2, prev = TRAINING ? t - 1 : (t + 1) % 2;
+    const S* c = t == 0 ? c0 : cs + prev * BH;
+    gemm(blas, true, B, 4 * H, H, t == 0 ? h0 : y + (t - 1) * BH, H, w_hh, H, hw, 4 * H);
+    if (PEEPHOLE == PEEPHOLE_FULL) gemm(blas, true, B, 3 * H, H, c, H, w_ch, H, cw, 3 * H);
+    run(lstm_forward_step<S, S, PEEPHOLE, SIGMOID_CANDIDATE, TRAINING>, B * H, t, B, H, xw + t * 4 * BH, hw, cw, c,
+        cs + s * BH, y + t * BH, h_last, TRAINING ? gates + t * 4 * BH : nullptr, w_peep, lengths);
+  }
+}
+
+// lstm_backward_steps: gates [T, B, 4H], c0 [B, H], cs [T, B, H], dy [T, B, H], w_rec [4H, n_rec], w_peep [3H]
+// (DIAGONAL), lengths [B] or null; dcarry [2, B, 2H], drec [2, B, n_rec] (ping-pong, row T % 2 holding dhT, dcT
+// and 0), da [T, B, 4H].
+template <typename S, int PEEPHOLE, bool SIGMOID_CANDIDATE>
+void lstm_backward_steps(const Blas blas, int T, int B, int H, int n_rec, const S* gates, const S* c0, const S* cs,
+                         const S* dy, const S* w_rec, const S* w_peep, const int* lengths, S* dcarry, S* drec, S* da) {
+  const Size BH = Size(B) * H;
+  for (int t = T - 1; t >= 0; --t) {
+    const Size nxt = (t + 1) % 2, cur = t % 2;
+    run(lstm_backward_step<S, S, PEEPHOLE, SIGMOID_CANDIDATE>, B * H, t, B, H, n_rec, gates + t * 4 * BH,
+        t == 0 ? c0 : cs + (t - 1) * BH, cs + t * BH, dy + t * BH, dcarry + nxt * 2 * BH, drec + nxt * B * n_rec,
+        dcarry + cur * 2 * BH, da + t * 4 * BH, w_peep, lengths);
+    gemm(blas, false, B, n_rec, 4 * H, da + t * 4 * BH, 4 * H, w_rec, n_rec, drec + cur * B * n_rec, n_rec);
+  }
+}
+
+// gru_forward_steps: xw [T, B, 3H], h0 [B, H], w_hh [3H, H], b_hn [H] (RESET_AFTER), lengths [B] or null; y [T, B, H],
+// gates [T, B, 4H] (RESET_AFTER, TRAINING) or [T, B, 3H] (reset before; inference: [1, B, 3H]), rh [T or 1, B, H]
+// (reset before), h_last [B, H] or null; gh [B, 3H] (RESET_AFTER), or ghrz [B, 2H] and ghn [B, H].
+template <typename S, bool RESET_AFTER, bool TRAINING>
+void gru_forward_steps(const Blas blas, int T, int B, int H, const S* xw, const S* h0, const S* w_hh, const S* b_hn,
+                       const int* lengths, S* y, S* gates, S* rh, S* h_last, S* gh, S* ghrz, S* ghn) {
+  const Size BH = Size(B) * H;
+  for (int t = 0; t < T; ++t) {
+    const S* h = t == 0 ? h0 : y + (t - 1) * BH;
+    if (RESET_AFTER) {
+      gemm(blas, true, B, 3 * H, H, h, H, w_hh, H, gh, 3 * H);
+      run(gru_forward_step<S, S, TRAINING>, B * H, t, B, H, xw + t * 3 * BH, gh, b_hn, h, y + t * BH, h_last,
+          TRAINING ? gates + t * 4 * BH : nullptr, lengths);
+    } else {
+      const Size s = TRAINING ? t : 0;
+      gemm(blas, true, B, 2 * H, H, h, H, w_hh, H, ghrz, 2 * H);
+      run(gru_rz_step<S, S>, B * H, B, H, xw + t * 3 * BH, ghrz, h, gates + s * 3 * BH, rh + s * BH);
+      gemm(blas, true, B, H, H, rh + s * BH, H, w_hh + Size(2) * H * H, H, ghn, H);
+      run(gru_n_step<S, S>, B * H, t, B, H, xw + t * 3 * BH, ghn, h, y + t * BH, h_last, gates + s * 3 * BH,
+          lengths);
+    }
+  }
+}
+
+// gru_backward_steps: gates [T, B, 4H] (RESET_AFTER) or [T, B, 3H], h0 [B, H], y [T, B, H], dy [T, B, H],
+// w_hh [3H, H], lengths [B] or null; dcarry, drec [2, B, H] (ping-pong, row T % 2 holding dhT and 0), dg [T, B, 3H],
+// dgh [T, B, 3H] (RESET_AFTER), drh [B, H] (reset before).
+template <typename S, bool RESET_AFTER>
+void gru_backward_steps(const Blas blas, int T, int B, int H, const S* gates, const S* h0, const S* y, const S* dy,
+                        const S* w_hh, const int* lengths, S* dcarry, S* drec, S* dg, S* dgh, S* drh) {
+  const Size BH = Size(B) * H;
+  for (int t = T - 1; t >= 0; --t) {
+    const Size nxt = (t + 1) % 2, cur = t % 2;
+    const S* h = t == 0 ? h0 : y + (t - 1) * BH;
+    S* dg_t = dg + t * 3 * BH;
+    if (RESET_AFTER) {
+      run(gru_backward_step<S, S>, B * H, t, B, H, gates + t * 4 * BH, h, dy + t * BH, dcarry + nxt * BH,
+          drec + nxt * BH, dcarry + cur * BH, dg_t, dgh + t * 3 * BH, lengths);
+      gemm(blas, false, B, H, 3 * H, dgh + t * 3 * BH, 3 * H, w_hh, H, drec + cur * BH, H);
+    } else {
+      const S* gates_t = gates + t * 3 * BH;
+      run(gru_n_backward_step<S, S>, B * H, t, B, H, gates_t, h, dy + t * BH, dcarry + nxt * BH, drec + nxt * BH,
+          dcarry + cur * BH, dg_t, lengths);
+      gemm(blas, false, B, H, H, dg_t + 2 * H, 3 * H, w_hh + Size(2) * H * H, H, drh, H);
+      run(gru_rz_backward_step<S, S>, B * H, t, B, H, gates_t, h, drh, dcarry + cur * BH, dg_t, lengths);
+      gemm(blas, false, B, H, 2 * H, dg_t, 3 * H, w_hh, H, drec + cur * BH, H);
+    }
+  }
+}
+
+
+// Call f with its arguments unpacked from `args`, the packed convention of host.h's launch.
+template <typename... A>
+void call(void (*f)(A...), void** args) {
+  call_packed(f, args, std::index_sequence_for<A...>{});
+}
