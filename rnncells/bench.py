@@ -2,24 +2,31 @@
 
 The implementations, timed side by side in one process on one device:
   rnncells        our backend: on a GPU the CUDA kernels through CuPy with the step
-                  loops as CUDA graphs (graphs=GraphCache()); NumPy on the CPU
+                  loops as CUDA graphs (graphs=GraphCache()); on the CPU the default
+                  backend of NumPy arrays ("cpu": small steps' loops compiled)
   rnncells eager  (GPU only) the same without graphs: one launch per kernel and GEMM
   torch.nn        torch.nn.LSTM / GRU (cuDNN on a GPU)
   torch loop      a Python loop over torch.nn.LSTMCell / GRUCell: the lower anchor
 Modes: "forward" (inference, nothing saved) and "train" (forward + backward,
 dx included for everyone).  Precision (`PRECISIONS`): fp32 with TF32 off
 and, on a GPU, on (ours through `tf32=True`, torch's through torch.backends'
-two switches); and, on a GPU, fp16 and bf16: ours with the parameters and
+two switches); on a GPU, fp16 and bf16: ours with the parameters and
 the inputs in that dtype (float32 arithmetic), torch's float32 modules under
-torch.autocast in that dtype, as mixed-precision training runs them.
+torch.autocast in that dtype, as mixed-precision training runs them; on the
+CPU, fp64 (both sides in float64).
 Configurations are chosen by cell, group (standard, small batch, large),
 mode and precision, so that one run fits a time limit; `on_row` gets the
 rows so far as soon as each is measured (the CLI rewrites the JSON record
 then), so a run that is cut off keeps what it measured.
 Timing: `warmup` untimed calls, then `repeats` timed ones (CUDA events on a
-GPU, perf_counter on the CPU), inputs rotated among `rotate` sets so caches
-do not flatter anyone; the median is reported, and every configuration is
-measured twice (pass 1, pass 2) so the table shows its own noise.
+GPU, perf_counter on the CPU), the implementations' calls interleaved (one of
+each in turn, the order reversed every other round), so that drift in the
+machine's load, and what one call leaves behind for the next, fall on all of
+them alike; inputs rotated among `rotate` sets so caches do not flatter
+anyone; the median is reported, and every configuration is measured twice
+(pass 1, pass 2) so the table shows its own noise.  On the CPU each row
+also has a thread count (`CPU_THREADS`), set for both sides: torch's
+intra-op threads and NumPy's BLAS pool.
 ratio = torch.nn time / rnncells time: above 1, we are faster.  On a GPU each
 configuration also gets the peak memory of one warm training step (fp32 and bf16),
 rnncells and torch.nn, beyond its inputs and parameters (`peak_train_mb`).
@@ -51,13 +58,16 @@ class Config(NamedTuple):
 
 
 GROUPS = ("standard", "small batch", "large")
-# precision -> (our dtype, TF32 on); torch runs float32 modules, under autocast for the half ones
+# precision -> (our dtype, TF32 on); torch runs float32 modules, under autocast for the half ones (float64 for fp64)
 PRECISIONS = {"fp32": ("float32", False), "tf32": ("float32", True), "fp16": ("float16", False),
-              "bf16": ("bfloat16", False)}
+              "bf16": ("bfloat16", False), "fp64": ("float64", False)}
+DEVICE_PRECISIONS = {"cuda": ("fp32", "tf32", "fp16", "bf16"), "cpu": ("fp32", "fp64")}
+CPU_THREADS = (1, 2)
 
 
 def configs(preset, cells=("lstm", "gru"), groups=GROUPS):
-    """'full': the GPU set, the fastrnns standard first, then `groups` of it; 'quick': small shapes for the CPU."""
+    """'full': the GPU set, the fastrnns standard first, then `groups` of it; 'quick': the CPU's shapes, small
+    batches and long sequences; 'cpu': those and the standard (T=100, B=64, H=512)."""
     shapes = []
     if preset == "full":
         shapes.append((100, 64, 512, 512, "standard"))
@@ -67,10 +77,13 @@ def configs(preset, cells=("lstm", "gru"), groups=GROUPS):
         if unknown:
             raise ValueError(f"groups {sorted(unknown)} are not among {', '.join(GROUPS)}")
         shapes = [s for s in shapes if s[-1] in groups]
-    elif preset == "quick":
-        shapes += [(20, 16, 64, 64, "quick"), (20, 4, 128, 128, "quick")]
+    elif preset in ("quick", "cpu"):
+        shapes += [(20, 16, 64, 64, "quick"), (20, 4, 128, 128, "quick"), (100, 1, 256, 256, "quick"),
+                   (1000, 4, 128, 128, "quick")]
+        if preset == "cpu":
+            shapes.append((100, 64, 512, 512, "standard"))
     else:
-        raise ValueError(f"preset={preset!r} is not one of 'full', 'quick'")
+        raise ValueError(f"preset={preset!r} is not one of 'full', 'quick', 'cpu'")
     return [Config(c, *s) for s in shapes for c in cells]
 
 
@@ -107,14 +120,15 @@ def _torch(cfg, mode, device, rotate, seed, loop, precision="fp32"):
     import torch
 
     dtype = PRECISIONS[precision][0]
-    half = dtype != "float32"
+    half = dtype in ("float16", "bfloat16")
     autocast = (lambda: torch.autocast(device, dtype=getattr(torch, dtype))) if half else contextlib.nullcontext
+    full = torch.float64 if dtype == "float64" else torch.float32  # the modules' and the inputs' dtype
     torch.manual_seed(seed)
     cls = {"lstm": (torch.nn.LSTM, torch.nn.LSTMCell), "gru": (torch.nn.GRU, torch.nn.GRUCell)}[cfg.cell][loop]
-    m = cls(cfg.I, cfg.H).to(device)
+    m = cls(cfg.I, cfg.H).to(device, full)
     g = torch.Generator().manual_seed(seed)
-    xs = [torch.randn(cfg.T, cfg.B, cfg.I, generator=g).to(device) for _ in range(rotate)]
-    dy = torch.randn(cfg.T, cfg.B, cfg.H, generator=g).to(device)
+    xs = [torch.randn(cfg.T, cfg.B, cfg.I, generator=g, dtype=full).to(device) for _ in range(rotate)]
+    dy = torch.randn(cfg.T, cfg.B, cfg.H, generator=g, dtype=full).to(device)
     for x in xs:
         x.requires_grad_(mode == "train")
     k = [0]
@@ -253,12 +267,41 @@ class _CudaTimer:
         return self.cupy.cuda.get_elapsed_time(self.start, self.end)
 
 
-def time_step(step, timer, warmup, repeats):
-    """Median and all samples (ms) of `repeats` timed calls after `warmup` untimed ones."""
+def time_steps(steps, timer, warmup, repeats):
+    """{name: (median, samples)} (ms) of `repeats` timed calls of each of `steps` {name: step} after `warmup`
+    untimed ones, one call of each in turn (the order reversed every other round)."""
+    order = list(steps)
     for _ in range(warmup):
-        timer(step)
-    samples = [timer(step) for _ in range(repeats)]
-    return statistics.median(samples), samples
+        for name in order:
+            timer(steps[name])
+    samples = {name: [] for name in order}
+    for k in range(repeats):
+        for name in order if k % 2 == 0 else reversed(order):
+            samples[name].append(timer(steps[name]))
+    return {name: (statistics.median(v), v) for name, v in samples.items()}
+
+
+@contextlib.contextmanager
+def cpu_threads(n):
+    """n CPU threads for both sides: torch's intra-op pool (if torch is here) and NumPy's BLAS (threadpoolctl).
+
+    Ours may still run a small call's GEMMs on one BLAS thread (`rnncells._numpy.threads`): that choice is
+    part of what is timed."""
+    from . import _numpy
+
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    before = torch.get_num_threads() if torch else None
+    if torch:
+        torch.set_num_threads(n)
+    try:
+        with _numpy.blas().limit(limits=n):
+            yield
+    finally:
+        if torch:
+            torch.set_num_threads(before)
 
 
 def _torch_tf32(on):
@@ -274,7 +317,12 @@ def _torch_tf32(on):
 
 def environment(device):
     """Versions and the machine, for the JSON record."""
-    env = {"python": platform.python_version(), "numpy": np.__version__, "platform": platform.platform()}
+    from . import _cpu, _numpy
+
+    env = {"python": platform.python_version(), "numpy": np.__version__, "platform": platform.platform(),
+           "blas": [{k: i.get(k) for k in ("internal_api", "version", "architecture", "threading_layer")}
+                    for i in _numpy.blas().info()],
+           "cpu_loops_compiled": device == "cpu" and _cpu.load() is not None}
     try:
         import torch
 
@@ -298,12 +346,12 @@ def environment(device):
 
 
 def run(preset="full", cells=("lstm", "gru"), device=None, modes=("forward", "train"), repeats=20, warmup=5,
-        rotate=4, passes=2, out=print, groups=GROUPS, precisions=tuple(PRECISIONS), on_row=None):
+        rotate=4, passes=2, out=print, groups=GROUPS, precisions=None, on_row=None, threads=CPU_THREADS):
     """Time every implementation on every configuration; returns the device and the result rows.
 
-    `precisions` (keys of PRECISIONS) on the CPU is fp32 only (a CPU has no
-    TF32, and the CPU bench compares float32); `on_row(rows)` is called with
-    the rows so far after each row is measured.
+    `precisions` (keys of PRECISIONS) default to the device's (DEVICE_PRECISIONS), and others are refused;
+    `threads`: the CPU thread counts, a row each; `on_row(rows)` is called with the rows so far after each
+    row is measured.
     """
     from ._backends import gpu_available
 
@@ -311,9 +359,12 @@ def run(preset="full", cells=("lstm", "gru"), device=None, modes=("forward", "tr
     if device == "cuda":
         import cupy as xp
 
-        timer = _CudaTimer()
+        timer, threads = _CudaTimer(), (None,)
     else:
-        xp, timer, precisions = np, _CpuTimer(), ("fp32",)
+        xp, timer = np, _CpuTimer()
+    precisions = tuple(precisions or DEVICE_PRECISIONS[device])
+    if not set(precisions) <= set(DEVICE_PRECISIONS[device]):
+        raise ValueError(f"precisions {precisions}: the {device} bench times {', '.join(DEVICE_PRECISIONS[device])}")
     try:
         import torch  # noqa: F401
 
@@ -327,19 +378,20 @@ def run(preset="full", cells=("lstm", "gru"), device=None, modes=("forward", "tr
         if "torch.nn" in impls:
             memories["torch.nn"] = _TorchMemory()
     rows = []
-    header = f"{'cell':<5}{'T':>5}{'B':>5}{'H':>6}  {'mode':<8}{'prec':<6}{'pass':>4}"
+    header = f"{'cell':<5}{'T':>5}{'B':>5}{'H':>6}  {'mode':<8}{'prec':<6}{'thr':>4}{'pass':>5}"
     out(header + "".join(f"{n + ' ms':>14}" for n in impls) + f"{'ratio':>8}")
     for cfg in configs(preset, cells, groups):
         for mode in modes:
-            for prec in precisions:
+            for prec, n_threads in ((p, n) for p in precisions for n in threads):
                 _torch_tf32(PRECISIONS[prec][1])
                 for p in range(1, passes + 1):
-                    times = {}
-                    for name in impls:
-                        step = _build(name, cfg, mode, device, xp, rotate, seed=p, precision=prec)
-                        times[name] = time_step(step, timer, warmup, repeats)[0]
+                    with cpu_threads(n_threads) if n_threads else contextlib.nullcontext():
+                        steps = {n: _build(n, cfg, mode, device, xp, rotate, seed=p, precision=prec) for n in impls}
+                        times = {n: t for n, (t, _) in time_steps(steps, timer, warmup, repeats).items()}
+                    del steps
                     ratio = times["torch.nn"] / times["rnncells"] if "torch.nn" in times else None
-                    row = dict(cfg._asdict(), mode=mode, precision=prec, pass_=p, ms=times, ratio=ratio)
+                    row = dict(cfg._asdict(), mode=mode, precision=prec, threads=n_threads, pass_=p, ms=times,
+                               ratio=ratio)
                     if memories and mode == "train" and prec in ("fp32", "bf16") and p == 1:
                         row["peak_mb"] = {n: peak_train_mb(_build(n, cfg, mode, device, xp, rotate, seed=p,
                                                                   precision=prec), m) for n, m in memories.items()}
@@ -347,7 +399,8 @@ def run(preset="full", cells=("lstm", "gru"), device=None, modes=("forward", "tr
                     cells_ms = "".join(f"{times[n]:>14.3f}" for n in impls)
                     r = f"{ratio:>8.2f}" if ratio is not None else f"{'-':>8}"
                     mb = "".join(f"  {n} {v:.1f} MB" for n, v in row.get("peak_mb", {}).items())
-                    out(f"{cfg.cell:<5}{cfg.T:>5}{cfg.B:>5}{cfg.H:>6}  {mode:<8}{prec:<6}{p:>4}{cells_ms}{r}{mb}")
+                    thr = n_threads or "-"
+                    out(f"{cfg.cell:<5}{cfg.T:>5}{cfg.B:>5}{cfg.H:>6}  {mode:<8}{prec:<6}{thr:>4}{p:>5}{cells_ms}{r}{mb}")
                     if on_row is not None:
                         on_row(rows)
     _torch_tf32(False)
@@ -372,7 +425,8 @@ def plot(rows, path):
     """A bar per configuration and mode: torch.nn time / rnncells time (pass 1), with the line at 1."""
     plt = _plot.pyplot()
     kept = [r for r in rows if r["pass_"] == 1 and r["ratio"] is not None]
-    labels = [f"{r['cell']} T{r['T']} B{r['B']} H{r['H']} {r['mode']} {r['precision']}" for r in kept]
+    labels = [f"{r['cell']} T{r['T']} B{r['B']} H{r['H']} {r['mode']} {r['precision']}"
+              + (f" {r['threads']}t" if r.get("threads") else "") for r in kept]
     fig, ax = plt.subplots(figsize=(8, 0.25 * len(kept) + 1.5))
     ax.barh(range(len(kept)), [r["ratio"] for r in kept])
     ax.axvline(1.0, color="gray", linestyle="--")

@@ -19,13 +19,16 @@ def main(argv=None):
     demo.add_argument("--plot", metavar="PNG", type=_plot_path, help="write the loss curves here (needs matplotlib)")
     bench = sub.add_parser("bench", help="time rnncells next to torch.nn (cuDNN) and a torch cell loop")
     bench.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when a GPU is present")
-    bench.add_argument("--preset", choices=("full", "quick"), help="default: full on a GPU, quick on the CPU")
+    bench.add_argument("--preset", choices=("full", "quick", "cpu"),
+                       help="default: full on a GPU, quick on the CPU (cpu: quick and the standard T=100, B=64, H=512)")
     bench.add_argument("--cell", choices=("lstm", "gru", "both"), default="both")
     bench.add_argument("--group", choices=("standard", "small", "large"), action="append",
                        help="full preset only: shapes to time (repeatable; default all, the standard first)")
     bench.add_argument("--mode", choices=("forward", "train", "both"), default="both")
-    bench.add_argument("--precision", choices=("fp32", "tf32", "fp16", "bf16"), action="append",
-                       help="repeatable; default all four on a GPU (tf32, fp16, bf16: GPU only), fp32 on the CPU")
+    bench.add_argument("--precision", choices=("fp32", "tf32", "fp16", "bf16", "fp64"), action="append",
+                       help="repeatable; default fp32, tf32, fp16 and bf16 on a GPU, fp32 and fp64 on the CPU")
+    bench.add_argument("--threads", type=_positive, action="append",
+                       help="CPU only: threads for both sides, a row each (repeatable; default 1 and 2)")
     bench.add_argument("--passes", type=_positive, default=2, help="times each configuration is measured (default 2)")
     bench.add_argument("--repeats", type=_positive, default=20, help="timed calls per measurement (default 20)")
     bench.add_argument("--warmup", type=_at_least(0), default=5, help="untimed calls first (default 5)")
@@ -57,21 +60,26 @@ def _bench(args):
     preset = args.preset or ("full" if device == "cuda" else "quick")
     both = lambda choice, all_: all_ if choice == "both" else (choice,)  # noqa: E731
     cells, modes = both(args.cell, ("lstm", "gru")), both(args.mode, ("forward", "train"))
-    precisions = tuple(args.precision or (bench.PRECISIONS if device == "cuda" else ("fp32",)))
-    if device == "cpu" and set(precisions) != {"fp32"}:
-        print(f"rnncells bench --precision {' '.join(precisions)}: the CPU bench times fp32 only",
-              file=sys.stderr)
+    precisions = tuple(args.precision or bench.DEVICE_PRECISIONS[device])
+    if not set(precisions) <= set(bench.DEVICE_PRECISIONS[device]):
+        print(f"rnncells bench --precision {' '.join(precisions)}: the {device} bench times "
+              f"{', '.join(bench.DEVICE_PRECISIONS[device])}", file=sys.stderr)
         return 2
+    if args.threads and device == "cuda":
+        print("rnncells bench --threads: CPU only", file=sys.stderr)
+        return 2
+    threads = tuple(args.threads or bench.CPU_THREADS)
     groups = tuple("small batch" if g == "small" else g for g in args.group) if args.group else bench.GROUPS
     settings = dict(preset=preset, cells=cells, groups=groups, modes=modes, precisions=precisions,
-                    repeats=args.repeats, warmup=args.warmup, passes=args.passes)
+                    threads=threads if device == "cpu" else None, repeats=args.repeats, warmup=args.warmup,
+                    passes=args.passes)
     path = bench.record_path(args.out, device)
     # the record rewritten after every row: a run cut off keeps what it measured
     on_row = functools.partial(bench.write_json, path, device, settings=settings)
     out = functools.partial(print, flush=True)
     _, rows = bench.run(preset, cells, device, modes=modes, repeats=args.repeats, warmup=args.warmup,
                         passes=args.passes, out=out, groups=groups, precisions=precisions,
-                        on_row=on_row)
+                        on_row=on_row, threads=threads)
     print(f"results written to {path}")
     if args.plot:
         bench.plot(rows, args.plot)

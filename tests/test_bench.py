@@ -7,10 +7,22 @@ import pytest
 from rnncells import bench, cli, verify
 
 
-def test_time_step_takes_the_median_after_the_warmup():
-    calls, costs = [], iter([100.0, 100.0, 3.0, 1.0, 2.0])
-    median, samples = bench.time_step(lambda: calls.append(1), lambda fn: (fn(), next(costs))[1], 2, 3)
-    assert len(calls) == 5 and samples == [3.0, 1.0, 2.0] and median == 2.0
+def test_time_steps_interleave_the_calls_and_take_each_median_after_the_warmup():
+    calls, costs = [], iter([100.0, 100.0, 100.0, 100.0, 3.0, 30.0, 20.0, 1.0, 2.0, 10.0])
+    steps = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times = bench.time_steps(steps, lambda fn: (fn(), next(costs))[1], 2, 3)
+    assert calls == ["a", "b"] * 2 + ["a", "b", "b", "a", "a", "b"]  # one of each in turn, every other round reversed
+    assert times["a"] == (2.0, [3.0, 1.0, 2.0]) and times["b"] == (20.0, [30.0, 20.0, 10.0])
+
+
+def test_cpu_threads_set_both_sides_and_restore_them():
+    torch = pytest.importorskip("torch")
+    from rnncells import _numpy
+
+    before = (torch.get_num_threads(), _numpy.blas().info()[0]["num_threads"])
+    with bench.cpu_threads(1):
+        assert (torch.get_num_threads(), _numpy.blas().info()[0]["num_threads"]) == (1, 1)
+    assert (torch.get_num_threads(), _numpy.blas().info()[0]["num_threads"]) == before
 
 
 def test_presets_cover_the_standard_small_and_large_configurations():
@@ -22,6 +34,9 @@ def test_presets_cover_the_standard_small_and_large_configurations():
     }
     assert (100, 256, 1024) in [(c.T, c.B, c.H) for c in full]
     assert {c.group for c in bench.configs("full", groups=("large",))} == {"large"}
+    quick = [(c.T, c.B, c.H) for c in bench.configs("quick", cells=("lstm",))]
+    assert {(1000, 4, 128), (100, 1, 256)} <= set(quick)  # long sequences and one item, beside T=20
+    assert [(c.T, c.B, c.H) for c in bench.configs("cpu", cells=("lstm",))] == quick + [(100, 64, 512)]
     with pytest.raises(ValueError, match="preset='huge'"):
         bench.configs("huge")
     with pytest.raises(ValueError, match="'tiny'"):
@@ -33,7 +48,7 @@ def test_cpu_run_times_all_three_and_records_them(tmp_path, capsys, monkeypatch)
     pytest.importorskip("matplotlib")
     png = tmp_path / "ratios.png"
     argv = ["bench", "--device", "cpu", "--cell", "gru", "--repeats", "2", "--warmup", "1", "--out", str(tmp_path),
-            "--plot", str(png)]
+            "--plot", str(png), "--passes", "1"]
     written = []
     real = bench.write_json
     monkeypatch.setattr(bench, "write_json", lambda *a, **kw: (written.append(len(a[2])), real(*a, **kw))[1])
@@ -42,10 +57,13 @@ def test_cpu_run_times_all_three_and_records_them(tmp_path, capsys, monkeypatch)
     assert "torch.nn ms" in out and "torch loop ms" in out and "results written to" in out
     (path,) = tmp_path.glob("*-cpu.json")
     record = json.loads(path.read_text())
-    assert record["environment"]["torch"] and record["environment"]["device"].startswith("CPU")
+    env = record["environment"]
+    assert env["torch"] and env["device"].startswith("CPU") and env["blas"][0]["internal_api"]
+    assert record["settings"]["threads"] == [1, 2] and record["settings"]["precisions"] == ["fp32", "fp64"]
     rows = record["rows"]
-    assert len(rows) == 2 * 2 * 2  # two quick shapes, two modes, two passes
-    assert written == [1, 2, 3, 4, 5, 6, 7, 8]  # the record after every row, each time with all rows so far
+    n = len(bench.configs("quick", cells=("gru",))) * 2 * 2 * 2  # shapes, modes, precisions, thread counts
+    assert [(r["precision"], r["threads"]) for r in rows[:4]] == [("fp32", 1), ("fp32", 2), ("fp64", 1), ("fp64", 2)]
+    assert written == list(range(1, n + 1))  # the record after every row, each time with all rows so far
     for r in rows:
         assert set(r["ms"]) == set(bench.implementations("cpu")) and all(v > 0 for v in r["ms"].values())
         assert r["ratio"] == pytest.approx(r["ms"]["torch.nn"] / r["ms"]["rnncells"])
@@ -101,11 +119,13 @@ def test_peak_train_mb_counts_what_a_step_keeps_between_steps_but_not_its_inputs
 
 def test_the_run_can_be_cut_to_one_cell_mode_and_pass(tmp_path, capsys):
     argv = ["bench", "--device", "cpu", "--cell", "lstm", "--mode", "train", "--passes", "1", "--repeats", "1",
-            "--warmup", "0", "--out", str(tmp_path)]
+            "--warmup", "0", "--out", str(tmp_path), "--precision", "fp32", "--threads", "1"]
     assert cli.main(argv) == 0
     (path,) = tmp_path.glob("*-cpu.json")
     rows = json.loads(path.read_text())["rows"]
-    assert [(r["cell"], r["mode"], r["pass_"], r["precision"]) for r in rows] == [("lstm", "train", 1, "fp32")] * 2
+    n = len(bench.configs("quick"))  // 2
+    assert [(r["cell"], r["mode"], r["pass_"], r["precision"], r["threads"]) for r in rows] == \
+        [("lstm", "train", 1, "fp32", 1)] * n
 
 
 @pytest.mark.parametrize("precision,dtype", [("fp16", "float16"), ("bf16", "bfloat16")])
