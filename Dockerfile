@@ -1,4 +1,5 @@
-# The README's two commands in a container (CPU: the NumPy backend; the kernels built and run on the host).
+# The README's two commands in a container (CPU: the "cpu" backend, its loops built with g++; the kernels built
+# and run on the host).
 #   docker build -t rnncells .
 #   docker run --rm rnncells                                                   # rnncells demo
 #   docker run --rm -v "$PWD:/out" rnncells rnncells demo --plot /out/curves.png   # the plot lands in $PWD

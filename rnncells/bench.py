@@ -399,8 +399,8 @@ def run(preset="full", cells=("lstm", "gru"), device=None, modes=("forward", "tr
                     cells_ms = "".join(f"{times[n]:>14.3f}" for n in impls)
                     r = f"{ratio:>8.2f}" if ratio is not None else f"{'-':>8}"
                     mb = "".join(f"  {n} {v:.1f} MB" for n, v in row.get("peak_mb", {}).items())
-                    thr = n_threads or "-"
-                    out(f"{cfg.cell:<5}{cfg.T:>5}{cfg.B:>5}{cfg.H:>6}  {mode:<8}{prec:<6}{thr:>4}{p:>5}{cells_ms}{r}{mb}")
+                    head = f"{cfg.cell:<5}{cfg.T:>5}{cfg.B:>5}{cfg.H:>6}  {mode:<8}{prec:<6}{n_threads or '-':>4}{p:>5}"
+                    out(f"{head}{cells_ms}{r}{mb}")
                     if on_row is not None:
                         on_row(rows)
     _torch_tf32(False)
