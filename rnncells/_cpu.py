@@ -27,23 +27,19 @@ import numpy as np
 
 from . import _numpy
 from ._host import argument_types
-from ._kernels import SOURCES, kernel_dir
+from ._kernels import SOURCES, TYPES, kernel_dir
+from ._kernels import _flag as _bool
 from .variants import LSTMSpec
 
-DTYPES = (np.dtype("float32"), np.dtype("float64"))
-_CPP = {np.dtype("float32"): "float", np.dtype("float64"): "double"}
+DTYPES = (np.dtype("float32"), np.dtype("float64"))  # S = C: the compiled loops' storage is their arithmetic
 FLAGS = ("-std=c++17", "-O3", "-shared", "-fPIC")
-
-
-def _bool(v):
-    return "true" if v else "false"
 
 
 def loops():
     """{(loop, dtype, template flags...): the C++ instantiation} for every compiled loop."""
     names = {}
     for dt in DTYPES:
-        s = _CPP[dt]
+        s = TYPES[dt][0]
         for spec in LSTMSpec.every():
             peephole, candidate = spec.template_args()
             for training in (True, False):
