@@ -12,6 +12,8 @@ backward  per step: ops.*_backward_step; ops.gemm(da, Wrec) -> the next step's d
 
 Every GEMM, inside the loops and out, is an `ops.gemm`, so the backend
 decides how all of them run (on a GPU: one cuBLAS binding, one math mode).
+A backend may also run a whole step loop in one call (`ops.run_compiled`:
+the "cpu" backend's C++ twins of the `_*_steps` functions, kernels/cpu_loops.h).
 
 Buffers hold one of two dtypes: the storage dtype of the call (`dt`: x,
 the weights, y and the other [T, B, ·] buffers) and its compute dtype (`ct`,
