@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _numpy
-from ._host import argument_types
+from ._host import check_arguments, pack, read_signature
 from ._kernels import SOURCES, TYPES, kernel_dir
 from ._kernels import _flag as _bool
 from .variants import LSTMSpec
@@ -130,30 +130,14 @@ class Loops:
         self.functions, self.signatures = {}, {}
         for k, key in enumerate(loops()):
             self.functions[key] = getattr(self.lib, f"rnncells_loop_{k}")
-            sig = getattr(self.lib, f"rnncells_loop_{k}_signature")
-            sig.restype = ctypes.POINTER(ctypes.c_char_p)
-            types, n = sig(), 0
-            while types[n] is not None:
-                n += 1
-            self.signatures[key] = [types[i].decode() for i in range(n)]
+            self.signatures[key] = read_signature(self.lib, f"rnncells_loop_{k}_signature")
 
     def call(self, key, dtype, *args):
-        """The loop `key` on `args` (ints, C-contiguous arrays of the kernels' types, or None for null)."""
-        given = ["Blas", *argument_types(args)]
-        expected = self.signatures[key]
-        if len(given) != len(expected) or any(g not in (e, "*") for g, e in zip(given, expected)):
-            raise TypeError(f"{key[0]} loop takes ({', '.join(expected)}) but was given ({', '.join(given)})")
-        holders = [self.blas[dtype]]
-        for a in args:
-            if a is None:
-                holders.append(ctypes.c_void_p(None))
-            elif isinstance(a, int):
-                holders.append(ctypes.c_int(a))
-            else:
-                if not a.flags.c_contiguous:
-                    raise ValueError(f"{key[0]} loop: an argument of shape {a.shape} is not C-contiguous")
-                holders.append(ctypes.c_void_p(a.ctypes.data))
-        packed = (ctypes.c_void_p * len(holders))(*map(ctypes.addressof, holders))
+        """The loop `key` on `args` after the BLAS of `dtype` (ints, C-contiguous arrays of the kernels' types,
+        or None for null), checked as host.h's launches are."""
+        name = f"{key[0]} loop"
+        check_arguments(name, self.signatures[key], args, leading=["Blas"])
+        packed, _holders = pack(name, args, holders=[self.blas[dtype]])
         self.functions[key](packed)
 
     # one per loop of rnncells._sequence, with its arguments
@@ -170,10 +154,9 @@ class Loops:
 
     def _gru_forward_steps(self, b, T, spec, training):
         B, H = b.y.shape[1:]
-        gates, rh = (b.gates, None) if spec.reset_after else (b.gates, b.rh)
-        work = (b.gh, None, None) if spec.reset_after else (None, b.ghrz, b.ghn)
+        rh, work = (None, (b.gh, None, None)) if spec.reset_after else (b.rh, (None, b.ghrz, b.ghn))
         self.call(("gru_forward", b.y.dtype, spec.reset_after, training), b.y.dtype, T, B, H, b.xw, b.h0, b.w_hh,
-                  b.b_hn, b.lengths, b.y, gates, rh, b.h_last, *work)
+                  b.b_hn, b.lengths, b.y, b.gates, rh, b.h_last, *work)
 
     def _gru_backward_steps(self, ctx, g, T):
         B, H = g.dy.shape[1:]

@@ -126,18 +126,51 @@ def check_launch(name, signature, grid, block, args):
     """Raise if a launch would be wrong or refused on a GPU: arguments against the kernel's parameter types
     (`signature`, comma-separated C types) and int arguments against int's range, and the grid and block
     against CUDA's limits."""
-    params, given = signature.split(","), argument_types(args)
+    check_arguments(name, signature.split(","), args)
+    for what, dims, limits in (("grid", grid, GRID_LIMITS), ("block", block, BLOCK_LIMITS)):
+        if any(not 1 <= d <= lim for d, lim in zip(dims, limits)):
+            raise ValueError(f"{name}: {what} {tuple(dims)} is outside CUDA's limits (1 to {limits} per dimension)")
+    if math.prod(block) > BLOCK_LIMITS[0]:
+        raise ValueError(f"{name}: block {tuple(block)} has more than {BLOCK_LIMITS[0]} threads")
+
+
+def check_arguments(name, params, args, leading=()):
+    """Raise unless `args` fit the C parameter types `params`: each type, and each int within int's range.
+    `leading`: the types of arguments passed before `args` (not checked again)."""
+    given = [*leading, *argument_types(args)]
     if len(params) != len(given) or any(g not in (p, "*") or (g == "*" and not p.endswith("*"))
                                         for p, g in zip(params, given)):
         raise TypeError(f"{name} takes ({', '.join(params)}) but was given ({', '.join(given)})")
     for k, a in enumerate(args):
         if isinstance(a, (int, np.integer)) and not -(2**31) <= a < 2**31:
             raise OverflowError(f"{name}: argument {k} = {a} does not fit the kernel's 32-bit int")
-    for what, dims, limits in (("grid", grid, GRID_LIMITS), ("block", block, BLOCK_LIMITS)):
-        if any(not 1 <= d <= lim for d, lim in zip(dims, limits)):
-            raise ValueError(f"{name}: {what} {tuple(dims)} is outside CUDA's limits (1 to {limits} per dimension)")
-    if math.prod(block) > BLOCK_LIMITS[0]:
-        raise ValueError(f"{name}: block {tuple(block)} has more than {BLOCK_LIMITS[0]} threads")
+
+
+def read_signature(lib, symbol):
+    """The parameter types a library's `symbol`() reports (host.h's `signature`: a null-terminated char**)."""
+    fn = getattr(lib, symbol)
+    fn.restype = ctypes.POINTER(ctypes.c_char_p)
+    types, n = fn(), 0
+    while types[n] is not None:
+        n += 1
+    return [types[i].decode() for i in range(n)]
+
+
+def pack(name, args, holders=()):
+    """(the void** array, the values it points to) of a call's arguments, cuLaunchKernel's convention: an int,
+    a C-contiguous array's data, or null for None, after the ctypes values `holders`.  Keep both alive for
+    the call."""
+    holders = list(holders)
+    for k, a in enumerate(args):
+        if a is None:
+            holders.append(ctypes.c_void_p(None))
+        elif isinstance(a, (int, np.integer)):
+            holders.append(ctypes.c_int(int(a)))
+        else:
+            if not a.flags.c_contiguous:
+                raise ValueError(f"{name}: argument {k} is not C-contiguous (shape {a.shape}, strides {a.strides})")
+            holders.append(ctypes.c_void_p(a.ctypes.data))
+    return (ctypes.c_void_p * len(holders))(*map(ctypes.addressof, holders)), holders
 
 
 class HostLauncher:
@@ -154,28 +187,12 @@ class HostLauncher:
     def __init__(self, library):
         self.lib = ctypes.CDLL(str(library))
         self.index = {name: k for k, name in enumerate(instantiations())}
-        self.signatures = {}
-        for name, k in self.index.items():
-            fn = getattr(self.lib, f"rnncells_{k}_signature")
-            fn.restype = ctypes.POINTER(ctypes.c_char_p)
-            types, n = fn(), 0
-            while types[n] is not None:
-                n += 1
-            self.signatures[name] = ",".join(types[i].decode() for i in range(n))
+        self.signatures = {name: ",".join(read_signature(self.lib, f"rnncells_{k}_signature"))
+                           for name, k in self.index.items()}
 
     def __call__(self, name, grid, block, args):
         check_launch(name, self.signatures[name], grid, block, args)
-        holders = []
-        for k, a in enumerate(args):
-            if a is None:
-                holders.append(ctypes.c_void_p(None))
-            elif isinstance(a, (int, np.integer)):
-                holders.append(ctypes.c_int(int(a)))
-            else:
-                if not a.flags.c_contiguous:
-                    raise ValueError(f"{name}: argument {k} is not C-contiguous (shape {a.shape}, strides {a.strides})")
-                holders.append(ctypes.c_void_p(a.ctypes.data))
-        packed = (ctypes.c_void_p * len(holders))(*(ctypes.cast(ctypes.pointer(h), ctypes.c_void_p) for h in holders))
+        packed, _holders = pack(name, args)
         getattr(self.lib, f"rnncells_{self.index[name]}")(grid[0], grid[1], block[0], packed)
 
 
