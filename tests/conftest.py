@@ -5,10 +5,12 @@ in one line.
 A test that takes an argument `spec` runs once per cell variant (`rnncells.verify.VARIANTS`); one that takes
 `kernel_backend` once per backend that launches the CUDA kernels: "cuda-host" (marked `host`) and "cupy" (`gpu`);
 one that takes `cpu_backend` once per fast backend on NumPy arrays: "numpy", "cpu" and "cuda-host" (both `host`).
+`poisoned_numpy` is NumPy with NaN-filled `empty`, for backends whose every output element must be written.
 """
 
 import shutil
 
+import numpy as np
 import pytest
 
 from rnncells import _backends, verify
@@ -24,6 +26,23 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("kernel_backend", KERNEL_BACKENDS)
     if "cpu_backend" in metafunc.fixturenames:
         metafunc.parametrize("cpu_backend", CPU_BACKENDS)
+
+
+class PoisonedNumpy:
+    """NumPy whose `empty` is NaN-filled: an element a kernel or loop fails to write shows up as NaN."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def empty(shape, dtype=float):
+        return np.full(shape, np.nan, dtype=dtype)
+
+
+@pytest.fixture
+def poisoned_numpy():
+    """PoisonedNumpy, as a backend's array module (`rnncells._backends.Orchestrated`'s xp)."""
+    return PoisonedNumpy()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -13,21 +13,10 @@ pytestmark = pytest.mark.host
 STEP_FUNCTIONS = [n for n in dir(_numpy) if n.endswith("_step")]
 
 
-class PoisonedNumpy:
-    """NumPy whose `empty` is NaN-filled: an element a loop fails to write shows up as NaN."""
-
-    def __getattr__(self, name):
-        return getattr(np, name)
-
-    @staticmethod
-    def empty(shape, dtype=float):
-        return np.full(shape, np.nan, dtype=dtype)
-
-
 @pytest.fixture
-def poisoned_cpu():
+def poisoned_cpu(poisoned_numpy):
     assert _cpu.load() is not None, "g++ is here, so the loops must build"
-    return _backends.Orchestrated("cpu", lambda tf32: _cpu.ops(), PoisonedNumpy(), kernels=False)
+    return _backends.Orchestrated("cpu", lambda tf32: _cpu.ops(), poisoned_numpy, kernels=False)
 
 
 @pytest.fixture

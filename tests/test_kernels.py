@@ -69,21 +69,10 @@ def test_instantiations_cover_every_kernel_variant_and_dtype():
         assert len(lists) == len(STORAGE_COMPUTE) * math.prod(len(values[t]) for t in types[2:]), kernel
 
 
-class PoisonedNumpy:
-    """NumPy whose `empty` is NaN-filled: an element a kernel fails to write shows up as NaN."""
-
-    def __getattr__(self, name):
-        return getattr(np, name)
-
-    @staticmethod
-    def empty(shape, dtype=float):
-        return np.full(shape, np.nan, dtype=dtype)
-
-
 @pytest.fixture
-def poisoned_host():
+def poisoned_host(poisoned_numpy):
     """The host-built kernels on NaN-poisoned buffers: a backend to pass as backend=."""
-    return _backends.Orchestrated("cuda-host", _host.ops, PoisonedNumpy())
+    return _backends.Orchestrated("cuda-host", _host.ops, poisoned_numpy)
 
 
 SHAPES = [
@@ -316,10 +305,10 @@ def test_gemm_plan_drives_column_major_cublas_to_the_row_major_product(a, b):
 
 
 @pytest.mark.host
-def test_orchestration_with_the_cublas_argument_plan_matches_reference(spec):
+def test_orchestration_with_the_cublas_argument_plan_matches_reference(spec, poisoned_numpy):
     """Every GEMM call site of the sequence code, with its real strides, through the cuBLAS mapping."""
     ops = _kernels.KernelOps(_host.ops().launcher, np, planned_gemm)
-    planned = _backends.Orchestrated("cuda-host", lambda tf32: ops, PoisonedNumpy())
+    planned = _backends.Orchestrated("cuda-host", lambda tf32: ops, poisoned_numpy)
     for kw in ({}, {"lengths": np.array([5, 0, 2])}, {"step": True}):
         p = verify.problem(spec, T=5, B=3, I=4, H=3, dtype="float64", **kw)
         assert verify.backend_error(p, planned)[0] <= verify.BOUNDS["float64"]
