@@ -10,10 +10,13 @@ import pytest
 from rnncells import verify
 
 SHAPES = [dict(T=50, B=16, I=64, H=64), dict(T=20, B=64, I=256, H=256)]
+# Not the clipped variants: over 10^5 cells some c' lie within float32's rounding of the clip, where the gradient
+# jumps (see verify.clip_margin), so no float32 run matches the reference there; clipping costs two comparisons.
+VARIANTS = [s for s in verify.VARIANTS if getattr(s, "cell_clip", None) is None]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{T}B{B}I{I}H{H}".format(**s))
-@pytest.mark.parametrize("spec", verify.VARIANTS, ids=lambda s: str(s).replace(" ", "-"))
+@pytest.mark.parametrize("spec", VARIANTS, ids=lambda s: str(s).replace(" ", "-"))
 def test_train_step(benchmark, spec, shape):
     p = verify.problem(spec, dtype="float32", **shape)
     fwd, bwd, *_ = verify.public_functions(spec)

@@ -69,11 +69,11 @@ void run(void (*kernel)(P...), int n, A... args) {
 
 using Size = std::ptrdiff_t;  // offsets of a step within a [T, B, ·] buffer may pass 2^31
 
-// lstm_forward_steps: xw [T, B, 4H], h0 [B, H], c0 [B, H], w_hh [4H, H], w_ch [3H, H] (FULL), w_peep [3H]
+// lstm_forward_steps: cell_clip (CLIP), xw [T, B, 4H], h0 [B, H], c0 [B, H], w_hh [4H, H], w_ch [3H, H] (FULL), w_peep [3H]
 // (DIAGONAL), lengths [B] or null; y [T, B, H], cs [T, B, H] (inference: [2, B, H] ping-pong), gates [T, B, 4H]
 // (TRAINING), h_last [B, H] or null; hw [B, 4H], cw [B, 3H] (FULL).
-template <typename S, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool TRAINING>
-void lstm_forward_steps(const Blas blas, int T, int B, int H, const S* xw, const S* h0, const S* c0, const S* w_hh,
+template <typename S, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool TRAINING>
+void lstm_forward_steps(const Blas blas, int T, int B, int H, S cell_clip, const S* xw, const S* h0, const S* c0, const S* w_hh,
                         const S* w_ch, const S* w_peep, const int* lengths, S* y, S* cs, S* gates, S* h_last, S* hw,
                         S* cw) {
   const Size BH = Size(B) * H;
@@ -82,21 +82,23 @@ void lstm_forward_steps(const Blas blas, int T, int B, int H, const S* xw, const
     const S* c = t == 0 ? c0 : cs + prev * BH;
     gemm(blas, true, B, 4 * H, H, t == 0 ? h0 : y + (t - 1) * BH, H, w_hh, H, hw, 4 * H);
     if (PEEPHOLE == PEEPHOLE_FULL) gemm(blas, true, B, 3 * H, H, c, H, w_ch, H, cw, 3 * H);
-    run(lstm_forward_step<S, S, PEEPHOLE, SIGMOID_CANDIDATE, TRAINING>, B * H, t, B, H, xw + t * 4 * BH, hw, cw, c,
-        cs + s * BH, y + t * BH, h_last, TRAINING ? gates + t * 4 * BH : nullptr, w_peep, lengths);
+    run(lstm_forward_step<S, S, PEEPHOLE, SIGMOID_CANDIDATE, CLIP, TRAINING>, B * H, t, B, H, cell_clip,
+        xw + t * 4 * BH, hw, cw, c, cs + s * BH, y + t * BH, h_last, TRAINING ? gates + t * 4 * BH : nullptr, w_peep,
+        lengths);
   }
 }
 
-// lstm_backward_steps: gates [T, B, 4H], c0 [B, H], cs [T, B, H], dy [T, B, H], w_rec [4H, n_rec], w_peep [3H]
+// lstm_backward_steps: cell_clip (CLIP), gates [T, B, 4H], c0 [B, H], cs [T, B, H], dy [T, B, H], w_rec [4H, n_rec], w_peep [3H]
 // (DIAGONAL), lengths [B] or null; dcarry [2, B, 2H], drec [2, B, n_rec] (ping-pong, row T % 2 holding dhT, dcT
 // and 0), da [T, B, 4H].
-template <typename S, int PEEPHOLE, bool SIGMOID_CANDIDATE>
-void lstm_backward_steps(const Blas blas, int T, int B, int H, int n_rec, const S* gates, const S* c0, const S* cs,
+template <typename S, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP>
+void lstm_backward_steps(const Blas blas, int T, int B, int H, S cell_clip, int n_rec, const S* gates, const S* c0, const S* cs,
                          const S* dy, const S* w_rec, const S* w_peep, const int* lengths, S* dcarry, S* drec, S* da) {
   const Size BH = Size(B) * H;
   for (int t = T - 1; t >= 0; --t) {
     const Size nxt = (t + 1) % 2, cur = t % 2;
-    run(lstm_backward_step<S, S, PEEPHOLE, SIGMOID_CANDIDATE>, B * H, t, B, H, n_rec, gates + t * 4 * BH,
+    run(lstm_backward_step<S, S, PEEPHOLE, SIGMOID_CANDIDATE, CLIP>, B * H, t, B, H, cell_clip, n_rec,
+        gates + t * 4 * BH,
         t == 0 ? c0 : cs + (t - 1) * BH, cs + t * BH, dy + t * BH, dcarry + nxt * 2 * BH, drec + nxt * B * n_rec,
         dcarry + cur * 2 * BH, da + t * 4 * BH, w_peep, lengths);
     gemm(blas, false, B, n_rec, 4 * H, da + t * 4 * BH, 4 * H, w_rec, n_rec, drec + cur * B * n_rec, n_rec);

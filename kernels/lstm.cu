@@ -2,20 +2,21 @@
 //
 // forward, a = xw + hw split into a_i a_f a_g a_o (FULL adds c Wchᵀ to a_i a_f a_o, DIAGONAL the w_· terms):
 //   i = σ(a_i + w_i∘c)   f = σ(a_f + w_f∘c)   g = tanh(a_g)   (σ(a_g) with SIGMOID_CANDIDATE)
-//   c' = f∘c + i∘g       o = σ(a_o + w_o∘c')  h' = o∘tanh(c')
+//   c' = f∘c + i∘g       (CLIP: clipped to [−cell_clip, cell_clip], TensorFlow's LSTMCell)
+//   o = σ(a_o + w_o∘c')  h' = o∘tanh(c')
 // h' is stored once, in y, which is also the next step's h: the states kept for backward are
 // y and c (no second copy of h), so past an item's length its h reads as 0 (y is 0 there) and
 // its last h' goes to h_last; c stays frozen.
 // backward, dh = dh' + dy and dc = dc', each arriving in two parts: dcarry, which the later step's
 // kernel wrote, and drec, the recurrent GEMM's da' Wrec (so no GEMM has to accumulate):
-//   da_o = dh∘tanh(c')∘o(1−o)        dc += dh∘o∘(1 − tanh²c')  (+ w_o∘da_o)
+//   da_o = dh∘tanh(c')∘o(1−o)        dc += dh∘o∘(1 − tanh²c')  (+ w_o∘da_o)   (CLIP: dc = 0 where |c'| = clip)
 //   da_i = dc∘g∘i(1−i)   da_f = dc∘c∘f(1−f)   da_g = dc∘i∘g'
 //   dc_prev = dc∘f  (+ w_i∘da_i + w_f∘da_f)
 // The recurrent GEMM's part of dh_prev (da Wrec) is added by the next step's kernel.
 #include "common.cuh"
 
-template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool TRAINING>
-__global__ void lstm_forward_step(const int t, const int B, const int H,
+template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool TRAINING>
+__global__ void lstm_forward_step(const int t, const int B, const int H, const C cell_clip,
                                   const S* __restrict__ xw,        // [B, 4H] x Wihᵀ + biases, this step
                                   const C* __restrict__ hw,        // [B, 4H] h Whhᵀ
                                   const C* __restrict__ cw,        // [B, 3H] c Wchᵀ (i f o) when FULL
@@ -47,7 +48,8 @@ __global__ void lstm_forward_step(const int t, const int B, const int H,
     a_f += C(w_peep[H + j]) * c;
   }
   const C i = sigmoid(a_i), f = sigmoid(a_f), g = candidate<SIGMOID_CANDIDATE>(a_g);
-  const C c1 = f * c + i * g;
+  C c1 = f * c + i * g;
+  if constexpr (CLIP) c1 = c1 > cell_clip ? cell_clip : (c1 < -cell_clip ? -cell_clip : c1);  // NaN stays NaN
   if constexpr (PEEPHOLE == PEEPHOLE_DIAGONAL) a_o += C(w_peep[2 * H + j]) * c1;
   const C o = sigmoid(a_o);
   const C h1 = o * tanh(c1);
@@ -63,8 +65,8 @@ __global__ void lstm_forward_step(const int t, const int B, const int H,
   if (h_last != nullptr && active) h_last[state_idx] = S(h1);
 }
 
-template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE>
-__global__ void lstm_backward_step(const int t, const int B, const int H, const int n_rec,
+template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP>
+__global__ void lstm_backward_step(const int t, const int B, const int H, const C cell_clip, const int n_rec,
                                    const S* __restrict__ gates,     // [B, 4H] i f g o
                                    const C* __restrict__ c_prev,    // [B, H] c before the step
                                    const C* __restrict__ c_next,    // [B, H] c after it
@@ -92,11 +94,14 @@ __global__ void lstm_backward_step(const int t, const int B, const int H, const 
     return;
   }
   const C i = C(gates[i_idx]), f = C(gates[f_idx]), g = C(gates[g_idx]), o = C(gates[o_idx]);
-  const C c = c_prev[state_idx], tc = tanh(c_next[state_idx]);
+  const C c = c_prev[state_idx], c1 = c_next[state_idx], tc = tanh(c1);
   const C dh = dh_in + C(dy[state_idx]);
   const C da_o = dh * tc * o * (C(1) - o);
   C dc = dc_in + dh * o * (C(1) - tc * tc);
   if constexpr (PEEPHOLE == PEEPHOLE_DIAGONAL) dc += C(w_peep[2 * H + j]) * da_o;
+  if constexpr (CLIP) {  // a clipped c' is exactly ±cell_clip (c is kept in C); a NaN c' passes its gradient on
+    if (fabs(c1) >= cell_clip) dc = C(0);
+  }
   const C da_i = dc * g * i * (C(1) - i);
   const C da_f = dc * c * f * (C(1) - f);
   const C da_g = dc * i * candidate_grad<SIGMOID_CANDIDATE>(g);

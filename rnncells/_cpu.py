@@ -27,7 +27,7 @@ import numpy as np
 
 from . import _numpy
 from ._host import check_arguments, pack, read_signature
-from ._kernels import SOURCES, TYPES, kernel_dir
+from ._kernels import SOURCES, TYPES, kernel_dir, scalars
 from ._kernels import _flag as _bool
 from .variants import LSTMSpec
 
@@ -41,11 +41,11 @@ def loops():
     for dt in DTYPES:
         s = TYPES[dt][0]
         for spec in LSTMSpec.every():
-            peephole, candidate = spec.template_args()
+            flags = spec.template_args()
+            args = ", ".join([s, *flags])
             for training in (True, False):
-                names["lstm_forward", dt, spec, training] = \
-                    f"lstm_forward_steps<{s}, {peephole}, {candidate}, {_bool(training)}>"
-            names["lstm_backward", dt, spec] = f"lstm_backward_steps<{s}, {peephole}, {candidate}>"
+                names["lstm_forward", dt, flags, training] = f"lstm_forward_steps<{args}, {_bool(training)}>"
+            names["lstm_backward", dt, flags] = f"lstm_backward_steps<{args}>"
         for reset_after in (True, False):
             for training in (True, False):
                 names["gru_forward", dt, reset_after, training] = \
@@ -144,13 +144,14 @@ class Loops:
 
     def _lstm_forward_steps(self, b, T, spec, training):
         B, H = b.y.shape[1:]
-        self.call(("lstm_forward", b.y.dtype, spec, training), b.y.dtype, T, B, H, b.xw, b.h0, b.c0, b.w_hh,
-                  b.w_ch, b.w_peep, b.lengths, b.y, b.cs, b.gates, b.h_last, b.hw, b.cw)
+        self.call(("lstm_forward", b.y.dtype, spec.template_args(), training), b.y.dtype, T, B, H, *scalars(spec, b.y.dtype), b.xw,
+                  b.h0, b.c0, b.w_hh, b.w_ch, b.w_peep, b.lengths, b.y, b.cs, b.gates, b.h_last, b.hw, b.cw)
 
     def _lstm_backward_steps(self, ctx, g, w_rec, T):
         B, H = g.dy.shape[1:]
-        self.call(("lstm_backward", g.da.dtype, ctx.spec), g.da.dtype, T, B, H, w_rec.shape[1], ctx.gates, ctx.c0,
-                  ctx.cs, g.dy, w_rec, ctx.w_peep, ctx.lengths, g.dcarry, g.drec, g.da)
+        self.call(("lstm_backward", g.da.dtype, ctx.spec.template_args()), g.da.dtype, T, B, H, *scalars(ctx.spec, g.da.dtype),
+                  w_rec.shape[1], ctx.gates, ctx.c0, ctx.cs, g.dy, w_rec, ctx.w_peep, ctx.lengths, g.dcarry, g.drec,
+                  g.da)
 
     def _gru_forward_steps(self, b, T, spec, training):
         B, H = b.y.shape[1:]

@@ -34,7 +34,7 @@ class _Address(NamedTuple):
 
 
 def _address(a):
-    return a if a is None or isinstance(a, (int, np.integer)) else _Address(a.ctypes.data, a.shape, a.strides, a.dtype)
+    return a if a is None or isinstance(a, (int, np.generic)) else _Address(a.ctypes.data, a.shape, a.strides, a.dtype)
 
 
 def _at(v):
@@ -109,14 +109,21 @@ def build_host_library(out_dir, sanitize=False, source_dir=None):
 
 
 _CTYPES = {**{dtype: s for dtype, (s, _) in TYPES.items()}, np.dtype("int32"): "int"}  # the kernels' parameter types
+_SCALARS = {np.float32: ("float", ctypes.c_float), np.float64: ("double", ctypes.c_double)}
 
 
 def argument_types(args):
-    """The C types a launch's arguments stand for: "int" for an int, "<T>*" for an array, "*" for None (null)."""
+    """The C types a launch's arguments stand for: "int" for an int, "float" or "double" for a NumPy float32 or
+    float64 scalar (a Python float is neither: CuPy would pass it as a double), "<T>*" for an array, "*" for None
+    (null)."""
 
     def one(a):
         if isinstance(a, (int, np.integer)):
             return "int"
+        if type(a) in _SCALARS:
+            return _SCALARS[type(a)][0]
+        if isinstance(a, float):
+            return "float (a Python float)"
         return "*" if a is None else _CTYPES.get(a.dtype, str(a.dtype)) + "*"
 
     return [one(a) for a in args]
@@ -158,7 +165,8 @@ def read_signature(lib, symbol):
 
 def pack(name, args, holders=()):
     """(the void** array, the values it points to) of a call's arguments, cuLaunchKernel's convention: an int,
-    a C-contiguous array's data, or null for None, after the ctypes values `holders`.  Keep both alive for
+    a float or double (NumPy scalars), a C-contiguous array's data, or null for None, after the ctypes values
+    `holders`.  Keep both alive for
     the call."""
     holders = list(holders)
     for k, a in enumerate(args):
@@ -166,6 +174,8 @@ def pack(name, args, holders=()):
             holders.append(ctypes.c_void_p(None))
         elif isinstance(a, (int, np.integer)):
             holders.append(ctypes.c_int(int(a)))
+        elif type(a) in _SCALARS:
+            holders.append(_SCALARS[type(a)][1](a))
         else:
             if not a.flags.c_contiguous:
                 raise ValueError(f"{name}: argument {k} is not C-contiguous (shape {a.shape}, strides {a.strides})")

@@ -86,6 +86,12 @@ def kernel_name(kernel, dtype, spec=None, *flags):
     return f"{kernel}<{', '.join([s, c, *args, *map(_flag, flags)])}>"
 
 
+def scalars(spec, compute_dtype):
+    """The spec's kernel arguments (`kernel_scalars`) as the kernels' C type: NumPy scalars of the compute dtype,
+    which the launchers pass as float or double."""
+    return tuple(np.dtype(compute_dtype).type(v) for v in spec.kernel_scalars())
+
+
 _GRU = ("gru_backward_step", "gru_rz_step", "gru_n_step", "gru_n_backward_step", "gru_rz_backward_step")
 _REDUCE = ("column_partial_sums", "column_totals")
 
@@ -154,14 +160,16 @@ class KernelOps:
         """One LSTM step's pointwise forward (see kernels/lstm.cu)."""
         B, H = y.shape
         name = kernel_name("lstm_forward_step", y.dtype, spec, gates is not None)
-        self._launch(name, B * H, t, B, H, xw, hw, cw, c, c_next, y, h_last, gates, w_peep, lengths)
+        self._launch(name, B * H, t, B, H, *scalars(spec, c.dtype), xw, hw, cw, c, c_next, y, h_last, gates,
+                     w_peep, lengths)
 
     def lstm_backward_step(self, spec, t, gates, c, c_next, dy, dcarry, drec, dcarry_out, da, w_peep, lengths):
         """One LSTM step's pointwise backward."""
         B, H = dy.shape
         name = kernel_name("lstm_backward_step", dy.dtype, spec)
         n_rec = drec.shape[1]
-        self._launch(name, B * H, t, B, H, n_rec, gates, c, c_next, dy, dcarry, drec, dcarry_out, da, w_peep, lengths)
+        self._launch(name, B * H, t, B, H, *scalars(spec, c.dtype), n_rec, gates, c, c_next, dy, dcarry, drec,
+                     dcarry_out, da, w_peep, lengths)
 
     def gru_forward_step(self, t, xw, gh, b_hn, h, y, h_last, gates, lengths):
         """One GRU (reset_after) step's pointwise forward (see kernels/gru.cu)."""

@@ -9,7 +9,8 @@ its state's gradient passes through.
 LSTM (a = xw + hw, split a_i a_f a_g a_o; full peepholes add cw = c Wchᵀ to
 a_i a_f a_o; diagonal peepholes w_i, w_f, w_o):
     i = σ(a_i + w_i∘c)  f = σ(a_f + w_f∘c)  g = act(a_g)
-    c' = f∘c + i∘g      o = σ(a_o + w_o∘c')  h' = o∘tanh(c')
+    c' = f∘c + i∘g      (cell_clip: clipped to [−clip, clip])
+    o = σ(a_o + w_o∘c') h' = o∘tanh(c')
 GRU, reset_after (gh = h Whhᵀ, b_hn the n part of bias_hh):
     r = σ(xw_r + gh_r)  z = σ(xw_z + gh_z)  n = tanh(xw_n + r∘(gh_n + b_hn))
     h' = (1 − z)∘n + z∘h
@@ -176,6 +177,8 @@ def lstm_forward_step(spec, t, xw, hw, cw, c, c_next, y, h_last, gates, w_peep, 
         a_i, a_f = a_i + w_i * c, a_f + w_f * c
     i, f, g = sigmoid(a_i), sigmoid(a_f), ACT[spec.candidate](a_g)
     c1 = f * c + i * g
+    if spec.cell_clip is not None:
+        c1 = np.clip(c1, -spec.cell_clip, spec.cell_clip)  # NaN stays NaN
     if peephole == "diagonal":
         a_o = a_o + w_o * c1
     o = sigmoid(a_o)
@@ -202,6 +205,8 @@ def lstm_backward_step(spec, t, gates, c, c1, dy, dcarry, drec, dcarry_out, da, 
         w = _c(w_peep)
         w_i, w_f, w_o = w[:H], w[H : 2 * H], w[2 * H :]
         dc = dc + da_o * w_o
+    if spec.cell_clip is not None:  # no gradient where c' reached the clip (|c'| = clip); NaN passes
+        dc = np.where(np.abs(c1) >= spec.cell_clip, 0.0, dc)
     da_i = dc * g * i * (1.0 - i)
     da_f = dc * c * f * (1.0 - f)
     da_g = dc * i * DACT[spec.candidate](g)

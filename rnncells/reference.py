@@ -96,7 +96,10 @@ def _lstm_step(tape, spec, P, b, x, h, c):
     f = _gate(tape, peep("f", c) + rec("f"), b.get("f"), "sigmoid", "f_t")
     i = _gate(tape, peep("i", c) + rec("i"), b.get("i"), "sigmoid", "i_t")
     g = _gate(tape, rec("C"), b.get("C"), spec.candidate, "C̃_t")
-    c1 = tape("add", tape("mul", f, c), tape("mul", i, g), name="C_t")
+    clip = spec.cell_clip
+    c1 = tape("add", tape("mul", f, c), tape("mul", i, g), name=None if clip else "C_t")
+    if clip is not None:  # TensorFlow's LSTMCell(cell_clip=): before the o peephole and tanh read c'
+        c1 = tape("clip", c1, clip, name="C_t")
     o = _gate(tape, peep("o", c if peephole == "full" else c1) + rec("o"), b.get("o"), "sigmoid", "o_t")
     h1 = tape("mul", o, tape("tanh", c1), name="h_t")
     return h1, c1

@@ -72,6 +72,10 @@ RULES = {
     "offset": Rule(lambda x, a: a + x, "{y} + {x}",
                    lambda dz, x, a, z: (dz,),
                    ("d{x} += d{z}",)),
+    # z = x clipped to [−a, a]; the gradient is zero where x reached a bound (|x| ≥ a), and NaN passes through
+    "clip": Rule(lambda x, a: np.clip(x, -a, a), "clip({x}, ±{y})",
+                 lambda dz, x, a, z: (np.where(np.abs(x) >= a, 0.0, dz),),
+                 ("d{x} += d{z} ∘ [|{x}| < {y}]",)),
     # --- the seed's table beyond what the cells use ---
     "sub": Rule(lambda x, y: x - y, "{x} − {y}",
                 lambda dz, x, y, z: (dz, -dz),

@@ -23,6 +23,9 @@ import numpy as np
 
 PEEPHOLES = (None, "full", "diagonal")
 CANDIDATES = ("tanh", "sigmoid")
+# The kernels take the clip as an argument, so one clip value stands for all of them in `every()`: the tests'
+# problems (states and weights of order 1) have cells on both sides of 0.8.
+CELL_CLIPS = (None, 0.8)
 _PEEPHOLE_CODES = {None: "0", "full": "1", "diagonal": "2"}  # PEEPHOLE_* in kernels/common.cuh
 
 
@@ -91,10 +94,12 @@ class _Spec:
 
 @dataclass(frozen=True)
 class LSTMSpec(_Spec):
-    """An LSTM variant: `peephole` None, "full" (c Wchᵀ) or "diagonal" (w∘c); `candidate` "tanh" or "sigmoid"."""
+    """An LSTM variant: `peephole` None, "full" (c Wchᵀ) or "diagonal" (w∘c); `candidate` "tanh" or "sigmoid";
+    `cell_clip` None or a positive number, c' clipped to [−cell_clip, cell_clip] after each update."""
 
     peephole: object = None
     candidate: str = "tanh"
+    cell_clip: object = None
 
     cell: ClassVar[str] = "lstm"
     gates: ClassVar[int] = 4  # i, f, g, o
@@ -105,15 +110,26 @@ class LSTMSpec(_Spec):
             raise ValueError(f"peephole={self.peephole!r} is not one of None, 'full', 'diagonal'")
         if self.candidate not in CANDIDATES:
             raise ValueError(f"candidate={self.candidate!r} is not one of 'tanh', 'sigmoid'")
+        if self.cell_clip is not None:
+            clip = self.cell_clip
+            if isinstance(clip, (bool, np.bool_)) or not isinstance(clip, (int, float, np.integer, np.floating)) \
+                    or not 0 < clip < float("inf"):
+                raise ValueError(f"cell_clip={clip!r} must be None or a positive finite number")
+            object.__setattr__(self, "cell_clip", float(clip))  # NumPy's numbers too, stored as a float
 
     @staticmethod
     def every():
-        """Every LSTM variant."""
-        return [LSTMSpec(p, c) for p, c in itertools.product(PEEPHOLES, CANDIDATES)]
+        """Every LSTM variant (one clip value standing for every clip value, see CELL_CLIPS)."""
+        return [LSTMSpec(*v) for v in itertools.product(PEEPHOLES, CANDIDATES, CELL_CLIPS)]
 
     def template_args(self):
-        """The kernels' template arguments after <S, C>: PEEPHOLE, SIGMOID_CANDIDATE."""
-        return (_PEEPHOLE_CODES[self.peephole], _cpp(self.candidate == "sigmoid"))
+        """The kernels' template arguments after <S, C>: PEEPHOLE, SIGMOID_CANDIDATE, CLIP (the clip itself is
+        the kernels' `cell_clip` argument, `kernel_scalars`)."""
+        return (_PEEPHOLE_CODES[self.peephole], _cpp(self.candidate == "sigmoid"), _cpp(self.cell_clip is not None))
+
+    def kernel_scalars(self):
+        """The kernels' variant arguments after their template's: (cell_clip,), 0 when not clipping."""
+        return (self.cell_clip or 0.0,)
 
     def needed_for(self, key):
         """Why a parameter is needed: the peephole weights for `peephole`."""

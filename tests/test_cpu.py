@@ -73,23 +73,26 @@ def test_every_loop_is_exported_with_its_dtype():
     loops = _cpu.load()
     keys = list(_cpu.loops())
     for spec in LSTMSpec.every():
+        flags = spec.template_args()
         for dt in _cpu.DTYPES:
-            assert {("lstm_forward", dt, spec, True), ("lstm_forward", dt, spec, False),
-                    ("lstm_backward", dt, spec)} <= set(keys)
+            assert {("lstm_forward", dt, flags, True), ("lstm_forward", dt, flags, False),
+                    ("lstm_backward", dt, flags)} <= set(keys)
     assert len(keys) == len(set(keys)) == len(loops.signatures)
     for key, signature in loops.signatures.items():
-        s = {np.dtype("float32"): "float*", np.dtype("float64"): "double*"}[key[1]]
-        assert signature[0] == "Blas" and {t for t in signature if t.endswith("*")} == {s, "int*"}, key
+        s = {np.dtype("float32"): "float", np.dtype("float64"): "double"}[key[1]]
+        assert signature[0] == "Blas" and {t for t in signature if t.endswith("*")} == {s + "*", "int*"}, key
+        assert set(signature[1:]) - {s + "*", "int*"} <= {"int", s}, key
 
 
 def test_a_loop_refuses_arguments_of_the_wrong_type():
     loops = _cpu.load()
     b = dict(T=1, B=1, H=1)
     f64 = np.zeros((1, 1, 4))
-    wanted = r"lstm_forward loop takes \(Blas, int, int, int, float\*.* given \(Blas, int, int, int, double\*"
+    wanted = r"lstm_forward loop takes \(Blas, int, int, int, float, float\*.* given \(Blas, int, int, int, float, " \
+             r"double\*"
     with pytest.raises(TypeError, match=wanted):
-        loops.call(("lstm_forward", np.dtype("float32"), LSTMSpec(), True), np.dtype("float32"), *b.values(),
-                   *([f64] * 13))
+        loops.call(("lstm_forward", np.dtype("float32"), LSTMSpec().template_args(), True), np.dtype("float32"),
+                   *b.values(), np.float32(0), *([f64] * 13))
 
 
 def test_the_build_is_cached_by_what_it_is_built_from(tmp_path):

@@ -147,16 +147,16 @@ def test_every_cupy_launch_passes_what_the_kernel_takes(spec):
     for kw in ({}, {"lengths": np.array([3, 0, 2])}):
         for dtype in ("float32", "bfloat16", "float16"):
             verify.run(verify.problem(spec, T=3, B=3, I=2, H=4, dtype=dtype, **kw), spied)
-    kinds = {"int": np.int32, "float*": np.float32, "double*": np.float64, "__half*": np.float16,
-             "__nv_bfloat16*": np.dtype("bfloat16"), "int*": np.int32}
+    kinds = {"int": np.int32, "float": np.float32, "double": np.float64, "float*": np.float32, "double*": np.float64,
+             "__half*": np.float16, "__nv_bfloat16*": np.dtype("bfloat16"), "int*": np.int32}
     assert launches
     for name, args in launches:
         params = host.launcher.signatures[name].split(",")
         passed = _cupy.kernel_args(args)
         assert len(passed) == len(params), name
         for k, (param, a) in enumerate(zip(params, passed)):
-            if param == "int":
-                assert type(a) is np.int32, (name, k)  # a Python int would go as 64 bits
+            if param in ("int", "float", "double"):
+                assert type(a) is kinds[param], (name, k)  # a Python int or float would go as 64 bits
             elif isinstance(a, np.uintp):
                 assert a == 0, (name, k)  # a null pointer, pointer-wide
             else:

@@ -156,8 +156,13 @@ def test_host_launcher_checks_arguments_against_the_kernel_signature():
     assert launcher.signatures[half] == "int,int,float*,__nv_bfloat16*"  # sums in C, the total stored in S
     with pytest.raises(TypeError, match=r"but was given \(int, int, float\*, __half\*\)"):
         launcher(half, (1, 1, 1), (256, 1, 1), (1, 4, a, a.astype(np.float16)))
+    clip = _kernels.kernel_name("lstm_forward_step", "bfloat16", LSTMSpec(cell_clip=1.0), True)
+    assert launcher.signatures[clip].startswith("int,int,int,float,")  # t, B, H, cell_clip in C
+    with pytest.raises(TypeError, match=r"but was given \(int, int, int, float \(a Python float\),"):
+        launcher(clip, (1, 1, 1), (256, 1, 1), (0, 1, 1, 1.0, *[a] * 10))
     for sig in launcher.signatures.values():
-        assert set(sig.split(",")) <= {"int", "float*", "double*", "__half*", "__nv_bfloat16*", "int*"}
+        assert set(sig.split(",")) <= {"int", "float", "double", "float*", "double*", "__half*", "__nv_bfloat16*",
+                                       "int*"}
 
 
 @pytest.mark.host
@@ -219,8 +224,8 @@ ASAN_SCRIPT = textwrap.dedent(
     else:  # every buffer one row too short for the H the kernel is told
         B, H = 3, 5
         buf = lambda *s: np.zeros(s, np.float32)
-        args = (0, B, H + 1, buf(B, 4 * H), buf(B, 4 * H), None, buf(B, H), buf(B, H), buf(B, H), None,
-                buf(B, 4 * H), None, None)
+        args = (0, B, H + 1, np.float32(0), buf(B, 4 * H), buf(B, 4 * H), None, buf(B, H), buf(B, H), buf(B, H),
+                None, buf(B, 4 * H), None, None)
         name = _kernels.kernel_name("lstm_forward_step", "float32", LSTMSpec(), True)
         ops.launcher(name, (1, 1, 1), (256, 1, 1), args)
         print("no error reported")
