@@ -144,14 +144,15 @@ class Loops:
 
     def _lstm_forward_steps(self, b, T, spec, training):
         B, H = b.y.shape[1:]
-        self.call(("lstm_forward", b.y.dtype, spec.template_args(), training), b.y.dtype, T, B, H, *scalars(spec, b.y.dtype), b.xw,
-                  b.h0, b.c0, b.w_hh, b.w_ch, b.w_peep, b.lengths, b.y, b.cs, b.gates, b.h_last, b.hw, b.cw)
+        dt = b.y.dtype
+        self.call(("lstm_forward", dt, spec.template_args(), training), dt, T, B, H, *scalars(spec, dt), b.xw, b.h0,
+                  b.c0, b.w_hh, b.w_ch, b.w_peep, b.lengths, b.y, b.cs, b.gates, b.h_last, b.hw, b.cw)
 
     def _lstm_backward_steps(self, ctx, g, w_rec, T):
         B, H = g.dy.shape[1:]
-        self.call(("lstm_backward", g.da.dtype, ctx.spec.template_args()), g.da.dtype, T, B, H, *scalars(ctx.spec, g.da.dtype),
-                  w_rec.shape[1], ctx.gates, ctx.c0, ctx.cs, g.dy, w_rec, ctx.w_peep, ctx.lengths, g.dcarry, g.drec,
-                  g.da)
+        dt = g.da.dtype
+        self.call(("lstm_backward", dt, ctx.spec.template_args()), dt, T, B, H, *scalars(ctx.spec, dt), w_rec.shape[1],
+                  ctx.gates, ctx.c0, ctx.cs, g.dy, w_rec, ctx.w_peep, ctx.lengths, g.dcarry, g.drec, g.da)
 
     def _gru_forward_steps(self, b, T, spec, training):
         B, H = b.y.shape[1:]

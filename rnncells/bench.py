@@ -14,8 +14,8 @@ two switches); on a GPU, fp16 and bf16: ours with the parameters and
 the inputs in that dtype (float32 arithmetic), torch's float32 modules under
 torch.autocast in that dtype, as mixed-precision training runs them; on the
 CPU, fp64 (both sides in float64).
-Configurations are chosen by cell, group (standard, small batch, large),
-mode and precision, so that one run fits a time limit; `on_row` gets the
+Configurations are chosen by cell, group (standard, small batch, large,
+variants), mode and precision, so that one run fits a time limit; `on_row` gets the
 rows so far as soon as each is measured (the CLI rewrites the JSON record
 then), so a run that is cut off keeps what it measured.
 Timing: `warmup` untimed calls, then `repeats` timed ones (CUDA events on a
@@ -27,6 +27,9 @@ anyone; the median is reported, and every configuration is measured twice
 (pass 1, pass 2) so the table shows its own noise.  On the CPU each row
 also has a thread count (`CPU_THREADS`), set for both sides: torch's
 intra-op threads and NumPy's BLAS pool.
+The "variants" group times our variants that cuDNN lacks (`VARIANTS`), at the
+standard shape and at batch 4: the torch sides run their plain cell, so the
+ratio says what the variant costs against cuDNN's cell without it.
 ratio = torch.nn time / rnncells time: above 1, we are faster.  On a GPU each
 configuration also gets the peak memory of one warm training step (fp32 and bf16),
 rnncells and torch.nn, beyond its inputs and parameters (`peak_train_mb`).
@@ -55,9 +58,16 @@ class Config(NamedTuple):
     I: int  # noqa: E741 - the design's name for the input size
     H: int
     group: str
+    variant: tuple = ()  # ours only: the spec flags, ((flag, value), ...)
+
+    def variant_text(self):
+        """The variant as the rows show it, e.g. "cell_clip=1.0" ("" for the plain cell)."""
+        return " ".join(f"{k}={v}" for k, v in self.variant)
 
 
-GROUPS = ("standard", "small batch", "large")
+GROUPS = ("standard", "small batch", "large", "variants")
+# The "variants" group: per cell, the spec flags of each variant timed (ours; torch runs its plain cell).
+VARIANTS = {"lstm": (("cell_clip", 1.0),), "gru": ()}
 # precision -> (our dtype, TF32 on); torch runs float32 modules, under autocast for the half ones (float64 for fp64)
 PRECISIONS = {"fp32": ("float32", False), "tf32": ("float32", True), "fp16": ("float16", False),
               "bf16": ("bfloat16", False), "fp64": ("float64", False)}
@@ -77,6 +87,10 @@ def configs(preset, cells=("lstm", "gru"), groups=GROUPS):
         if unknown:
             raise ValueError(f"groups {sorted(unknown)} are not among {', '.join(GROUPS)}")
         shapes = [s for s in shapes if s[-1] in groups]
+        if "variants" in groups:
+            return [Config(c, *s) for s in shapes for c in cells] + [
+                Config(c, T, B, H, H, "variants", (flag,)) for T, B, H in ((100, 64, 512), (100, 4, 512))
+                for c in cells for flag in VARIANTS[c]]
     elif preset in ("quick", "cpu"):
         shapes += [(20, 16, 64, 64, "quick"), (20, 4, 128, 128, "quick"), (100, 1, 256, 256, "quick"),
                    (1000, 4, 128, 128, "quick")]
@@ -109,7 +123,7 @@ def _ours(cfg, mode, xp, rotate, seed, graphs=False, precision="fp32", backend=N
     def step():
         x = xs[k[0] % rotate]
         k[0] += 1
-        out = fwd(x, params, training=mode == "train", graphs=cache, tf32=tf32, backend=backend)
+        out = fwd(x, params, training=mode == "train", graphs=cache, tf32=tf32, backend=backend, **dict(cfg.variant))
         if mode == "train":
             bwd(out[-1], dy)
 
@@ -390,8 +404,8 @@ def run(preset="full", cells=("lstm", "gru"), device=None, modes=("forward", "tr
                         times = {n: t for n, (t, _) in time_steps(steps, timer, warmup, repeats).items()}
                     del steps
                     ratio = times["torch.nn"] / times["rnncells"] if "torch.nn" in times else None
-                    row = dict(cfg._asdict(), mode=mode, precision=prec, threads=n_threads, pass_=p, ms=times,
-                               ratio=ratio)
+                    row = dict(cfg._asdict(), variant=cfg.variant_text(), mode=mode, precision=prec, threads=n_threads,
+                               pass_=p, ms=times, ratio=ratio)
                     if memories and mode == "train" and prec in ("fp32", "bf16") and p == 1:
                         row["peak_mb"] = {n: peak_train_mb(_build(n, cfg, mode, device, xp, rotate, seed=p,
                                                                   precision=prec), m) for n, m in memories.items()}
@@ -400,7 +414,7 @@ def run(preset="full", cells=("lstm", "gru"), device=None, modes=("forward", "tr
                     r = f"{ratio:>8.2f}" if ratio is not None else f"{'-':>8}"
                     mb = "".join(f"  {n} {v:.1f} MB" for n, v in row.get("peak_mb", {}).items())
                     head = f"{cfg.cell:<5}{cfg.T:>5}{cfg.B:>5}{cfg.H:>6}  {mode:<8}{prec:<6}{n_threads or '-':>4}{p:>5}"
-                    out(f"{head}{cells_ms}{r}{mb}")
+                    out(f"{head}{cells_ms}{r}{mb}" + (f"  {cfg.variant_text()}" if cfg.variant else ""))
                     if on_row is not None:
                         on_row(rows)
     _torch_tf32(False)
@@ -426,7 +440,8 @@ def plot(rows, path):
     plt = _plot.pyplot()
     kept = [r for r in rows if r["pass_"] == 1 and r["ratio"] is not None]
     labels = [f"{r['cell']} T{r['T']} B{r['B']} H{r['H']} {r['mode']} {r['precision']}"
-              + (f" {r['threads']}t" if r.get("threads") else "") for r in kept]
+              + (f" {r['threads']}t" if r.get("threads") else "") + (f" {r['variant']}" if r.get("variant") else "")
+              for r in kept]
     fig, ax = plt.subplots(figsize=(8, 0.25 * len(kept) + 1.5))
     ax.barh(range(len(kept)), [r["ratio"] for r in kept])
     ax.axvline(1.0, color="gray", linestyle="--")

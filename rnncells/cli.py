@@ -22,7 +22,7 @@ def main(argv=None):
     bench.add_argument("--preset", choices=("full", "quick", "cpu"),
                        help="default: full on a GPU, quick on the CPU (cpu: quick and the standard T=100, B=64, H=512)")
     bench.add_argument("--cell", choices=("lstm", "gru", "both"), default="both")
-    bench.add_argument("--group", choices=("standard", "small", "large"), action="append",
+    bench.add_argument("--group", choices=("standard", "small", "large", "variants"), action="append",
                        help="full preset only: shapes to time (repeatable; default all, the standard first)")
     bench.add_argument("--mode", choices=("forward", "train", "both"), default="both")
     bench.add_argument("--precision", choices=("fp32", "tf32", "fp16", "bf16", "fp64"), action="append",

@@ -56,10 +56,11 @@ CASES = [
     # variant names
     (lambda: rc.lstm_forward(x3(), lstm(), peephole="ful"), ValueError, r"peephole='ful' is not one of None, 'full', 'diagonal'"),
     (lambda: rc.lstm_forward(x3(), lstm(), candidate="relu"), ValueError, r"candidate='relu' is not one of 'tanh', 'sigmoid'"),
+    (lambda: rc.lstm_forward(x3(), lstm(), cell_clip=-1), ValueError, r"cell_clip=-1 must be None or a positive finite number"),
     (lambda: rc.gru_forward(x3(), rc.init_gru_params(I, H, dtype="float64"), reset_after="yes"), ValueError, r"reset_after='yes' must be True or False"),
-    (lambda: rc.lstm_forward(x3(), lstm(), zoneout=0.1), TypeError, r"unexpected keyword argument 'zoneout'; the LSTM variant flags are peephole, candidate"),
+    (lambda: rc.lstm_forward(x3(), lstm(), zoneout=0.1), TypeError, r"unexpected keyword argument 'zoneout'; the LSTM variant flags are peephole, candidate, cell_clip"),
     (lambda: rc.gru_cell_forward(x3()[0], None, rc.init_gru_params(I, H, dtype="float64"), peephole="full"), TypeError, r"unexpected keyword argument 'peephole'; the GRU variant flags are reset_after"),
-    (lambda: rc.LSTM(I, H, dtyp="float64"), TypeError, r"unexpected keyword argument 'dtyp'; the LSTM variant flags are peephole, candidate"),
+    (lambda: rc.LSTM(I, H, dtyp="float64"), TypeError, r"unexpected keyword argument 'dtyp'; the LSTM variant flags are peephole, candidate, cell_clip"),
     (lambda: rc.GRUCell(I, H, candidate="tanh"), TypeError, r"unexpected keyword argument 'candidate'; the GRU variant flags are reset_after"),
     (lambda: rc.lstm_forward(x3(), lstm(), backend="jax"), ValueError, r"backend='jax' is not one of 'reference', 'numpy', 'cpu', 'cuda-host', 'cupy'"),
     (lambda: rc.init_gru_params(0, H), ValueError, r"input_size=0 must be a positive integer"),

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from rnncells import bench, cli, verify
@@ -37,6 +38,10 @@ def test_presets_cover_the_standard_small_and_large_configurations():
     quick = [(c.T, c.B, c.H) for c in bench.configs("quick", cells=("lstm",))]
     assert {(1000, 4, 128), (100, 1, 256)} <= set(quick)  # long sequences and one item, beside T=20
     assert [(c.T, c.B, c.H) for c in bench.configs("cpu", cells=("lstm",))] == quick + [(100, 64, 512)]
+    variants = bench.configs("full", groups=("variants",))
+    assert [(c.cell, c.T, c.B, c.H, c.variant_text()) for c in variants] == [
+        ("lstm", 100, B, 512, "cell_clip=1.0") for B in (64, 4)]
+    assert [c for c in full if c.variant] == variants and all(c.group == "variants" for c in variants)
     with pytest.raises(ValueError, match="preset='huge'"):
         bench.configs("huge")
     with pytest.raises(ValueError, match="'tiny'"):
@@ -211,3 +216,15 @@ def test_the_gpu_session_script_runs_its_steps_in_order_into_at_most_8_files(tmp
     assert summary[2].startswith("smoke: exit 1") and summary[3].startswith("gpu suite: exit 0")  # all skipped
     assert len(list((tmp_path / "out").iterdir())) <= 8
     assert r.stdout.rstrip().endswith(summary[-1])
+
+
+def test_a_variant_row_times_our_variant(monkeypatch):
+    from rnncells import api
+
+    cfg = bench.configs("full", cells=("lstm",), groups=("variants",))[1]
+    seen = []
+    real = api.lstm_forward
+    monkeypatch.setattr(api, "lstm_forward", lambda *a, **kw: (seen.append(kw.get("cell_clip")), real(*a, **kw))[1])
+    step = bench._ours(cfg._replace(T=3), "train", np, rotate=1, seed=0)
+    step()
+    assert seen == [1.0]

@@ -80,7 +80,8 @@ def test_float32_objects_stay_float32():
 
 @pytest.mark.parametrize("make, flags", [
     (lambda: rc.LSTM(3, 4, peephole="full", candidate="sigmoid"), {"peephole": "full", "candidate": "sigmoid"}),
-    (lambda: rc.LSTMCell(3, 4, peephole="diagonal"), {"peephole": "diagonal", "candidate": "tanh"}),
+    (lambda: rc.LSTMCell(3, 4, peephole="diagonal"), {"peephole": "diagonal", "candidate": "tanh", "cell_clip": None}),
+    (lambda: rc.LSTM(3, 4, cell_clip=5), {"peephole": None, "cell_clip": 5.0}),
     (lambda: rc.GRU(3, 4, reset_after=False), {"reset_after": False}),
     (lambda: rc.GRUCell(3, 4), {"reset_after": True}),
 ])
