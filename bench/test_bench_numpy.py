@@ -22,7 +22,8 @@ def test_train_step(benchmark, spec, shape):
     fwd, bwd, *_ = verify.public_functions(spec)
 
     def step(backend=None):
-        *_, ctx = fwd(p.x, p.params, *p.states.values(), **spec.kwargs(), backend=backend)
+        *_, ctx = fwd(p.x, p.params, *p.states.values(), **spec.kwargs(), backend=backend,
+                      generator=np.random.default_rng(0))  # zoneout's masks, the same for both
         return bwd(ctx, p.douts["dy"])
 
     got, want = _arrays(benchmark(step)), _arrays(step("reference"))  # what was timed is also right

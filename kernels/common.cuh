@@ -40,3 +40,24 @@ __device__ __forceinline__ C candidate_grad(const C g) {
 __device__ __forceinline__ bool is_active(const int* __restrict__ lengths, const int t, const int b) {
   return lengths == nullptr || t < lengths[b];
 }
+
+// Zoneout (Krueger et al. 2016): a unit keeps its previous value where the step's mask is set (training: one
+// byte per unit, 1 with probability p), and takes the expectation p·prev + (1 − p)·next where there is no mask
+// (evaluation).  zone_grad splits the gradient of the result between prev and next.
+template <typename C>
+__device__ __forceinline__ C zone(const unsigned char* __restrict__ mask, const int idx, const C p, const C prev,
+                                  const C next) {
+  if (mask != nullptr) return mask[idx] ? prev : next;
+  return p == C(0) ? next : p * prev + (C(1) - p) * next;
+}
+template <typename C>
+__device__ __forceinline__ void zone_grad(const unsigned char* __restrict__ mask, const int idx, const C p, const C d,
+                                          C& d_prev, C& d_next) {
+  if (mask != nullptr) {
+    d_prev = mask[idx] ? d : C(0);
+    d_next = mask[idx] ? C(0) : d;
+  } else {
+    d_prev = p == C(0) ? C(0) : p * d;
+    d_next = p == C(0) ? d : (C(1) - p) * d;
+  }
+}

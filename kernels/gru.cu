@@ -3,18 +3,20 @@
 // reset_after (torch.nn.GRU, cuDNN), gh = h Whhᵀ, b_hn the n part of bias_hh:
 //   r = σ(xw_r + gh_r)   z = σ(xw_z + gh_z)   n = tanh(xw_n + r∘(gh_n + b_hn))
 //   h' = (1 − z)∘n + z∘h
+// ZONEOUT: h' zoned out (common.cuh's zone(): each unit keeps its previous value where its mask is set).
 // h' is stored once, in y, which is also the next step's h (past an item's length y is 0, and
 // its last h' goes to h_last).
 // backward, dh = dh' + dy, dh' arriving in two parts: dcarry, which the later step's kernel wrote,
 // and drec, the recurrent GEMM's output:
 //   da_n = dh∘(1 − z)∘(1 − n²)   da_z = dh∘(h − n)∘z(1 − z)   da_r = da_n∘(gh_n + b_hn)∘r(1 − r)
 //   dgi = [da_r, da_z, da_n]     dgh = [da_r, da_z, r∘da_n]     dh_prev = z∘dh (+ dgh Whh, next kernel)
+//   (ZONEOUT: dh is first split by zone_grad, its previous-state part added to dh_prev)
 // reset before (Cho et al., Keras) needs the GEMM (r∘h) Whnᵀ between r and n, so it is
 // two kernels each way: gru_rz_step / gru_n_step and gru_n_backward_step / gru_rz_backward_step.
 #include "common.cuh"
 
-template <typename S, typename C, bool TRAINING>
-__global__ void gru_forward_step(const int t, const int B, const int H,
+template <typename S, typename C, bool ZONEOUT, bool TRAINING>
+__global__ void gru_forward_step(const int t, const int B, const int H, const C zoneout_h,
                                  const S* __restrict__ xw,        // [B, 3H] x Wihᵀ + b_ih + [b_hr, b_hz, 0]
                                  const C* __restrict__ gh,        // [B, 3H] h Whhᵀ
                                  const S* __restrict__ b_hn,      // [H]
@@ -22,6 +24,7 @@ __global__ void gru_forward_step(const int t, const int B, const int H,
                                  S* __restrict__ y,               // [B, H] h', also the next step's h
                                  S* __restrict__ h_last,          // [B, H] h' of each item's last step, or null
                                  S* __restrict__ gates,           // [B, 4H] r z n (gh_n + b_hn), when TRAINING
+                                 const unsigned char* __restrict__ zone_h,  // [B, H] zoneout mask, or null
                                  const int* __restrict__ lengths  // [B] or null
 ) {
   const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
@@ -32,7 +35,8 @@ __global__ void gru_forward_step(const int t, const int B, const int H,
   const C z = sigmoid(C(xw[z_idx]) + gh[z_idx]);
   const C ghn = gh[n_idx] + C(b_hn[j]);
   const C n = tanh(C(xw[n_idx]) + r * ghn);
-  const C h1 = (C(1) - z) * n + z * C(h[state_idx]);
+  C h1 = (C(1) - z) * n + z * C(h[state_idx]);
+  if constexpr (ZONEOUT) h1 = zone(zone_h, state_idx, zoneout_h, C(h[state_idx]), h1);
   if constexpr (TRAINING) {
     const int saved_r_idx = b * 4 * H + j;  // in [B, 4H]: r, z, n, gh_n + b_hn
     gates[saved_r_idx] = S(r);
@@ -45,8 +49,8 @@ __global__ void gru_forward_step(const int t, const int B, const int H,
   if (h_last != nullptr && active) h_last[state_idx] = S(h1);
 }
 
-template <typename S, typename C>
-__global__ void gru_backward_step(const int t, const int B, const int H,
+template <typename S, typename C, bool ZONEOUT>
+__global__ void gru_backward_step(const int t, const int B, const int H, const C zoneout_h,
                                   const S* __restrict__ gates,     // [B, 4H] r z n (gh_n + b_hn)
                                   const S* __restrict__ h,         // [B, H] before the step
                                   const S* __restrict__ dy,        // [B, H]
@@ -55,6 +59,7 @@ __global__ void gru_backward_step(const int t, const int B, const int H,
                                   C* __restrict__ dcarry_out,      // [B, H] dh, this kernel's part
                                   S* __restrict__ dgi,             // [B, 3H] d(xw)
                                   S* __restrict__ dgh,             // [B, 3H] d(gh)
+                                  const unsigned char* __restrict__ zone_h,  // [B, H] zoneout mask, or null
                                   const int* __restrict__ lengths  // [B] or null
 ) {
   const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
@@ -71,7 +76,8 @@ __global__ void gru_backward_step(const int t, const int B, const int H,
   }
   const C r = C(gates[saved_r_idx]), z = C(gates[saved_r_idx + H]);
   const C n = C(gates[saved_r_idx + 2 * H]), ghn = C(gates[saved_r_idx + 3 * H]);
-  const C dh = dh_in + C(dy[state_idx]);
+  C dh = dh_in + C(dy[state_idx]), dh_zoned = C(0);
+  if constexpr (ZONEOUT) zone_grad(zone_h, state_idx, zoneout_h, dh, dh_zoned, dh);
   const C da_n = dh * (C(1) - z) * (C(1) - n * n);
   const C da_z = dh * (C(h[state_idx]) - n) * z * (C(1) - z);
   const C da_r = da_n * ghn * r * (C(1) - r);
@@ -79,7 +85,7 @@ __global__ void gru_backward_step(const int t, const int B, const int H,
   dgi[z_idx] = dgh[z_idx] = S(da_z);
   dgi[n_idx] = S(da_n);
   dgh[n_idx] = S(da_n * r);
-  dcarry_out[state_idx] = dh * z;
+  dcarry_out[state_idx] = dh * z + dh_zoned;
 }
 
 template <typename S, typename C>
@@ -101,14 +107,15 @@ __global__ void gru_rz_step(const int B, const int H,
   rh[state_idx] = S(r * C(h[state_idx]));
 }
 
-template <typename S, typename C>
-__global__ void gru_n_step(const int t, const int B, const int H,
+template <typename S, typename C, bool ZONEOUT>
+__global__ void gru_n_step(const int t, const int B, const int H, const C zoneout_h,
                            const S* __restrict__ xw,        // [B, 3H]
                            const C* __restrict__ ghn,       // [B, H] (r∘h) Whnᵀ
                            const S* __restrict__ h,         // [B, H] before the step
                            S* __restrict__ y,               // [B, H] h', also the next step's h
                            S* __restrict__ h_last,          // [B, H] h' of each item's last step, or null
                            S* __restrict__ gates,           // [B, 3H] reads z, gets n
+                           const unsigned char* __restrict__ zone_h,  // [B, H] zoneout mask, or null
                            const int* __restrict__ lengths  // [B] or null
 ) {
   const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
@@ -118,14 +125,15 @@ __global__ void gru_n_step(const int t, const int B, const int H,
   const C z = C(gates[z_idx]);
   const C n = tanh(C(xw[n_idx]) + ghn[state_idx]);
   gates[n_idx] = S(n);
-  const C h1 = (C(1) - z) * n + z * C(h[state_idx]);
+  C h1 = (C(1) - z) * n + z * C(h[state_idx]);
+  if constexpr (ZONEOUT) h1 = zone(zone_h, state_idx, zoneout_h, C(h[state_idx]), h1);
   const bool active = is_active(lengths, t, b);
   y[state_idx] = active ? S(h1) : S(C(0));
   if (h_last != nullptr && active) h_last[state_idx] = S(h1);
 }
 
-template <typename S, typename C>
-__global__ void gru_n_backward_step(const int t, const int B, const int H,
+template <typename S, typename C, bool ZONEOUT>
+__global__ void gru_n_backward_step(const int t, const int B, const int H, const C zoneout_h,
                                     const S* __restrict__ gates,     // [B, 3H] r z n
                                     const S* __restrict__ h,         // [B, H]
                                     const S* __restrict__ dy,        // [B, H]
@@ -133,6 +141,7 @@ __global__ void gru_n_backward_step(const int t, const int B, const int H,
                                     const C* __restrict__ drec,      // [B, H] dh', the GEMM's part
                                     C* __restrict__ dcarry_out,      // [B, H] dh, this kernel's part (so far)
                                     S* __restrict__ dg,              // [B, 3H] gets da_z, da_n
+                                    const unsigned char* __restrict__ zone_h,  // [B, H] zoneout mask, or null
                                     const int* __restrict__ lengths  // [B] or null
 ) {
   const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
@@ -146,10 +155,11 @@ __global__ void gru_n_backward_step(const int t, const int B, const int H,
     return;
   }
   const C z = C(gates[z_idx]), n = C(gates[n_idx]);
-  const C dh = dh_in + C(dy[state_idx]);
+  C dh = dh_in + C(dy[state_idx]), dh_zoned = C(0);
+  if constexpr (ZONEOUT) zone_grad(zone_h, state_idx, zoneout_h, dh, dh_zoned, dh);
   dg[z_idx] = S(dh * (C(h[state_idx]) - n) * z * (C(1) - z));
   dg[n_idx] = S(dh * (C(1) - z) * (C(1) - n * n));
-  dcarry_out[state_idx] = dh * z;
+  dcarry_out[state_idx] = dh * z + dh_zoned;
 }
 
 template <typename S, typename C>

@@ -93,6 +93,9 @@ void call_packed(void (*kernel)(A...), void** args, std::index_sequence<I...>) {
 // The C type of a kernel parameter, as the launcher checks its arguments against it ("int", "float*", ...).
 template <typename T> struct ctype;
 template <> struct ctype<int> { static constexpr const char *name = "int", *pointer = "int*"; };
+template <> struct ctype<unsigned char> {
+  static constexpr const char *name = "unsigned char", *pointer = "unsigned char*";
+};
 template <> struct ctype<float> { static constexpr const char *name = "float", *pointer = "float*"; };
 template <> struct ctype<double> { static constexpr const char *name = "double", *pointer = "double*"; };
 template <> struct ctype<__half> { static constexpr const char *name = "__half", *pointer = "__half*"; };

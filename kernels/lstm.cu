@@ -4,28 +4,35 @@
 //   i = σ(a_i + w_i∘c)   f = σ(a_f + w_f∘c)   g = tanh(a_g)   (σ(a_g) with SIGMOID_CANDIDATE)
 //   c' = f∘c + i∘g       (CLIP: clipped to [−cell_clip, cell_clip], TensorFlow's LSTMCell)
 //   o = σ(a_o + w_o∘c')  h' = o∘tanh(c')
+//   ZONEOUT: the state is c' and h' zoned out, each unit keeping its previous value where its mask is set
+//   (training) or mixed by the probability (evaluation): common.cuh's zone(); o and tanh read c' itself.
 // h' is stored once, in y, which is also the next step's h: the states kept for backward are
 // y and c (no second copy of h), so past an item's length its h reads as 0 (y is 0 there) and
 // its last h' goes to h_last; c stays frozen.
 // backward, dh = dh' + dy and dc = dc', each arriving in two parts: dcarry, which the later step's
-// kernel wrote, and drec, the recurrent GEMM's da' Wrec (so no GEMM has to accumulate):
+// kernel wrote, and drec, the recurrent GEMM's da' Wrec (so no GEMM has to accumulate).  ZONEOUT splits each
+// between the previous state and c', h' (zone_grad), and recomputes c' from the saved gates:
 //   da_o = dh∘tanh(c')∘o(1−o)        dc += dh∘o∘(1 − tanh²c')  (+ w_o∘da_o)   (CLIP: dc = 0 where |c'| = clip)
 //   da_i = dc∘g∘i(1−i)   da_f = dc∘c∘f(1−f)   da_g = dc∘i∘g'
 //   dc_prev = dc∘f  (+ w_i∘da_i + w_f∘da_f)
-// The recurrent GEMM's part of dh_prev (da Wrec) is added by the next step's kernel.
+// The recurrent GEMM's part of dh_prev (da Wrec) is added by the next step's kernel; zoneout's part is here.
 #include "common.cuh"
 
-template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool TRAINING>
-__global__ void lstm_forward_step(const int t, const int B, const int H, const C cell_clip,
+template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT, bool TRAINING>
+__global__ void lstm_forward_step(const int t, const int B, const int H, const C cell_clip, const C zoneout_h,
+                                  const C zoneout_c,
                                   const S* __restrict__ xw,        // [B, 4H] x Wihᵀ + biases, this step
                                   const C* __restrict__ hw,        // [B, 4H] h Whhᵀ
                                   const C* __restrict__ cw,        // [B, 3H] c Wchᵀ (i f o) when FULL
+                                  const S* __restrict__ h_prev,    // [B, H] h before the step (read when ZONEOUT)
                                   const C* __restrict__ c_prev,    // [B, H] c before the step
                                   C* __restrict__ c_next,          // [B, H] c after it
                                   S* __restrict__ y,               // [B, H] h', also the next step's h
                                   S* __restrict__ h_last,          // [B, H] h' of each item's last step, or null
                                   S* __restrict__ gates,           // [B, 4H] i f g o, saved when TRAINING
                                   const S* __restrict__ w_peep,    // [3H] w_i w_f w_o when DIAGONAL
+                                  const unsigned char* __restrict__ zone_h,  // [B, H] zoneout mask, or null
+                                  const unsigned char* __restrict__ zone_c,  // [B, H] zoneout mask, or null
                                   const int* __restrict__ lengths  // [B], or null: every item runs
 ) {
   const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
@@ -52,7 +59,11 @@ __global__ void lstm_forward_step(const int t, const int B, const int H, const C
   if constexpr (CLIP) c1 = c1 > cell_clip ? cell_clip : (c1 < -cell_clip ? -cell_clip : c1);  // NaN stays NaN
   if constexpr (PEEPHOLE == PEEPHOLE_DIAGONAL) a_o += C(w_peep[2 * H + j]) * c1;
   const C o = sigmoid(a_o);
-  const C h1 = o * tanh(c1);
+  C h1 = o * tanh(c1);
+  if constexpr (ZONEOUT) {
+    h1 = zone(zone_h, state_idx, zoneout_h, C(h_prev[state_idx]), h1);
+    c1 = zone(zone_c, state_idx, zoneout_c, c, c1);
+  }
   if constexpr (TRAINING) {
     gates[i_idx] = S(i);
     gates[f_idx] = S(f);
@@ -65,8 +76,9 @@ __global__ void lstm_forward_step(const int t, const int B, const int H, const C
   if (h_last != nullptr && active) h_last[state_idx] = S(h1);
 }
 
-template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP>
-__global__ void lstm_backward_step(const int t, const int B, const int H, const C cell_clip, const int n_rec,
+template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT>
+__global__ void lstm_backward_step(const int t, const int B, const int H, const C cell_clip, const C zoneout_h,
+                                   const C zoneout_c, const int n_rec,
                                    const S* __restrict__ gates,     // [B, 4H] i f g o
                                    const C* __restrict__ c_prev,    // [B, H] c before the step
                                    const C* __restrict__ c_next,    // [B, H] c after it
@@ -76,6 +88,8 @@ __global__ void lstm_backward_step(const int t, const int B, const int H, const 
                                    C* __restrict__ dcarry_out,      // [B, 2H] d[h | c], this kernel's part
                                    S* __restrict__ da,              // [B, 4H] d(pre-activations)
                                    const S* __restrict__ w_peep,    // [3H] when DIAGONAL
+                                   const unsigned char* __restrict__ zone_h,  // [B, H] zoneout mask, or null
+                                   const unsigned char* __restrict__ zone_c,  // [B, H] zoneout mask, or null
                                    const int* __restrict__ lengths  // [B] or null
 ) {
   const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
@@ -94,8 +108,16 @@ __global__ void lstm_backward_step(const int t, const int B, const int H, const 
     return;
   }
   const C i = C(gates[i_idx]), f = C(gates[f_idx]), g = C(gates[g_idx]), o = C(gates[o_idx]);
-  const C c = c_prev[state_idx], c1 = c_next[state_idx], tc = tanh(c1);
-  const C dh = dh_in + C(dy[state_idx]);
+  const C c = c_prev[state_idx];
+  C c1 = c_next[state_idx];  // c' itself; with zoneout the state kept is c' zoned out, so c' is recomputed
+  C dh = dh_in + C(dy[state_idx]), dh_prev = C(0), dc_zoned = C(0);
+  if constexpr (ZONEOUT) {
+    c1 = f * c + i * g;
+    if constexpr (CLIP) c1 = c1 > cell_clip ? cell_clip : (c1 < -cell_clip ? -cell_clip : c1);
+    zone_grad(zone_h, state_idx, zoneout_h, dh, dh_prev, dh);
+    zone_grad(zone_c, state_idx, zoneout_c, dc_in, dc_zoned, dc_in);
+  }
+  const C tc = tanh(c1);
   const C da_o = dh * tc * o * (C(1) - o);
   C dc = dc_in + dh * o * (C(1) - tc * tc);
   if constexpr (PEEPHOLE == PEEPHOLE_DIAGONAL) dc += C(w_peep[2 * H + j]) * da_o;
@@ -105,12 +127,12 @@ __global__ void lstm_backward_step(const int t, const int B, const int H, const 
   const C da_i = dc * g * i * (C(1) - i);
   const C da_f = dc * c * f * (C(1) - f);
   const C da_g = dc * i * candidate_grad<SIGMOID_CANDIDATE>(g);
-  C dc_prev = dc * f;
+  C dc_prev = dc * f + dc_zoned;
   if constexpr (PEEPHOLE == PEEPHOLE_DIAGONAL) dc_prev += C(w_peep[j]) * da_i + C(w_peep[H + j]) * da_f;
   da[i_idx] = S(da_i);
   da[f_idx] = S(da_f);
   da[g_idx] = S(da_g);
   da[o_idx] = S(da_o);
-  dcarry_out[dh_idx] = C(0);  // dh_prev is all GEMM: the next kernel adds da Wrec
+  dcarry_out[dh_idx] = dh_prev;  // zoneout's part (0 without): the next kernel adds the GEMM's, da Wrec
   dcarry_out[dc_idx] = dc_prev;
 }

@@ -9,8 +9,9 @@
     cupy        the orchestration over the CUDA kernels on the current device (`_cupy`)
 
 Each is a `Backend`: forward(spec, x, params, states, lengths, training,
-graphs, tf32) and backward(ctx, dy, dstates, tf32), on checked, contiguous
-arrays.  A test builds its own (the host kernels on NaN-poisoned buffers)
+graphs, tf32, masks) and backward(ctx, dy, dstates, tf32), on checked,
+contiguous arrays (masks: zoneout's, see `rnncells._sequence.forward`).
+A test builds its own (the host kernels on NaN-poisoned buffers)
 and passes it as `backend=`.
 """
 
@@ -34,7 +35,7 @@ class Backend(abc.ABC):
     name, arrays, kernels = "", "numpy", False
 
     @abc.abstractmethod
-    def forward(self, spec, x, params, states, lengths, training=True, graphs=None, tf32=False):
+    def forward(self, spec, x, params, states, lengths, training=True, graphs=None, tf32=False, masks=None):
         """y [T, B, H], the final states (a tuple, one per spec.states) and a ctx (None unless training)."""
 
     @abc.abstractmethod
@@ -58,10 +59,10 @@ class Reference(Backend):
 
     name = "reference"
 
-    def forward(self, spec, x, params, states, lengths, training=True, graphs=None, tf32=False):
+    def forward(self, spec, x, params, states, lengths, training=True, graphs=None, tf32=False, masks=None):
         from . import reference
 
-        return reference.forward(spec, x, params, states, lengths, training)
+        return reference.forward(spec, x, params, states, lengths, training, masks)
 
     def backward(self, ctx, dy, dstates, tf32=False):
         from . import reference
@@ -87,8 +88,8 @@ class Orchestrated(Backend):
     def xp(self):
         return self._xp or importlib.import_module(self.arrays)
 
-    def forward(self, spec, x, params, states, lengths, training=True, graphs=None, tf32=False):
-        return _sequence.forward(self.ops(tf32), self.xp, spec, x, params, states, lengths, training, graphs)
+    def forward(self, spec, x, params, states, lengths, training=True, graphs=None, tf32=False, masks=None):
+        return _sequence.forward(self.ops(tf32), self.xp, spec, x, params, states, lengths, training, graphs, masks)
 
     def backward(self, ctx, dy, dstates, tf32=False):
         return _sequence.backward(self.ops(tf32), self.xp, ctx, dy, dstates)

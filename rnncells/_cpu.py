@@ -29,28 +29,27 @@ from . import _numpy
 from ._host import check_arguments, pack, read_signature
 from ._kernels import SOURCES, TYPES, kernel_dir, scalars
 from ._kernels import _flag as _bool
-from .variants import LSTMSpec
+from .variants import LSTMSpec, every
 
 DTYPES = (np.dtype("float32"), np.dtype("float64"))  # S = C: the compiled loops' storage is their arithmetic
 FLAGS = ("-std=c++17", "-O3", "-shared", "-fPIC")
 
 
+def flags(spec):
+    """A spec's template flags as the loops take them (the GRU's reset_after first: a loop of each)."""
+    return spec.template_args() if isinstance(spec, LSTMSpec) else (_bool(spec.reset_after), *spec.template_args())
+
+
 def loops():
-    """{(loop, dtype, template flags...): the C++ instantiation} for every compiled loop."""
+    """{(loop, dtype, template flags, [training]): the C++ instantiation} for every compiled loop."""
     names = {}
     for dt in DTYPES:
         s = TYPES[dt][0]
-        for spec in LSTMSpec.every():
-            flags = spec.template_args()
-            args = ", ".join([s, *flags])
+        for spec in every():
+            cell, args = spec.cell, ", ".join([s, *flags(spec)])
             for training in (True, False):
-                names["lstm_forward", dt, flags, training] = f"lstm_forward_steps<{args}, {_bool(training)}>"
-            names["lstm_backward", dt, flags] = f"lstm_backward_steps<{args}>"
-        for reset_after in (True, False):
-            for training in (True, False):
-                names["gru_forward", dt, reset_after, training] = \
-                    f"gru_forward_steps<{s}, {_bool(reset_after)}, {_bool(training)}>"
-            names["gru_backward", dt, reset_after] = f"gru_backward_steps<{s}, {_bool(reset_after)}>"
+                names[f"{cell}_forward", dt, flags(spec), training] = f"{cell}_forward_steps<{args}, {_bool(training)}>"
+            names[f"{cell}_backward", dt, flags(spec)] = f"{cell}_backward_steps<{args}>"
     return names
 
 
@@ -145,25 +144,28 @@ class Loops:
     def _lstm_forward_steps(self, b, T, spec, training):
         B, H = b.y.shape[1:]
         dt = b.y.dtype
-        self.call(("lstm_forward", dt, spec.template_args(), training), dt, T, B, H, *scalars(spec, dt), b.xw, b.h0,
-                  b.c0, b.w_hh, b.w_ch, b.w_peep, b.lengths, b.y, b.cs, b.gates, b.h_last, b.hw, b.cw)
+        self.call(("lstm_forward", dt, flags(spec), training), dt, T, B, H, *scalars(spec, dt), b.xw, b.h0, b.c0,
+                  b.w_hh, b.w_ch, b.w_peep, b.zone_h, b.zone_c, b.lengths, b.y, b.cs, b.gates, b.h_last, b.hw, b.cw)
 
     def _lstm_backward_steps(self, ctx, g, w_rec, T):
         B, H = g.dy.shape[1:]
         dt = g.da.dtype
-        self.call(("lstm_backward", dt, ctx.spec.template_args()), dt, T, B, H, *scalars(ctx.spec, dt), w_rec.shape[1],
-                  ctx.gates, ctx.c0, ctx.cs, g.dy, w_rec, ctx.w_peep, ctx.lengths, g.dcarry, g.drec, g.da)
+        self.call(("lstm_backward", dt, flags(ctx.spec)), dt, T, B, H, *scalars(ctx.spec, dt), w_rec.shape[1],
+                  ctx.gates, ctx.c0, ctx.cs, g.dy, w_rec, ctx.w_peep, ctx.zone_h, ctx.zone_c, ctx.lengths, g.dcarry,
+                  g.drec, g.da)
 
     def _gru_forward_steps(self, b, T, spec, training):
         B, H = b.y.shape[1:]
         rh, work = (None, (b.gh, None, None)) if spec.reset_after else (b.rh, (None, b.ghrz, b.ghn))
-        self.call(("gru_forward", b.y.dtype, spec.reset_after, training), b.y.dtype, T, B, H, b.xw, b.h0, b.w_hh,
-                  b.b_hn, b.lengths, b.y, b.gates, rh, b.h_last, *work)
+        dt = b.y.dtype
+        self.call(("gru_forward", dt, flags(spec), training), dt, T, B, H, *scalars(spec, dt), b.xw, b.h0, b.w_hh,
+                  b.b_hn, b.zone_h, b.lengths, b.y, b.gates, rh, b.h_last, *work)
 
     def _gru_backward_steps(self, ctx, g, T):
         B, H = g.dy.shape[1:]
-        self.call(("gru_backward", g.dg.dtype, ctx.spec.reset_after), g.dg.dtype, T, B, H, ctx.gates, ctx.h0, ctx.y,
-                  g.dy, ctx.w_hh, ctx.lengths, g.dcarry, g.drec, g.dg, g.dgh, g.drh)
+        dt = g.dg.dtype
+        self.call(("gru_backward", dt, flags(ctx.spec)), dt, T, B, H, *scalars(ctx.spec, dt), ctx.gates, ctx.h0,
+                  ctx.y, g.dy, ctx.w_hh, ctx.zone_h, ctx.lengths, g.dcarry, g.drec, g.dg, g.dgh, g.drh)
 
 
 @functools.cache

@@ -108,7 +108,8 @@ def build_host_library(out_dir, sanitize=False, source_dir=None):
     return lib
 
 
-_CTYPES = {**{dtype: s for dtype, (s, _) in TYPES.items()}, np.dtype("int32"): "int"}  # the kernels' parameter types
+_CTYPES = {**{dtype: s for dtype, (s, _) in TYPES.items()}, np.dtype("int32"): "int",  # the kernels' parameter types
+           np.dtype("uint8"): "unsigned char"}
 _SCALARS = {np.float32: ("float", ctypes.c_float), np.float64: ("double", ctypes.c_double)}
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from ._cublas import OP_N, OP_T
 from ._dtypes import BFLOAT16, FLOAT16, compute
-from .variants import LSTMSpec
+from .variants import GRUSpec, LSTMSpec
 
 SOURCES = ("lstm.cu", "gru.cu", "reduce.cu")
 BLOCK = 256  # threads per block for every pointwise kernel
@@ -92,7 +92,8 @@ def scalars(spec, compute_dtype):
     return tuple(np.dtype(compute_dtype).type(v) for v in spec.kernel_scalars())
 
 
-_GRU = ("gru_backward_step", "gru_rz_step", "gru_n_step", "gru_n_backward_step", "gru_rz_backward_step")
+_GRU_SPEC = ("gru_backward_step", "gru_n_step", "gru_n_backward_step")  # templated on the spec (ZONEOUT)
+_GRU = ("gru_rz_step", "gru_rz_backward_step")
 _REDUCE = ("column_partial_sums", "column_totals")
 
 
@@ -103,7 +104,9 @@ def instantiations():
         for spec in LSTMSpec.every():
             names += [kernel_name("lstm_forward_step", dtype, spec, training) for training in (True, False)]
             names.append(kernel_name("lstm_backward_step", dtype, spec))
-        names += [kernel_name("gru_forward_step", dtype, None, training) for training in (True, False)]
+        for spec in {s.template_args(): s for s in GRUSpec.every()}.values():  # one per template argument list
+            names += [kernel_name("gru_forward_step", dtype, spec, training) for training in (True, False)]
+            names += [kernel_name(k, dtype, spec) for k in _GRU_SPEC]
         names += [kernel_name(k, dtype) for k in _GRU + _REDUCE]
     return names
 
@@ -156,48 +159,54 @@ class KernelOps:
         self._launch(kernel_name("column_totals", a.dtype), cols, chunks, cols, partial, out)
         return out
 
-    def lstm_forward_step(self, spec, t, xw, hw, cw, c, c_next, y, h_last, gates, w_peep, lengths):
+    def lstm_forward_step(self, spec, t, xw, hw, cw, h, c, c_next, y, h_last, gates, w_peep, zone_h, zone_c,
+                          lengths):
         """One LSTM step's pointwise forward (see kernels/lstm.cu)."""
         B, H = y.shape
         name = kernel_name("lstm_forward_step", y.dtype, spec, gates is not None)
-        self._launch(name, B * H, t, B, H, *scalars(spec, c.dtype), xw, hw, cw, c, c_next, y, h_last, gates,
-                     w_peep, lengths)
+        self._launch(name, B * H, t, B, H, *scalars(spec, c.dtype), xw, hw, cw, h, c, c_next, y, h_last, gates,
+                     w_peep, zone_h, zone_c, lengths)
 
-    def lstm_backward_step(self, spec, t, gates, c, c_next, dy, dcarry, drec, dcarry_out, da, w_peep, lengths):
+    def lstm_backward_step(self, spec, t, gates, c, c_next, dy, dcarry, drec, dcarry_out, da, w_peep, zone_h,
+                           zone_c, lengths):
         """One LSTM step's pointwise backward."""
         B, H = dy.shape
         name = kernel_name("lstm_backward_step", dy.dtype, spec)
         n_rec = drec.shape[1]
         self._launch(name, B * H, t, B, H, *scalars(spec, c.dtype), n_rec, gates, c, c_next, dy, dcarry, drec,
-                     dcarry_out, da, w_peep, lengths)
+                     dcarry_out, da, w_peep, zone_h, zone_c, lengths)
 
-    def gru_forward_step(self, t, xw, gh, b_hn, h, y, h_last, gates, lengths):
+    def gru_forward_step(self, spec, t, xw, gh, b_hn, h, y, h_last, gates, zone_h, lengths):
         """One GRU (reset_after) step's pointwise forward (see kernels/gru.cu)."""
         B, H = y.shape
-        name = kernel_name("gru_forward_step", y.dtype, None, gates is not None)
-        self._launch(name, B * H, t, B, H, xw, gh, b_hn, h, y, h_last, gates, lengths)
+        name = kernel_name("gru_forward_step", y.dtype, spec, gates is not None)
+        self._launch(name, B * H, t, B, H, *scalars(spec, gh.dtype), xw, gh, b_hn, h, y, h_last, gates, zone_h,
+                     lengths)
 
-    def gru_backward_step(self, t, gates, h, dy, dcarry, drec, dcarry_out, dgi, dgh, lengths):
+    def gru_backward_step(self, spec, t, gates, h, dy, dcarry, drec, dcarry_out, dgi, dgh, zone_h, lengths):
         """One GRU (reset_after) step's pointwise backward."""
         B, H = dy.shape
-        name = kernel_name("gru_backward_step", dy.dtype)
-        self._launch(name, B * H, t, B, H, gates, h, dy, dcarry, drec, dcarry_out, dgi, dgh, lengths)
+        name = kernel_name("gru_backward_step", dy.dtype, spec)
+        self._launch(name, B * H, t, B, H, *scalars(spec, dcarry.dtype), gates, h, dy, dcarry, drec, dcarry_out,
+                     dgi, dgh, zone_h, lengths)
 
     def gru_rz_step(self, xw, ghrz, h, gates, rh):
         """GRU (reset before): r, z and r∘h."""
         B, H = h.shape
         self._launch(kernel_name("gru_rz_step", h.dtype), B * H, B, H, xw, ghrz, h, gates, rh)
 
-    def gru_n_step(self, t, xw, ghn, h, y, h_last, gates, lengths):
+    def gru_n_step(self, spec, t, xw, ghn, h, y, h_last, gates, zone_h, lengths):
         """GRU (reset before): n and the new state."""
         B, H = h.shape
-        self._launch(kernel_name("gru_n_step", h.dtype), B * H, t, B, H, xw, ghn, h, y, h_last, gates, lengths)
+        self._launch(kernel_name("gru_n_step", h.dtype, spec), B * H, t, B, H, *scalars(spec, ghn.dtype), xw, ghn,
+                     h, y, h_last, gates, zone_h, lengths)
 
-    def gru_n_backward_step(self, t, gates, h, dy, dcarry, drec, dcarry_out, dg, lengths):
+    def gru_n_backward_step(self, spec, t, gates, h, dy, dcarry, drec, dcarry_out, dg, zone_h, lengths):
         """GRU (reset before): da_z, da_n and z∘dh."""
         B, H = h.shape
-        name = kernel_name("gru_n_backward_step", h.dtype)
-        self._launch(name, B * H, t, B, H, gates, h, dy, dcarry, drec, dcarry_out, dg, lengths)
+        name = kernel_name("gru_n_backward_step", h.dtype, spec)
+        self._launch(name, B * H, t, B, H, *scalars(spec, dcarry.dtype), gates, h, dy, dcarry, drec, dcarry_out, dg,
+                     zone_h, lengths)
 
     def gru_rz_backward_step(self, t, gates, h, drh, dcarry_out, dg, lengths):
         """GRU (reset before): da_r, and r∘d(r∘h) into dh."""

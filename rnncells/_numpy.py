@@ -16,6 +16,9 @@ GRU, reset_after (gh = h Whhᵀ, b_hn the n part of bias_hh):
     h' = (1 − z)∘n + z∘h
 GRU, reset before (two GEMMs per step, so two kernels):
     r, z as above; rh = r∘h;  then n = tanh(xw_n + rh Whnᵀ), h' as above.
+Zoneout (both cells): the new h (and the LSTM's c) zoned out, `_zone`: each
+unit keeps its previous value where the step's mask (uint8 [B, H]) is set,
+or, without a mask, mixes the two by the probability (the expectation).
 
 Buffers: h' is written once, to y (B, H), which is also the next step's h
 (so past an item's length h reads as 0) and, with lengths, to h_last (B, H)
@@ -164,9 +167,31 @@ def _split(a, H):
     return [a[:, k * H : (k + 1) * H] for k in range(a.shape[1] // H)]
 
 
-def lstm_forward_step(spec, t, xw, hw, cw, c, c_next, y, h_last, gates, w_peep, lengths):
-    """lstm.cu's lstm_forward_step.  xw, hw [B, 4H]; cw [B, 3H] (full); c, c_next, y, h_last [B, H];
-    gates [B, 4H]; w_peep [3H] (diagonal)."""
+def _zone(mask, p, prev, new):
+    """common.cuh's zone(): prev where the mask is set (training), else p·prev + (1 − p)·new (evaluation)."""
+    if mask is not None:
+        return np.where(mask != 0, prev, new)
+    p = new.dtype.type(p)  # in the compute dtype, as the kernels' C(p)
+    return new if p == 0 else p * prev + (1 - p) * new
+
+
+def _zone_grad(mask, p, d):
+    """common.cuh's zone_grad(): d split into (the previous state's part, the new value's part)."""
+    if mask is not None:
+        keep = mask != 0
+        return np.where(keep, d, 0.0), np.where(keep, 0.0, d)
+    p = d.dtype.type(p)
+    return (np.zeros_like(d), d) if p == 0 else (p * d, (1 - p) * d)
+
+
+def _clip(spec, c1):
+    """c' clipped to [−cell_clip, cell_clip] (NaN stays NaN), or as it is."""
+    return c1 if spec.cell_clip is None else np.clip(c1, -spec.cell_clip, spec.cell_clip)
+
+
+def lstm_forward_step(spec, t, xw, hw, cw, h, c, c_next, y, h_last, gates, w_peep, zone_h, zone_c, lengths):
+    """lstm.cu's lstm_forward_step.  xw, hw [B, 4H]; cw [B, 3H] (full); h, c, c_next, y, h_last [B, H];
+    gates [B, 4H]; w_peep [3H] (diagonal); zone_h, zone_c [B, H] zoneout masks or None."""
     H, peephole = y.shape[1], spec.peephole
     a_i, a_f, a_g, a_o = _split(_c(xw) + hw, H)
     if peephole == "full":
@@ -176,13 +201,13 @@ def lstm_forward_step(spec, t, xw, hw, cw, c, c_next, y, h_last, gates, w_peep, 
         w_i, w_f, w_o = w[:H], w[H : 2 * H], w[2 * H :]
         a_i, a_f = a_i + w_i * c, a_f + w_f * c
     i, f, g = sigmoid(a_i), sigmoid(a_f), ACT[spec.candidate](a_g)
-    c1 = f * c + i * g
-    if spec.cell_clip is not None:
-        c1 = np.clip(c1, -spec.cell_clip, spec.cell_clip)  # NaN stays NaN
+    c1 = _clip(spec, f * c + i * g)
     if peephole == "diagonal":
         a_o = a_o + w_o * c1
     o = sigmoid(a_o)
     h1 = o * np.tanh(c1)
+    if spec.zoneout():
+        h1, c1 = _zone(zone_h, spec.zoneout_h, _c(h), h1), _zone(zone_c, spec.zoneout_c, c, c1)
     if gates is not None:
         for k, v in enumerate((i, f, g, o)):
             gates[:, k * H : (k + 1) * H] = v
@@ -190,7 +215,7 @@ def lstm_forward_step(spec, t, xw, hw, cw, c, c_next, y, h_last, gates, w_peep, 
     _commit_h(t, h1, y, h_last, lengths)
 
 
-def lstm_backward_step(spec, t, gates, c, c1, dy, dcarry, drec, dcarry_out, da, w_peep, lengths):
+def lstm_backward_step(spec, t, gates, c, c1, dy, dcarry, drec, dcarry_out, da, w_peep, zone_h, zone_c, lengths):
     """lstm.cu's lstm_backward_step: da [B, 4H] and dcarry_out [B, 2H] from dy [B, H] and
     d[h | c] = dcarry [B, 2H] + drec [B, H or 2H]."""
     H, peephole = dy.shape[1], spec.peephole
@@ -198,9 +223,16 @@ def lstm_backward_step(spec, t, gates, c, c1, dy, dcarry, drec, dcarry_out, da, 
     dh_in = dcarry[:, :H] + drec[:, :H]
     dc_in = dcarry[:, H:] + drec[:, H:] if peephole == "full" else dcarry[:, H:]
     dh = dh_in + _c(dy)
+    dh_prev, dc_zoned = 0.0, 0.0
+    if spec.zoneout():  # c1 is the state, c' zoned out: c' itself from the saved gates
+        c1 = _clip(spec, f * c + i * g)
+        dh_prev, dh = _zone_grad(zone_h, spec.zoneout_h, dh)
+        dc_zoned, dc_new = _zone_grad(zone_c, spec.zoneout_c, dc_in)
+    else:
+        dc_new = dc_in
     tc = np.tanh(c1)
     da_o = dh * tc * o * (1.0 - o)
-    dc = dc_in + dh * o * (1.0 - tc * tc)
+    dc = dc_new + dh * o * (1.0 - tc * tc)
     if peephole == "diagonal":
         w = _c(w_peep)
         w_i, w_f, w_o = w[:H], w[H : 2 * H], w[2 * H :]
@@ -210,19 +242,19 @@ def lstm_backward_step(spec, t, gates, c, c1, dy, dcarry, drec, dcarry_out, da, 
     da_i = dc * g * i * (1.0 - i)
     da_f = dc * c * f * (1.0 - f)
     da_g = dc * i * DACT[spec.candidate](g)
-    dc_prev = dc * f
+    dc_prev = dc * f + dc_zoned
     if peephole == "diagonal":
         dc_prev = dc_prev + da_i * w_i + da_f * w_f
     active = _active(t, lengths)
     for k, v in enumerate((da_i, da_f, da_g, da_o)):
         _commit(da[:, k * H : (k + 1) * H], v, 0.0, active)
-    _commit(dcarry_out[:, :H], 0.0, dh_in, active)
+    _commit(dcarry_out[:, :H], dh_prev, dh_in, active)
     _commit(dcarry_out[:, H:], dc_prev, dc_in, active)
 
 
-def gru_forward_step(t, xw, gh, b_hn, h, y, h_last, gates, lengths):
+def gru_forward_step(spec, t, xw, gh, b_hn, h, y, h_last, gates, zone_h, lengths):
     """gru.cu's gru_forward_step (reset_after).  xw, gh [B, 3H]; b_hn [H]; h, y, h_last [B, H];
-    gates [B, 4H] = r, z, n, gh_n + b_hn."""
+    gates [B, 4H] = r, z, n, gh_n + b_hn; zone_h [B, H] zoneout mask or None."""
     H, h = h.shape[1], _c(h)
     x_r, x_z, x_n = _split(_c(xw), H)
     h_r, h_z, h_n = _split(gh, H)
@@ -230,19 +262,21 @@ def gru_forward_step(t, xw, gh, b_hn, h, y, h_last, gates, lengths):
     ghn = h_n + _c(b_hn)
     n = np.tanh(x_n + r * ghn)
     h1 = (1.0 - z) * n + z * h
+    if spec.zoneout():
+        h1 = _zone(zone_h, spec.zoneout_h, h, h1)
     if gates is not None:
         for k, v in enumerate((r, z, n, ghn)):
             gates[:, k * H : (k + 1) * H] = v
     _commit_h(t, h1, y, h_last, lengths)
 
 
-def gru_backward_step(t, gates, h, dy, dcarry, drec, dcarry_out, dgi, dgh, lengths):
+def gru_backward_step(spec, t, gates, h, dy, dcarry, drec, dcarry_out, dgi, dgh, zone_h, lengths):
     """gru.cu's gru_backward_step (reset_after).  dgi, dgh [B, 3H]: gradients of xw and of gh;
     dh = dcarry + drec [B, H]."""
     H, h = h.shape[1], _c(h)
     r, z, n, ghn = _split(_c(gates), H)
     dh_in = dcarry + drec
-    dh1 = dh_in + _c(dy)
+    dh_zoned, dh1 = _zone_grad(zone_h, spec.zoneout_h, dh_in + _c(dy))
     da_n = dh1 * (1.0 - z) * (1.0 - n * n)
     da_z = dh1 * (h - n) * z * (1.0 - z)
     da_r = da_n * ghn * r * (1.0 - r)
@@ -251,7 +285,7 @@ def gru_backward_step(t, gates, h, dy, dcarry, drec, dcarry_out, dgi, dgh, lengt
         _commit(dgi[:, k * H : (k + 1) * H], v, 0.0, active)
     for k, v in enumerate((da_r, da_z, da_n * r)):
         _commit(dgh[:, k * H : (k + 1) * H], v, 0.0, active)
-    _commit(dcarry_out, dh1 * z, dh_in, active)
+    _commit(dcarry_out, dh1 * z + dh_zoned, dh_in, active)
 
 
 def gru_rz_step(xw, ghrz, h, gates, rh):
@@ -264,27 +298,29 @@ def gru_rz_step(xw, ghrz, h, gates, rh):
     rh[...] = r * _c(h)
 
 
-def gru_n_step(t, xw, ghn, h, y, h_last, gates, lengths):
+def gru_n_step(spec, t, xw, ghn, h, y, h_last, gates, zone_h, lengths):
     """gru.cu's gru_n_step (reset before, second half).  ghn [B, H] = rh Whnᵀ; gates [B, 3H] gets n."""
     H = h.shape[1]
     z = _c(gates[:, H : 2 * H])
     n = np.tanh(_c(xw[:, 2 * H :]) + ghn)
     gates[:, 2 * H :] = n
     h1 = (1.0 - z) * n + z * _c(h)
+    if spec.zoneout():
+        h1 = _zone(zone_h, spec.zoneout_h, _c(h), h1)
     _commit_h(t, h1, y, h_last, lengths)
 
 
-def gru_n_backward_step(t, gates, h, dy, dcarry, drec, dcarry_out, dg, lengths):
+def gru_n_backward_step(spec, t, gates, h, dy, dcarry, drec, dcarry_out, dg, zone_h, lengths):
     """gru.cu's gru_n_backward_step (reset before, first half).  dg [B, 3H] gets da_z and da_n;
     dcarry_out [B, H] = z∘dh1 (or the carry)."""
     H, h = h.shape[1], _c(h)
     r, z, n = _split(_c(gates), H)
     dh_in = dcarry + drec
-    dh1 = dh_in + _c(dy)
+    dh_zoned, dh1 = _zone_grad(zone_h, spec.zoneout_h, dh_in + _c(dy))
     active = _active(t, lengths)
     _commit(dg[:, H : 2 * H], dh1 * (h - n) * z * (1.0 - z), 0.0, active)
     _commit(dg[:, 2 * H :], dh1 * (1.0 - z) * (1.0 - n * n), 0.0, active)
-    _commit(dcarry_out, dh1 * z, dh_in, active)
+    _commit(dcarry_out, dh1 * z + dh_zoned, dh_in, active)
 
 
 def gru_rz_backward_step(t, gates, h, drh, dcarry_out, dg, lengths):

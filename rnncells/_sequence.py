@@ -27,8 +27,10 @@ the output y is the state, y[t] being the h that step t+1 reads (0 past an
 item's length; its last h is kept in h_last).  So besides x, the initial
 states and y, a forward keeps (G+1)·T·B·H elements for its backward: the
 LSTM's gates [T, B, 4H] and c [T, B, H] (c in `ct`), the GRU's gates
-[T, B, 4H] (reset before: [T, B, 3H] and r∘h [T, B, H]).  The backward reads
-y: it must not be written to in between.
+[T, B, 4H] (reset before: [T, B, 3H] and r∘h [T, B, H]); with zoneout in
+training, also its masks, uint8 [T, B, H] per zoned-out state (`masks`,
+drawn by the caller; None or {} for zoneout's expectation, which needs
+none).  The backward reads y: it must not be written to in between.
 
 With a `rnncells._graphs.GraphCache` (graphs=), the loops run as CUDA graphs:
 the buffers come from a slot of the cache, each call copies its inputs
@@ -60,6 +62,8 @@ class LSTMContext(NamedTuple):
     w_hh: object  # [4H, H] the recurrent weights the forward used
     w_ch: object  # [3H, H] (peephole="full") or None, in the compute dtype
     w_peep: object  # [3H] (peephole="diagonal") or None
+    zone_h: object  # [T, B, H] uint8 zoneout masks of h (training with zoneout_h), or None
+    zone_c: object  # [T, B, H] uint8 zoneout masks of c, or None
     slot: object  # the graph slot that holds these buffers, or None
     spec: object  # the LSTMSpec
 
@@ -75,6 +79,7 @@ class GRUContext(NamedTuple):
     rh: object  # [T, B, H]: r∘h (reset before only), else None
     lengths: object
     w_hh: object  # [3H, H]
+    zone_h: object  # [T, B, H] uint8 zoneout masks of h, or None
     slot: object
     spec: object  # the GRUSpec
 
@@ -208,9 +213,9 @@ def _lengths(xp, lengths):
 
 
 def _input_buffers(b, xp, dt, static, **shapes):
-    """A graph slot's copies of the loop's inputs: dtype dt, but int32 `lengths` [B], and c0 and w_ch in the
-    compute dtype (c is, and c Wchᵀ is a GEMM of c)."""
-    kind = {"lengths": "int32", "c0": compute(dt), "w_ch": compute(dt)}
+    """A graph slot's copies of the loop's inputs: dtype dt, but int32 `lengths` [B], uint8 zoneout masks, and c0
+    and w_ch in the compute dtype (c is, and c Wchᵀ is a GEMM of c)."""
+    kind = {"lengths": "int32", "c0": compute(dt), "w_ch": compute(dt), "zone_h": "uint8", "zone_c": "uint8"}
     if static:
         for name, shape in shapes.items():
             setattr(b, name, None if shape is None else xp.empty(shape, dtype=kind.get(name, dt)))
@@ -220,7 +225,17 @@ def _input_buffers(b, xp, dt, static, **shapes):
 # --- LSTM -----------------------------------------------------------------------
 
 
-def _lstm_buffers(xp, dt, T, B, H, peephole, training, has_lengths, static):
+def _mask(masks, name):
+    """The zoneout masks of one state (uint8 [T, B, H]), or None: evaluation, or no zoneout on it."""
+    return None if masks is None else masks.get(name)
+
+
+def _at(masks, t):
+    """Step t's mask [B, H], or None."""
+    return None if masks is None else masks[t]
+
+
+def _lstm_buffers(xp, dt, T, B, H, peephole, training, has_lengths, zoned, static):
     e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
     b = Buffers(
         y=e(T, B, H),  # [T, B, H]
@@ -230,7 +245,8 @@ def _lstm_buffers(xp, dt, T, B, H, peephole, training, has_lengths, static):
     return _input_buffers(b, xp, dt, static, h0=(B, H), c0=(B, H), w_hh=(4 * H, H),
                           w_ch=(3 * H, H) if peephole == "full" else None,
                           w_peep=(3 * H,) if peephole == "diagonal" else None,
-                          lengths=(B,) if has_lengths else None)
+                          lengths=(B,) if has_lengths else None,
+                          **{f"zone_{n}": (T, B, H) if n in zoned else None for n in ("h", "c")})
 
 
 def _lstm_work(xp, dt, T, B, H, peephole, has_lengths):
@@ -252,21 +268,24 @@ def _lstm_forward_steps(ops, b, T, spec, training):
         if b.cw is not None:
             ops.gemm(c, b.w_ch.T, b.cw)
         g_t = b.gates[t] if training else None
-        ops.lstm_forward_step(spec, t, b.xw[t], b.hw, b.cw, c, b.cs[s], b.y[t], b.h_last, g_t, b.w_peep, b.lengths)
+        ops.lstm_forward_step(spec, t, b.xw[t], b.hw, b.cw, _prev(b.h0, b.y, t), c, b.cs[s], b.y[t], b.h_last, g_t,
+                              b.w_peep, _at(b.zone_h, t), _at(b.zone_c, t), b.lengths)
 
 
 @_forward_size
-def lstm_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None):
-    """y [T, B, H], (hT, cT) [B, H], ctx (None when not training)."""
+def lstm_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None, masks=None):
+    """y [T, B, H], (hT, cT) [B, H], ctx (None when not training); masks {"h", "c": uint8 [T, B, H]} zoneout's
+    (training), or None (its expectation)."""
     (T, B, _), (h0, c0) = x.shape, states
     H, peephole = h0.shape[1], spec.peephole
-    shape = (x.dtype, T, B, H, peephole, training, lengths is not None)
+    shape = (x.dtype, T, B, H, peephole, training, lengths is not None, tuple(sorted(masks or ())))
     slot, b = _buffers(graphs, ops, (spec, *shape), lambda static: _lstm_buffers(xp, *shape, static),
                        lambda: _lstm_work(xp, x.dtype, T, B, H, peephole, lengths is not None))
     ct = compute(x.dtype)
     _bind(b, slot, h0=h0, c0=c0.astype(ct, copy=False), w_hh=p["weight_hh"],
           w_ch=p["weight_ch"].astype(ct, copy=False) if peephole == "full" else None,
-          w_peep=p["weight_ch"] if peephole == "diagonal" else None, lengths=_lengths(xp, lengths))
+          w_peep=p["weight_ch"] if peephole == "diagonal" else None, lengths=_lengths(xp, lengths),
+          zone_h=_mask(masks, "h"), zone_c=_mask(masks, "c"))
     _input_gemm(ops, x, p["weight_ih"], _bias_sum(p["bias_ih"], p["bias_hh"]) if "bias_ih" in p else None, b.xw)
     if b.h_last is not None:
         b.h_last[...] = b.h0
@@ -276,7 +295,8 @@ def lstm_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=Non
     ctx = None
     if training:
         ctx = LSTMContext(x=x, params=p, h0=b.h0, c0=b.c0, y=b.y, cs=b.cs, gates=b.gates, lengths=b.lengths,
-                          w_hh=b.w_hh, w_ch=b.w_ch, w_peep=b.w_peep, slot=slot, spec=spec)
+                          w_hh=b.w_hh, w_ch=b.w_ch, w_peep=b.w_peep, zone_h=b.zone_h, zone_c=b.zone_c, slot=slot,
+                          spec=spec)
     return b.y, (hT.copy(), cT.astype(x.dtype)), ctx
 
 
@@ -292,11 +312,23 @@ def _lstm_backward_buffers(xp, dt, T, B, H, full, static):
     return _input_buffers(b, xp, dt, static, dy=(T, B, H))
 
 
+def _new_cells(xp, ctx):
+    """c' of every step [T, B, H] (compute dtype): the state kept, or, with zoneout on c, c' before it,
+    f∘c + i∘g (clipped) from the saved gates, as the backward kernel recomputes it."""
+    if "c" not in ctx.spec.zoneout():
+        return ctx.cs
+    H, clip = ctx.cs.shape[-1], ctx.spec.cell_clip
+    i, f, g = (ctx.gates[..., k * H : (k + 1) * H].astype(ctx.cs.dtype) for k in range(3))
+    c1 = f * xp.concatenate([ctx.c0[None], ctx.cs[:-1]]) + i * g
+    return c1 if clip is None else xp.clip(c1, -clip, clip)
+
+
 def _lstm_backward_steps(ops, ctx, g, w_rec, T):
     for t in reversed(range(T)):
         nxt, cur = (t + 1) % 2, t % 2
         ops.lstm_backward_step(ctx.spec, t, ctx.gates[t], _prev(ctx.c0, ctx.cs, t), ctx.cs[t], g.dy[t], g.dcarry[nxt],
-                               g.drec[nxt], g.dcarry[cur], g.da[t], ctx.w_peep, ctx.lengths)
+                               g.drec[nxt], g.dcarry[cur], g.da[t], ctx.w_peep, _at(ctx.zone_h, t),
+                               _at(ctx.zone_c, t), ctx.lengths)
         ops.gemm(g.da[t], w_rec, g.drec[cur])
 
 
@@ -330,7 +362,7 @@ def lstm_backward(ops, xp, ctx, dy, dstates):
     elif ctx.spec.peephole == "diagonal":
         d_i, d_f, d_o = (da[:, :, k * H : (k + 1) * H] for k in (0, 1, 3))
         w_i, w_f = (_state_dot(xp, d, ctx.c0, ctx.cs) for d in (d_i, d_f))
-        w_o = (d_o.astype(ctx.cs.dtype, copy=False) * ctx.cs).sum((0, 1))  # w_o meets c', not c
+        w_o = (d_o.astype(ctx.cs.dtype, copy=False) * _new_cells(xp, ctx)).sum((0, 1))  # w_o meets c', not c
         dp["weight_ch"] = xp.concatenate([w_i, w_f, w_o]).astype(dt, copy=False)
     if "bias_ih" in p:
         dp["bias_ih"] = ops.column_sum(_rows(da))
@@ -342,7 +374,7 @@ def lstm_backward(ops, xp, ctx, dy, dstates):
 # --- GRU ------------------------------------------------------------------------
 
 
-def _gru_buffers(xp, dt, T, B, H, reset_after, training, has_lengths, static):
+def _gru_buffers(xp, dt, T, B, H, reset_after, training, has_lengths, zoned, static):
     e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
     b = Buffers(y=e(T, B, H))  # [T, B, H]
     if reset_after:
@@ -351,7 +383,7 @@ def _gru_buffers(xp, dt, T, B, H, reset_after, training, has_lengths, static):
         b.gates = e(T if training else 1, B, 3 * H)  # [T, B, 3H]
         b.rh = e(T if training else 1, B, H)  # [T, B, H] r∘h
     return _input_buffers(b, xp, dt, static, h0=(B, H), w_hh=(3 * H, H), b_hn=(H,) if reset_after else None,
-                          lengths=(B,) if has_lengths else None)
+                          lengths=(B,) if has_lengths else None, zone_h=(T, B, H) if "h" in zoned else None)
 
 
 def _gru_work(xp, dt, T, B, H, reset_after, has_lengths):
@@ -374,22 +406,23 @@ def _gru_forward_steps(ops, b, T, spec, training):
         h = _prev(b.h0, b.y, t)
         if spec.reset_after:
             ops.gemm(h, b.w_hh.T, b.gh)
-            ops.gru_forward_step(t, b.xw[t], b.gh, b.b_hn, h, b.y[t], b.h_last, b.gates[t] if training else None,
-                                 b.lengths)
+            ops.gru_forward_step(spec, t, b.xw[t], b.gh, b.b_hn, h, b.y[t], b.h_last,
+                                 b.gates[t] if training else None, _at(b.zone_h, t), b.lengths)
         else:
             s, H = (t if training else 0), h.shape[1]
             ops.gemm(h, b.w_hh[: 2 * H].T, b.ghrz)
             ops.gru_rz_step(b.xw[t], b.ghrz, h, b.gates[s], b.rh[s])
             ops.gemm(b.rh[s], b.w_hh[2 * H :].T, b.ghn)
-            ops.gru_n_step(t, b.xw[t], b.ghn, h, b.y[t], b.h_last, b.gates[s], b.lengths)
+            ops.gru_n_step(spec, t, b.xw[t], b.ghn, h, b.y[t], b.h_last, b.gates[s], _at(b.zone_h, t), b.lengths)
 
 
 @_forward_size
-def gru_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None):
-    """y [T, B, H], (hT,) [B, H], ctx (None when not training)."""
+def gru_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None, masks=None):
+    """y [T, B, H], (hT,) [B, H], ctx (None when not training); masks {"h": uint8 [T, B, H]} or None, as in
+    lstm_forward."""
     (T, B, _), (h0,) = x.shape, states
     H, reset_after = h0.shape[1], spec.reset_after
-    shape = (x.dtype, T, B, H, reset_after, training, lengths is not None)
+    shape = (x.dtype, T, B, H, reset_after, training, lengths is not None, tuple(sorted(masks or ())))
     slot, b = _buffers(graphs, ops, (spec, *shape), lambda static: _gru_buffers(xp, *shape, static),
                        lambda: _gru_work(xp, x.dtype, T, B, H, reset_after, lengths is not None))
     bias = None
@@ -400,7 +433,7 @@ def gru_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None
     b_hn = None
     if reset_after:
         b_hn = p["bias_hh"][2 * H :] if "bias_hh" in p else xp.zeros(H, dtype=x.dtype)  # [H]
-    _bind(b, slot, h0=h0, w_hh=p["weight_hh"], b_hn=b_hn, lengths=_lengths(xp, lengths))
+    _bind(b, slot, h0=h0, w_hh=p["weight_hh"], b_hn=b_hn, lengths=_lengths(xp, lengths), zone_h=_mask(masks, "h"))
     _input_gemm(ops, x, p["weight_ih"], bias, b.xw)
     if b.h_last is not None:
         b.h_last[...] = b.h0
@@ -409,7 +442,7 @@ def gru_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None
     ctx = None
     if training:
         ctx = GRUContext(x=x, params=p, h0=b.h0, y=b.y, gates=b.gates, rh=None if reset_after else b.rh,
-                         lengths=b.lengths, w_hh=b.w_hh, slot=slot, spec=spec)
+                         lengths=b.lengths, w_hh=b.w_hh, zone_h=b.zone_h, slot=slot, spec=spec)
     return b.y, (hT.copy(),), ctx
 
 
@@ -432,12 +465,12 @@ def _gru_backward_steps(ops, ctx, g, T):
         nxt, cur = (t + 1) % 2, t % 2
         h, H = _prev(ctx.h0, ctx.y, t), w_hh.shape[1]
         if ctx.spec.reset_after:
-            ops.gru_backward_step(t, ctx.gates[t], h, g.dy[t], g.dcarry[nxt], g.drec[nxt], g.dcarry[cur], g.dg[t],
-                                  g.dgh[t], ctx.lengths)
+            ops.gru_backward_step(ctx.spec, t, ctx.gates[t], h, g.dy[t], g.dcarry[nxt], g.drec[nxt], g.dcarry[cur],
+                                  g.dg[t], g.dgh[t], _at(ctx.zone_h, t), ctx.lengths)
             ops.gemm(g.dgh[t], w_hh, g.drec[cur])
         else:
-            ops.gru_n_backward_step(t, ctx.gates[t], h, g.dy[t], g.dcarry[nxt], g.drec[nxt], g.dcarry[cur], g.dg[t],
-                                    ctx.lengths)
+            ops.gru_n_backward_step(ctx.spec, t, ctx.gates[t], h, g.dy[t], g.dcarry[nxt], g.drec[nxt],
+                                    g.dcarry[cur], g.dg[t], _at(ctx.zone_h, t), ctx.lengths)
             ops.gemm(g.dg[t, :, 2 * H :], w_hh[2 * H :], g.drh)
             ops.gru_rz_backward_step(t, ctx.gates[t], h, g.drh, g.dcarry[cur], g.dg[t], ctx.lengths)
             ops.gemm(g.dg[t, :, : 2 * H], w_hh[: 2 * H], g.drec[cur])
@@ -481,10 +514,11 @@ def gru_backward(ops, xp, ctx, dy, dstates):
 # --- dispatch on the variant ------------------------------------------------------
 
 
-def forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None):
-    """y [T, B, H], the final states (a tuple) and a ctx (None when not training), for a spec of either family."""
+def forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None, masks=None):
+    """y [T, B, H], the final states (a tuple) and a ctx (None when not training), for a spec of either family;
+    masks: zoneout's {state: uint8 [T, B, H]} (training), or None (its expectation)."""
     run = lstm_forward if isinstance(spec, LSTMSpec) else gru_forward
-    return run(ops, xp, spec, x, p, states, lengths, training, graphs)
+    return run(ops, xp, spec, x, p, states, lengths, training, graphs, masks)
 
 
 def backward(ops, xp, ctx, dy, dstates):

@@ -32,6 +32,8 @@ would misread a strided view (an expanded h0, a transposed weight).
 
 from typing import NamedTuple
 
+import numpy as np
+
 from . import _backends, _checks
 from ._graphs import GraphCache
 from .variants import GRUSpec, LSTMSpec
@@ -51,16 +53,21 @@ class Context(NamedTuple):
 
 
 def forward(spec, x, params, states, *, lengths=None, training=True, graphs=None, tf32=False, backend=None,
-            step=False):
+            step=False, generator=None, masks=None):
     """The forward of any variant: `spec` a `rnncells.variants` spec, `states` {name: array or None} in the
     spec's order ("h0", "c0"; "h", "c" with step=True, where x is (B, I)).
 
     Returns y (T, B, H), the final states (a tuple) and a ctx for `backward`
     (None with training=False); the cell functions below are this call for
-    one family, and the objects and the PyTorch adapter call it.
+    one family, and the objects and the PyTorch adapter call it.  Zoneout's
+    masks are drawn from `generator` in training (`zoneout_masks`); a caller
+    that draws its own (the adapter, from torch's generator) passes them as
+    `masks` ({state: uint8 (T, B, H)}, or {} for the expectation) instead.
     """
     training = _checks.flag("training", training)
     xp, H, lengths = _checks.call(spec, x, params, states, lengths=lengths, sequence=not step)
+    if masks is None and training:
+        masks = zoneout_masks(spec, generator, xp, (1 if step else x.shape[0], x.shape[-2], H))
     tf32 = _checks.flag("tf32", tf32)
     runner = _backends.resolve(backend, xp.__name__)
     if runner.kernels:
@@ -70,7 +77,7 @@ def forward(spec, x, params, states, *, lengths=None, training=True, graphs=None
     T, B, _ = x.shape
     x, params, *states = _contiguous(xp, x, params, *states.values())
     states = tuple(xp.zeros((B, H), dtype=x.dtype) if s is None else s for s in states)
-    y, finals, inner = runner.forward(spec, x, params, states, lengths, training, graphs, tf32)
+    y, finals, inner = runner.forward(spec, x, params, states, lengths, training, graphs, tf32, masks)
     ctx = Context(spec, step, runner, xp, x.dtype, (T, B, H), tf32, inner) if training else None
     return y, finals, ctx
 
@@ -90,6 +97,32 @@ def backward(ctx, spec_type, dy, dstates, *, step=False):
     dstates = tuple(_checks.grad(n, g, (B, H), dt, ctx.xp) for n, g in dstates.items())
     dx, d0, dparams = ctx.backend.backward(ctx.inner, dy, dstates, ctx.tf32)
     return (dx[0] if step else dx), d0, dparams
+
+
+def zoneout_masks(spec, generator, xp, shape):
+    """Zoneout's masks for a forward in training: {state: uint8 array of `shape` (T, B, H), 1 (the unit keeps
+    its previous value) with the state's zoneout probability}, drawn from `generator`; None without zoneout.
+
+    generator: a numpy.random.Generator (its masks copied to the device for
+    CuPy arrays) or, for CuPy arrays, a cupy.random.Generator
+    (cupy.random.default_rng()); one uniform float32 draw per unit and step,
+    h's masks first, so a seeded generator gives the same masks every run.
+    """
+    zoned = spec.zoneout()
+    if not zoned:
+        return None
+    flags = ", ".join(f"zoneout_{n}={p}" for n, p in zoned.items())
+    if generator is None:
+        raise ValueError(f"{flags} in training needs generator= (a numpy.random.Generator, or a cupy.random."
+                         "Generator for cupy arrays) to draw its masks; training=False uses the expectation")
+    kind = "numpy" if isinstance(generator, np.random.Generator) else type(generator).__module__.split(".")[0]
+    if kind not in ("numpy", "cupy") or type(generator).__name__ != "Generator":
+        raise TypeError(f"generator must be a numpy.random.Generator or a cupy.random.Generator, got "
+                        f"{type(generator).__name__}")
+    if kind == "cupy" and xp.__name__ != "cupy":
+        raise TypeError("generator is a cupy Generator but x is a numpy array; draw masks for numpy arrays with a "
+                        "numpy.random.Generator")
+    return {n: xp.asarray(generator.random(shape, dtype="float32") < p).astype("uint8") for n, p in zoned.items()}
 
 
 def _graphs(graphs, runner):
@@ -120,7 +153,7 @@ def _check_context(ctx, spec_type, step):
 
 
 def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candidate="tanh", *, training=True,
-                 graphs=None, tf32=False, backend=None, **variant):
+                 graphs=None, tf32=False, backend=None, generator=None, **variant):
     """Run an LSTM over a sequence.
 
     x (T, B, I); h0, c0 (B, H) or None for zeros; lengths (B,) ints in
@@ -139,10 +172,14 @@ def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candi
     `tf32` allows TF32 tensor cores in the float32 GEMMs of this forward and
     its backward; `backend` None follows the arrays, the others are named in
     the module docstring.
+    With zoneout (`zoneout_h`, `zoneout_c`: a unit keeps its previous value
+    with that probability), training=True draws one mask per step from
+    `generator` (a numpy.random.Generator, or cupy.random.Generator for
+    CuPy arrays; required then), and training=False uses the expectation.
     """
     spec = LSTMSpec.of({"peephole": peephole, "candidate": candidate, **variant})
-    return forward(spec, x, params, {"h0": h0, "c0": c0}, lengths=lengths,
-                   training=training, graphs=graphs, tf32=tf32, backend=backend)
+    return forward(spec, x, params, {"h0": h0, "c0": c0}, lengths=lengths, training=training, graphs=graphs,
+                   tf32=tf32, backend=backend, generator=generator)
 
 
 def lstm_backward(ctx, dy, dhT=None, dcT=None):
@@ -154,14 +191,17 @@ def lstm_backward(ctx, dy, dhT=None, dcT=None):
     return backward(ctx, LSTMSpec, dy, {"dhT": dhT, "dcT": dcT})
 
 
-def lstm_cell_forward(x, h, c, params, peephole=None, candidate="tanh", *, tf32=False, backend=None, **variant):
-    """One LSTM step: x (B, I), h, c (B, H) -> h1, c1, ctx for `lstm_cell_backward`.
+def lstm_cell_forward(x, h, c, params, peephole=None, candidate="tanh", *, training=True, tf32=False, backend=None,
+                      generator=None, **variant):
+    """One LSTM step: x (B, I), h, c (B, H) -> h1, c1, ctx for `lstm_cell_backward` (None with training=False).
 
-    The variant, `tf32` and `backend` as in `lstm_forward`; the ctx refers
-    to x, h, c and params: do not write into them before the backward.
+    The variant, `training`, `tf32`, `backend` and `generator` as in
+    `lstm_forward`; the ctx refers to x, h, c and params: do not write into
+    them before the backward.
     """
     spec = LSTMSpec.of({"peephole": peephole, "candidate": candidate, **variant})
-    _, (h1, c1), ctx = forward(spec, x, params, {"h": h, "c": c}, tf32=tf32, backend=backend, step=True)
+    _, (h1, c1), ctx = forward(spec, x, params, {"h": h, "c": c}, training=training, tf32=tf32, backend=backend,
+                               step=True, generator=generator)
     return h1, c1, ctx
 
 
@@ -172,7 +212,7 @@ def lstm_cell_backward(ctx, dh1, dc1):
 
 
 def gru_forward(x, params, h0=None, lengths=None, reset_after=True, *, training=True, graphs=None, tf32=False,
-                backend=None, **variant):
+                backend=None, generator=None, **variant):
     """Run a GRU over a sequence.
 
     x (T, B, I); h0 (B, H) or None for zeros; lengths as in `lstm_forward`.
@@ -180,12 +220,12 @@ def gru_forward(x, params, h0=None, lengths=None, reset_after=True, *, training=
     `variant` takes any other flag of `rnncells.variants.GRUSpec`.
     Returns y (T, B, H), hT (B, H) and a ctx for `gru_backward` (None with
     training=False).  As in `lstm_forward`, the ctx refers to x, h0, params
-    and y: do not write into them before `gru_backward`; `graphs`, `tf32` and
-    `backend` as there.
+    and y: do not write into them before `gru_backward`; `graphs`, `tf32`,
+    `backend` and `generator` (zoneout_h's masks) as there.
     """
     spec = GRUSpec.of({"reset_after": reset_after, **variant})
     y, (hT,), ctx = forward(spec, x, params, {"h0": h0}, lengths=lengths, training=training,
-                            graphs=graphs, tf32=tf32, backend=backend)
+                            graphs=graphs, tf32=tf32, backend=backend, generator=generator)
     return y, hT, ctx
 
 
@@ -195,15 +235,17 @@ def gru_backward(ctx, dy, dhT=None):
     return dx, dh0, dparams
 
 
-def gru_cell_forward(x, h, params, reset_after=True, *, tf32=False, backend=None, **variant):
-    """One GRU step: x (B, I), h (B, H) -> h1, ctx for `gru_cell_backward`.
+def gru_cell_forward(x, h, params, reset_after=True, *, training=True, tf32=False, backend=None, generator=None,
+                     **variant):
+    """One GRU step: x (B, I), h (B, H) -> h1, ctx for `gru_cell_backward` (None with training=False).
 
-    The variant as in `gru_forward`, `tf32` and `backend` as in
-    `lstm_forward`; the ctx refers to x, h and params: do not write into
-    them before the backward.
+    The variant as in `gru_forward`, `training`, `tf32`, `backend` and
+    `generator` as in `lstm_forward`; the ctx refers to x, h and params: do
+    not write into them before the backward.
     """
     spec = GRUSpec.of({"reset_after": reset_after, **variant})
-    _, (h1,), ctx = forward(spec, x, params, {"h": h}, tf32=tf32, backend=backend, step=True)
+    _, (h1,), ctx = forward(spec, x, params, {"h": h}, training=training, tf32=tf32, backend=backend, step=True,
+                            generator=generator)
     return h1, ctx
 
 

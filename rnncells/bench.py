@@ -27,7 +27,8 @@ anyone; the median is reported, and every configuration is measured twice
 (pass 1, pass 2) so the table shows its own noise.  On the CPU each row
 also has a thread count (`CPU_THREADS`), set for both sides: torch's
 intra-op threads and NumPy's BLAS pool.
-The "variants" group times our variants that cuDNN lacks (`VARIANTS`), at the
+The "variants" group times our variants that cuDNN lacks (`VARIANTS`; zoneout
+in training draws its masks on the device within each call), at the
 standard shape and at batch 4: the torch sides run their plain cell, so the
 ratio says what the variant costs against cuDNN's cell without it.
 ratio = torch.nn time / rnncells time: above 1, we are faster.  On a GPU each
@@ -67,7 +68,8 @@ class Config(NamedTuple):
 
 GROUPS = ("standard", "small batch", "large", "variants")
 # The "variants" group: per cell, the spec flags of each variant timed (ours; torch runs its plain cell).
-VARIANTS = {"lstm": (("cell_clip", 1.0),), "gru": ()}
+VARIANTS = {"lstm": ((("cell_clip", 1.0),), (("zoneout_h", 0.1), ("zoneout_c", 0.1))),
+            "gru": ((("zoneout_h", 0.1),),)}
 # precision -> (our dtype, TF32 on); torch runs float32 modules, under autocast for the half ones (float64 for fp64)
 PRECISIONS = {"fp32": ("float32", False), "tf32": ("float32", True), "fp16": ("float16", False),
               "bf16": ("bfloat16", False), "fp64": ("float64", False)}
@@ -89,8 +91,8 @@ def configs(preset, cells=("lstm", "gru"), groups=GROUPS):
         shapes = [s for s in shapes if s[-1] in groups]
         if "variants" in groups:
             return [Config(c, *s) for s in shapes for c in cells] + [
-                Config(c, T, B, H, H, "variants", (flag,)) for T, B, H in ((100, 64, 512), (100, 4, 512))
-                for c in cells for flag in VARIANTS[c]]
+                Config(c, T, B, H, H, "variants", flags) for T, B, H in ((100, 64, 512), (100, 4, 512))
+                for c in cells for flags in VARIANTS[c]]
     elif preset in ("quick", "cpu"):
         shapes += [(20, 16, 64, 64, "quick"), (20, 4, 128, 128, "quick"), (100, 1, 256, 256, "quick"),
                    (1000, 4, 128, 128, "quick")]
@@ -118,12 +120,14 @@ def _ours(cfg, mode, xp, rotate, seed, graphs=False, precision="fp32", backend=N
     fwd = api.lstm_forward if cfg.cell == "lstm" else api.gru_forward
     bwd = api.lstm_backward if cfg.cell == "lstm" else api.gru_backward
     cache = GraphCache() if graphs else None
+    generator = xp.random.default_rng(seed)  # zoneout's masks, drawn on the device each training call
     k = [0]
 
     def step():
         x = xs[k[0] % rotate]
         k[0] += 1
-        out = fwd(x, params, training=mode == "train", graphs=cache, tf32=tf32, backend=backend, **dict(cfg.variant))
+        out = fwd(x, params, training=mode == "train", graphs=cache, tf32=tf32, backend=backend, generator=generator,
+                  **dict(cfg.variant))
         if mode == "train":
             bwd(out[-1], dy)
 

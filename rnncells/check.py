@@ -29,6 +29,9 @@ _MODES = (
 )
 
 
+WHAT = max(len(str(s)) for s in verify.VARIANTS) + 2  # the width of the "what" column
+
+
 def _nvrtc_missing():
     try:
         import cuda.bindings.nvrtc  # noqa: F401
@@ -143,7 +146,7 @@ def _nvrtc_check(err, what):
 
 def main(out=print):
     """Print the tables; return 0 if every row that ran is within its bound, else 1."""
-    out(f"{'tier':<5}{'what':<56}{'dtype':<9}{'backend':<24}{'worst rel err':>14}{'bound':>10}  result")
+    out(f"{'tier':<5}{'what':<{WHAT}}{'dtype':<9}{'backend':<24}{'worst rel err':>14}{'bound':>10}  result")
     failed = 0
     for tier, what, dtype, backend, err, bound in rows():
         if err is None:
@@ -151,7 +154,7 @@ def main(out=print):
             continue
         ok = err <= bound  # NaN fails
         failed += not ok
-        out(f"{tier:<5}{what:<56}{dtype:<9}{backend:<24}{err:>14.2e}{bound:>10.0e}  {'ok' if ok else 'FAIL'}")
+        out(f"{tier:<5}{what:<{WHAT}}{dtype:<9}{backend:<24}{err:>14.2e}{bound:>10.0e}  {'ok' if ok else 'FAIL'}")
     out("")
     why = _nvrtc_missing()
     if why:

@@ -7,7 +7,10 @@
     lstm.zero_grad()
 
 Parameter names are torch.nn's (weight_ih_l0, bias_hh_l1_reverse, ...; the
-cells use weight_ih, ...), so state dicts carry over.  The reverse direction
+cells use weight_ih, ...), so state dicts carry over.  With zoneout, an
+object in training (`train()`, the default) draws its masks from its
+`generator` (xp.random.default_rng(seed), or one you assign), and after
+`eval()` uses the expectation.  The reverse direction
 of a layer reads each item backward from its own last step, as torch does
 for packed sequences.
 """
@@ -35,7 +38,22 @@ def _is_array(a):
 
 class _Holder:
     """Parameters (`params`) and their accumulated gradients (`grads`), one key each; the variant's flags read as
-    attributes (`lstm.peephole`), as the constructor took them."""
+    attributes (`lstm.peephole`), as the constructor took them; `training` and `generator` for zoneout."""
+
+    training = True
+
+    def train(self, mode=True):
+        """Zoneout in training (masks drawn from `generator`), or its expectation with mode=False; returns self."""
+        self.training = _checks.flag("mode", mode)
+        return self
+
+    def eval(self):
+        """train(False): zoneout's expectation, no masks drawn; returns self."""
+        return self.train(False)
+
+    def _zoneout(self):
+        """api.forward's zoneout arguments for the object's mode."""
+        return {"generator": self.generator} if self.training else {"masks": {}}
 
     def __getattr__(self, name):  # only reached when normal lookup fails
         spec = self.__dict__.get("spec")
@@ -75,11 +93,12 @@ class _Cell(_Holder):
         self.input_size, self.hidden_size = input_size, hidden_size
         self.params = init_params(spec, input_size, hidden_size, bias=bias, dtype=dtype, xp=xp, seed=seed)
         self.grads = {k: xp.zeros_like(v) for k, v in self.params.items()}
+        self.generator = xp.random.default_rng(seed)  # zoneout's masks
 
     def _step(self, x, hx):
         states = _checks.hx(self.spec, hx, self.spec.states, _is_array, "a numpy or cupy array")
         _, finals, ctx = api.forward(self.spec, x, self.params, dict(zip(self.spec.states, states)), tf32=self.tf32,
-                                     backend=self.backend, step=True)
+                                     backend=self.backend, step=True, **self._zoneout())
         return finals, self._context(ctx)
 
     def _step_backward(self, ctx, dfinals):
@@ -172,6 +191,7 @@ class _Stack(_Holder):
                 p = init_params(spec, size, hidden_size, bias=bias, dtype=dtype, xp=xp, seed=seed + layer * 2 + d)
                 self.params.update({k + self._suffix(layer, d): v for k, v in p.items()})
         self.grads = {k: xp.zeros_like(v) for k, v in self.params.items()}
+        self.generator = xp.random.default_rng(seed)  # zoneout's masks
 
     @staticmethod
     def _suffix(layer, d):
@@ -208,7 +228,7 @@ class _Stack(_Holder):
                 s0 = [None if s is None else s[k] for s in states]
                 xin = _reverse(self.xp, inp, lengths) if d else inp
                 y, sT, ctx = api.forward(self.spec, xin, self._layer(layer, d), dict(zip(names, s0)), lengths=lengths,
-                                         graphs=self.graphs, tf32=self.tf32, backend=self.backend)
+                                         graphs=self.graphs, tf32=self.tf32, backend=self.backend, **self._zoneout())
                 outs.append(_reverse(self.xp, y, lengths) if d else y)
                 ctxs.append(ctx)
                 for f, s in zip(finals, sT):

@@ -74,14 +74,26 @@ def _gate(tape, terms, bias, act, name):
     return tape(act, acc, name=name)
 
 
-def _step(tape, spec, P, b, x, states):
-    """Record one step of a variant: the states after it (a tuple)."""
+def _step(tape, spec, P, b, x, states, zone=None):
+    """Record one step of a variant: the states after it (a tuple).  zone: {state: its zoneout mask (a Var of
+    0s and 1s: training) or probability (evaluation)} for the zoned-out states."""
+    zone = zone or {}
     if isinstance(spec, LSTMSpec):
-        return _lstm_step(tape, spec, P, b, x, *states)
-    return (_gru_step(tape, spec, P, b, x, *states),)
+        return _lstm_step(tape, spec, P, b, x, *states, zone)
+    return (_gru_step(tape, spec, P, b, x, *states, zone),)
 
 
-def _lstm_step(tape, spec, P, b, x, h, c):
+def _zone(tape, d, prev, new, name):
+    """Zoneout (Krueger et al. 2016): d ∘ prev + (1 − d) ∘ new, d a mask (training) or a probability (its
+    expectation, evaluation); `new` as it is without d."""
+    if d is None:
+        return new
+    if isinstance(d, Var):
+        return tape("add", tape("mul", d, prev), tape("mul", Var(f"(1 − {d.name})", 1.0 - d.value), new), name=name)
+    return tape("add", tape("scale", prev, d), tape("scale", new, 1.0 - d), name=name)
+
+
+def _lstm_step(tape, spec, P, b, x, h, c, zone):
     """Record one LSTM step; for the seed's cell these are its equations 1-31."""
     peephole = spec.peephole
 
@@ -96,16 +108,16 @@ def _lstm_step(tape, spec, P, b, x, h, c):
     f = _gate(tape, peep("f", c) + rec("f"), b.get("f"), "sigmoid", "f_t")
     i = _gate(tape, peep("i", c) + rec("i"), b.get("i"), "sigmoid", "i_t")
     g = _gate(tape, rec("C"), b.get("C"), spec.candidate, "C̃_t")
-    clip = spec.cell_clip
-    c1 = tape("add", tape("mul", f, c), tape("mul", i, g), name=None if clip else "C_t")
+    clip, c_name = spec.cell_clip, "C'_t" if "c" in zone else "C_t"
+    c1 = tape("add", tape("mul", f, c), tape("mul", i, g), name=None if clip else c_name)
     if clip is not None:  # TensorFlow's LSTMCell(cell_clip=): before the o peephole and tanh read c'
-        c1 = tape("clip", c1, clip, name="C_t")
+        c1 = tape("clip", c1, clip, name=c_name)
     o = _gate(tape, peep("o", c if peephole == "full" else c1) + rec("o"), b.get("o"), "sigmoid", "o_t")
-    h1 = tape("mul", o, tape("tanh", c1), name="h_t")
-    return h1, c1
+    h1 = tape("mul", o, tape("tanh", c1), name="h'_t" if "h" in zone else "h_t")
+    return _zone(tape, zone.get("h"), h, h1, "h_t"), _zone(tape, zone.get("c"), c, c1, "C_t")
 
 
-def _gru_step(tape, spec, P, b, x, h):
+def _gru_step(tape, spec, P, b, x, h, zone):
     """Record one GRU step: r, z, n, then h_t = (1 − z_t) ∘ n_t + z_t ∘ h_{t-1}."""
 
     def rec(g, state=h):
@@ -124,15 +136,16 @@ def _gru_step(tape, spec, P, b, x, h):
     else:  # n = tanh(W_nh (r ∘ h) + W_nx x + b_n)
         n = _gate(tape, rec("n", tape("mul", r, h)), b.get("n"), "tanh", "n_t")
     one_minus_z = tape("offset", tape("scale", z, -1.0), 1.0)
-    h1 = tape("add", tape("mul", one_minus_z, n), tape("mul", z, h), name="h_t")
-    return h1
+    h1 = tape("add", tape("mul", one_minus_z, n), tape("mul", z, h), name="h'_t" if "h" in zone else "h_t")
+    return _zone(tape, zone.get("h"), h, h1, "h_t")
 
 
 _PREV = {"h": "h_{t-1}", "c": "C_{t-1}"}
 
 
-def equations(cell, *, peephole=None, candidate="tanh", reset_after=True, bias=True):
-    """The tape's forward and backward equations for one step, as text.
+def equations(cell, *, peephole=None, candidate="tanh", reset_after=True, bias=True, **variant):
+    """The tape's forward and backward equations for one step, as text (any other flag of the cell's spec in
+    `variant`; zoneout in its training form, with masks d^h_t, d^C_t).
 
     `equations("lstm", peephole="full", candidate="sigmoid")` is the seed's
     own cell: its forward list is the slides' equations 1-31 in their order,
@@ -142,16 +155,20 @@ def equations(cell, *, peephole=None, candidate="tanh", reset_after=True, bias=T
     """
     if cell not in ("lstm", "gru"):
         raise ValueError(f"cell={cell!r} is not one of 'lstm', 'gru'")
-    spec = LSTMSpec(peephole, candidate) if cell == "lstm" else GRUSpec(reset_after)
+    spec = (LSTMSpec.of({"peephole": peephole, "candidate": candidate, **variant}) if cell == "lstm"
+            else GRUSpec.of({"reset_after": reset_after, **variant}))
     params = init_params(spec, 1, 1, bias=bias, dtype="float64")  # H = I = 1
     tape = Tape()
     P = _param_leaves(params, spec, 1)
     b = _merged_biases(tape, P, spec)
     pre = len(tape.eqs)
-    _step(tape, spec, P, b, Var("x_t", np.zeros((1, 1))), [Var(_PREV[n], np.zeros((1, 1))) for n in spec.states])
+    zone = {n: Var(f"d^{n.upper() if n == 'c' else n}_t", np.zeros((1, 1))) for n in spec.zoneout()}
+    _step(tape, spec, P, b, Var("x_t", np.zeros((1, 1))), [Var(_PREV[n], np.zeros((1, 1))) for n in spec.states],
+          zone)
     fwd, bwd = tape.lines(pre)
     bias_fwd, bias_bwd = tape.lines(0, pre)
-    flags = ", ".join(f"{k}={v!r}" for k, v in spec.kwargs().items())
+    shown = [w.split("=")[0] for w in str(spec).split()[1:]]  # the flags str(spec) shows
+    flags = ", ".join(f"{k}={getattr(spec, k)!r}" for k in shown)
     out = [f"# {cell.upper()} {flags}: forward"]
     if pre:
         out.append("# torch keeps two biases per gate (bias_ih, bias_hh), the seed one; merged first:")
@@ -168,9 +185,10 @@ def equations(cell, *, peephole=None, candidate="tanh", reset_after=True, bias=T
 # run exactly L steps on a tape of their own; nothing is masked.
 
 
-def forward(spec, x, params, states, lengths, training=True):
-    """y, the final states (a tuple) and a ctx, for validated row-layout inputs, computed on the tape in float64."""
-    return _run(spec, x, params, states, lengths, training)
+def forward(spec, x, params, states, lengths, training=True, masks=None):
+    """y, the final states (a tuple) and a ctx, for validated row-layout inputs, computed on the tape in float64;
+    masks: zoneout's {state: [T, B, H] of 0s and 1s} (training), or None (its expectation)."""
+    return _run(spec, x, params, states, lengths, training, masks)
 
 
 def backward(ctx, dy, dstates):
@@ -195,7 +213,13 @@ class _Context(NamedTuple):
     groups: list
 
 
-def _run(spec, x, params, states, lengths, training):
+def _zones(spec, masks, t, cols):
+    """Step t's zoneout for the items `cols`: {state: a mask leaf d^h_t, or the probability}."""
+    return {n: Var(f"d^{n}_t", np.asarray(masks[n][t, cols], dtype=np.float64).T) if masks and n in masks else p
+            for n, p in spec.zoneout().items()}
+
+
+def _run(spec, x, params, states, lengths, training, masks):
     x = np.asarray(x, dtype=np.float64)
     T, B, I = x.shape
     H = states[0].shape[1]
@@ -212,7 +236,7 @@ def _run(spec, x, params, states, lengths, training):
         s0 = tuple(Var(n, np.asarray(s[cols], dtype=np.float64).T) for n, s in zip(spec.states, states))
         s, ys = s0, []
         for t in range(L):
-            s = _step(tape, spec, leaves, b, xs[t], s)
+            s = _step(tape, spec, leaves, b, xs[t], s, _zones(spec, masks, t, cols))
             ys.append(s[0])
             y[t, cols] = s[0].value.T
         for out, v in zip(final, s):

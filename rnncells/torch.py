@@ -7,9 +7,13 @@
 Same constructor arguments, parameter names, state_dict keys, inputs
 (padded, batch_first, unbatched, PackedSequence) and return values as
 torch.nn; extra keyword arguments select our variants (`peephole`,
-`candidate` for the LSTMs, `reset_after` for the GRUs: the flags of
-`rnncells.variants.LSTMSpec` and `GRUSpec`), their extra weights
-named weight_ch_l{k}[_reverse] (weight_ch for the cells).
+`candidate`, `cell_clip`, `zoneout_c` for the LSTMs, `reset_after` for the
+GRUs, `zoneout_h` for both: the flags of `rnncells.variants.LSTMSpec` and
+`GRUSpec`), their extra weights named weight_ch_l{k}[_reverse] (weight_ch
+for the cells).  Zoneout follows the module's mode, as dropout does: in
+train mode its masks are drawn from torch's generator on the input's
+device (torch.manual_seed makes them reproducible), in eval mode it uses
+the expectation.
 
 Each layer and direction is one `torch.autograd.Function` whose forward and
 backward are rnncells' own (the "cpu" backend for CPU tensors; CuPy,
@@ -248,6 +252,17 @@ class _Module(nn.Module):
         """The backend of a call on x: CuPy's for CUDA tensors, `cpu_backend`'s for CPU ones."""
         return _backends.named("cupy" if x.is_cuda else self.cpu_backend)
 
+    def _zoneout_masks(self, x):
+        """Zoneout's masks for a call on x (T, B, ·): drawn from torch's generator in train mode (as dropout),
+        {} (its expectation) in eval mode; None without zoneout."""
+        zoned = self.spec.zoneout()
+        if not zoned:
+            return None
+        if not self.training:
+            return {}
+        shape = (*x.shape[:2], self.hidden_size)
+        return {n: _array((torch.rand(shape, device=x.device) < p).to(torch.uint8)) for n, p in zoned.items()}
+
     def _options_repr(self):
         """The variant, and cpu_backend unless it is the default, for extra_repr."""
         s = "".join(f", {k}={v!r}" for k, v in self.spec.kwargs().items())
@@ -376,7 +391,8 @@ class _RNN(_Module):
                 s0 = [None if s is None else s[k] for s in states]
                 xin = _reverse(inp, lengths) if d else inp
                 backend = self._backend(xin)
-                options = {"graphs": self._graphs if backend.kernels else None, "backend": backend}
+                options = {"graphs": self._graphs if backend.kernels else None, "backend": backend,
+                           "masks": self._zoneout_masks(xin)}
                 y, *sT = _apply(self.spec, options, self._keys, lengths, xin, *s0, *params)
                 outs.append(_reverse(y, lengths) if d else y)
                 for f, s in zip(finals, sT):
@@ -461,7 +477,8 @@ class _Cell(_Module):
         states = [None if s is None else (s.unsqueeze(0) if unbatched else s) for s in states]
         x, states = _cast(dtype, x, states)
         params = [getattr(self, k).to(dtype) for k in self._keys]
-        _, *out = _apply(self.spec, {"backend": self._backend(x)}, self._keys, None, x.unsqueeze(0), *states, *params)
+        options = {"backend": self._backend(x), "masks": self._zoneout_masks(x.unsqueeze(0))}
+        _, *out = _apply(self.spec, options, self._keys, None, x.unsqueeze(0), *states, *params)
         return tuple(o.squeeze(0) for o in out) if unbatched else tuple(out)
 
 

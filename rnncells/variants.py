@@ -9,10 +9,15 @@ equations live in the reference tape (`rnncells.reference`), the NumPy twin
 fields.
 
 A new LSTM flag is a field here (checked in `__post_init__`, its values in
-`every`, passed to the kernels by `template_args`), and the lines that use
-it in those three places: every public entry point takes the flags as
-keyword arguments (`of`, `split`), every test that takes `spec` runs every
-value, and every kernel is instantiated for every spec of `every`.
+`every` and `covering`, passed to the kernels by `template_args` and, for a
+value, `kernel_scalars`), and the lines that use it in those three places:
+every public entry point takes the flags as keyword arguments (`of`,
+`split`), every test that takes `spec` runs every variant of `covering`,
+and every kernel is instantiated for every spec of `every`.
+
+`__str__` shows a spec's cell and the flags that differ from their
+defaults besides `peephole`, `candidate` and `reset_after`, which it always
+shows ('lstm peephole=None candidate=tanh cell_clip=0.4').
 """
 
 import itertools
@@ -23,14 +28,23 @@ import numpy as np
 
 PEEPHOLES = (None, "full", "diagonal")
 CANDIDATES = ("tanh", "sigmoid")
-# The kernels take the clip as an argument, so one clip value stands for all of them in `every()`: in each of the
-# verification problems (`rnncells.verify.problem`) some cells pass 0.4 and some stay below it.
+# The kernels take the clip and the zoneout probabilities as arguments, so one value stands for all of them in
+# `every()`: in each of the verification problems (`rnncells.verify.problem`) some cells pass 0.4 and some stay
+# below it; zoneout's masks there keep about a third of h and a fifth of c.
 CELL_CLIPS = (None, 0.4)
+ZONEOUTS = ((0.0, 0.0), (0.3, 0.2))  # (zoneout_h, zoneout_c)
 _PEEPHOLE_CODES = {None: "0", "full": "1", "diagonal": "2"}  # PEEPHOLE_* in kernels/common.cuh
 
 
 def _cpp(flag):
     return "true" if flag else "false"
+
+
+def _probability(name, p):
+    """p as a float in [0, 1), or a ValueError naming the flag."""
+    if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer, np.floating)) or not 0 <= p < 1:
+        raise ValueError(f"{name}={p!r} must be a probability in [0, 1)")
+    return float(p)
 
 
 class _Spec:
@@ -62,8 +76,10 @@ class _Spec:
         return cls(**flags), {k: v for k, v in kwargs.items() if k not in names}
 
     def __str__(self):
-        """'lstm peephole=full candidate=sigmoid', 'gru reset_after=True'."""
-        return " ".join([self.cell] + [f"{k}={v}" for k, v in self.kwargs().items()])
+        """'lstm peephole=full candidate=sigmoid', 'gru reset_after=True zoneout_h=0.3': the flags that differ from
+        their defaults, and always the first ones."""
+        shown = [f for k, f in enumerate(fields(self)) if k < self._always or getattr(self, f.name) != f.default]
+        return " ".join([self.cell] + [f"{f.name}={getattr(self, f.name)}" for f in shown])
 
     def param_shapes(self, input_size, hidden_size, bias=True):
         """{key: shape} of the parameters, in torch.nn's order (weight_ih, weight_hh, bias_ih, bias_hh, extras)."""
@@ -85,6 +101,11 @@ class _Spec:
         """Why a parameter is needed, for the message when it is missing."""
         return "bias" if key.startswith("bias") else self.cell
 
+    def zoneout(self):
+        """{state: probability} of each state with zoneout, e.g. {"h": 0.1, "c": 0.05}; {} without."""
+        probabilities = {n: getattr(self, f"zoneout_{n}") for n in self.states}
+        return {n: p for n, p in probabilities.items() if p > 0}
+
     def _extra_shapes(self, H):
         return {}
 
@@ -95,13 +116,17 @@ class _Spec:
 @dataclass(frozen=True)
 class LSTMSpec(_Spec):
     """An LSTM variant: `peephole` None, "full" (c Wchᵀ) or "diagonal" (w∘c); `candidate` "tanh" or "sigmoid";
-    `cell_clip` None or a positive number, c' clipped to [−cell_clip, cell_clip] after each update."""
+    `cell_clip` None or a positive number, c' clipped to [−cell_clip, cell_clip] after each update;
+    `zoneout_h`, `zoneout_c` in [0, 1): the probability that a unit of h (of c) keeps its previous value."""
 
     peephole: object = None
     candidate: str = "tanh"
     cell_clip: object = None
+    zoneout_h: float = 0.0
+    zoneout_c: float = 0.0
 
     cell: ClassVar[str] = "lstm"
+    _always: ClassVar[int] = 2  # __str__ shows peephole and candidate always
     gates: ClassVar[int] = 4  # i, f, g, o
     states: ClassVar[tuple] = ("h", "c")
 
@@ -116,20 +141,34 @@ class LSTMSpec(_Spec):
                     or not 0 < clip < float("inf"):
                 raise ValueError(f"cell_clip={clip!r} must be None or a positive finite number")
             object.__setattr__(self, "cell_clip", float(clip))  # NumPy's numbers too, stored as a float
+        for name in ("zoneout_h", "zoneout_c"):
+            object.__setattr__(self, name, _probability(name, getattr(self, name)))
 
     @staticmethod
     def every():
-        """Every LSTM variant (one clip value standing for every clip value, see CELL_CLIPS)."""
-        return [LSTMSpec(*v) for v in itertools.product(PEEPHOLES, CANDIDATES, CELL_CLIPS)]
+        """Every combination of the kernels' template flags, one value standing for each clip and zoneout (see
+        CELL_CLIPS): every kernel is instantiated for each."""
+        return [LSTMSpec(p, c, clip, *z) for p, c, clip, z in itertools.product(PEEPHOLES, CANDIDATES, CELL_CLIPS,
+                                                                                ZONEOUTS)]
+
+    @staticmethod
+    def covering():
+        """The variants the tests run: every peephole and candidate; cell_clip, then zoneout, with every
+        peephole; and everything at once."""
+        clip, zoneout = CELL_CLIPS[1], dict(zip(("zoneout_h", "zoneout_c"), ZONEOUTS[1]))
+        return ([LSTMSpec(p, c) for p, c in itertools.product(PEEPHOLES, CANDIDATES)]
+                + [LSTMSpec(p, cell_clip=clip) for p in PEEPHOLES] + [LSTMSpec(p, **zoneout) for p in PEEPHOLES]
+                + [LSTMSpec("diagonal", "sigmoid", clip, **zoneout)])
 
     def template_args(self):
-        """The kernels' template arguments after <S, C>: PEEPHOLE, SIGMOID_CANDIDATE, CLIP (the clip itself is
-        the kernels' `cell_clip` argument, `kernel_scalars`)."""
-        return (_PEEPHOLE_CODES[self.peephole], _cpp(self.candidate == "sigmoid"), _cpp(self.cell_clip is not None))
+        """The kernels' template arguments after <S, C>: PEEPHOLE, SIGMOID_CANDIDATE, CLIP, ZONEOUT (the values
+        are kernel arguments, `kernel_scalars`)."""
+        return (_PEEPHOLE_CODES[self.peephole], _cpp(self.candidate == "sigmoid"), _cpp(self.cell_clip is not None),
+                _cpp(self.zoneout()))
 
     def kernel_scalars(self):
-        """The kernels' variant arguments after their template's: (cell_clip,), 0 when not clipping."""
-        return (self.cell_clip or 0.0,)
+        """The kernels' variant arguments: (cell_clip, zoneout_h, zoneout_c), 0 for what is off."""
+        return (self.cell_clip or 0.0, self.zoneout_h, self.zoneout_c)
 
     def needed_for(self, key):
         """Why a parameter is needed: the peephole weights for `peephole`."""
@@ -150,11 +189,14 @@ class LSTMSpec(_Spec):
 
 @dataclass(frozen=True)
 class GRUSpec(_Spec):
-    """A GRU variant: reset_after=True is torch.nn.GRU / cuDNN, False is Cho et al. / Keras."""
+    """A GRU variant: reset_after=True is torch.nn.GRU / cuDNN, False is Cho et al. / Keras; `zoneout_h` in
+    [0, 1): the probability that a unit of h keeps its previous value."""
 
     reset_after: bool = True
+    zoneout_h: float = 0.0
 
     cell: ClassVar[str] = "gru"
+    _always: ClassVar[int] = 1  # __str__ shows reset_after always
     gates: ClassVar[int] = 3  # r, z, n
     states: ClassVar[tuple] = ("h",)
 
@@ -162,17 +204,33 @@ class GRUSpec(_Spec):
         if not isinstance(self.reset_after, (bool, np.bool_)):
             raise ValueError(f"reset_after={self.reset_after!r} must be True or False")
         object.__setattr__(self, "reset_after", bool(self.reset_after))  # NumPy's bool too, stored as a bool
+        object.__setattr__(self, "zoneout_h", _probability("zoneout_h", self.zoneout_h))
 
     @staticmethod
     def every():
-        """Every GRU variant."""
-        return [GRUSpec(r) for r in (True, False)]
+        """Every combination of the kernels' template flags (one zoneout value standing for each)."""
+        return [GRUSpec(r, z) for r, z in itertools.product((True, False), (0.0, ZONEOUTS[1][0]))]
+
+    @staticmethod
+    def covering():
+        """The variants the tests run: all of them."""
+        return GRUSpec.every()
 
     def template_args(self):
-        """None: reset before and after are kernels of their own, not a template argument."""
-        return ()
+        """The template argument of the kernels that write h: ZONEOUT (reset before and after are kernels of
+        their own, not a template argument)."""
+        return (_cpp(self.zoneout()),)
+
+    def kernel_scalars(self):
+        """The kernels' variant arguments: (zoneout_h,)."""
+        return (self.zoneout_h,)
 
 
 def every():
-    """Every variant of every cell family."""
+    """Every combination of template flags of every cell family (what the kernels are instantiated for)."""
     return LSTMSpec.every() + GRUSpec.every()
+
+
+def covering():
+    """The variants the tests and `rnncells check` run: each flag's code with every other it meets."""
+    return LSTMSpec.covering() + GRUSpec.covering()

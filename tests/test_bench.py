@@ -40,8 +40,11 @@ def test_presets_cover_the_standard_small_and_large_configurations():
     assert [(c.T, c.B, c.H) for c in bench.configs("cpu", cells=("lstm",))] == quick + [(100, 64, 512)]
     variants = bench.configs("full", groups=("variants",))
     assert [(c.cell, c.T, c.B, c.H, c.variant_text()) for c in variants] == [
-        ("lstm", 100, B, 512, "cell_clip=1.0") for B in (64, 4)]
-    assert [c for c in full if c.variant] == variants and all(c.group == "variants" for c in variants)
+        (cell, 100, B, 512, v) for B in (64, 4) for cell, v in (("lstm", "cell_clip=1.0"),
+                                                               ("lstm", "zoneout_h=0.1 zoneout_c=0.1"),
+                                                               ("gru", "zoneout_h=0.1"))]
+    assert [c for c in full if c.variant] == [c for c in variants if c.cell == "lstm"]
+    assert all(c.group == "variants" for c in variants)
     with pytest.raises(ValueError, match="preset='huge'"):
         bench.configs("huge")
     with pytest.raises(ValueError, match="'tiny'"):
@@ -221,10 +224,11 @@ def test_the_gpu_session_script_runs_its_steps_in_order_into_at_most_8_files(tmp
 def test_a_variant_row_times_our_variant(monkeypatch):
     from rnncells import api
 
-    cfg = bench.configs("full", cells=("lstm",), groups=("variants",))[1]
     seen = []
     real = api.lstm_forward
-    monkeypatch.setattr(api, "lstm_forward", lambda *a, **kw: (seen.append(kw.get("cell_clip")), real(*a, **kw))[1])
-    step = bench._ours(cfg._replace(T=3), "train", np, rotate=1, seed=0)
-    step()
-    assert seen == [1.0]
+    monkeypatch.setattr(api, "lstm_forward", lambda *a, **kw: (seen.append(kw), real(*a, **kw))[1])
+    for cfg in bench.configs("full", cells=("lstm",), groups=("variants",))[2:]:
+        bench._ours(cfg._replace(T=3), "train", np, rotate=1, seed=0)()
+    assert [{k: kw[k] for k in kw if k in ("cell_clip", "zoneout_h", "zoneout_c")} for kw in seen] == [
+        {"cell_clip": 1.0}, {"zoneout_h": 0.1, "zoneout_c": 0.1}]
+    assert seen[1]["generator"] is not None

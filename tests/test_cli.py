@@ -16,8 +16,7 @@ def test_check_passes_with_one_row_per_variant_dtype_and_backend():
     assert len(rows) == len(tape.RULES) + per_variant * len(verify.VARIANTS)
     assert all(line.endswith("ok") for line in rows)
     for spec in verify.VARIANTS:
-        name = str(spec) + " "
-        assert sum(name in line for line in rows) == per_variant
+        assert sum(line[5 : 5 + check.WHAT].rstrip() == str(spec) for line in rows) == per_variant, spec
     assert lines[-1] == "all rows passed"
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import rnncells as rc
-from rnncells import _backends, _cpu, _numpy, verify
+from rnncells import _backends, _cpu, _numpy, variants, verify
 from rnncells.variants import LSTMSpec
 
 pytestmark = pytest.mark.host
@@ -72,27 +72,28 @@ def test_numpy_arrays_run_on_the_cpu_backend_by_default():
 def test_every_loop_is_exported_with_its_dtype():
     loops = _cpu.load()
     keys = list(_cpu.loops())
-    for spec in LSTMSpec.every():
-        flags = spec.template_args()
+    for spec in variants.every():
+        flags, cell = _cpu.flags(spec), spec.cell
         for dt in _cpu.DTYPES:
-            assert {("lstm_forward", dt, flags, True), ("lstm_forward", dt, flags, False),
-                    ("lstm_backward", dt, flags)} <= set(keys)
+            assert {(f"{cell}_forward", dt, flags, True), (f"{cell}_forward", dt, flags, False),
+                    (f"{cell}_backward", dt, flags)} <= set(keys)
     assert len(keys) == len(set(keys)) == len(loops.signatures)
     for key, signature in loops.signatures.items():
         s = {np.dtype("float32"): "float", np.dtype("float64"): "double"}[key[1]]
-        assert signature[0] == "Blas" and {t for t in signature if t.endswith("*")} == {s + "*", "int*"}, key
-        assert set(signature[1:]) - {s + "*", "int*"} <= {"int", s}, key
+        assert signature[0] == "Blas" and {t for t in signature if t.endswith("*")} == {s + "*", "int*",
+                                                                                        "unsigned char*"}, key
+        assert set(signature[1:]) - {s + "*", "int*", "unsigned char*"} <= {"int", s}, key
 
 
 def test_a_loop_refuses_arguments_of_the_wrong_type():
     loops = _cpu.load()
     b = dict(T=1, B=1, H=1)
     f64 = np.zeros((1, 1, 4))
-    wanted = r"lstm_forward loop takes \(Blas, int, int, int, float, float\*.* given \(Blas, int, int, int, float, " \
-             r"double\*"
+    wanted = r"lstm_forward loop takes \(Blas, int, int, int, float, float, float, float\*.* given \(Blas, int, " \
+             r"int, int, float, float, float, double\*"
     with pytest.raises(TypeError, match=wanted):
         loops.call(("lstm_forward", np.dtype("float32"), LSTMSpec().template_args(), True), np.dtype("float32"),
-                   *b.values(), np.float32(0), *([f64] * 13))
+                   *b.values(), *[np.float32(0)] * 3, *([f64] * 15))
 
 
 def test_the_build_is_cached_by_what_it_is_built_from(tmp_path):

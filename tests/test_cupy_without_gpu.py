@@ -148,7 +148,8 @@ def test_every_cupy_launch_passes_what_the_kernel_takes(spec):
         for dtype in ("float32", "bfloat16", "float16"):
             verify.run(verify.problem(spec, T=3, B=3, I=2, H=4, dtype=dtype, **kw), spied)
     kinds = {"int": np.int32, "float": np.float32, "double": np.float64, "float*": np.float32, "double*": np.float64,
-             "__half*": np.float16, "__nv_bfloat16*": np.dtype("bfloat16"), "int*": np.int32}
+             "__half*": np.float16, "__nv_bfloat16*": np.dtype("bfloat16"), "int*": np.int32,
+             "unsigned char*": np.uint8}
     assert launches
     for name, args in launches:
         params = host.launcher.signatures[name].split(",")

@@ -34,7 +34,7 @@ def _step(p, training=True, **kw):
     """Forward (and backward when training) of a problem on the host kernels: its arrays."""
     fwd, bwd, *_ = verify.public_functions(p.spec)
     y, state, ctx = fwd(p.x, p.params, *p.states.values(), lengths=p.lengths, **p.spec.kwargs(), training=training,
-                        backend="cuda-host", **kw)
+                        backend="cuda-host", generator=np.random.default_rng(0), **kw)
     out = _flat((y, state))
     if training:
         out += _flat(bwd(ctx, *p.douts.values()))

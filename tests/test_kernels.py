@@ -18,7 +18,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from rnncells import _backends, _host, _kernels, check, verify
+from rnncells import _backends, _host, _kernels, api, check, verify
 from rnncells.variants import LSTMSpec
 
 
@@ -101,8 +101,8 @@ def test_host_inference_kernels_give_the_training_outputs(poisoned_host, spec, d
     p = verify.problem(spec, T=5, B=3, H=70, lengths=np.array([5, 2, 0]), dtype=dtype)
     fwd = verify.public_functions(spec)[0]
     args = (p.x, p.params, *p.states.values())
-    train = fwd(*args, lengths=p.lengths, **spec.kwargs(), backend=poisoned_host)
-    infer = fwd(*args, lengths=p.lengths, **spec.kwargs(), training=False, backend=poisoned_host)
+    train = api.forward(spec, p.x, p.params, p.states, lengths=p.lengths, backend=poisoned_host, masks={})  # zoneout:
+    infer = fwd(*args, lengths=p.lengths, **spec.kwargs(), training=False, backend=poisoned_host)  # its expectation
     assert infer[-1] is None
     # y, and the final states: items 1 and 2 stop early, so their hT and cT come from h_last and a frozen c
     for name, want, got in zip(("y", "hT", "cT"), _outputs(train), _outputs(infer)):
@@ -151,18 +151,19 @@ def test_host_launcher_checks_arguments_against_the_kernel_signature():
     with pytest.raises(TypeError, match=takes + r"but was given \(int, int, double\*, float\*\)"):
         launcher(name, (1, 1, 1), (256, 1, 1), (1, 4, a.astype(np.float64), a))
     lengths = _kernels.kernel_name("lstm_forward_step", "float64", LSTMSpec(), False)
-    assert launcher.signatures[lengths].endswith(",double*,int*")  # ..., w_peep, lengths
+    # ..., w_peep, the zoneout masks, lengths
+    assert launcher.signatures[lengths].endswith(",double*,unsigned char*,unsigned char*,int*")
     half = _kernels.kernel_name("column_totals", "bfloat16")
     assert launcher.signatures[half] == "int,int,float*,__nv_bfloat16*"  # sums in C, the total stored in S
     with pytest.raises(TypeError, match=r"but was given \(int, int, float\*, __half\*\)"):
         launcher(half, (1, 1, 1), (256, 1, 1), (1, 4, a, a.astype(np.float16)))
     clip = _kernels.kernel_name("lstm_forward_step", "bfloat16", LSTMSpec(cell_clip=1.0), True)
-    assert launcher.signatures[clip].startswith("int,int,int,float,")  # t, B, H, cell_clip in C
+    assert launcher.signatures[clip].startswith("int,int,int,float,float,float,")  # t, B, H, the spec's scalars in C
     with pytest.raises(TypeError, match=r"but was given \(int, int, int, float \(a Python float\),"):
-        launcher(clip, (1, 1, 1), (256, 1, 1), (0, 1, 1, 1.0, *[a] * 10))
+        launcher(clip, (1, 1, 1), (256, 1, 1), (0, 1, 1, 1.0, 0.0, 0.0, *[a] * 13))
     for sig in launcher.signatures.values():
         assert set(sig.split(",")) <= {"int", "float", "double", "float*", "double*", "__half*", "__nv_bfloat16*",
-                                       "int*"}
+                                       "int*", "unsigned char*"}
 
 
 @pytest.mark.host
@@ -224,8 +225,8 @@ ASAN_SCRIPT = textwrap.dedent(
     else:  # every buffer one row too short for the H the kernel is told
         B, H = 3, 5
         buf = lambda *s: np.zeros(s, np.float32)
-        args = (0, B, H + 1, np.float32(0), buf(B, 4 * H), buf(B, 4 * H), None, buf(B, H), buf(B, H), buf(B, H),
-                None, buf(B, 4 * H), None, None)
+        args = (0, B, H + 1, *[np.float32(0)] * 3, buf(B, 4 * H), buf(B, 4 * H), None, buf(B, H), buf(B, H),
+                buf(B, H), buf(B, H), None, buf(B, 4 * H), None, None, None, None)
         name = _kernels.kernel_name("lstm_forward_step", "float32", LSTMSpec(), True)
         ops.launcher(name, (1, 1, 1), (256, 1, 1), args)
         print("no error reported")

@@ -4,7 +4,8 @@ G is the number of gates (LSTM 4, GRU 3).  The input x, the initial states,
 the parameters and the output y are the caller's; everything else the
 context holds counts.  y doubles as the hidden-state history, so the
 backward must leave it unchanged.  In half precision those elements are
-half-sized, except the LSTM's cell states, which stay float32.
+half-sized, except the LSTM's cell states, which stay float32.  Zoneout adds
+its masks: one byte per unit and step of each zoned-out state.
 """
 
 import numpy as np
@@ -30,7 +31,8 @@ def _arrays(obj):
 
 def _forward(p, backend):
     fwd = verify.public_functions(p.spec)[0]
-    return fwd(p.x, p.params, *p.states.values(), lengths=p.lengths, **p.spec.kwargs(), backend=backend)
+    return fwd(p.x, p.params, *p.states.values(), lengths=p.lengths, **p.spec.kwargs(), backend=backend,
+               generator=np.random.default_rng(0))
 
 
 def _saved(p, backend):
@@ -47,6 +49,9 @@ def test_saved_activations_stay_within_g_plus_one_t_b_h(spec, cpu_backend):
                    cpu_backend)
     assert sum(a.size for a in saved) <= (spec.gates + 1) * T * B * H
     assert saved, "the context must keep the gates it needs"
+    p = verify.problem(spec, T=T, B=B, I=4, H=H, dtype="float32")
+    masks = [a for a in _arrays(_forward(p, cpu_backend)[-1].inner) if a.dtype == np.uint8]
+    assert sum(a.nbytes for a in masks) == len(spec.zoneout()) * T * B * H
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

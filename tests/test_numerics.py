@@ -21,8 +21,9 @@ def test_non_finite_input_stays_in_its_item(spec, backend, dtype, bad):
             continue  # parameter gradients sum over items: non-finite there is the truth
         assert np.isfinite(a[..., others, :]).all(), name
     assert np.isfinite(got["y"][0, 1]).all()  # the item before its bad step
-    if np.isnan(bad):  # NaN poisons the item from that step on (an Inf may saturate to finite values)
-        assert np.isnan(got["y"][1:3, 1]).all()
+    if np.isnan(bad):  # NaN poisons the item from that step on (an Inf may saturate to finite values); a unit
+        # that zoneout keeps at its previous value stays as it was
+        assert np.isnan(got["y"][1:3, 1]).all() if not spec.zoneout() else np.isnan(got["y"][1:3, 1]).any()
         assert np.isnan(got["dx"][:2, 1]).any()
 
 
@@ -49,6 +50,8 @@ def test_huge_preactivations_saturate_to_the_references_values(spec, cpu_backend
         g, w = got[name].astype(np.float64), want[name]
         assert np.isfinite(g).all() and np.isfinite(w).all(), name
         scale = np.abs(w).max(initial=0)
+        if half:  # a state the reference keeps at 1e-100 (saturated gates) is 0 in half: errors below 2^-14 are moot
+            scale = max(scale, 2.0**-14)
         if half and name.startswith("d"):
             scale = max(scale, HUGE[dtype] if name == "dweight_ih" else 1.0)
         assert np.abs(g - w).max(initial=0) <= verify.BOUNDS[dtype] * scale, name
