@@ -36,6 +36,12 @@ __device__ __forceinline__ C candidate_grad(const C g) {
   else return C(1) - g * g;
 }
 
+// c clipped to [−bound, bound] (cell_clip); NaN stays NaN, which fmin/fmax would drop.
+template <typename C>
+__device__ __forceinline__ C clip(const C c, const C bound) {
+  return c > bound ? bound : (c < -bound ? -bound : c);
+}
+
 // An item runs lengths[b] steps; past them it writes zero outputs and its gradient passes through.
 __device__ __forceinline__ bool is_active(const int* __restrict__ lengths, const int t, const int b) {
   return lengths == nullptr || t < lengths[b];

@@ -56,7 +56,7 @@ __global__ void lstm_forward_step(const int t, const int B, const int H, const C
   }
   const C i = sigmoid(a_i), f = sigmoid(a_f), g = candidate<SIGMOID_CANDIDATE>(a_g);
   C c1 = f * c + i * g;
-  if constexpr (CLIP) c1 = c1 > cell_clip ? cell_clip : (c1 < -cell_clip ? -cell_clip : c1);  // NaN stays NaN
+  if constexpr (CLIP) c1 = clip(c1, cell_clip);
   if constexpr (PEEPHOLE == PEEPHOLE_DIAGONAL) a_o += C(w_peep[2 * H + j]) * c1;
   const C o = sigmoid(a_o);
   C h1 = o * tanh(c1);
@@ -113,7 +113,7 @@ __global__ void lstm_backward_step(const int t, const int B, const int H, const 
   C dh = dh_in + C(dy[state_idx]), dh_prev = C(0), dc_zoned = C(0);
   if constexpr (ZONEOUT) {
     c1 = f * c + i * g;
-    if constexpr (CLIP) c1 = c1 > cell_clip ? cell_clip : (c1 < -cell_clip ? -cell_clip : c1);
+    if constexpr (CLIP) c1 = clip(c1, cell_clip);
     zone_grad(zone_h, state_idx, zoneout_h, dh, dh_prev, dh);
     zone_grad(zone_c, state_idx, zoneout_c, dc_in, dc_zoned, dc_in);
   }
