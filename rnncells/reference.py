@@ -167,8 +167,7 @@ def equations(cell, *, peephole=None, candidate="tanh", reset_after=True, bias=T
           zone)
     fwd, bwd = tape.lines(pre)
     bias_fwd, bias_bwd = tape.lines(0, pre)
-    shown = [w.split("=")[0] for w in str(spec).split()[1:]]  # the flags str(spec) shows
-    flags = ", ".join(f"{k}={getattr(spec, k)!r}" for k in shown)
+    flags = ", ".join(f"{k}={v!r}" for k, v in spec.shown().items())
     out = [f"# {cell.upper()} {flags}: forward"]
     if pre:
         out.append("# torch keeps two biases per gate (bias_ih, bias_hh), the seed one; merged first:")

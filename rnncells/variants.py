@@ -40,11 +40,17 @@ def _cpp(flag):
     return "true" if flag else "false"
 
 
+def _number(name, v, within, expected):
+    """v as a float (NumPy's numbers too) if it is a real number for which within(v) holds, else a ValueError
+    naming the flag and what it must be."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) or not within(v):
+        raise ValueError(f"{name}={v!r} must be {expected}")
+    return float(v)
+
+
 def _probability(name, p):
     """p as a float in [0, 1), or a ValueError naming the flag."""
-    if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, float, np.integer, np.floating)) or not 0 <= p < 1:
-        raise ValueError(f"{name}={p!r} must be a probability in [0, 1)")
-    return float(p)
+    return _number(name, p, lambda p: 0 <= p < 1, "a probability in [0, 1)")
 
 
 class _Spec:
@@ -75,11 +81,15 @@ class _Spec:
         flags = {k: v for k, v in kwargs.items() if k in names}
         return cls(**flags), {k: v for k, v in kwargs.items() if k not in names}
 
+    def shown(self):
+        """{flag: value} of the flags a spec is named by: the first ones always, the others where they differ
+        from their defaults."""
+        return {f.name: getattr(self, f.name) for k, f in enumerate(fields(self))
+                if k < self._always or getattr(self, f.name) != f.default}
+
     def __str__(self):
-        """'lstm peephole=full candidate=sigmoid', 'gru reset_after=True zoneout_h=0.3': the flags that differ from
-        their defaults, and always the first ones."""
-        shown = [f for k, f in enumerate(fields(self)) if k < self._always or getattr(self, f.name) != f.default]
-        return " ".join([self.cell] + [f"{f.name}={getattr(self, f.name)}" for f in shown])
+        """'lstm peephole=full candidate=sigmoid', 'gru reset_after=True zoneout_h=0.3' (see `shown`)."""
+        return " ".join([self.cell] + [f"{k}={v}" for k, v in self.shown().items()])
 
     def param_shapes(self, input_size, hidden_size, bias=True):
         """{key: shape} of the parameters, in torch.nn's order (weight_ih, weight_hh, bias_ih, bias_hh, extras)."""
@@ -136,11 +146,8 @@ class LSTMSpec(_Spec):
         if self.candidate not in CANDIDATES:
             raise ValueError(f"candidate={self.candidate!r} is not one of 'tanh', 'sigmoid'")
         if self.cell_clip is not None:
-            clip = self.cell_clip
-            if isinstance(clip, (bool, np.bool_)) or not isinstance(clip, (int, float, np.integer, np.floating)) \
-                    or not 0 < clip < float("inf"):
-                raise ValueError(f"cell_clip={clip!r} must be None or a positive finite number")
-            object.__setattr__(self, "cell_clip", float(clip))  # NumPy's numbers too, stored as a float
+            object.__setattr__(self, "cell_clip", _number("cell_clip", self.cell_clip, lambda c: 0 < c < float("inf"),
+                                                          "None or a positive finite number"))
         for name in ("zoneout_h", "zoneout_c"):
             object.__setattr__(self, name, _probability(name, getattr(self, name)))
 
