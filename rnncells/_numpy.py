@@ -223,7 +223,7 @@ def lstm_backward_step(spec, t, gates, c, c1, dy, dcarry, drec, dcarry_out, da, 
     dh_in = dcarry[:, :H] + drec[:, :H]
     dc_in = dcarry[:, H:] + drec[:, H:] if peephole == "full" else dcarry[:, H:]
     dh = dh_in + _c(dy)
-    dh_prev, dc_zoned = 0.0, 0.0
+    dh_prev = 0.0  # no zoneout: dh_prev is all the next step's GEMM
     if spec.zoneout():  # c1 is the state, c' zoned out: c' itself from the saved gates
         c1 = _clip(spec, f * c + i * g)
         dh_prev, dh = _zone_grad(zone_h, spec.zoneout_h, dh)
@@ -242,7 +242,9 @@ def lstm_backward_step(spec, t, gates, c, c1, dy, dcarry, drec, dcarry_out, da, 
     da_i = dc * g * i * (1.0 - i)
     da_f = dc * c * f * (1.0 - f)
     da_g = dc * i * DACT[spec.candidate](g)
-    dc_prev = dc * f + dc_zoned
+    dc_prev = dc * f
+    if spec.zoneout():  # as the kernels' `if constexpr (ZONEOUT)`: no pass over zeros without it
+        dc_prev = dc_prev + dc_zoned
     if peephole == "diagonal":
         dc_prev = dc_prev + da_i * w_i + da_f * w_f
     active = _active(t, lengths)
@@ -276,7 +278,9 @@ def gru_backward_step(spec, t, gates, h, dy, dcarry, drec, dcarry_out, dgi, dgh,
     H, h = h.shape[1], _c(h)
     r, z, n, ghn = _split(_c(gates), H)
     dh_in = dcarry + drec
-    dh_zoned, dh1 = _zone_grad(zone_h, spec.zoneout_h, dh_in + _c(dy))
+    dh1 = dh_in + _c(dy)
+    if spec.zoneout():
+        dh_zoned, dh1 = _zone_grad(zone_h, spec.zoneout_h, dh1)
     da_n = dh1 * (1.0 - z) * (1.0 - n * n)
     da_z = dh1 * (h - n) * z * (1.0 - z)
     da_r = da_n * ghn * r * (1.0 - r)
@@ -285,7 +289,7 @@ def gru_backward_step(spec, t, gates, h, dy, dcarry, drec, dcarry_out, dgi, dgh,
         _commit(dgi[:, k * H : (k + 1) * H], v, 0.0, active)
     for k, v in enumerate((da_r, da_z, da_n * r)):
         _commit(dgh[:, k * H : (k + 1) * H], v, 0.0, active)
-    _commit(dcarry_out, dh1 * z + dh_zoned, dh_in, active)
+    _commit(dcarry_out, dh1 * z + dh_zoned if spec.zoneout() else dh1 * z, dh_in, active)
 
 
 def gru_rz_step(xw, ghrz, h, gates, rh):
@@ -316,11 +320,13 @@ def gru_n_backward_step(spec, t, gates, h, dy, dcarry, drec, dcarry_out, dg, zon
     H, h = h.shape[1], _c(h)
     r, z, n = _split(_c(gates), H)
     dh_in = dcarry + drec
-    dh_zoned, dh1 = _zone_grad(zone_h, spec.zoneout_h, dh_in + _c(dy))
+    dh1 = dh_in + _c(dy)
+    if spec.zoneout():
+        dh_zoned, dh1 = _zone_grad(zone_h, spec.zoneout_h, dh1)
     active = _active(t, lengths)
     _commit(dg[:, H : 2 * H], dh1 * (h - n) * z * (1.0 - z), 0.0, active)
     _commit(dg[:, 2 * H :], dh1 * (1.0 - z) * (1.0 - n * n), 0.0, active)
-    _commit(dcarry_out, dh1 * z + dh_zoned, dh_in, active)
+    _commit(dcarry_out, dh1 * z + dh_zoned if spec.zoneout() else dh1 * z, dh_in, active)
 
 
 def gru_rz_backward_step(t, gates, h, drh, dcarry_out, dg, lengths):
