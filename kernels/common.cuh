@@ -49,12 +49,13 @@ __device__ __forceinline__ bool is_active(const int* __restrict__ lengths, const
 
 // Zoneout (Krueger et al. 2016): a unit keeps its previous value where the step's mask is set (training: one
 // byte per unit, 1 with probability p), and takes the expectation p·prev + (1 − p)·next where there is no mask
-// (evaluation).  zone_grad splits the gradient of the result between prev and next.
-template <typename C>
-__device__ __forceinline__ C zone(const unsigned char* __restrict__ mask, const int idx, const C p, const C prev,
-                                  const C next) {
-  if (mask != nullptr) return mask[idx] ? prev : next;
-  return p == C(0) ? next : p * prev + (C(1) - p) * next;
+// (evaluation).  prev[idx] is read only where it is used, so a state without zoneout may pass null for it (a
+// projected LSTM's h, which is not H wide).  zone_grad splits the gradient of the result between prev and next.
+template <typename P, typename C>
+__device__ __forceinline__ C zone(const unsigned char* __restrict__ mask, const int idx, const C p,
+                                  const P* __restrict__ prev, const C next) {
+  if (mask != nullptr) return mask[idx] ? C(prev[idx]) : next;
+  return p == C(0) ? next : p * C(prev[idx]) + (C(1) - p) * next;
 }
 template <typename C>
 __device__ __forceinline__ void zone_grad(const unsigned char* __restrict__ mask, const int idx, const C p, const C d,

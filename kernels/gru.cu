@@ -36,7 +36,7 @@ __global__ void gru_forward_step(const int t, const int B, const int H, const C 
   const C ghn = gh[n_idx] + C(b_hn[j]);
   const C n = tanh(C(xw[n_idx]) + r * ghn);
   C h1 = (C(1) - z) * n + z * C(h[state_idx]);
-  if constexpr (ZONEOUT) h1 = zone(zone_h, state_idx, zoneout_h, C(h[state_idx]), h1);
+  if constexpr (ZONEOUT) h1 = zone(zone_h, state_idx, zoneout_h, h, h1);
   if constexpr (TRAINING) {
     const int saved_r_idx = b * 4 * H + j;  // in [B, 4H]: r, z, n, gh_n + b_hn
     gates[saved_r_idx] = S(r);
@@ -126,7 +126,7 @@ __global__ void gru_n_step(const int t, const int B, const int H, const C zoneou
   const C n = tanh(C(xw[n_idx]) + ghn[state_idx]);
   gates[n_idx] = S(n);
   C h1 = (C(1) - z) * n + z * C(h[state_idx]);
-  if constexpr (ZONEOUT) h1 = zone(zone_h, state_idx, zoneout_h, C(h[state_idx]), h1);
+  if constexpr (ZONEOUT) h1 = zone(zone_h, state_idx, zoneout_h, h, h1);
   const bool active = is_active(lengths, t, b);
   y[state_idx] = active ? S(h1) : S(C(0));
   if (h_last != nullptr && active) h_last[state_idx] = S(h1);

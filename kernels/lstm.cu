@@ -16,6 +16,8 @@
 //   da_i = dc∘g∘i(1−i)   da_f = dc∘c∘f(1−f)   da_g = dc∘i∘g'
 //   dc_prev = dc∘f  (+ w_i∘da_i + w_f∘da_f)
 // The recurrent GEMM's part of dh_prev (da Wrec) is added by the next step's kernel; zoneout's part is here.
+// A projected LSTM (proj_size, h = W_hr h'; rnncells/_sequence.py) runs these kernels on h' itself: y is then
+// h' [B, H], which a GEMM projects, and its dh' = (dy + dh) W_hr arrives whole in drec, with no dy.
 #include "common.cuh"
 
 template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT, bool TRAINING>
@@ -24,7 +26,7 @@ __global__ void lstm_forward_step(const int t, const int B, const int H, const C
                                   const S* __restrict__ xw,        // [B, 4H] x Wihᵀ + biases, this step
                                   const C* __restrict__ hw,        // [B, 4H] h Whhᵀ
                                   const C* __restrict__ cw,        // [B, 3H] c Wchᵀ (i f o) when FULL
-                                  const S* __restrict__ h_prev,    // [B, H] h before the step (read when ZONEOUT)
+                                  const S* __restrict__ h_prev,    // [B, H] h before the step (read by zoneout_h) or null
                                   const C* __restrict__ c_prev,    // [B, H] c before the step
                                   C* __restrict__ c_next,          // [B, H] c after it
                                   S* __restrict__ y,               // [B, H] h', also the next step's h
@@ -61,8 +63,8 @@ __global__ void lstm_forward_step(const int t, const int B, const int H, const C
   const C o = sigmoid(a_o);
   C h1 = o * tanh(c1);
   if constexpr (ZONEOUT) {
-    h1 = zone(zone_h, state_idx, zoneout_h, C(h_prev[state_idx]), h1);
-    c1 = zone(zone_c, state_idx, zoneout_c, c, c1);
+    h1 = zone(zone_h, state_idx, zoneout_h, h_prev, h1);
+    c1 = zone(zone_c, state_idx, zoneout_c, c_prev, c1);
   }
   if constexpr (TRAINING) {
     gates[i_idx] = S(i);
@@ -82,7 +84,7 @@ __global__ void lstm_backward_step(const int t, const int B, const int H, const 
                                    const S* __restrict__ gates,     // [B, 4H] i f g o
                                    const C* __restrict__ c_prev,    // [B, H] c before the step
                                    const C* __restrict__ c_next,    // [B, H] c after it
-                                   const S* __restrict__ dy,        // [B, H]
+                                   const S* __restrict__ dy,        // [B, H], or null (projected: dh arrives in drec)
                                    const C* __restrict__ dcarry,    // [B, 2H] d[h | c]', the later kernel's part
                                    const C* __restrict__ drec,      // [B, n_rec] d[h | c]', the GEMM's part
                                    C* __restrict__ dcarry_out,      // [B, 2H] d[h | c], this kernel's part
@@ -110,7 +112,7 @@ __global__ void lstm_backward_step(const int t, const int B, const int H, const 
   const C i = C(gates[i_idx]), f = C(gates[f_idx]), g = C(gates[g_idx]), o = C(gates[o_idx]);
   const C c = c_prev[state_idx];
   C c1 = c_next[state_idx];  // c' itself; with zoneout the state kept is c' zoned out, so c' is recomputed
-  C dh = dh_in + C(dy[state_idx]), dh_prev = C(0), dc_zoned = C(0);
+  C dh = dy != nullptr ? dh_in + C(dy[state_idx]) : dh_in, dh_prev = C(0), dc_zoned = C(0);
   if constexpr (ZONEOUT) {
     c1 = f * c + i * g;
     if constexpr (CLIP) c1 = clip(c1, cell_clip);

@@ -117,7 +117,7 @@ def call(spec, x, params, states, *, lengths=None, sequence=True):
         raise ValueError("params is missing 'weight_hh'")
     if params["weight_hh"].ndim != 2:
         raise ValueError(f"params['weight_hh'] has shape {tuple(params['weight_hh'].shape)}; expected a 2-D array")
-    H = params["weight_hh"].shape[1]
+    H = spec.hidden_size(params["weight_hh"].shape)
     bias = "bias_ih" in params or "bias_hh" in params
     want = spec.param_shapes(I, H, bias=bias)
     for k in want:
@@ -134,9 +134,11 @@ def call(spec, x, params, states, *, lengths=None, sequence=True):
     for k, shape in want.items():
         if tuple(params[k].shape) != shape:
             raise _shape_error(f"params[{k!r}]", params[k].shape, shape, meaning[k])
+    widths = dict(zip(states, zip(spec.state_sizes(H).values(), spec.state_meanings().values())))
     for name, a in given.items():
-        if tuple(a.shape) != (B, H):
-            raise _shape_error(name, a.shape, (B, H), "(batch, hidden_size)")
+        (width, meaning) = widths[name]
+        if tuple(a.shape) != (B, width):
+            raise _shape_error(name, a.shape, (B, width), f"(batch, {meaning})")
     if lengths is not None:
         lengths = lengths_array(lengths, T=x.shape[0], B=B)
     return xp, H, lengths

@@ -201,7 +201,9 @@ class CpuOps:
 
     def run_compiled(self, steps, *args):
         """Run the loop `steps(ops, *args)` of rnncells._sequence in one compiled call; False where it has no
-        compiled twin (half storage) or its steps are large, which leaves the loop to NumPy."""
+        compiled twin (half storage, a projected LSTM) or its steps are large, which leaves the loop to NumPy."""
+        if not hasattr(self.compiled, steps.__name__):
+            return False
         buffers = args[0] if steps.__name__.endswith("forward_steps") else args[1]
         y = buffers.y if hasattr(buffers, "y") else buffers.dy  # [T, B, H]
         if y.dtype not in DTYPES or y.shape[1] * y.shape[2] > COMPILED_MAX_STEP:

@@ -169,9 +169,9 @@ class KernelOps:
 
     def lstm_backward_step(self, spec, t, gates, c, c_next, dy, dcarry, drec, dcarry_out, da, w_peep, zone_h,
                            zone_c, lengths):
-        """One LSTM step's pointwise backward."""
-        B, H = dy.shape
-        name = kernel_name("lstm_backward_step", dy.dtype, spec)
+        """One LSTM step's pointwise backward (dy None: a projected LSTM's, whose dh arrives whole in drec)."""
+        B, H = c.shape
+        name = kernel_name("lstm_backward_step", da.dtype, spec)
         n_rec = drec.shape[1]
         self._launch(name, B * H, t, B, H, *scalars(spec, c.dtype), n_rec, gates, c, c_next, dy, dcarry, drec,
                      dcarry_out, da, w_peep, zone_h, zone_c, lengths)

@@ -168,11 +168,12 @@ def _split(a, H):
 
 
 def _zone(mask, p, prev, new):
-    """common.cuh's zone(): prev where the mask is set (training), else p·prev + (1 − p)·new (evaluation)."""
+    """common.cuh's zone(): prev where the mask is set (training), else p·prev + (1 − p)·new (evaluation); prev
+    is read (in the compute dtype) only then, so a state without zoneout may pass None."""
     if mask is not None:
-        return np.where(mask != 0, prev, new)
+        return np.where(mask != 0, _c(prev), new)
     p = new.dtype.type(p)  # in the compute dtype, as the kernels' C(p)
-    return new if p == 0 else p * prev + (1 - p) * new
+    return new if p == 0 else p * _c(prev) + (1 - p) * new
 
 
 def _zone_grad(mask, p, d):
@@ -207,7 +208,7 @@ def lstm_forward_step(spec, t, xw, hw, cw, h, c, c_next, y, h_last, gates, w_pee
     o = sigmoid(a_o)
     h1 = o * np.tanh(c1)
     if spec.zoneout():
-        h1, c1 = _zone(zone_h, spec.zoneout_h, _c(h), h1), _zone(zone_c, spec.zoneout_c, c, c1)
+        h1, c1 = _zone(zone_h, spec.zoneout_h, h, h1), _zone(zone_c, spec.zoneout_c, c, c1)
     if gates is not None:
         for k, v in enumerate((i, f, g, o)):
             gates[:, k * H : (k + 1) * H] = v
@@ -216,13 +217,13 @@ def lstm_forward_step(spec, t, xw, hw, cw, h, c, c_next, y, h_last, gates, w_pee
 
 
 def lstm_backward_step(spec, t, gates, c, c1, dy, dcarry, drec, dcarry_out, da, w_peep, zone_h, zone_c, lengths):
-    """lstm.cu's lstm_backward_step: da [B, 4H] and dcarry_out [B, 2H] from dy [B, H] and
-    d[h | c] = dcarry [B, 2H] + drec [B, H or 2H]."""
-    H, peephole = dy.shape[1], spec.peephole
+    """lstm.cu's lstm_backward_step: da [B, 4H] and dcarry_out [B, 2H] from dy [B, H] (or None: a projected
+    LSTM's dh arrives whole in drec) and d[h | c] = dcarry [B, 2H] + drec [B, H or 2H]."""
+    H, peephole = c.shape[1], spec.peephole
     i, f, g, o = _split(_c(gates), H)
     dh_in = dcarry[:, :H] + drec[:, :H]
     dc_in = dcarry[:, H:] + drec[:, H:] if peephole == "full" else dcarry[:, H:]
-    dh = dh_in + _c(dy)
+    dh = dh_in if dy is None else dh_in + _c(dy)
     dh_prev = 0.0  # no zoneout: dh_prev is all the next step's GEMM
     if spec.zoneout():  # c1 is the state, c' zoned out: c' itself from the saved gates
         c1 = _clip(spec, f * c + i * g)
@@ -310,7 +311,7 @@ def gru_n_step(spec, t, xw, ghn, h, y, h_last, gates, zone_h, lengths):
     gates[:, 2 * H :] = n
     h1 = (1.0 - z) * n + z * _c(h)
     if spec.zoneout():
-        h1 = _zone(zone_h, spec.zoneout_h, _c(h), h1)
+        h1 = _zone(zone_h, spec.zoneout_h, h, h1)
     _commit_h(t, h1, y, h_last, lengths)
 
 

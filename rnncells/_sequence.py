@@ -32,6 +32,14 @@ training, also its masks, uint8 [T, B, H] per zoned-out state (`masks`,
 drawn by the caller; None or {} for zoneout's expectation, which needs
 none).  The backward reads y: it must not be written to in between.
 
+A projected LSTM (proj_size P: h = W_hr h', h' = o∘tanh c') breaks "y is
+the state" only in width: y [T, B, P] is still every h, and the kernels run
+on h' instead, which a per-step GEMM projects into y[t].  Its backward needs
+h' for dW_hr, so the forward also keeps h' [T, B, H]: (G+2)·T·B·H elements.
+Its backward takes each step's dh [B, P] = dy[t] + da[t+1] Whh (the output
+gradient past an item's length dropped, dhT added at its last step) and
+hands the kernel dh' = dh W_hr.
+
 With a `rnncells._graphs.GraphCache` (graphs=), the loops run as CUDA graphs:
 the buffers come from a slot of the cache, each call copies its inputs
 (initial states, recurrent weights, lengths) into the slot's own input
@@ -64,6 +72,8 @@ class LSTMContext(NamedTuple):
     w_peep: object  # [3H] (peephole="diagonal") or None
     zone_h: object  # [T, B, H] uint8 zoneout masks of h (training with zoneout_h), or None
     zone_c: object  # [T, B, H] uint8 zoneout masks of c, or None
+    ms: object  # [T, B, H] h' = o∘tanh c' before the projection (proj_size), or None
+    w_hr: object  # [P, H] the projection the forward used, or None
     slot: object  # the graph slot that holds these buffers, or None
     spec: object  # the LSTMSpec
 
@@ -235,26 +245,28 @@ def _at(masks, t):
     return None if masks is None else masks[t]
 
 
-def _lstm_buffers(xp, dt, T, B, H, peephole, training, has_lengths, zoned, static):
+def _lstm_buffers(xp, dt, T, B, H, P, peephole, training, has_lengths, zoned, static):
+    """P: the projection's width (proj_size), or 0."""
     e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
     b = Buffers(
-        y=e(T, B, H),  # [T, B, H]
+        y=e(T, B, P or H),  # [T, B, P or H]
         cs=xp.empty((T if training else min(T, 2), B, H), dtype=compute(dt)),  # [T, B, H] (inference: ping-pong)
         gates=e(T, B, 4 * H) if training else None,  # [T, B, 4H]
+        ms=e(T if training else min(T, 1), B, H) if P else None,  # [T, B, H] h' before the projection
     )
-    return _input_buffers(b, xp, dt, static, h0=(B, H), c0=(B, H), w_hh=(4 * H, H),
+    return _input_buffers(b, xp, dt, static, h0=(B, P or H), c0=(B, H), w_hh=(4 * H, P or H),
                           w_ch=(3 * H, H) if peephole == "full" else None,
-                          w_peep=(3 * H,) if peephole == "diagonal" else None,
+                          w_peep=(3 * H,) if peephole == "diagonal" else None, w_hr=(P, H) if P else None,
                           lengths=(B,) if has_lengths else None,
                           **{f"zone_{n}": (T, B, H) if n in zoned else None for n in ("h", "c")})
 
 
-def _lstm_work(xp, dt, T, B, H, peephole, has_lengths):
+def _lstm_work(xp, dt, T, B, H, P, peephole, has_lengths):
     e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
     ec = lambda *shape: xp.empty(shape, dtype=compute(dt))  # noqa: E731
     return Buffers(
         xw=e(T, B, 4 * H),  # [T, B, 4H] x Wihᵀ + biases
-        h_last=e(B, H) if has_lengths else None,  # [B, H]
+        h_last=e(B, H) if has_lengths and not P else None,  # [B, H] (projected: hT is gathered from y)
         hw=ec(B, 4 * H),  # [B, 4H] h Whhᵀ
         cw=ec(B, 3 * H) if peephole == "full" else None,  # [B, 3H] c Wchᵀ
     )
@@ -272,44 +284,75 @@ def _lstm_forward_steps(ops, b, T, spec, training):
                               b.w_peep, _at(b.zone_h, t), _at(b.zone_c, t), b.lengths)
 
 
+def _projected_lstm_forward_steps(ops, b, T, spec, training):
+    """_lstm_forward_steps with proj_size: the kernel writes h' (no zoneout of h), a GEMM projects it into y."""
+    for t in range(T):
+        s = t if training else t % 2
+        c = b.c0 if t == 0 else b.cs[s - 1]
+        ops.gemm(_prev(b.h0, b.y, t), b.w_hh.T, b.hw)
+        if b.cw is not None:
+            ops.gemm(c, b.w_ch.T, b.cw)
+        g_t, m = (b.gates[t], b.ms[t]) if training else (None, b.ms[0])
+        ops.lstm_forward_step(spec, t, b.xw[t], b.hw, b.cw, None, c, b.cs[s], m, None, g_t, b.w_peep, None,
+                              _at(b.zone_c, t), b.lengths)
+        ops.gemm(m, b.w_hr.T, b.y[t])  # 0 past an item's length, where h' is
+
+
+def _last_outputs(xp, h0, y, lengths):
+    """Each item's last h [B, P]: y at its last step, h0 where it ran none."""
+    T, B = y.shape[:2]
+    if T == 0:
+        return h0.copy()
+    if lengths is None:
+        return y[T - 1].copy()
+    last = y[xp.maximum(lengths - 1, 0), xp.arange(B)]
+    return xp.where((lengths > 0)[:, None], last, h0)
+
+
 @_forward_size
 def lstm_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None, masks=None):
-    """y [T, B, H], (hT, cT) [B, H], ctx (None when not training); masks {"h", "c": uint8 [T, B, H]} zoneout's
-    (training), or None (its expectation)."""
+    """y [T, B, P or H], (hT [B, P or H], cT [B, H]), ctx (None when not training); masks {"h", "c": uint8
+    [T, B, H]} zoneout's (training), or None (its expectation)."""
     (T, B, _), (h0, c0) = x.shape, states
-    H, peephole = h0.shape[1], spec.peephole
-    shape = (x.dtype, T, B, H, peephole, training, lengths is not None, tuple(sorted(masks or ())))
+    H, P, peephole = c0.shape[1], spec.proj_size, spec.peephole
+    shape = (x.dtype, T, B, H, P, peephole, training, lengths is not None, tuple(sorted(masks or ())))
     slot, b = _buffers(graphs, ops, (spec, *shape), lambda static: _lstm_buffers(xp, *shape, static),
-                       lambda: _lstm_work(xp, x.dtype, T, B, H, peephole, lengths is not None))
+                       lambda: _lstm_work(xp, x.dtype, T, B, H, P, peephole, lengths is not None))
     ct = compute(x.dtype)
     _bind(b, slot, h0=h0, c0=c0.astype(ct, copy=False), w_hh=p["weight_hh"],
           w_ch=p["weight_ch"].astype(ct, copy=False) if peephole == "full" else None,
-          w_peep=p["weight_ch"] if peephole == "diagonal" else None, lengths=_lengths(xp, lengths),
-          zone_h=_mask(masks, "h"), zone_c=_mask(masks, "c"))
+          w_peep=p["weight_ch"] if peephole == "diagonal" else None, w_hr=p.get("weight_hr"),
+          lengths=_lengths(xp, lengths), zone_h=_mask(masks, "h"), zone_c=_mask(masks, "c"))
     _input_gemm(ops, x, p["weight_ih"], _bias_sum(p["bias_ih"], p["bias_hh"]) if "bias_ih" in p else None, b.xw)
     if b.h_last is not None:
         b.h_last[...] = b.h0
-    _run(slot, ops, _lstm_forward_steps, b, T, spec, training)
-    hT = b.h_last if b.h_last is not None else _prev(b.h0, b.y, T)
+    _run(slot, ops, _projected_lstm_forward_steps if P else _lstm_forward_steps, b, T, spec, training)
+    if P:
+        hT = _last_outputs(xp, b.h0, b.y, b.lengths)
+    else:
+        hT = (b.h_last if b.h_last is not None else _prev(b.h0, b.y, T)).copy()
     cT = b.c0 if T == 0 else b.cs[T - 1 if training else (T - 1) % 2]
     ctx = None
     if training:
         ctx = LSTMContext(x=x, params=p, h0=b.h0, c0=b.c0, y=b.y, cs=b.cs, gates=b.gates, lengths=b.lengths,
-                          w_hh=b.w_hh, w_ch=b.w_ch, w_peep=b.w_peep, zone_h=b.zone_h, zone_c=b.zone_c, slot=slot,
-                          spec=spec)
-    return b.y, (hT.copy(), cT.astype(x.dtype)), ctx
+                          w_hh=b.w_hh, w_ch=b.w_ch, w_peep=b.w_peep, zone_h=b.zone_h, zone_c=b.zone_c, ms=b.ms,
+                          w_hr=b.w_hr, slot=slot, spec=spec)
+    return b.y, (hT, cT.astype(x.dtype)), ctx
 
 
-def _lstm_backward_buffers(xp, dt, T, B, H, full, static):
+def _lstm_backward_buffers(xp, dt, T, B, H, P, full, static):
     e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
     ec = lambda *shape: xp.empty(shape, dtype=compute(dt))  # noqa: E731
     b = Buffers(
         da=e(T, B, 4 * H),  # [T, B, 4H]
         dcarry=ec(2, B, 2 * H),  # [2, B, 2H] d[h | c], the kernels' part, ping-pong
         drec=ec(2, B, 2 * H if full else H),  # [2, B, n_rec] d[h | c], the recurrent GEMM's part, ping-pong
-        w_rec=e(4 * H, 2 * H) if full else None,  # [4H, 2H] [[Whh, Wch]], zeros for g
+        # [4H, 2H] [[Whh, Wch]], zeros for g; projected: [4H, H], [Wch] alone (dh comes from dh W_hr)
+        w_rec=e(4 * H, H if P else 2 * H) if full else None,
+        dhp=ec(T, B, P) if P else None,  # [T, B, P] dh of each step, projected
+        w_hr=ec(P, H) if P else None,  # [P, H] W_hr in the compute dtype, which dh is in
     )
-    return _input_buffers(b, xp, dt, static, dy=(T, B, H))
+    return _input_buffers(b, xp, dt, static, dy=None if P else (T, B, H))
 
 
 def _new_cells(xp, ctx):
@@ -332,30 +375,73 @@ def _lstm_backward_steps(ops, ctx, g, w_rec, T):
         ops.gemm(g.da[t], w_rec, g.drec[cur])
 
 
+def _projected_lstm_backward_steps(ops, ctx, g, w_rec, T):
+    """_lstm_backward_steps with proj_size: dh [B, P] = dy + da' Whh is completed in g.dhp[t], projected back into
+    drec's dh part; the GEMM after the kernel gives only dc (full peephole)."""
+    H = ctx.cs.shape[-1]
+    for t in reversed(range(T)):
+        nxt, cur = (t + 1) % 2, t % 2
+        if t + 1 < T:
+            ops.gemm(g.da[t + 1], ctx.w_hh, g.dhp[t], accumulate=True)
+        ops.gemm(g.dhp[t], g.w_hr, g.drec[nxt][:, :H])  # dh' = dh W_hr
+        ops.lstm_backward_step(ctx.spec, t, ctx.gates[t], _prev(ctx.c0, ctx.cs, t), ctx.cs[t], None, g.dcarry[nxt],
+                               g.drec[nxt], g.dcarry[cur], g.da[t], ctx.w_peep, None, _at(ctx.zone_c, t),
+                               ctx.lengths)
+        if w_rec is not None:
+            ops.gemm(g.da[t], w_rec, g.drec[cur][:, H:])
+
+
+def _projected_output_grads(xp, g, dy, dhT, lengths):
+    """g.dhp [T, B, P] = dy, without the gradient of outputs past an item's length (zeros, whatever dy holds
+    there) and with dhT added at its last step; returns the part of dhT that goes straight to h0 (items that ran
+    no step)."""
+    T = dy.shape[0]
+    g.dhp[...] = dy
+    if lengths is None:
+        if T:
+            g.dhp[T - 1] += dhT
+        return dhT if T == 0 else None
+    g.dhp[xp.arange(T)[:, None] >= lengths[None, :]] = 0
+    ran = xp.flatnonzero(lengths > 0)
+    g.dhp[lengths[ran] - 1, ran] += dhT[ran]
+    return xp.where((lengths > 0)[:, None], 0, dhT)
+
+
 @_backward_size
 def lstm_backward(ops, xp, ctx, dy, dstates):
-    """dx [T, B, I], (dh0, dc0) [B, H], dparams."""
+    """dx [T, B, I], (dh0 [B, P or H], dc0 [B, H]), dparams."""
     dhT, dcT = dstates
-    x, p, H, full = ctx.x, ctx.params, dhT.shape[1], ctx.spec.peephole == "full"
+    x, p, H, P, full = ctx.x, ctx.params, dcT.shape[1], ctx.spec.proj_size, ctx.spec.peephole == "full"
     T, B, _ = x.shape
-    make = lambda static: _lstm_backward_buffers(xp, x.dtype, T, B, H, full, static)  # noqa: E731
+    make = lambda static: _lstm_backward_buffers(xp, x.dtype, T, B, H, P, full, static)  # noqa: E731
     slot = ctx.slot
     g = _workspace(slot, make)
-    _bind(g, slot, dy=dy if slot else xp.ascontiguousarray(dy))
-    if full:  # da [B, 4H] against [[Whh, Wch]]: d[h | c] in one GEMM
+    if P:
+        dh0_direct = _projected_output_grads(xp, g, dy, dhT, ctx.lengths)
+        g.w_hr[...] = ctx.w_hr
+    else:
+        _bind(g, slot, dy=dy if slot else xp.ascontiguousarray(dy))
+    if full:  # da [B, 4H] against [[Whh, Wch]]: d[h | c] in one GEMM (projected: d c alone)
         g.w_rec[...] = 0
-        g.w_rec[:, :H] = ctx.w_hh
+        if not P:
+            g.w_rec[:, :H] = ctx.w_hh
         for k, gate in ((0, 0), (1, 1), (2, 3)):  # weight_ch rows i, f, o -> gates i, f, o
-            g.w_rec[gate * H : (gate + 1) * H, H:] = ctx.w_ch[k * H : (k + 1) * H]
-    w_rec = g.w_rec if full else ctx.w_hh
-    g.dcarry[T % 2, :, :H], g.dcarry[T % 2, :, H:] = dhT, dcT
+            g.w_rec[gate * H : (gate + 1) * H, -H:] = ctx.w_ch[k * H : (k + 1) * H]
+    w_rec = g.w_rec if full else (None if P else ctx.w_hh)
+    g.dcarry[T % 2, :, :H], g.dcarry[T % 2, :, H:] = (0 if P else dhT), dcT
     g.drec[T % 2] = 0
-    _run(slot, ops, _lstm_backward_steps, ctx, g, w_rec, T)
-    da, n_rec = g.da, w_rec.shape[1]
-    dhc0 = g.dcarry[0].copy()
-    dhc0[:, :n_rec] += g.drec[0]
+    _run(slot, ops, _projected_lstm_backward_steps if P else _lstm_backward_steps, ctx, g, w_rec, T)
+    da, dt = g.da, x.dtype
+    dc0 = g.dcarry[0, :, H:] + g.drec[0, :, H:] if full else g.dcarry[0, :, H:]
+    if P:  # dh0 = da[0] Whh, and dhT itself for an item that ran no step
+        dh0 = xp.zeros((B, P), dtype=compute(dt))
+        if T:
+            ops.gemm(da[0], ctx.w_hh, dh0)
+        if dh0_direct is not None:
+            dh0 += dh0_direct
+    else:
+        dh0 = g.dcarry[0, :, :H] + g.drec[0, :, :H]
     dp = {"weight_ih": _weight_grad(ops, xp, da, x), "weight_hh": _state_grad(ops, xp, da, ctx.h0, ctx.y)}
-    dt = x.dtype
     if full:  # c is in the compute dtype, so this GEMM is too
         dw_ch = _state_grad(ops, xp, da.astype(ctx.cs.dtype, copy=False), ctx.c0, ctx.cs)  # [4H, H]
         dp["weight_ch"] = xp.concatenate([dw_ch[k * H : (k + 1) * H] for k in (0, 1, 3)]).astype(dt, copy=False)
@@ -367,8 +453,10 @@ def lstm_backward(ops, xp, ctx, dy, dstates):
     if "bias_ih" in p:
         dp["bias_ih"] = ops.column_sum(_rows(da))
         dp["bias_hh"] = dp["bias_ih"].copy()
+    if P:  # Σ dhᵀ h' over every step, dh rounded to the storage dtype as da is
+        dp["weight_hr"] = _weight_grad(ops, xp, g.dhp.astype(dt, copy=False), ctx.ms)
     dx = _input_grad(ops, xp, da, p["weight_ih"])
-    return dx, (dhc0[:, :H].astype(dt), dhc0[:, H:].astype(dt)), dp
+    return dx, (dh0.astype(dt), dc0.astype(dt)), dp
 
 
 # --- GRU ------------------------------------------------------------------------

@@ -47,7 +47,8 @@ class Context(NamedTuple):
     backend: object  # the backend that ran the forward (and runs the backward)
     xp: object
     dtype: object
-    y_shape: tuple  # (T, B, H)
+    y_shape: tuple  # (T, B, width of h): H, or proj_size
+    state_shapes: tuple  # ((B, width),) per state: (B, proj_size or H), (B, H) for an LSTM
     tf32: bool  # the forward's math mode, which its backward keeps
     inner: object  # the backend's own saved buffers
 
@@ -76,9 +77,10 @@ def forward(spec, x, params, states, *, lengths=None, training=True, graphs=None
     x = x[None] if step else x
     T, B, _ = x.shape
     x, params, *states = _contiguous(xp, x, params, *states.values())
-    states = tuple(xp.zeros((B, H), dtype=x.dtype) if s is None else s for s in states)
+    shapes = tuple((B, w) for w in spec.state_sizes(H).values())
+    states = tuple(xp.zeros(shape, dtype=x.dtype) if s is None else s for s, shape in zip(states, shapes))
     y, finals, inner = runner.forward(spec, x, params, states, lengths, training, graphs, tf32, masks)
-    ctx = Context(spec, step, runner, xp, x.dtype, (T, B, H), tf32, inner) if training else None
+    ctx = Context(spec, step, runner, xp, x.dtype, (T, B, shapes[0][1]), shapes, tf32, inner) if training else None
     return y, finals, ctx
 
 
@@ -91,10 +93,9 @@ def backward(ctx, spec_type, dy, dstates, *, step=False):
     None (or, for one step, no dy at all) means zero.
     """
     _check_context(ctx, spec_type, step)
-    T, B, H = ctx.y_shape
     dt = ctx.backend.grad_dtypes(ctx.dtype)
-    dy = _checks.grad("dy", dy, (T, B, H), dt, ctx.xp)
-    dstates = tuple(_checks.grad(n, g, (B, H), dt, ctx.xp) for n, g in dstates.items())
+    dy = _checks.grad("dy", dy, ctx.y_shape, dt, ctx.xp)
+    dstates = tuple(_checks.grad(n, g, shape, dt, ctx.xp) for (n, g), shape in zip(dstates.items(), ctx.state_shapes))
     dx, d0, dparams = ctx.backend.backward(ctx.inner, dy, dstates, ctx.tf32)
     return (dx[0] if step else dx), d0, dparams
 

@@ -28,9 +28,11 @@ from .variants import GRUSpec, LSTMSpec
 # weight_ih, W_fh of weight_hh, W_fC of weight_ch (full peephole), w_fC the
 # diagonal peephole, and the gate bias b_f = b_fx + b_fh merges torch's
 # bias_ih and bias_hh (the seed has one bias per gate).  Gate rows in torch's
-# storage: LSTM i, f, g(=C), o; peepholes i, f, o; GRU r, z, n.
+# storage: LSTM i, f, g(=C), o; peepholes i, f, o; GRU r, z, n.  The
+# projection (proj_size) is one block, W_hr, of proj_size rows.
 
-_LSTM_ROWS = {"weight_ih": "ifCo", "weight_hh": "ifCo", "bias_ih": "ifCo", "bias_hh": "ifCo", "weight_ch": "ifo"}
+_LSTM_ROWS = {"weight_ih": "ifCo", "weight_hh": "ifCo", "bias_ih": "ifCo", "bias_hh": "ifCo", "weight_ch": "ifo",
+              "weight_hr": "r"}
 _GRU_ROWS = {"weight_ih": "rzn", "weight_hh": "rzn", "bias_ih": "rzn", "bias_hh": "rzn"}
 _LEAF = {"weight_ih": "W_{}x", "weight_hh": "W_{}h", "bias_ih": "b_{}x", "bias_hh": "b_{}h"}
 
@@ -40,17 +42,23 @@ def _rows(spec):
     return _LSTM_ROWS if isinstance(spec, LSTMSpec) else _GRU_ROWS
 
 
+def _block_rows(params, key, H):
+    """The rows of one gate block of a parameter: H, but all of weight_hr (proj_size)."""
+    return len(params[key]) if key == "weight_hr" else H
+
+
 def _param_leaves(params, spec, H):
-    """One leaf per gate block of every parameter, as (H, ·) column-layout arrays."""
+    """One leaf per gate block of every parameter, as (rows, ·) column-layout arrays."""
     peephole = getattr(spec, "peephole", None)
+    names = {**_LEAF, "weight_ch": "W_{}C" if peephole == "full" else "w_{}C", "weight_hr": "W_h{}"}
     leaves = {}  # (param key, gate) -> Var
     for key, gates in _rows(spec).items():
         if key not in params:
             continue
+        n = _block_rows(params, key, H)
         for k, g in enumerate(gates):
-            block = np.asarray(params[key][k * H : (k + 1) * H], dtype=np.float64).reshape(H, -1)
-            name = ("W_{}C" if peephole == "full" else "w_{}C").format(g) if key == "weight_ch" else _LEAF[key].format(g)
-            leaves[key, g] = Var(name, block)
+            block = np.asarray(params[key][k * n : (k + 1) * n], dtype=np.float64).reshape(n, -1)
+            leaves[key, g] = Var(names[key].format(g), block)
     return leaves
 
 
@@ -113,7 +121,10 @@ def _lstm_step(tape, spec, P, b, x, h, c, zone):
     if clip is not None:  # TensorFlow's LSTMCell(cell_clip=): before the o peephole and tanh read c'
         c1 = tape("clip", c1, clip, name=c_name)
     o = _gate(tape, peep("o", c if peephole == "full" else c1) + rec("o"), b.get("o"), "sigmoid", "o_t")
-    h1 = tape("mul", o, tape("tanh", c1), name="h'_t" if "h" in zone else "h_t")
+    if spec.proj_size:  # torch.nn.LSTM(proj_size=): h_t = W_hr m_t (Sak et al. 2014's m_t; no zoneout of h)
+        h1 = tape("matmul", P["weight_hr", "r"], tape("mul", o, tape("tanh", c1), name="m_t"), name="h_t")
+    else:
+        h1 = tape("mul", o, tape("tanh", c1), name="h'_t" if "h" in zone else "h_t")
     return _zone(tape, zone.get("h"), h, h1, "h_t"), _zone(tape, zone.get("c"), c, c1, "C_t")
 
 
@@ -157,14 +168,14 @@ def equations(cell, *, peephole=None, candidate="tanh", reset_after=True, bias=T
         raise ValueError(f"cell={cell!r} is not one of 'lstm', 'gru'")
     spec = (LSTMSpec.of({"peephole": peephole, "candidate": candidate, **variant}) if cell == "lstm"
             else GRUSpec.of({"reset_after": reset_after, **variant}))
-    params = init_params(spec, 1, 1, bias=bias, dtype="float64")  # H = I = 1
+    params = init_params(spec, 1, 1, bias=bias, dtype="float64")  # H = I = 1 (and proj_size as given)
     tape = Tape()
     P = _param_leaves(params, spec, 1)
     b = _merged_biases(tape, P, spec)
     pre = len(tape.eqs)
     zone = {n: Var(f"d^{n.upper() if n == 'c' else n}_t", np.zeros((1, 1))) for n in spec.zoneout()}
-    _step(tape, spec, P, b, Var("x_t", np.zeros((1, 1))), [Var(_PREV[n], np.zeros((1, 1))) for n in spec.states],
-          zone)
+    states = [Var(_PREV[n], np.zeros((w, 1))) for n, w in spec.state_sizes(1).items()]
+    _step(tape, spec, P, b, Var("x_t", np.zeros((1, 1))), states, zone)
     fwd, bwd = tape.lines(pre)
     bias_fwd, bias_bwd = tape.lines(0, pre)
     flags = ", ".join(f"{k}={v!r}" for k, v in spec.shown().items())
@@ -207,6 +218,7 @@ class _Group(NamedTuple):
 
 class _Context(NamedTuple):
     shapes: tuple  # (T, B, I, H)
+    state_shapes: tuple  # (B, width) of each state
     params: dict
     rows: dict
     groups: list
@@ -221,9 +233,9 @@ def _zones(spec, masks, t, cols):
 def _run(spec, x, params, states, lengths, training, masks):
     x = np.asarray(x, dtype=np.float64)
     T, B, I = x.shape
-    H = states[0].shape[1]
+    H = spec.hidden_size(params["weight_hh"].shape)
     lengths = np.full(B, T) if lengths is None else lengths
-    y = np.zeros((T, B, H))
+    y = np.zeros((T, B, states[0].shape[1]))
     final = [np.array(s, dtype=np.float64) for s in states]
     groups = []
     for L in np.unique(lengths):
@@ -241,13 +253,14 @@ def _run(spec, x, params, states, lengths, training, masks):
         for out, v in zip(final, s):
             out[cols] = v.value.T
         groups.append(_Group(cols, tape, leaves, xs, s0, ys, s))
-    return y, tuple(final), _Context((T, B, I, H), params, _rows(spec), groups) if training else None
+    shapes = tuple(s.shape for s in states)
+    return y, tuple(final), _Context((T, B, I, H), shapes, params, _rows(spec), groups) if training else None
 
 
 def _backprop(ctx, dy, dstates):
     T, B, I, H = ctx.shapes
     dx = np.zeros((T, B, I))
-    ds0 = [np.zeros((B, H)) for _ in dstates]
+    ds0 = [np.zeros(shape) for shape in ctx.state_shapes]
     dparams = {k: np.zeros(np.shape(v)) for k, v in ctx.params.items()}
     for grp in ctx.groups:
         seeds = {}
@@ -260,7 +273,7 @@ def _backprop(ctx, dy, dstates):
             out[grp.cols] = d[v].T  # on the tape, or seeded directly when L = 0
         for (key, g), v in grp.leaves.items():
             if v in d:  # a group of length 0 uses no parameter
-                k = ctx.rows[key].index(g)
-                block = dparams[key][k * H : (k + 1) * H]
+                k, n = ctx.rows[key].index(g), _block_rows(ctx.params, key, H)
+                block = dparams[key][k * n : (k + 1) * n]
                 block += d[v].reshape(block.shape)
     return dx, tuple(ds0), dparams

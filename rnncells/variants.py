@@ -15,6 +15,10 @@ every public entry point takes the flags as keyword arguments (`of`,
 `split`), every test that takes `spec` runs every variant of `covering`,
 and every kernel is instantiated for every spec of `every`.
 
+A flag may also change the parameters' and the states' shapes without touching a
+kernel: `proj_size` (torch.nn.LSTM's projection) is such a field, read by
+`param_shapes`, `state_sizes` and the orchestration (`rnncells._sequence`).
+
 `__str__` shows a spec's cell and the flags that differ from their
 defaults besides `peephole`, `candidate` and `reset_after`, which it always
 shows ('lstm peephole=None candidate=tanh cell_clip=0.4').
@@ -32,6 +36,7 @@ CANDIDATES = ("tanh", "sigmoid")
 # `every()`: in each of the verification problems (`rnncells.verify.problem`) some cells pass 0.4 and some stay
 # below it; zoneout's masks there keep about a third of h and a fifth of c.
 CELL_CLIPS = (None, 0.4)
+PROJ_SIZE = 3  # the projection the tests run, smaller than some of their hidden sizes and larger than others
 ZONEOUTS = ((0.0, 0.0), (0.3, 0.2))  # (zoneout_h, zoneout_c)
 _PEEPHOLE_CODES = {None: "0", "full": "1", "diagonal": "2"}  # PEEPHOLE_* in kernels/common.cuh
 
@@ -91,10 +96,22 @@ class _Spec:
         """'lstm peephole=full candidate=sigmoid', 'gru reset_after=True zoneout_h=0.3' (see `shown`)."""
         return " ".join([self.cell] + [f"{k}={v}" for k, v in self.shown().items()])
 
+    def state_sizes(self, hidden_size):
+        """{state: its width}: hidden_size for each, but h's is proj_size for a projected LSTM."""
+        return {n: hidden_size for n in self.states}
+
+    def state_meanings(self):
+        """{state: its width in words}, for error messages."""
+        return {n: "hidden_size" for n in self.states}
+
+    def hidden_size(self, weight_hh_shape):
+        """H from weight_hh's shape (G·H, width of h)."""
+        return weight_hh_shape[1]
+
     def param_shapes(self, input_size, hidden_size, bias=True):
         """{key: shape} of the parameters, in torch.nn's order (weight_ih, weight_hh, bias_ih, bias_hh, extras)."""
         G, H, I = self.gates, hidden_size, input_size
-        shapes = {"weight_ih": (G * H, I), "weight_hh": (G * H, H)}
+        shapes = {"weight_ih": (G * H, I), "weight_hh": (G * H, self.state_sizes(H)["h"])}
         if bias:
             shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
         return {**shapes, **self._extra_shapes(H)}
@@ -127,13 +144,16 @@ class _Spec:
 class LSTMSpec(_Spec):
     """An LSTM variant: `peephole` None, "full" (c Wchᵀ) or "diagonal" (w∘c); `candidate` "tanh" or "sigmoid";
     `cell_clip` None or a positive number, c' clipped to [−cell_clip, cell_clip] after each update;
-    `zoneout_h`, `zoneout_c` in [0, 1): the probability that a unit of h (of c) keeps its previous value."""
+    `zoneout_h`, `zoneout_c` in [0, 1): the probability that a unit of h (of c) keeps its previous value;
+    `proj_size` 0, or P > 0 for torch.nn.LSTM's projection h = W_hr (o∘tanh c') (Sak et al. 2014), which makes
+    h, the output and weight_hh's columns P wide (not with zoneout_h, which would zone out the projection)."""
 
     peephole: object = None
     candidate: str = "tanh"
     cell_clip: object = None
     zoneout_h: float = 0.0
     zoneout_c: float = 0.0
+    proj_size: int = 0
 
     cell: ClassVar[str] = "lstm"
     _always: ClassVar[int] = 2  # __str__ shows peephole and candidate always
@@ -150,6 +170,13 @@ class LSTMSpec(_Spec):
                                                           "None or a positive finite number"))
         for name in ("zoneout_h", "zoneout_c"):
             object.__setattr__(self, name, _probability(name, getattr(self, name)))
+        p = self.proj_size
+        if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, np.integer)) or p < 0:
+            raise ValueError(f"proj_size={p!r} must be 0 (no projection) or a positive integer")
+        object.__setattr__(self, "proj_size", int(p))
+        if p and self.zoneout_h:
+            raise ValueError(f"zoneout_h={self.zoneout_h} with proj_size={p} is not supported: zoneout of a "
+                             "projected h is not implemented (zoneout_c is)")
 
     @staticmethod
     def every():
@@ -160,12 +187,14 @@ class LSTMSpec(_Spec):
 
     @staticmethod
     def covering():
-        """The variants the tests run: every peephole and candidate; cell_clip, then zoneout, with every
-        peephole; and everything at once."""
+        """The variants the tests run: every peephole and candidate; cell_clip, then zoneout, then proj_size,
+        with every peephole; and everything at once (the projection with zoneout on c only)."""
         clip, zoneout = CELL_CLIPS[1], dict(zip(("zoneout_h", "zoneout_c"), ZONEOUTS[1]))
         return ([LSTMSpec(p, c) for p, c in itertools.product(PEEPHOLES, CANDIDATES)]
                 + [LSTMSpec(p, cell_clip=clip) for p in PEEPHOLES] + [LSTMSpec(p, **zoneout) for p in PEEPHOLES]
-                + [LSTMSpec("diagonal", "sigmoid", clip, **zoneout)])
+                + [LSTMSpec(p, proj_size=PROJ_SIZE) for p in PEEPHOLES]
+                + [LSTMSpec("diagonal", "sigmoid", clip, **zoneout),
+                   LSTMSpec("full", "sigmoid", clip, zoneout_c=zoneout["zoneout_c"], proj_size=PROJ_SIZE)])
 
     def template_args(self):
         """The kernels' template arguments after <S, C>: PEEPHOLE, SIGMOID_CANDIDATE, CLIP, ZONEOUT (the values
@@ -177,21 +206,40 @@ class LSTMSpec(_Spec):
         """The kernels' variant arguments: (cell_clip, zoneout_h, zoneout_c), 0 for what is off."""
         return (self.cell_clip or 0.0, self.zoneout_h, self.zoneout_c)
 
+    def state_sizes(self, hidden_size):
+        """{"h": proj_size or hidden_size, "c": hidden_size}."""
+        return {"h": self.proj_size or hidden_size, "c": hidden_size}
+
+    def state_meanings(self):
+        """{"h": "proj_size" or "hidden_size", "c": "hidden_size"}."""
+        return {"h": "proj_size" if self.proj_size else "hidden_size", "c": "hidden_size"}
+
+    def hidden_size(self, weight_hh_shape):
+        """H from weight_hh's shape (4H, width of h): its rows / 4 with a projection, else its columns."""
+        return weight_hh_shape[0] // 4 if self.proj_size else weight_hh_shape[1]
+
     def needed_for(self, key):
-        """Why a parameter is needed: the peephole weights for `peephole`."""
-        return f"peephole={self.peephole!r}" if key == "weight_ch" else super().needed_for(key)
+        """Why a parameter is needed: the peephole weights for `peephole`, weight_hr for `proj_size`."""
+        return {"weight_ch": f"peephole={self.peephole!r}", "weight_hr": f"proj_size={self.proj_size}"}.get(
+            key, super().needed_for(key))
 
     def _extra_shapes(self, H):
+        shapes = {}
         if self.peephole == "full":
-            return {"weight_ch": (3 * H, H)}  # rows i, f, o
+            shapes["weight_ch"] = (3 * H, H)  # rows i, f, o
         if self.peephole == "diagonal":
-            return {"weight_ch": (3 * H,)}
-        return {}
+            shapes["weight_ch"] = (3 * H,)
+        if self.proj_size:
+            shapes["weight_hr"] = (self.proj_size, H)  # torch.nn.LSTM's weight_hr_l{k}, after the biases
+        return shapes
 
     def _extra_meanings(self):
-        if self.peephole is None:
-            return {}
-        return {"weight_ch": "(3*hidden_size, hidden_size)" if self.peephole == "full" else "(3*hidden_size,)"}
+        meanings = {}
+        if self.peephole is not None:
+            meanings["weight_ch"] = "(3*hidden_size, hidden_size)" if self.peephole == "full" else "(3*hidden_size,)"
+        if self.proj_size:  # h is proj_size wide
+            meanings.update(weight_hh="(4*hidden_size, proj_size)", weight_hr="(proj_size, hidden_size)")
+        return meanings
 
 
 @dataclass(frozen=True)

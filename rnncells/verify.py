@@ -57,16 +57,16 @@ def problem(spec, *, T=4, B=3, I=3, H=2, lengths=None, step=False, dtype="float6
     rng = np.random.default_rng(seed)
     params = init_params(spec, I, H, dtype="float64", seed=seed)
     params = {k: (v * 2.0).astype(dtype) for k, v in params.items()}  # larger weights: richer nonlinearity
-    names = spec.states
+    widths = spec.state_sizes(H)  # {state: H}, h proj_size wide when projected
     if step:
         x = rng.standard_normal((B, I))
-        states = {n: rng.standard_normal((B, H)).astype(dtype) for n in names}
-        douts = {f"d{n}1": rng.standard_normal((B, H)).astype(dtype) for n in names}
+        states = {n: rng.standard_normal((B, w)).astype(dtype) for n, w in widths.items()}
+        douts = {f"d{n}1": rng.standard_normal((B, w)).astype(dtype) for n, w in widths.items()}
     else:
         x = rng.standard_normal((T, B, I))
-        states = {f"{n}0": rng.standard_normal((B, H)).astype(dtype) for n in names}
-        douts = {"dy": rng.standard_normal((T, B, H)).astype(dtype)}
-        douts.update({f"d{n}T": rng.standard_normal((B, H)).astype(dtype) for n in names})
+        states = {f"{n}0": rng.standard_normal((B, w)).astype(dtype) for n, w in widths.items()}
+        douts = {"dy": rng.standard_normal((T, B, widths["h"])).astype(dtype)}
+        douts.update({f"d{n}T": rng.standard_normal((B, w)).astype(dtype) for n, w in widths.items()})
     return Problem(spec, step, x.astype(dtype), states, params, lengths, douts)
 
 
@@ -202,7 +202,7 @@ def unclipped_cells(p):
     if getattr(p.spec, "cell_clip", None) is None:
         return np.zeros(0)
     x = p.x[None] if p.step else p.x
-    H = next(iter(p.states.values())).shape[-1]
+    H = p.spec.hidden_size(p.params["weight_hh"].shape)
     masks = api.zoneout_masks(p.spec, np.random.default_rng(MASK_SEED), np, (*x.shape[:2], H))  # as `run` draws
     _, _, ctx = reference.forward(p.spec, x, p.params, tuple(p.states.values()), p.lengths, masks=masks)
     return np.concatenate([np.ravel(x.value) for g in ctx.groups for _, op, x, _ in g.tape.eqs if op == "clip"]
