@@ -184,9 +184,10 @@ class _Stack(_Holder):
         self.batch_first, self.bidirectional = batch_first, bidirectional
         self.num_directions = 2 if bidirectional else 1
         self.xp = xp
+        self.widths = spec.state_sizes(hidden_size)  # {state: width}: h is proj_size wide when projected
         self.params = {}
         for layer in range(num_layers):
-            size = input_size if layer == 0 else hidden_size * self.num_directions
+            size = input_size if layer == 0 else self.widths["h"] * self.num_directions
             for d in range(self.num_directions):
                 p = init_params(spec, size, hidden_size, bias=bias, dtype=dtype, xp=xp, seed=seed + layer * 2 + d)
                 self.params.update({k + self._suffix(layer, d): v for k, v in p.items()})
@@ -211,12 +212,12 @@ class _Stack(_Holder):
         if self.batch_first:
             x = x.swapaxes(0, 1)
         T, B = x.shape[:2]
-        LD, H = self.num_layers * self.num_directions, self.hidden_size
-        for name, s in zip(names, states):
-            if s is not None and tuple(s.shape) != (LD, B, H):
+        LD = self.num_layers * self.num_directions
+        for name, s, width, meaning in zip(names, states, self.widths.values(), self.spec.state_meanings().values()):
+            if s is not None and tuple(s.shape) != (LD, B, width):
                 raise ValueError(
-                    f"{name} has shape {tuple(s.shape)}; expected {(LD, B, H)} = "
-                    "(num_layers*num_directions, batch, hidden_size)"
+                    f"{name} has shape {tuple(s.shape)}; expected {(LD, B, width)} = "
+                    f"(num_layers*num_directions, batch, {meaning})"
                 )
         if lengths is not None:
             lengths = _checks.lengths_array(lengths, T, B)
@@ -239,21 +240,21 @@ class _Stack(_Holder):
 
     def _backward(self, ctx, dy, dstates):
         ctxs, lengths, x_shape, y_shape = self._inner(ctx)
-        xp, H, D = self.xp, self.hidden_size, self.num_directions
+        xp, W, D = self.xp, self.widths["h"], self.num_directions
         dy = _checks.grad("dy", dy, y_shape, (ctxs[0].dtype,), xp)
         if self.batch_first:
             dy = dy.swapaxes(0, 1)
         T, B = x_shape[:2]
         names = [f"d{n}T" for n in self.spec.states]
-        shape = (self.num_layers * D, B, H)
-        dstates = [_checks.grad(n, g, shape, (ctxs[0].dtype,), xp) for n, g in zip(names, dstates)]
+        dstates = [_checks.grad(n, g, (self.num_layers * D, B, width), (ctxs[0].dtype,), xp)
+                   for n, g, width in zip(names, dstates, self.widths.values())]
         d0 = [[None] * len(ctxs) for _ in names]
         dinp = dy
         for layer in reversed(range(self.num_layers)):
             dnext = 0
             for d in range(D):
                 k = layer * D + d
-                dyd = dinp[:, :, d * H : (d + 1) * H]
+                dyd = dinp[:, :, d * W : (d + 1) * W]
                 dsT = dict(zip(names, (s[k] for s in dstates)))
                 dx, ds0, dp = api.backward(ctxs[k], type(self.spec), _reverse(xp, dyd, lengths) if d else dyd, dsT)
                 dnext = dnext + (_reverse(xp, dx, lengths) if d else dx)
@@ -270,7 +271,7 @@ class LSTM(_Stack):
 
     `peephole`, `candidate` (and any other `variant` flag), `tf32` and
     `backend` as in `rnncells.lstm_forward` (backend=None follows `xp`); the peephole weights
-    are named weight_ch_l{k}[_reverse].  graphs=True runs the step loops as
+    are named weight_ch_l{k}[_reverse], and proj_size's weight_hr_l{k}[_reverse] as torch.nn.LSTM's.  graphs=True runs the step loops as
     CUDA graphs (see `rnncells.GraphCache`) on the backends that launch
     kernels: "cupy", and "cuda-host", which records and replays them.
     """
@@ -285,7 +286,8 @@ class LSTM(_Stack):
     def forward(self, x, hx=None, lengths=None):
         """x (T, B, I) (or (B, T, I) with batch_first), hx = (h0, c0) each (L·D, B, H) or None.
 
-        Returns y (T, B, D·H), (hT, cT) and a ctx for `backward`.
+        Returns y (T, B, D·H), (hT, cT) and a ctx for `backward`.  With
+        proj_size P, h0, hT and y are P wide: (L·D, B, P), (T, B, D·P).
         """
         return self._forward(x, hx, lengths)
 

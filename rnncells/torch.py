@@ -4,9 +4,9 @@
     lstm = LSTM(10, 20, num_layers=2, bidirectional=True, dropout=0.1)
     output, (h_n, c_n) = lstm(packed_or_padded_input, (h0, c0))
 
-Same constructor arguments, parameter names, state_dict keys, inputs
-(padded, batch_first, unbatched, PackedSequence) and return values as
-torch.nn; extra keyword arguments select our variants (`peephole`,
+Same constructor arguments (LSTM's proj_size included), parameter names,
+state_dict keys, inputs (padded, batch_first, unbatched, PackedSequence)
+and return values as torch.nn; extra keyword arguments select our variants (`peephole`,
 `candidate`, `cell_clip`, `zoneout_c` for the LSTMs, `reset_after` for the
 GRUs, `zoneout_h` for both: the flags of `rnncells.variants.LSTMSpec` and
 `GRUSpec`), their extra weights named weight_ch_l{k}[_reverse] (weight_ch
@@ -59,6 +59,7 @@ each layer and calls our forward and backward as they are (a graph break).
 """
 
 import contextlib
+import dataclasses
 import math
 
 import numpy as np
@@ -306,19 +307,22 @@ class _RNN(_Module):
             ("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)))
         # graphs of the step loops where a call launches kernels: CUDA tensors, or CPU ones on cuda-host
         self._graphs = GraphCache() if _checks.flag("graphs", graphs) else None
-        if proj_size:
-            raise NotImplementedError(f"proj_size={proj_size} is not supported yet by rnncells.torch")
+        if proj_size:  # given by position: LSTM's keyword proj_size is already in its spec
+            if not isinstance(spec, LSTMSpec):
+                raise ValueError(f"proj_size={proj_size!r}: projections are an LSTM's, not a GRU's")
+            spec = dataclasses.replace(spec, proj_size=proj_size)
         if not (isinstance(dropout, (int, float)) and 0 <= dropout <= 1) or isinstance(dropout, bool):
             raise ValueError(f"dropout={dropout!r} must be a number in [0, 1]")
         dtype = _check_construction(dtype, dict(input_size=input_size, hidden_size=hidden_size,
                                                 num_layers=num_layers))
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.bias, self.batch_first, self.dropout = bias, batch_first, float(dropout)
-        self.bidirectional, self.proj_size, self.spec = bidirectional, 0, spec
+        self.bidirectional, self.proj_size, self.spec = bidirectional, getattr(spec, "proj_size", 0), spec
         D = 2 if bidirectional else 1
         self._keys = list(spec.param_shapes(1, 1, bias=bias))
+        self._widths = spec.state_sizes(hidden_size)  # {state: width}: h is proj_size wide when projected
         for layer in range(num_layers):
-            size = input_size if layer == 0 else hidden_size * D
+            size = input_size if layer == 0 else self._widths["h"] * D
             for d in range(D):
                 shapes = spec.param_shapes(size, hidden_size, bias=bias)
                 for key, shape in shapes.items():  # torch's order: weight_ih, weight_hh, bias_ih, bias_hh
@@ -342,22 +346,21 @@ class _RNN(_Module):
     def extra_repr(self):
         s = f"{self.input_size}, {self.hidden_size}"
         for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0),
-                              ("bidirectional", False)):
+                              ("bidirectional", False)):  # proj_size, with the variant: _options_repr
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
         return s + self._options_repr()
 
     def _states(self, states, B, unbatched):
-        """The states as (L·D, B, H) tensors (or Nones), checked."""
-        want = (self.num_layers * (2 if self.bidirectional else 1), B, self.hidden_size)
-        names = ("h0", "c0")
-        for k, s in enumerate(states):
+        """The states as (L·D, B, width) tensors (or Nones), checked: h0 proj_size wide when projected."""
+        LD, names = self.num_layers * (2 if self.bidirectional else 1), ("h0", "c0")
+        for k, (s, width, meaning) in enumerate(zip(states, self._widths.values(), self.spec.state_meanings().values())):
             if s is None:
                 continue
             s = s.unsqueeze(1) if unbatched else s
-            if tuple(s.shape) != want:
-                raise ValueError(f"{names[k]} has shape {tuple(s.shape)}; expected {want} = "
-                                 "(num_layers*num_directions, batch, hidden_size)")
+            if tuple(s.shape) != (LD, B, width):
+                raise ValueError(f"{names[k]} has shape {tuple(s.shape)}; expected {(LD, B, width)} = "
+                                 f"(num_layers*num_directions, batch, {meaning})")
             states[k] = s
         return states
 
@@ -409,7 +412,8 @@ class _RNN(_Module):
 
 
 class LSTM(_RNN):
-    """Drop-in torch.nn.LSTM (proj_size=0); `peephole` and `candidate` as in rnncells.lstm_forward.
+    """Drop-in torch.nn.LSTM, proj_size included (weight_hr_l{k}); `peephole` and `candidate` as in
+    rnncells.lstm_forward.
 
     graphs=True: the step loops run as CUDA graphs (`rnncells.GraphCache`) on CUDA tensors, and recorded
     and replayed on CPU tensors with cpu_backend="cuda-host" ("cpu", the default, "numpy" or "cuda-host":

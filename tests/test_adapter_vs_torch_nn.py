@@ -54,20 +54,26 @@ CONFIGS = [
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "lstm-proj_size"])
 def test_values_and_every_gradient_match_torch(kind, cfg):
     T, B, I, H = cfg["T"], cfg["B"], cfg["I"], cfg["H"]
     kw = {k: cfg[k] for k in ("num_layers", "bidirectional", "batch_first")}
+    widths = [H, H]  # h0, c0
+    if kind == "lstm-proj_size":
+        if H < 2:
+            pytest.skip("torch.nn.LSTM takes 0 < proj_size < hidden_size: none for hidden_size=1")
+        kind, kw["proj_size"] = "lstm", max(H - 2, 1)
+        widths[0] = kw["proj_size"]
     ref, ours = twins(kind, I, H, **kw)
     g = torch.Generator().manual_seed(T * 100 + B)
     L = cfg["num_layers"] * (2 if cfg["bidirectional"] else 1)
     if cfg["packed"] == "unbatched":
         x = torch.randn(T, I, generator=g, dtype=torch.float64, requires_grad=True)
-        states = [torch.randn(L, H, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+        states = [torch.randn(L, w, generator=g, dtype=torch.float64, requires_grad=True) for w in widths]
     else:
         x = torch.randn((B, T, I) if cfg["batch_first"] else (T, B, I), generator=g, dtype=torch.float64,
                         requires_grad=True)
-        states = [torch.randn(L, B, H, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+        states = [torch.randn(L, B, w, generator=g, dtype=torch.float64, requires_grad=True) for w in widths]
     hx = (tuple(states) if kind == "lstm" else states[0]) if cfg["hx"] else None
     lengths = torch.randint(1, T + 1, (B,), generator=g)
 
@@ -107,16 +113,16 @@ def test_cells_match_torch_cells(kind, with_hx, unbatched):
         close(u, v)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_state_dicts_round_trip_and_seeded_init_matches_torch(kind):
+@pytest.mark.parametrize("kind,kw", [("lstm", {}), ("gru", {}), ("lstm", {"proj_size": 3})])
+def test_state_dicts_round_trip_and_seeded_init_matches_torch(kind, kw):
     torch.manual_seed(0)
-    ref = PAIRS[kind][0](3, 4, num_layers=2, bidirectional=True)
+    ref = PAIRS[kind][0](3, 4, num_layers=2, bidirectional=True, **kw)
     torch.manual_seed(0)
-    ours = PAIRS[kind][1](3, 4, num_layers=2, bidirectional=True)
+    ours = PAIRS[kind][1](3, 4, num_layers=2, bidirectional=True, **kw)
     assert list(ours.state_dict()) == list(ref.state_dict())
     for k, v in ref.state_dict().items():
         assert torch.equal(ours.state_dict()[k], v), k  # same registration order: same draws
-    back = PAIRS[kind][0](3, 4, num_layers=2, bidirectional=True)
+    back = PAIRS[kind][0](3, 4, num_layers=2, bidirectional=True, **kw)
     with torch.no_grad():
         for p in ours.parameters():
             p.mul_(1.5)
@@ -260,7 +266,12 @@ def test_inference_runs_the_inference_path_and_keeps_no_context(make, mode, monk
 @pytest.mark.parametrize(
     "make,exc,message",
     [
-        (lambda: rt.LSTM(3, 4, proj_size=2), NotImplementedError, "proj_size=2 is not supported yet"),
+        (lambda: rt.GRU(3, 4, proj_size=2), ValueError, "proj_size=2: projections are an LSTM's"),
+        (lambda: rt.LSTM(3, 4, 1, True, False, 0.0, False, 2, zoneout_h=0.1), ValueError,
+         "zoneout_h=0.1 with proj_size=2 is not supported"),
+        (lambda: rt.LSTM(3, 4, proj_size=2)(torch.randn(5, 2, 3), (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4))),
+         ValueError, r"h0 has shape \(1, 2, 4\); expected \(1, 2, 2\) = \(num_layers\*num_directions, batch, "
+         r"proj_size\)"),
         (lambda: rt.GRU(3, 4, dtype=torch.int32), NotImplementedError, "dtype=torch.int32 is not supported by "
          "rnncells.torch"),
         (lambda: rt.LSTM(3, 4, dropout=1.5), ValueError, r"dropout=1.5 must be a number in \[0, 1\]"),
