@@ -58,7 +58,7 @@ def forward(spec, x, params, states, *, lengths=None, training=True, graphs=None
     """The forward of any variant: `spec` a `rnncells.variants` spec, `states` {name: array or None} in the
     spec's order ("h0", "c0"; "h", "c" with step=True, where x is (B, I)).
 
-    Returns y (T, B, H), the final states (a tuple) and a ctx for `backward`
+    Returns y (T, B, width of h), the final states (a tuple) and a ctx for `backward`
     (None with training=False); the cell functions below are this call for
     one family, and the objects and the PyTorch adapter call it.  Zoneout's
     masks are drawn from `generator` in training (`zoneout_masks`); a caller
@@ -177,6 +177,9 @@ def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candi
     with that probability), training=True draws one mask per step from
     `generator` (a numpy.random.Generator, or cupy.random.Generator for
     CuPy arrays; required then), and training=False uses the expectation.
+    With `proj_size` P (torch.nn.LSTM's projection), h = W_hr (o∘tanh c):
+    params has weight_hr (P, H) and weight_hh is (4H, P), and h0, hT and y
+    are P wide; H is then weight_hh's rows / 4.
     """
     spec = LSTMSpec.of({"peephole": peephole, "candidate": candidate, **variant})
     return forward(spec, x, params, {"h0": h0, "c0": c0}, lengths=lengths, training=training, graphs=graphs,
@@ -186,7 +189,7 @@ def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candi
 def lstm_backward(ctx, dy, dhT=None, dcT=None):
     """Gradients of an `lstm_forward`: dx, (dh0, dc0), dparams.
 
-    dy (T, B, H), dhT, dcT (B, H); None means zero.  dparams has the keys and
+    dy (T, B, H), dhT, dcT (B, H) (dy and dhT P wide with proj_size P); None means zero.  dparams has the keys and
     shapes of params.
     """
     return backward(ctx, LSTMSpec, dy, {"dhT": dhT, "dcT": dcT})

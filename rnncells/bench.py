@@ -27,10 +27,12 @@ anyone; the median is reported, and every configuration is measured twice
 (pass 1, pass 2) so the table shows its own noise.  On the CPU each row
 also has a thread count (`CPU_THREADS`), set for both sides: torch's
 intra-op threads and NumPy's BLAS pool.
-The "variants" group times our variants that cuDNN lacks (`VARIANTS`; zoneout
-in training draws its masks on the device within each call), at the
-standard shape and at batch 4: the torch sides run their plain cell, so the
-ratio says what the variant costs against cuDNN's cell without it.
+The "variants" group times our variants (`VARIANTS`; zoneout in training
+draws its masks on the device within each call), at the standard shape and
+at batch 4: for those cuDNN lacks the torch sides run their plain cell, so
+the ratio says what the variant costs against cuDNN's cell without it;
+`proj_size`, which torch.nn.LSTM has, both sides run (the torch loop then
+steps torch.nn.LSTM itself, as LSTMCell has no projection).
 ratio = torch.nn time / rnncells time: above 1, we are faster.  On a GPU each
 configuration also gets the peak memory of one warm training step (fp32 and bf16),
 rnncells and torch.nn, beyond its inputs and parameters (`peak_train_mb`).
@@ -67,9 +69,11 @@ class Config(NamedTuple):
 
 
 GROUPS = ("standard", "small batch", "large", "variants")
-# The "variants" group: per cell, the spec flags of each variant timed (ours; torch runs its plain cell).
-VARIANTS = {"lstm": ((("cell_clip", 1.0),), (("zoneout_h", 0.1), ("zoneout_c", 0.1))),
+# The "variants" group: per cell, the spec flags of each variant timed (ours; torch runs its plain cell but for
+# TORCH_FLAGS, which it has too).  proj_size 128 of H = 512: the 4:1 of Sak et al.'s LSTMP.
+VARIANTS = {"lstm": ((("cell_clip", 1.0),), (("zoneout_h", 0.1), ("zoneout_c", 0.1)), (("proj_size", 128),)),
             "gru": ((("zoneout_h", 0.1),),)}
+TORCH_FLAGS = ("proj_size",)
 # precision -> (our dtype, TF32 on); torch runs float32 modules, under autocast for the half ones (float64 for fp64)
 PRECISIONS = {"fp32": ("float32", False), "tf32": ("float32", True), "fp16": ("float16", False),
               "bf16": ("bfloat16", False), "fp64": ("float64", False)}
@@ -109,14 +113,15 @@ def configs(preset, cells=("lstm", "gru"), groups=GROUPS):
 def _ours(cfg, mode, xp, rotate, seed, graphs=False, precision="fp32", backend=None):
     from . import api
     from ._graphs import GraphCache
-    from .params import init_gru_params, init_lstm_params
+    from .params import init_params
+    from .variants import GRUSpec, LSTMSpec
 
     dtype, tf32 = PRECISIONS[precision]
-    init = init_lstm_params if cfg.cell == "lstm" else init_gru_params
-    params = init(cfg.I, cfg.H, xp=xp, seed=seed, dtype=dtype)
+    spec = (LSTMSpec if cfg.cell == "lstm" else GRUSpec).of(dict(cfg.variant))
+    params = init_params(spec, cfg.I, cfg.H, xp=xp, seed=seed, dtype=dtype)
     rng = np.random.default_rng(seed)
     xs = [xp.asarray(rng.standard_normal((cfg.T, cfg.B, cfg.I)).astype(dtype)) for _ in range(rotate)]
-    dy = xp.asarray(rng.standard_normal((cfg.T, cfg.B, cfg.H)).astype(dtype))
+    dy = xp.asarray(rng.standard_normal((cfg.T, cfg.B, spec.state_sizes(cfg.H)["h"])).astype(dtype))
     fwd = api.lstm_forward if cfg.cell == "lstm" else api.gru_forward
     bwd = api.lstm_backward if cfg.cell == "lstm" else api.gru_backward
     cache = GraphCache() if graphs else None
@@ -142,11 +147,13 @@ def _torch(cfg, mode, device, rotate, seed, loop, precision="fp32"):
     autocast = (lambda: torch.autocast(device, dtype=getattr(torch, dtype))) if half else contextlib.nullcontext
     full = torch.float64 if dtype == "float64" else torch.float32  # the modules' and the inputs' dtype
     torch.manual_seed(seed)
-    cls = {"lstm": (torch.nn.LSTM, torch.nn.LSTMCell), "gru": (torch.nn.GRU, torch.nn.GRUCell)}[cfg.cell][loop]
-    m = cls(cfg.I, cfg.H).to(device, full)
+    flags = {k: v for k, v in cfg.variant if k in TORCH_FLAGS}  # what torch.nn runs of the variant
+    cells = loop and not flags  # a loop of torch.nn.LSTMCell/GRUCell, which have none of TORCH_FLAGS
+    cls = {"lstm": (torch.nn.LSTM, torch.nn.LSTMCell), "gru": (torch.nn.GRU, torch.nn.GRUCell)}[cfg.cell][cells]
+    m = cls(cfg.I, cfg.H, **flags).to(device, full)
     g = torch.Generator().manual_seed(seed)
     xs = [torch.randn(cfg.T, cfg.B, cfg.I, generator=g, dtype=full).to(device) for _ in range(rotate)]
-    dy = torch.randn(cfg.T, cfg.B, cfg.H, generator=g, dtype=full).to(device)
+    dy = torch.randn(cfg.T, cfg.B, flags.get("proj_size") or cfg.H, generator=g, dtype=full).to(device)
     for x in xs:
         x.requires_grad_(mode == "train")
     k = [0]
@@ -156,8 +163,12 @@ def _torch(cfg, mode, device, rotate, seed, loop, precision="fp32"):
             return m(x)[0]
         state, ys = None, []
         for t in range(cfg.T):
-            state = m(x[t], state)
-            ys.append(state[0] if cfg.cell == "lstm" else state)
+            if cells:
+                state = m(x[t], state)
+                ys.append(state[0] if cfg.cell == "lstm" else state)
+            else:  # the whole module, one step a call
+                y, state = m(x[t : t + 1], state)
+                ys.append(y[0])
         return torch.stack(ys)
 
     def step():

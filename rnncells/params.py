@@ -2,7 +2,8 @@
 
 LSTM: weight_ih (4H, I), weight_hh (4H, H), bias_ih (4H,), bias_hh (4H,), gate
 rows i, f, g, o; peephole="full" adds weight_ch (3H, H), "diagonal" adds
-weight_ch (3H,), rows i, f, o.  GRU: the same names with 3H rows r, z, n.
+weight_ch (3H,), rows i, f, o; proj_size P adds weight_hr (P, H) and makes
+weight_hh (4H, P).  GRU: the same names with 3H rows r, z, n.
 Every entry is drawn from U(-1/√H, 1/√H), as torch.nn.LSTM/GRU do.
 """
 
@@ -22,13 +23,16 @@ def init_params(spec, input_size, hidden_size, *, bias=True, dtype="float32", xp
     return {key: xp.asarray(rng.uniform(-k, k, size=s).astype(dtype)) for key, s in shapes.items()}
 
 
-def init_lstm_params(input_size, hidden_size, *, peephole=None, bias=True, dtype="float32", xp=np, seed=0):
-    """A dict of LSTM parameters (torch names and layout), drawn from U(-1/√H, 1/√H).
+def init_lstm_params(input_size, hidden_size, *, peephole=None, proj_size=0, bias=True, dtype="float32", xp=np,
+                     seed=0):
+    """A dict of LSTM parameters (torch names and layout), drawn from U(-1/√H, 1/√H); proj_size > 0 adds
+    weight_hr, as torch.nn.LSTM(proj_size=) has.
 
     `xp` is numpy or cupy: the arrays are created there.  The same seed gives
     the same values on either.
     """
-    return init_params(LSTMSpec(peephole), input_size, hidden_size, bias=bias, dtype=dtype, xp=xp, seed=seed)
+    spec = LSTMSpec(peephole, proj_size=proj_size)
+    return init_params(spec, input_size, hidden_size, bias=bias, dtype=dtype, xp=xp, seed=seed)
 
 
 def init_gru_params(input_size, hidden_size, *, bias=True, dtype="float32", xp=np, seed=0):

@@ -15,6 +15,11 @@ def lstm(**kw):
     return rc.init_lstm_params(I, H, dtype="float64", **kw)
 
 
+def proj(P=2):
+    """Parameters of a projected LSTM (proj_size P)."""
+    return rc.init_lstm_params(I, H, proj_size=P, dtype="float64")
+
+
 def x3(dtype="float64"):
     return np.zeros((T, B, I), dtype=dtype)
 
@@ -35,6 +40,11 @@ CASES = [
     (lambda: rc.lstm_cell_forward(np.zeros((B, I)), np.zeros((B, H)), np.zeros((B, H + 1)), lstm()), ValueError, r"c has shape \(3, 6\); expected \(3, 5\)"),
     (lambda: rc.gru_forward(x3(), {**rc.init_gru_params(I, H, dtype="float64"), "bias_hh": np.zeros(3)}), ValueError, r"params\['bias_hh'\] has shape \(3,\); expected \(15,\) = \(3\*hidden_size,\)"),
     (lambda: rc.lstm_forward(x3(), lstm(peephole="diagonal"), peephole="full"), ValueError, r"params\['weight_ch'\] has shape \(15,\); expected \(15, 5\)"),
+    (lambda: rc.lstm_forward(x3(), proj(), proj_size=2, h0=np.zeros((B, H))), ValueError, r"h0 has shape \(3, 5\); expected \(3, 2\) = \(batch, proj_size\)"),
+    (lambda: rc.lstm_forward(x3(), {**proj(), "weight_hr": np.zeros((H, 2))}, proj_size=2), ValueError, r"params\['weight_hr'\] has shape \(5, 2\); expected \(2, 5\) = \(proj_size, hidden_size\)"),
+    (lambda: rc.lstm_forward(x3(), {**lstm(), "weight_hr": np.zeros((2, H))}, proj_size=2), ValueError, r"params\['weight_hh'\] has shape \(20, 5\); expected \(20, 2\) = \(4\*hidden_size, proj_size\)"),
+    (lambda: rc.lstm_backward(rc.lstm_forward(x3(), proj(), proj_size=2)[-1], np.zeros((T, B, H))), ValueError, r"dy has shape \(4, 3, 5\); expected \(4, 3, 2\)"),
+    (lambda: rc.LSTM(I, H, proj_size=2, dtype="float64")(x3(), (np.zeros((1, B, H)), None)), ValueError, r"h0 has shape \(1, 3, 5\); expected \(1, 3, 2\) = \(num_layers\*num_directions, batch, proj_size\)"),
     # dtypes
     (lambda: rc.lstm_forward(x3("int64"), lstm()), TypeError, r"x has dtype int64; expected float32, float64, float16 or bfloat16"),
     (lambda: rc.lstm_forward(x3("float32"), lstm()), TypeError, r"params\['weight_ih'\] has dtype float64 but x has float32"),
@@ -43,6 +53,7 @@ CASES = [
     # keys
     (lambda: rc.lstm_forward(x3(), {k: v for k, v in lstm().items() if k != "bias_hh"}), ValueError, r"params is missing 'bias_hh'"),
     (lambda: rc.lstm_forward(x3(), lstm(), peephole="full"), ValueError, r"params is missing 'weight_ch', needed for peephole='full'"),
+    (lambda: rc.lstm_forward(x3(), {k: v for k, v in proj().items() if k != "weight_hr"}, proj_size=2), ValueError, r"params is missing 'weight_hr', needed for proj_size=2"),
     (lambda: rc.lstm_forward(x3(), lstm(peephole="full")), ValueError, r"params has unexpected key 'weight_ch'"),
     (lambda: rc.lstm_forward(x3(), [1, 2]), TypeError, r"params must be a dict of arrays, got list"),
     # lengths
@@ -57,6 +68,9 @@ CASES = [
     (lambda: rc.lstm_forward(x3(), lstm(), peephole="ful"), ValueError, r"peephole='ful' is not one of None, 'full', 'diagonal'"),
     (lambda: rc.lstm_forward(x3(), lstm(), candidate="relu"), ValueError, r"candidate='relu' is not one of 'tanh', 'sigmoid'"),
     (lambda: rc.lstm_forward(x3(), lstm(), cell_clip=-1), ValueError, r"cell_clip=-1 must be None or a positive finite number"),
+    (lambda: rc.lstm_forward(x3(), lstm(), proj_size=-2), ValueError, r"proj_size=-2 must be 0 \(no projection\) or a positive integer"),
+    (lambda: rc.lstm_forward(x3(), lstm(), proj_size=2.0), ValueError, r"proj_size=2.0 must be 0"),
+    (lambda: rc.lstm_forward(x3(), proj(), proj_size=2, zoneout_h=0.1), ValueError, r"zoneout_h=0.1 with proj_size=2 is not supported"),
     (lambda: rc.gru_forward(x3(), rc.init_gru_params(I, H, dtype="float64"), reset_after="yes"), ValueError, r"reset_after='yes' must be True or False"),
     (lambda: rc.lstm_forward(x3(), lstm(), zoneout=0.1), TypeError, r"unexpected keyword argument 'zoneout'; the LSTM variant flags are peephole, candidate, cell_clip"),
     (lambda: rc.gru_cell_forward(x3()[0], None, rc.init_gru_params(I, H, dtype="float64"), peephole="full"), TypeError, r"unexpected keyword argument 'peephole'; the GRU variant flags are reset_after"),

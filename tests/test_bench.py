@@ -42,6 +42,7 @@ def test_presets_cover_the_standard_small_and_large_configurations():
     assert [(c.cell, c.T, c.B, c.H, c.variant_text()) for c in variants] == [
         (cell, 100, B, 512, v) for B in (64, 4) for cell, v in (("lstm", "cell_clip=1.0"),
                                                                ("lstm", "zoneout_h=0.1 zoneout_c=0.1"),
+                                                               ("lstm", "proj_size=128"),
                                                                ("gru", "zoneout_h=0.1"))]
     assert [c for c in full if c.variant] == [c for c in variants if c.cell == "lstm"]
     assert all(c.group == "variants" for c in variants)
@@ -227,8 +228,21 @@ def test_a_variant_row_times_our_variant(monkeypatch):
     seen = []
     real = api.lstm_forward
     monkeypatch.setattr(api, "lstm_forward", lambda *a, **kw: (seen.append(kw), real(*a, **kw))[1])
-    for cfg in bench.configs("full", cells=("lstm",), groups=("variants",))[2:]:
+    for cfg in bench.configs("full", cells=("lstm",), groups=("variants",))[len(bench.VARIANTS["lstm"]) :]:  # B=4
         bench._ours(cfg._replace(T=3), "train", np, rotate=1, seed=0)()
-    assert [{k: kw[k] for k in kw if k in ("cell_clip", "zoneout_h", "zoneout_c")} for kw in seen] == [
-        {"cell_clip": 1.0}, {"zoneout_h": 0.1, "zoneout_c": 0.1}]
+    assert [{k: kw[k] for k in kw if k in ("cell_clip", "zoneout_h", "zoneout_c", "proj_size")} for kw in seen] == [
+        {"cell_clip": 1.0}, {"zoneout_h": 0.1, "zoneout_c": 0.1}, {"proj_size": 128}]
     assert seen[1]["generator"] is not None
+
+
+def test_a_projected_row_runs_torch_nn_with_the_same_projection(monkeypatch):
+    """proj_size is torch.nn.LSTM's own: both sides project (the torch loop steps torch.nn.LSTM, since LSTMCell
+    cannot), so the ratio compares like with like."""
+    torch = pytest.importorskip("torch")
+    made = []
+    real = torch.nn.LSTM
+    monkeypatch.setattr(torch.nn, "LSTM", lambda *a, **kw: (made.append(kw), real(*a, **kw))[1])
+    cfg = next(c for c in bench.configs("full", cells=("lstm",), groups=("variants",)) if "proj_size" in dict(c.variant))
+    for loop in (False, True):
+        bench._torch(cfg._replace(T=3, B=2, I=4, H=8, variant=(("proj_size", 3),)), "train", "cpu", 1, 0, loop)()
+    assert made == [{"proj_size": 3}, {"proj_size": 3}]

@@ -5,7 +5,8 @@ the parameters and the output y are the caller's; everything else the
 context holds counts.  y doubles as the hidden-state history, so the
 backward must leave it unchanged.  In half precision those elements are
 half-sized, except the LSTM's cell states, which stay float32.  Zoneout adds
-its masks: one byte per unit and step of each zoned-out state.
+its masks: one byte per unit and step of each zoned-out state.  A projected
+LSTM (proj_size) also keeps h' before its projection, T·B·H more: (G+2)·T·B·H.
 """
 
 import numpy as np
@@ -35,6 +36,11 @@ def _forward(p, backend):
                generator=np.random.default_rng(0))
 
 
+def _kept(spec):
+    """How many T·B·H arrays a forward may keep: G + 1, and h' for a projected LSTM."""
+    return spec.gates + 1 + (1 if getattr(spec, "proj_size", 0) else 0)
+
+
 def _saved(p, backend):
     """The arrays a forward's context keeps besides the caller's (x, the states, the parameters, y)."""
     y, _, ctx = _forward(p, backend)
@@ -44,10 +50,11 @@ def _saved(p, backend):
 
 
 def test_saved_activations_stay_within_g_plus_one_t_b_h(spec, cpu_backend):
+    """At most (G+1)·T·B·H elements ((G+2)·T·B·H with a projection, which keeps h'), and the masks' bytes."""
     T, B, H = 6, 3, 5
     saved = _saved(verify.problem(spec, T=T, B=B, I=4, H=H, dtype="float32", lengths=np.array([6, 2, 0])),
                    cpu_backend)
-    assert sum(a.size for a in saved) <= (spec.gates + 1) * T * B * H
+    assert sum(a.size for a in saved) <= _kept(spec) * T * B * H
     assert saved, "the context must keep the gates it needs"
     p = verify.problem(spec, T=T, B=B, I=4, H=H, dtype="float32")
     masks = [a for a in _arrays(_forward(p, cpu_backend)[-1].inner) if a.dtype == np.uint8]
@@ -67,8 +74,8 @@ def test_half_precision_saves_half_sized_activations_and_float32_cell_states(spe
     assert {a.shape for a in single} <= c_shapes
     assert ((T, B, H) in {a.shape for a in single}) == (spec.cell == "lstm")  # c of every step, in float32
     nbytes = sum(a.nbytes for a in half) + sum(a.nbytes for a in single if a.shape != (3 * H, H))
-    if spec.cell == "lstm":  # gates in S; c of every step, and c0, in float32: 12 bytes per T·B·H against 20
-        assert nbytes <= spec.gates * T * B * H * 2 + (T + 1) * B * H * 4
+    if spec.cell == "lstm":  # gates (and h') in S; c of every step, and c0, in float32: 12 (14) bytes per T·B·H
+        assert nbytes <= (_kept(spec) - 1) * T * B * H * 2 + (T + 1) * B * H * 4
     else:
         assert nbytes <= (spec.gates + 1) * T * B * H * 2
 
