@@ -136,7 +136,7 @@ def call(spec, x, params, states, *, lengths=None, sequence=True):
             raise _shape_error(f"params[{k!r}]", params[k].shape, shape, meaning[k])
     widths = dict(zip(states, zip(spec.state_sizes(H).values(), spec.state_meanings().values())))
     for name, a in given.items():
-        (width, meaning) = widths[name]
+        width, meaning = widths[name]
         if tuple(a.shape) != (B, width):
             raise _shape_error(name, a.shape, (B, width), f"(batch, {meaning})")
     if lengths is not None:

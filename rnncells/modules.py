@@ -270,10 +270,11 @@ class LSTM(_Stack):
     """A multi-layer, optionally bidirectional LSTM with torch.nn.LSTM's parameter names.
 
     `peephole`, `candidate` (and any other `variant` flag), `tf32` and
-    `backend` as in `rnncells.lstm_forward` (backend=None follows `xp`); the peephole weights
-    are named weight_ch_l{k}[_reverse], and proj_size's weight_hr_l{k}[_reverse] as torch.nn.LSTM's.  graphs=True runs the step loops as
-    CUDA graphs (see `rnncells.GraphCache`) on the backends that launch
-    kernels: "cupy", and "cuda-host", which records and replays them.
+    `backend` as in `rnncells.lstm_forward` (backend=None follows `xp`); the
+    peephole weights are named weight_ch_l{k}[_reverse], and proj_size's
+    weight_hr_l{k}[_reverse] as torch.nn.LSTM's.  graphs=True runs the step
+    loops as CUDA graphs (see `rnncells.GraphCache`) on the backends that
+    launch kernels: "cupy", and "cuda-host", which records and replays them.
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, bidirectional=False, *,

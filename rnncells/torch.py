@@ -354,7 +354,8 @@ class _RNN(_Module):
     def _states(self, states, B, unbatched):
         """The states as (L·D, B, width) tensors (or Nones), checked: h0 proj_size wide when projected."""
         LD, names = self.num_layers * (2 if self.bidirectional else 1), ("h0", "c0")
-        for k, (s, width, meaning) in enumerate(zip(states, self._widths.values(), self.spec.state_meanings().values())):
+        meanings = self.spec.state_meanings().values()
+        for k, (s, width, meaning) in enumerate(zip(states, self._widths.values(), meanings)):
             if s is None:
                 continue
             s = s.unsqueeze(1) if unbatched else s

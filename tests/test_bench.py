@@ -242,7 +242,8 @@ def test_a_projected_row_runs_torch_nn_with_the_same_projection(monkeypatch):
     made = []
     real = torch.nn.LSTM
     monkeypatch.setattr(torch.nn, "LSTM", lambda *a, **kw: (made.append(kw), real(*a, **kw))[1])
-    cfg = next(c for c in bench.configs("full", cells=("lstm",), groups=("variants",)) if "proj_size" in dict(c.variant))
+    variants = bench.configs("full", cells=("lstm",), groups=("variants",))
+    cfg = next(c for c in variants if "proj_size" in dict(c.variant))
     for loop in (False, True):
         bench._torch(cfg._replace(T=3, B=2, I=4, H=8, variant=(("proj_size", 3),)), "train", "cpu", 1, 0, loop)()
     assert made == [{"proj_size": 3}, {"proj_size": 3}]
