@@ -91,3 +91,24 @@ def test_objects_show_their_variant_flags_as_attributes(make, flags):
     with pytest.raises(AttributeError, match="has no attribute 'dropout'"):
         m.dropout
 
+
+
+def test_a_stacked_projected_lstm_is_torch_nn_lstm_with_proj_size():
+    """Layer widths (the next layer reads 2·proj_size), state shapes and weight_hr_l{k}[_reverse], as torch's."""
+    torch = pytest.importorskip("torch")
+    ref = torch.nn.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2, dtype=torch.float64)
+    m = rc.LSTM(3, 5, num_layers=2, bidirectional=True, proj_size=2, dtype="float64")
+    assert list(m.params) == [k for k, _ in ref.named_parameters()]
+    for k, v in ref.named_parameters():
+        m.params[k][...] = v.detach().numpy()
+    rng = np.random.default_rng(3)
+    x, dy = rng.standard_normal((6, 4, 3)), rng.standard_normal((6, 4, 4))
+    h0, c0, dhT, dcT = (rng.standard_normal((4, 4, w)) for w in (2, 5, 2, 5))
+    y, (hT, cT), ctx = m(x, (h0, c0))
+    dx, (dh0, dc0) = m.backward(ctx, dy, dhT, dcT)
+    tx, th0, tc0 = (torch.tensor(a, requires_grad=True) for a in (x, h0, c0))
+    ty, (thT, tcT) = ref(tx, (th0, tc0))
+    ((ty * torch.tensor(dy)).sum() + (thT * torch.tensor(dhT)).sum() + (tcT * torch.tensor(dcT)).sum()).backward()
+    for got, want in [(y, ty), (hT, thT), (cT, tcT), (dx, tx.grad), (dh0, th0.grad), (dc0, tc0.grad),
+                      *((m.grads[k], v.grad) for k, v in ref.named_parameters())]:
+        np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-10, atol=1e-12)
