@@ -57,6 +57,13 @@ __device__ __forceinline__ C zone(const unsigned char* __restrict__ mask, const 
   if (mask != nullptr) return mask[idx] ? C(prev[idx]) : next;
   return p == C(0) ? next : p * C(prev[idx]) + (C(1) - p) * next;
 }
+// Variational recurrent dropout (Gal & Ghahramani 2016): the recurrent GEMMs read d∘h instead of h, d = mask / (1 − p)
+// with one byte mask [B, H] per sequence (1 keeps the unit), so d's gradient factor is d again; no mask (evaluation,
+// or no recurrent_dropout) is d = 1.  A product, not a select, so NaN in h or dh passes as through the reference.
+template <typename C>
+__device__ __forceinline__ C kept(const unsigned char* __restrict__ mask, const int idx, const C scale) {
+  return mask == nullptr ? C(1) : C(mask[idx]) * scale;
+}
 template <typename C>
 __device__ __forceinline__ void zone_grad(const unsigned char* __restrict__ mask, const int idx, const C p, const C d,
                                           C& d_prev, C& d_next) {

@@ -74,79 +74,87 @@ inline const unsigned char* step_mask(const unsigned char* masks, int t, std::pt
   return masks == nullptr ? nullptr : masks + t * BH;
 }
 
-// lstm_forward_steps: cell_clip (CLIP), zoneout_h, zoneout_c (ZONEOUT), xw [T, B, 4H], h0 [B, H], c0 [B, H],
-// w_hh [4H, H], w_ch [3H, H] (FULL), w_peep [3H] (DIAGONAL), zone_h, zone_c [T, B, H] or null, lengths [B] or null;
-// y [T, B, H], cs [T, B, H] (inference: [2, B, H] ping-pong), gates [T, B, 4H] (TRAINING), h_last [B, H] or null;
-// hw [B, 4H], cw [B, 3H] (FULL).
+// lstm_forward_steps: cell_clip (CLIP), zoneout_h, zoneout_c (ZONEOUT), rdrop_scale, xw [T, B, 4H], h0 [B, H],
+// c0 [B, H], w_hh [4H, H], w_ch [3H, H] (FULL), w_peep [3H] (DIAGONAL), zone_h, zone_c [T, B, H] or null, rdrop
+// [B, H] or null, lengths [B] or null; y [T, B, H], cs [T, B, H] (inference: [2, B, H] ping-pong), gates
+// [T, B, 4H] (TRAINING), h_last [B, H] or null; hw [B, 4H], cw [B, 3H] (FULL), h_drop [B, H] (rdrop: d∘h, the
+// GEMM's input, holding d∘h0 at the start).
 template <typename S, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT, bool TRAINING>
-void lstm_forward_steps(const Blas blas, int T, int B, int H, S cell_clip, S zoneout_h, S zoneout_c, const S* xw,
-                        const S* h0, const S* c0, const S* w_hh, const S* w_ch, const S* w_peep,
-                        const unsigned char* zone_h, const unsigned char* zone_c, const int* lengths, S* y, S* cs,
-                        S* gates, S* h_last, S* hw, S* cw) {
+void lstm_forward_steps(const Blas blas, int T, int B, int H, S cell_clip, S zoneout_h, S zoneout_c, S rdrop_scale,
+                        const S* xw, const S* h0, const S* c0, const S* w_hh, const S* w_ch, const S* w_peep,
+                        const unsigned char* zone_h, const unsigned char* zone_c, const unsigned char* rdrop,
+                        const int* lengths, S* y, S* cs, S* gates, S* h_last, S* hw, S* cw, S* h_drop) {
   const Size BH = Size(B) * H;
   for (int t = 0; t < T; ++t) {
     const Size s = TRAINING ? t : t % 2, prev = TRAINING ? t - 1 : (t + 1) % 2;
     const S* c = t == 0 ? c0 : cs + prev * BH;
     const S* h = t == 0 ? h0 : y + (t - 1) * BH;
-    gemm(blas, true, B, 4 * H, H, h, H, w_hh, H, hw, 4 * H);
+    gemm(blas, true, B, 4 * H, H, rdrop != nullptr ? h_drop : h, H, w_hh, H, hw, 4 * H);
     if (PEEPHOLE == PEEPHOLE_FULL) gemm(blas, true, B, 3 * H, H, c, H, w_ch, H, cw, 3 * H);
     run(lstm_forward_step<S, S, PEEPHOLE, SIGMOID_CANDIDATE, CLIP, ZONEOUT, TRAINING>, B * H, t, B, H, cell_clip,
-        zoneout_h, zoneout_c, xw + t * 4 * BH, hw, cw, h, c, cs + s * BH, y + t * BH, h_last,
-        TRAINING ? gates + t * 4 * BH : nullptr, w_peep, step_mask(zone_h, t, BH), step_mask(zone_c, t, BH), lengths);
+        zoneout_h, zoneout_c, rdrop_scale, xw + t * 4 * BH, hw, cw, h, c, cs + s * BH, y + t * BH, h_last,
+        TRAINING ? gates + t * 4 * BH : nullptr, w_peep, step_mask(zone_h, t, BH), step_mask(zone_c, t, BH), rdrop,
+        h_drop, lengths);
   }
 }
 
-// lstm_backward_steps: cell_clip, zoneout_h, zoneout_c as above, gates [T, B, 4H], c0 [B, H], cs [T, B, H],
-// dy [T, B, H], w_rec [4H, n_rec], w_peep [3H] (DIAGONAL), zone_h, zone_c [T, B, H] or null, lengths [B] or null;
-// dcarry [2, B, 2H], drec [2, B, n_rec] (ping-pong, row T % 2 holding dhT, dcT and 0), da [T, B, 4H].
+// lstm_backward_steps: cell_clip, zoneout_h, zoneout_c, rdrop_scale as above, gates [T, B, 4H], c0 [B, H],
+// cs [T, B, H], dy [T, B, H], w_rec [4H, n_rec], w_peep [3H] (DIAGONAL), zone_h, zone_c [T, B, H] or null, rdrop
+// [B, H] or null, lengths [B] or null; dcarry [2, B, 2H], drec [2, B, n_rec] (ping-pong, row T % 2 holding dhT,
+// dcT and 0), da [T, B, 4H].
 template <typename S, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT>
-void lstm_backward_steps(const Blas blas, int T, int B, int H, S cell_clip, S zoneout_h, S zoneout_c, int n_rec,
-                         const S* gates, const S* c0, const S* cs, const S* dy, const S* w_rec, const S* w_peep,
-                         const unsigned char* zone_h, const unsigned char* zone_c, const int* lengths, S* dcarry,
-                         S* drec, S* da) {
+void lstm_backward_steps(const Blas blas, int T, int B, int H, S cell_clip, S zoneout_h, S zoneout_c, S rdrop_scale,
+                         int n_rec, const S* gates, const S* c0, const S* cs, const S* dy, const S* w_rec,
+                         const S* w_peep, const unsigned char* zone_h, const unsigned char* zone_c,
+                         const unsigned char* rdrop, const int* lengths, S* dcarry, S* drec, S* da) {
   const Size BH = Size(B) * H;
   for (int t = T - 1; t >= 0; --t) {
     const Size nxt = (t + 1) % 2, cur = t % 2;
     run(lstm_backward_step<S, S, PEEPHOLE, SIGMOID_CANDIDATE, CLIP, ZONEOUT>, B * H, t, B, H, cell_clip, zoneout_h,
-        zoneout_c, n_rec, gates + t * 4 * BH, t == 0 ? c0 : cs + (t - 1) * BH, cs + t * BH, dy + t * BH,
+        zoneout_c, rdrop_scale, n_rec, gates + t * 4 * BH, t == 0 ? c0 : cs + (t - 1) * BH, cs + t * BH, dy + t * BH,
         dcarry + nxt * 2 * BH, drec + nxt * B * n_rec, dcarry + cur * 2 * BH, da + t * 4 * BH, w_peep,
-        step_mask(zone_h, t, BH), step_mask(zone_c, t, BH), lengths);
+        step_mask(zone_h, t, BH), step_mask(zone_c, t, BH), rdrop, lengths);
     gemm(blas, false, B, n_rec, 4 * H, da + t * 4 * BH, 4 * H, w_rec, n_rec, drec + cur * B * n_rec, n_rec);
   }
 }
 
 // gru_forward_steps: zoneout_h (ZONEOUT), xw [T, B, 3H], h0 [B, H], w_hh [3H, H], b_hn [H] (RESET_AFTER),
-// zone_h [T, B, H] or null, lengths [B] or null; y [T, B, H],
+// zone_h [T, B, H] or null, rdrop [B, H] or null, lengths [B] or null; y [T, B, H],
 // gates [T, B, 4H] (RESET_AFTER, TRAINING) or [T, B, 3H] (reset before; inference: [1, B, 3H]), rh [T or 1, B, H]
-// (reset before), h_last [B, H] or null; gh [B, 3H] (RESET_AFTER), or ghrz [B, 2H] and ghn [B, H].
+// (reset before), h_last [B, H] or null; gh [B, 3H] (RESET_AFTER), or ghrz [B, 2H] and ghn [B, H]; h_drop [B, H]
+// (rdrop: d∘h, the GEMMs' input, holding d∘h0 at the start).
 template <typename S, bool RESET_AFTER, bool ZONEOUT, bool TRAINING>
-void gru_forward_steps(const Blas blas, int T, int B, int H, S zoneout_h, const S* xw, const S* h0, const S* w_hh,
-                       const S* b_hn, const unsigned char* zone_h, const int* lengths, S* y, S* gates, S* rh,
-                       S* h_last, S* gh, S* ghrz, S* ghn) {
+void gru_forward_steps(const Blas blas, int T, int B, int H, S zoneout_h, S rdrop_scale, const S* xw, const S* h0,
+                       const S* w_hh, const S* b_hn, const unsigned char* zone_h, const unsigned char* rdrop,
+                       const int* lengths, S* y, S* gates, S* rh, S* h_last, S* gh, S* ghrz, S* ghn, S* h_drop) {
   const Size BH = Size(B) * H;
   for (int t = 0; t < T; ++t) {
     const S* h = t == 0 ? h0 : y + (t - 1) * BH;
+    const S* h_in = rdrop != nullptr ? h_drop : h;  // what the GEMMs (and r∘h) read
     if (RESET_AFTER) {
-      gemm(blas, true, B, 3 * H, H, h, H, w_hh, H, gh, 3 * H);
-      run(gru_forward_step<S, S, ZONEOUT, TRAINING>, B * H, t, B, H, zoneout_h, xw + t * 3 * BH, gh, b_hn, h,
-          y + t * BH, h_last, TRAINING ? gates + t * 4 * BH : nullptr, step_mask(zone_h, t, BH), lengths);
+      gemm(blas, true, B, 3 * H, H, h_in, H, w_hh, H, gh, 3 * H);
+      run(gru_forward_step<S, S, ZONEOUT, TRAINING>, B * H, t, B, H, zoneout_h, rdrop_scale, xw + t * 3 * BH, gh,
+          b_hn, h, y + t * BH, h_last, TRAINING ? gates + t * 4 * BH : nullptr, step_mask(zone_h, t, BH), rdrop,
+          h_drop, lengths);
     } else {
       const Size s = TRAINING ? t : 0;
-      gemm(blas, true, B, 2 * H, H, h, H, w_hh, H, ghrz, 2 * H);
-      run(gru_rz_step<S, S>, B * H, B, H, xw + t * 3 * BH, ghrz, h, gates + s * 3 * BH, rh + s * BH);
+      gemm(blas, true, B, 2 * H, H, h_in, H, w_hh, H, ghrz, 2 * H);
+      run(gru_rz_step<S, S>, B * H, B, H, xw + t * 3 * BH, ghrz, h_in, gates + s * 3 * BH, rh + s * BH);
       gemm(blas, true, B, H, H, rh + s * BH, H, w_hh + Size(2) * H * H, H, ghn, H);
-      run(gru_n_step<S, S, ZONEOUT>, B * H, t, B, H, zoneout_h, xw + t * 3 * BH, ghn, h, y + t * BH, h_last,
-          gates + s * 3 * BH, step_mask(zone_h, t, BH), lengths);
+      run(gru_n_step<S, S, ZONEOUT>, B * H, t, B, H, zoneout_h, rdrop_scale, xw + t * 3 * BH, ghn, h, y + t * BH,
+          h_last, gates + s * 3 * BH, step_mask(zone_h, t, BH), rdrop, h_drop, lengths);
     }
   }
 }
 
-// gru_backward_steps: zoneout_h (ZONEOUT), gates [T, B, 4H] (RESET_AFTER) or [T, B, 3H], h0 [B, H], y [T, B, H],
-// dy [T, B, H], w_hh [3H, H], zone_h [T, B, H] or null, lengths [B] or null; dcarry, drec [2, B, H] (ping-pong, row
-// T % 2 holding dhT and 0), dg [T, B, 3H], dgh [T, B, 3H] (RESET_AFTER), drh [B, H] (reset before).
+// gru_backward_steps: zoneout_h (ZONEOUT), rdrop_scale, gates [T, B, 4H] (RESET_AFTER) or [T, B, 3H], h0 [B, H],
+// y [T, B, H], h_drops [T, B, H] (rdrop: each step's d∘h) or null, dy [T, B, H], w_hh [3H, H], zone_h [T, B, H] or
+// null, rdrop [B, H] or null, lengths [B] or null; dcarry, drec [2, B, H] (ping-pong, row T % 2 holding dhT and 0),
+// dg [T, B, 3H], dgh [T, B, 3H] (RESET_AFTER), drh [B, H] (reset before).
 template <typename S, bool RESET_AFTER, bool ZONEOUT>
-void gru_backward_steps(const Blas blas, int T, int B, int H, S zoneout_h, const S* gates, const S* h0, const S* y,
-                        const S* dy, const S* w_hh, const unsigned char* zone_h, const int* lengths, S* dcarry,
+void gru_backward_steps(const Blas blas, int T, int B, int H, S zoneout_h, S rdrop_scale, const S* gates,
+                        const S* h0, const S* y, const S* h_drops, const S* dy, const S* w_hh,
+                        const unsigned char* zone_h, const unsigned char* rdrop, const int* lengths, S* dcarry,
                         S* drec, S* dg, S* dgh, S* drh) {
   const Size BH = Size(B) * H;
   for (int t = T - 1; t >= 0; --t) {
@@ -154,16 +162,17 @@ void gru_backward_steps(const Blas blas, int T, int B, int H, S zoneout_h, const
     const S* h = t == 0 ? h0 : y + (t - 1) * BH;
     S* dg_t = dg + t * 3 * BH;
     if (RESET_AFTER) {
-      run(gru_backward_step<S, S, ZONEOUT>, B * H, t, B, H, zoneout_h, gates + t * 4 * BH, h, dy + t * BH,
-          dcarry + nxt * BH, drec + nxt * BH, dcarry + cur * BH, dg_t, dgh + t * 3 * BH, step_mask(zone_h, t, BH),
-          lengths);
+      run(gru_backward_step<S, S, ZONEOUT>, B * H, t, B, H, zoneout_h, rdrop_scale, gates + t * 4 * BH, h,
+          dy + t * BH, dcarry + nxt * BH, drec + nxt * BH, dcarry + cur * BH, dg_t, dgh + t * 3 * BH,
+          step_mask(zone_h, t, BH), rdrop, lengths);
       gemm(blas, false, B, H, 3 * H, dgh + t * 3 * BH, 3 * H, w_hh, H, drec + cur * BH, H);
     } else {
       const S* gates_t = gates + t * 3 * BH;
-      run(gru_n_backward_step<S, S, ZONEOUT>, B * H, t, B, H, zoneout_h, gates_t, h, dy + t * BH, dcarry + nxt * BH,
-          drec + nxt * BH, dcarry + cur * BH, dg_t, step_mask(zone_h, t, BH), lengths);
+      run(gru_n_backward_step<S, S, ZONEOUT>, B * H, t, B, H, zoneout_h, rdrop_scale, gates_t, h, dy + t * BH,
+          dcarry + nxt * BH, drec + nxt * BH, dcarry + cur * BH, dg_t, step_mask(zone_h, t, BH), rdrop, lengths);
       gemm(blas, false, B, H, H, dg_t + 2 * H, 3 * H, w_hh + Size(2) * H * H, H, drh, H);
-      run(gru_rz_backward_step<S, S>, B * H, t, B, H, gates_t, h, drh, dcarry + cur * BH, dg_t, lengths);
+      run(gru_rz_backward_step<S, S>, B * H, t, B, H, rdrop_scale, gates_t, rdrop != nullptr ? h_drops + t * BH : h,
+          drh, dcarry + cur * BH, dg_t, rdrop, lengths);
       gemm(blas, false, B, H, 2 * H, dg_t, 3 * H, w_hh, H, drec + cur * BH, H);
     }
   }

@@ -4,19 +4,22 @@
 //   r = σ(xw_r + gh_r)   z = σ(xw_z + gh_z)   n = tanh(xw_n + r∘(gh_n + b_hn))
 //   h' = (1 − z)∘n + z∘h
 // ZONEOUT: h' zoned out (common.cuh's zone(): each unit keeps its previous value where its mask is set).
+// Recurrent dropout (a mask given): the GEMMs read h_drop = d∘h (common.cuh's kept()), which the kernel that writes
+// h' also writes; gh, and reset before r∘h, are of d∘h; the mix z∘h is of h itself.
 // h' is stored once, in y, which is also the next step's h (past an item's length y is 0, and
 // its last h' goes to h_last).
 // backward, dh = dh' + dy, dh' arriving in two parts: dcarry, which the later step's kernel wrote,
 // and drec, the recurrent GEMM's output:
 //   da_n = dh∘(1 − z)∘(1 − n²)   da_z = dh∘(h − n)∘z(1 − z)   da_r = da_n∘(gh_n + b_hn)∘r(1 − r)
 //   dgi = [da_r, da_z, da_n]     dgh = [da_r, da_z, r∘da_n]     dh_prev = z∘dh (+ dgh Whh, next kernel)
-//   (ZONEOUT: dh is first split by zone_grad, its previous-state part added to dh_prev)
+//   (ZONEOUT: dh is first split by zone_grad, its previous-state part added to dh_prev; recurrent dropout: the
+//   GEMM's part is d(d∘h), so d∘drec, and reset before r∘d(r∘d∘h) is d∘r∘drh)
 // reset before (Cho et al., Keras) needs the GEMM (r∘h) Whnᵀ between r and n, so it is
 // two kernels each way: gru_rz_step / gru_n_step and gru_n_backward_step / gru_rz_backward_step.
 #include "common.cuh"
 
 template <typename S, typename C, bool ZONEOUT, bool TRAINING>
-__global__ void gru_forward_step(const int t, const int B, const int H, const C zoneout_h,
+__global__ void gru_forward_step(const int t, const int B, const int H, const C zoneout_h, const C rdrop_scale,
                                  const S* __restrict__ xw,        // [B, 3H] x Wihᵀ + b_ih + [b_hr, b_hz, 0]
                                  const C* __restrict__ gh,        // [B, 3H] h Whhᵀ
                                  const S* __restrict__ b_hn,      // [H]
@@ -25,6 +28,8 @@ __global__ void gru_forward_step(const int t, const int B, const int H, const C 
                                  S* __restrict__ h_last,          // [B, H] h' of each item's last step, or null
                                  S* __restrict__ gates,           // [B, 4H] r z n (gh_n + b_hn), when TRAINING
                                  const unsigned char* __restrict__ zone_h,  // [B, H] zoneout mask, or null
+                                 const unsigned char* __restrict__ rdrop,   // [B, H] recurrent dropout mask or null
+                                 S* __restrict__ h_drop,          // [B, H] d∘h', the next GEMM's h (with rdrop)
                                  const int* __restrict__ lengths  // [B] or null
 ) {
   const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
@@ -45,12 +50,14 @@ __global__ void gru_forward_step(const int t, const int B, const int H, const C 
     gates[saved_r_idx + 3 * H] = S(ghn);
   }
   const bool active = is_active(lengths, t, b);
-  y[state_idx] = active ? S(h1) : S(C(0));
+  const S y1 = active ? S(h1) : S(C(0));
+  y[state_idx] = y1;
+  if (rdrop != nullptr) h_drop[state_idx] = S(C(y1) * kept(rdrop, state_idx, rdrop_scale));
   if (h_last != nullptr && active) h_last[state_idx] = S(h1);
 }
 
 template <typename S, typename C, bool ZONEOUT>
-__global__ void gru_backward_step(const int t, const int B, const int H, const C zoneout_h,
+__global__ void gru_backward_step(const int t, const int B, const int H, const C zoneout_h, const C rdrop_scale,
                                   const S* __restrict__ gates,     // [B, 4H] r z n (gh_n + b_hn)
                                   const S* __restrict__ h,         // [B, H] before the step
                                   const S* __restrict__ dy,        // [B, H]
@@ -60,6 +67,7 @@ __global__ void gru_backward_step(const int t, const int B, const int H, const C
                                   S* __restrict__ dgi,             // [B, 3H] d(xw)
                                   S* __restrict__ dgh,             // [B, 3H] d(gh)
                                   const unsigned char* __restrict__ zone_h,  // [B, H] zoneout mask, or null
+                                  const unsigned char* __restrict__ rdrop,   // [B, H] recurrent dropout mask or null
                                   const int* __restrict__ lengths  // [B] or null
 ) {
   const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
@@ -67,7 +75,7 @@ __global__ void gru_backward_step(const int t, const int B, const int H, const C
   const int b = state_idx / H, j = state_idx % H;
   const int r_idx = b * 3 * H + j, z_idx = r_idx + H, n_idx = r_idx + 2 * H;  // in [B, 3H]
   const int saved_r_idx = b * 4 * H + j;                                       // in [B, 4H]
-  const C dh_in = dcarry[state_idx] + drec[state_idx];
+  const C dh_in = dcarry[state_idx] + drec[state_idx] * kept(rdrop, state_idx, rdrop_scale);
   if (!is_active(lengths, t, b)) {
     dcarry_out[state_idx] = dh_in;
     dgi[r_idx] = dgi[z_idx] = dgi[n_idx] = S(C(0));
@@ -92,7 +100,7 @@ template <typename S, typename C>
 __global__ void gru_rz_step(const int B, const int H,
                             const S* __restrict__ xw,    // [B, 3H] x Wihᵀ + b_ih + b_hh
                             const C* __restrict__ ghrz,  // [B, 2H] h Whh_rzᵀ
-                            const S* __restrict__ h,     // [B, H]
+                            const S* __restrict__ h,     // [B, H] (recurrent dropout: d∘h)
                             S* __restrict__ gates,       // [B, 3H] gets r, z
                             S* __restrict__ rh           // [B, H] r∘h
 ) {
@@ -108,7 +116,7 @@ __global__ void gru_rz_step(const int B, const int H,
 }
 
 template <typename S, typename C, bool ZONEOUT>
-__global__ void gru_n_step(const int t, const int B, const int H, const C zoneout_h,
+__global__ void gru_n_step(const int t, const int B, const int H, const C zoneout_h, const C rdrop_scale,
                            const S* __restrict__ xw,        // [B, 3H]
                            const C* __restrict__ ghn,       // [B, H] (r∘h) Whnᵀ
                            const S* __restrict__ h,         // [B, H] before the step
@@ -116,6 +124,8 @@ __global__ void gru_n_step(const int t, const int B, const int H, const C zoneou
                            S* __restrict__ h_last,          // [B, H] h' of each item's last step, or null
                            S* __restrict__ gates,           // [B, 3H] reads z, gets n
                            const unsigned char* __restrict__ zone_h,  // [B, H] zoneout mask, or null
+                           const unsigned char* __restrict__ rdrop,   // [B, H] recurrent dropout mask or null
+                           S* __restrict__ h_drop,          // [B, H] d∘h', the next GEMMs' h (with rdrop)
                            const int* __restrict__ lengths  // [B] or null
 ) {
   const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
@@ -128,12 +138,14 @@ __global__ void gru_n_step(const int t, const int B, const int H, const C zoneou
   C h1 = (C(1) - z) * n + z * C(h[state_idx]);
   if constexpr (ZONEOUT) h1 = zone(zone_h, state_idx, zoneout_h, h, h1);
   const bool active = is_active(lengths, t, b);
-  y[state_idx] = active ? S(h1) : S(C(0));
+  const S y1 = active ? S(h1) : S(C(0));
+  y[state_idx] = y1;
+  if (rdrop != nullptr) h_drop[state_idx] = S(C(y1) * kept(rdrop, state_idx, rdrop_scale));
   if (h_last != nullptr && active) h_last[state_idx] = S(h1);
 }
 
 template <typename S, typename C, bool ZONEOUT>
-__global__ void gru_n_backward_step(const int t, const int B, const int H, const C zoneout_h,
+__global__ void gru_n_backward_step(const int t, const int B, const int H, const C zoneout_h, const C rdrop_scale,
                                     const S* __restrict__ gates,     // [B, 3H] r z n
                                     const S* __restrict__ h,         // [B, H]
                                     const S* __restrict__ dy,        // [B, H]
@@ -142,13 +154,14 @@ __global__ void gru_n_backward_step(const int t, const int B, const int H, const
                                     C* __restrict__ dcarry_out,      // [B, H] dh, this kernel's part (so far)
                                     S* __restrict__ dg,              // [B, 3H] gets da_z, da_n
                                     const unsigned char* __restrict__ zone_h,  // [B, H] zoneout mask, or null
+                                    const unsigned char* __restrict__ rdrop,   // [B, H] recurrent dropout mask or null
                                     const int* __restrict__ lengths  // [B] or null
 ) {
   const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
   if (state_idx >= B * H) return;
   const int b = state_idx / H, j = state_idx % H;
   const int z_idx = b * 3 * H + j + H, n_idx = z_idx + H;  // in [B, 3H]
-  const C dh_in = dcarry[state_idx] + drec[state_idx];
+  const C dh_in = dcarry[state_idx] + drec[state_idx] * kept(rdrop, state_idx, rdrop_scale);
   if (!is_active(lengths, t, b)) {
     dcarry_out[state_idx] = dh_in;
     dg[z_idx] = dg[n_idx] = S(C(0));
@@ -163,12 +176,13 @@ __global__ void gru_n_backward_step(const int t, const int B, const int H, const
 }
 
 template <typename S, typename C>
-__global__ void gru_rz_backward_step(const int t, const int B, const int H,
+__global__ void gru_rz_backward_step(const int t, const int B, const int H, const C rdrop_scale,
                                      const S* __restrict__ gates,     // [B, 3H] r z n
-                                     const S* __restrict__ h,         // [B, H]
+                                     const S* __restrict__ h,         // [B, H] (recurrent dropout: d∘h)
                                      const C* __restrict__ drh,       // [B, H] da_n Whn = d(r∘h)
-                                     C* __restrict__ dcarry_out,      // [B, H] += r∘drh
+                                     C* __restrict__ dcarry_out,      // [B, H] += r∘drh (d∘r∘drh)
                                      S* __restrict__ dg,              // [B, 3H] gets da_r
+                                     const unsigned char* __restrict__ rdrop,  // [B, H] recurrent dropout mask or null
                                      const int* __restrict__ lengths  // [B] or null
 ) {
   const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
@@ -181,5 +195,5 @@ __global__ void gru_rz_backward_step(const int t, const int B, const int H,
   }
   const C r = C(gates[r_idx]), drh_j = drh[state_idx];
   dg[r_idx] = S(drh_j * C(h[state_idx]) * r * (C(1) - r));
-  dcarry_out[state_idx] += r * drh_j;
+  dcarry_out[state_idx] += r * drh_j * kept(rdrop, state_idx, rdrop_scale);
 }

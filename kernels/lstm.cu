@@ -6,11 +6,13 @@
 //   o = σ(a_o + w_o∘c')  h' = o∘tanh(c')
 //   ZONEOUT: the state is c' and h' zoned out, each unit keeping its previous value where its mask is set
 //   (training) or mixed by the probability (evaluation): common.cuh's zone(); o and tanh read c' itself.
+//   Recurrent dropout (a mask given, training): h_drop = d∘h' for the next step's GEMM, common.cuh's kept().
 // h' is stored once, in y, which is also the next step's h: the states kept for backward are
 // y and c (no second copy of h), so past an item's length its h reads as 0 (y is 0 there) and
 // its last h' goes to h_last; c stays frozen.
 // backward, dh = dh' + dy and dc = dc', each arriving in two parts: dcarry, which the later step's
-// kernel wrote, and drec, the recurrent GEMM's da' Wrec (so no GEMM has to accumulate).  ZONEOUT splits each
+// kernel wrote, and drec, the recurrent GEMM's da' Wrec (so no GEMM has to accumulate), which is d(d∘h) under
+// recurrent dropout: d∘drec is dh's part.  ZONEOUT splits each
 // between the previous state and c', h' (zone_grad), and recomputes c' from the saved gates:
 //   da_o = dh∘tanh(c')∘o(1−o)        dc += dh∘o∘(1 − tanh²c')  (+ w_o∘da_o)   (CLIP: dc = 0 where |c'| = clip)
 //   da_i = dc∘g∘i(1−i)   da_f = dc∘c∘f(1−f)   da_g = dc∘i∘g'
@@ -22,11 +24,11 @@
 
 template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT, bool TRAINING>
 __global__ void lstm_forward_step(const int t, const int B, const int H, const C cell_clip, const C zoneout_h,
-                                  const C zoneout_c,
+                                  const C zoneout_c, const C rdrop_scale,
                                   const S* __restrict__ xw,        // [B, 4H] x Wihᵀ + biases, this step
                                   const C* __restrict__ hw,        // [B, 4H] h Whhᵀ
                                   const C* __restrict__ cw,        // [B, 3H] c Wchᵀ (i f o) when FULL
-                                  const S* __restrict__ h_prev,    // [B, H] h before the step (read by zoneout_h) or null
+                                  const S* __restrict__ h_prev,    // [B, H] h before the step, or null (no zoneout_h)
                                   const C* __restrict__ c_prev,    // [B, H] c before the step
                                   C* __restrict__ c_next,          // [B, H] c after it
                                   S* __restrict__ y,               // [B, H] h', also the next step's h
@@ -35,6 +37,8 @@ __global__ void lstm_forward_step(const int t, const int B, const int H, const C
                                   const S* __restrict__ w_peep,    // [3H] w_i w_f w_o when DIAGONAL
                                   const unsigned char* __restrict__ zone_h,  // [B, H] zoneout mask, or null
                                   const unsigned char* __restrict__ zone_c,  // [B, H] zoneout mask, or null
+                                  const unsigned char* __restrict__ rdrop,   // [B, H] recurrent dropout mask or null
+                                  S* __restrict__ h_drop,          // [B, H] d∘h', the next GEMM's h (with rdrop)
                                   const int* __restrict__ lengths  // [B], or null: every item runs
 ) {
   const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
@@ -74,13 +78,15 @@ __global__ void lstm_forward_step(const int t, const int B, const int H, const C
   }
   const bool active = is_active(lengths, t, b);
   c_next[state_idx] = active ? c1 : c;
-  y[state_idx] = active ? S(h1) : S(C(0));
+  const S y1 = active ? S(h1) : S(C(0));
+  y[state_idx] = y1;
+  if (rdrop != nullptr) h_drop[state_idx] = S(C(y1) * kept(rdrop, state_idx, rdrop_scale));
   if (h_last != nullptr && active) h_last[state_idx] = S(h1);
 }
 
 template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT>
 __global__ void lstm_backward_step(const int t, const int B, const int H, const C cell_clip, const C zoneout_h,
-                                   const C zoneout_c, const int n_rec,
+                                   const C zoneout_c, const C rdrop_scale, const int n_rec,
                                    const S* __restrict__ gates,     // [B, 4H] i f g o
                                    const C* __restrict__ c_prev,    // [B, H] c before the step
                                    const C* __restrict__ c_next,    // [B, H] c after it
@@ -92,6 +98,7 @@ __global__ void lstm_backward_step(const int t, const int B, const int H, const 
                                    const S* __restrict__ w_peep,    // [3H] when DIAGONAL
                                    const unsigned char* __restrict__ zone_h,  // [B, H] zoneout mask, or null
                                    const unsigned char* __restrict__ zone_c,  // [B, H] zoneout mask, or null
+                                   const unsigned char* __restrict__ rdrop,   // [B, H] recurrent dropout mask or null
                                    const int* __restrict__ lengths  // [B] or null
 ) {
   const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
@@ -100,7 +107,7 @@ __global__ void lstm_backward_step(const int t, const int B, const int H, const 
   const int i_idx = b * 4 * H + j, f_idx = i_idx + H, g_idx = i_idx + 2 * H, o_idx = i_idx + 3 * H;  // in [B, 4H]
   const int dh_idx = b * 2 * H + j, dc_idx = dh_idx + H;  // in [B, 2H]
   const int drec_h_idx = b * n_rec + j;                    // in [B, n_rec]; dc follows dh when FULL
-  const C dh_in = dcarry[dh_idx] + drec[drec_h_idx];
+  const C dh_in = dcarry[dh_idx] + drec[drec_h_idx] * kept(rdrop, state_idx, rdrop_scale);
   C dc_in = dcarry[dc_idx];
   if constexpr (PEEPHOLE == PEEPHOLE_FULL) dc_in += drec[drec_h_idx + H];
   if (!is_active(lengths, t, b)) {  // past its length: the gradient passes through unchanged

@@ -145,27 +145,29 @@ class Loops:
         B, H = b.y.shape[1:]
         dt = b.y.dtype
         self.call(("lstm_forward", dt, flags(spec), training), dt, T, B, H, *scalars(spec, dt), b.xw, b.h0, b.c0,
-                  b.w_hh, b.w_ch, b.w_peep, b.zone_h, b.zone_c, b.lengths, b.y, b.cs, b.gates, b.h_last, b.hw, b.cw)
+                  b.w_hh, b.w_ch, b.w_peep, b.zone_h, b.zone_c, b.rdrop, b.lengths, b.y, b.cs, b.gates, b.h_last,
+                  b.hw, b.cw, b.hd)
 
     def _lstm_backward_steps(self, ctx, g, w_rec, T):
         B, H = g.dy.shape[1:]
         dt = g.da.dtype
         self.call(("lstm_backward", dt, flags(ctx.spec)), dt, T, B, H, *scalars(ctx.spec, dt), w_rec.shape[1],
-                  ctx.gates, ctx.c0, ctx.cs, g.dy, w_rec, ctx.w_peep, ctx.zone_h, ctx.zone_c, ctx.lengths, g.dcarry,
-                  g.drec, g.da)
+                  ctx.gates, ctx.c0, ctx.cs, g.dy, w_rec, ctx.w_peep, ctx.zone_h, ctx.zone_c, ctx.rdrop, ctx.lengths,
+                  g.dcarry, g.drec, g.da)
 
     def _gru_forward_steps(self, b, T, spec, training):
         B, H = b.y.shape[1:]
         rh, work = (None, (b.gh, None, None)) if spec.reset_after else (b.rh, (None, b.ghrz, b.ghn))
         dt = b.y.dtype
         self.call(("gru_forward", dt, flags(spec), training), dt, T, B, H, *scalars(spec, dt), b.xw, b.h0, b.w_hh,
-                  b.b_hn, b.zone_h, b.lengths, b.y, b.gates, rh, b.h_last, *work)
+                  b.b_hn, b.zone_h, b.rdrop, b.lengths, b.y, b.gates, rh, b.h_last, *work, b.hd)
 
     def _gru_backward_steps(self, ctx, g, T):
         B, H = g.dy.shape[1:]
         dt = g.dg.dtype
         self.call(("gru_backward", dt, flags(ctx.spec)), dt, T, B, H, *scalars(ctx.spec, dt), ctx.gates, ctx.h0,
-                  ctx.y, g.dy, ctx.w_hh, ctx.zone_h, ctx.lengths, g.dcarry, g.drec, g.dg, g.dgh, g.drh)
+                  ctx.y, g.hd, g.dy, ctx.w_hh, ctx.zone_h, ctx.rdrop, ctx.lengths, g.dcarry, g.drec, g.dg, g.dgh,
+                  g.drh)
 
 
 @functools.cache

@@ -160,59 +160,60 @@ class KernelOps:
         return out
 
     def lstm_forward_step(self, spec, t, xw, hw, cw, h, c, c_next, y, h_last, gates, w_peep, zone_h, zone_c,
-                          lengths):
+                          rdrop, h_drop, lengths):
         """One LSTM step's pointwise forward (see kernels/lstm.cu)."""
         B, H = y.shape
         name = kernel_name("lstm_forward_step", y.dtype, spec, gates is not None)
         self._launch(name, B * H, t, B, H, *scalars(spec, c.dtype), xw, hw, cw, h, c, c_next, y, h_last, gates,
-                     w_peep, zone_h, zone_c, lengths)
+                     w_peep, zone_h, zone_c, rdrop, h_drop, lengths)
 
     def lstm_backward_step(self, spec, t, gates, c, c_next, dy, dcarry, drec, dcarry_out, da, w_peep, zone_h,
-                           zone_c, lengths):
+                           zone_c, rdrop, lengths):
         """One LSTM step's pointwise backward (dy None: a projected LSTM's, whose dh arrives whole in drec)."""
         B, H = c.shape
         name = kernel_name("lstm_backward_step", da.dtype, spec)
         n_rec = drec.shape[1]
         self._launch(name, B * H, t, B, H, *scalars(spec, c.dtype), n_rec, gates, c, c_next, dy, dcarry, drec,
-                     dcarry_out, da, w_peep, zone_h, zone_c, lengths)
+                     dcarry_out, da, w_peep, zone_h, zone_c, rdrop, lengths)
 
-    def gru_forward_step(self, spec, t, xw, gh, b_hn, h, y, h_last, gates, zone_h, lengths):
+    def gru_forward_step(self, spec, t, xw, gh, b_hn, h, y, h_last, gates, zone_h, rdrop, h_drop, lengths):
         """One GRU (reset_after) step's pointwise forward (see kernels/gru.cu)."""
         B, H = y.shape
         name = kernel_name("gru_forward_step", y.dtype, spec, gates is not None)
         self._launch(name, B * H, t, B, H, *scalars(spec, gh.dtype), xw, gh, b_hn, h, y, h_last, gates, zone_h,
-                     lengths)
+                     rdrop, h_drop, lengths)
 
-    def gru_backward_step(self, spec, t, gates, h, dy, dcarry, drec, dcarry_out, dgi, dgh, zone_h, lengths):
+    def gru_backward_step(self, spec, t, gates, h, dy, dcarry, drec, dcarry_out, dgi, dgh, zone_h, rdrop, lengths):
         """One GRU (reset_after) step's pointwise backward."""
         B, H = dy.shape
         name = kernel_name("gru_backward_step", dy.dtype, spec)
         self._launch(name, B * H, t, B, H, *scalars(spec, dcarry.dtype), gates, h, dy, dcarry, drec, dcarry_out,
-                     dgi, dgh, zone_h, lengths)
+                     dgi, dgh, zone_h, rdrop, lengths)
 
     def gru_rz_step(self, xw, ghrz, h, gates, rh):
         """GRU (reset before): r, z and r∘h."""
         B, H = h.shape
         self._launch(kernel_name("gru_rz_step", h.dtype), B * H, B, H, xw, ghrz, h, gates, rh)
 
-    def gru_n_step(self, spec, t, xw, ghn, h, y, h_last, gates, zone_h, lengths):
+    def gru_n_step(self, spec, t, xw, ghn, h, y, h_last, gates, zone_h, rdrop, h_drop, lengths):
         """GRU (reset before): n and the new state."""
         B, H = h.shape
         self._launch(kernel_name("gru_n_step", h.dtype, spec), B * H, t, B, H, *scalars(spec, ghn.dtype), xw, ghn,
-                     h, y, h_last, gates, zone_h, lengths)
+                     h, y, h_last, gates, zone_h, rdrop, h_drop, lengths)
 
-    def gru_n_backward_step(self, spec, t, gates, h, dy, dcarry, drec, dcarry_out, dg, zone_h, lengths):
+    def gru_n_backward_step(self, spec, t, gates, h, dy, dcarry, drec, dcarry_out, dg, zone_h, rdrop, lengths):
         """GRU (reset before): da_z, da_n and z∘dh."""
         B, H = h.shape
         name = kernel_name("gru_n_backward_step", h.dtype, spec)
         self._launch(name, B * H, t, B, H, *scalars(spec, dcarry.dtype), gates, h, dy, dcarry, drec, dcarry_out, dg,
-                     zone_h, lengths)
+                     zone_h, rdrop, lengths)
 
-    def gru_rz_backward_step(self, t, gates, h, drh, dcarry_out, dg, lengths):
-        """GRU (reset before): da_r, and r∘d(r∘h) into dh."""
+    def gru_rz_backward_step(self, spec, t, gates, h, drh, dcarry_out, dg, rdrop, lengths):
+        """GRU (reset before): da_r, and r∘d(r∘h) into dh (times d under recurrent dropout)."""
         B, H = h.shape
         name = kernel_name("gru_rz_backward_step", h.dtype)
-        self._launch(name, B * H, t, B, H, gates, h, drh, dcarry_out, dg, lengths)
+        scale = np.dtype(dcarry_out.dtype).type(spec.rdrop_scale())
+        self._launch(name, B * H, t, B, H, scale, gates, h, drh, dcarry_out, dg, rdrop, lengths)
 
 
 def source_hash():

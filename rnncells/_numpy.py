@@ -185,14 +185,30 @@ def _zone_grad(mask, p, d):
     return (np.zeros_like(d), d) if p == 0 else (p * d, (1 - p) * d)
 
 
+def _dropped(spec, mask, a):
+    """common.cuh's kept(): a∘d, d = mask·(1 / (1 − recurrent_dropout)) in a's dtype (the compute dtype), or a
+    itself without a mask (evaluation, or no recurrent dropout)."""
+    if mask is None:
+        return a
+    return a * (mask.astype(a.dtype) * a.dtype.type(spec.rdrop_scale()))
+
+
+def _write_dropped(spec, mask, y, h_drop):
+    """h_drop = d∘y, the next step's GEMM input under recurrent dropout, from y as stored (nothing without)."""
+    if mask is not None:
+        h_drop[...] = _dropped(spec, mask, _c(y))
+
+
 def _clip(spec, c1):
     """c' clipped to [−cell_clip, cell_clip] (NaN stays NaN), or as it is."""
     return c1 if spec.cell_clip is None else np.clip(c1, -spec.cell_clip, spec.cell_clip)
 
 
-def lstm_forward_step(spec, t, xw, hw, cw, h, c, c_next, y, h_last, gates, w_peep, zone_h, zone_c, lengths):
+def lstm_forward_step(spec, t, xw, hw, cw, h, c, c_next, y, h_last, gates, w_peep, zone_h, zone_c, rdrop, h_drop,
+                      lengths):
     """lstm.cu's lstm_forward_step.  xw, hw [B, 4H]; cw [B, 3H] (full); h, c, c_next, y, h_last [B, H];
-    gates [B, 4H]; w_peep [3H] (diagonal); zone_h, zone_c [B, H] zoneout masks or None."""
+    gates [B, 4H]; w_peep [3H] (diagonal); zone_h, zone_c [B, H] zoneout masks or None; rdrop [B, H] recurrent
+    dropout's mask or None, and h_drop [B, H] = d∘y then."""
     H, peephole = y.shape[1], spec.peephole
     a_i, a_f, a_g, a_o = _split(_c(xw) + hw, H)
     if peephole == "full":
@@ -214,14 +230,17 @@ def lstm_forward_step(spec, t, xw, hw, cw, h, c, c_next, y, h_last, gates, w_pee
             gates[:, k * H : (k + 1) * H] = v
     _commit(c_next, c1, c, _active(t, lengths))
     _commit_h(t, h1, y, h_last, lengths)
+    _write_dropped(spec, rdrop, y, h_drop)
 
 
-def lstm_backward_step(spec, t, gates, c, c1, dy, dcarry, drec, dcarry_out, da, w_peep, zone_h, zone_c, lengths):
+def lstm_backward_step(spec, t, gates, c, c1, dy, dcarry, drec, dcarry_out, da, w_peep, zone_h, zone_c, rdrop,
+                       lengths):
     """lstm.cu's lstm_backward_step: da [B, 4H] and dcarry_out [B, 2H] from dy [B, H] (or None: a projected
-    LSTM's dh arrives whole in drec) and d[h | c] = dcarry [B, 2H] + drec [B, H or 2H]."""
+    LSTM's dh arrives whole in drec) and d[h | c] = dcarry [B, 2H] + drec [B, H or 2H] (its dh part times d
+    under recurrent dropout, rdrop [B, H] its mask)."""
     H, peephole = c.shape[1], spec.peephole
     i, f, g, o = _split(_c(gates), H)
-    dh_in = dcarry[:, :H] + drec[:, :H]
+    dh_in = dcarry[:, :H] + _dropped(spec, rdrop, drec[:, :H])
     dc_in = dcarry[:, H:] + drec[:, H:] if peephole == "full" else dcarry[:, H:]
     dh = dh_in if dy is None else dh_in + _c(dy)
     dh_prev = 0.0  # no zoneout: dh_prev is all the next step's GEMM
@@ -255,9 +274,9 @@ def lstm_backward_step(spec, t, gates, c, c1, dy, dcarry, drec, dcarry_out, da, 
     _commit(dcarry_out[:, H:], dc_prev, dc_in, active)
 
 
-def gru_forward_step(spec, t, xw, gh, b_hn, h, y, h_last, gates, zone_h, lengths):
+def gru_forward_step(spec, t, xw, gh, b_hn, h, y, h_last, gates, zone_h, rdrop, h_drop, lengths):
     """gru.cu's gru_forward_step (reset_after).  xw, gh [B, 3H]; b_hn [H]; h, y, h_last [B, H];
-    gates [B, 4H] = r, z, n, gh_n + b_hn; zone_h [B, H] zoneout mask or None."""
+    gates [B, 4H] = r, z, n, gh_n + b_hn; zone_h [B, H] zoneout mask or None; rdrop, h_drop as the LSTM's."""
     H, h = h.shape[1], _c(h)
     x_r, x_z, x_n = _split(_c(xw), H)
     h_r, h_z, h_n = _split(gh, H)
@@ -271,14 +290,15 @@ def gru_forward_step(spec, t, xw, gh, b_hn, h, y, h_last, gates, zone_h, lengths
         for k, v in enumerate((r, z, n, ghn)):
             gates[:, k * H : (k + 1) * H] = v
     _commit_h(t, h1, y, h_last, lengths)
+    _write_dropped(spec, rdrop, y, h_drop)
 
 
-def gru_backward_step(spec, t, gates, h, dy, dcarry, drec, dcarry_out, dgi, dgh, zone_h, lengths):
+def gru_backward_step(spec, t, gates, h, dy, dcarry, drec, dcarry_out, dgi, dgh, zone_h, rdrop, lengths):
     """gru.cu's gru_backward_step (reset_after).  dgi, dgh [B, 3H]: gradients of xw and of gh;
-    dh = dcarry + drec [B, H]."""
+    dh = dcarry + drec [B, H] (drec times d under recurrent dropout)."""
     H, h = h.shape[1], _c(h)
     r, z, n, ghn = _split(_c(gates), H)
-    dh_in = dcarry + drec
+    dh_in = dcarry + _dropped(spec, rdrop, drec)
     dh1 = dh_in + _c(dy)
     if spec.zoneout():
         dh_zoned, dh1 = _zone_grad(zone_h, spec.zoneout_h, dh1)
@@ -303,8 +323,9 @@ def gru_rz_step(xw, ghrz, h, gates, rh):
     rh[...] = r * _c(h)
 
 
-def gru_n_step(spec, t, xw, ghn, h, y, h_last, gates, zone_h, lengths):
-    """gru.cu's gru_n_step (reset before, second half).  ghn [B, H] = rh Whnᵀ; gates [B, 3H] gets n."""
+def gru_n_step(spec, t, xw, ghn, h, y, h_last, gates, zone_h, rdrop, h_drop, lengths):
+    """gru.cu's gru_n_step (reset before, second half).  ghn [B, H] = rh Whnᵀ; gates [B, 3H] gets n; h_drop
+    [B, H] = d∘y under recurrent dropout (rdrop its mask)."""
     H = h.shape[1]
     z = _c(gates[:, H : 2 * H])
     n = np.tanh(_c(xw[:, 2 * H :]) + ghn)
@@ -313,14 +334,15 @@ def gru_n_step(spec, t, xw, ghn, h, y, h_last, gates, zone_h, lengths):
     if spec.zoneout():
         h1 = _zone(zone_h, spec.zoneout_h, h, h1)
     _commit_h(t, h1, y, h_last, lengths)
+    _write_dropped(spec, rdrop, y, h_drop)
 
 
-def gru_n_backward_step(spec, t, gates, h, dy, dcarry, drec, dcarry_out, dg, zone_h, lengths):
+def gru_n_backward_step(spec, t, gates, h, dy, dcarry, drec, dcarry_out, dg, zone_h, rdrop, lengths):
     """gru.cu's gru_n_backward_step (reset before, first half).  dg [B, 3H] gets da_z and da_n;
-    dcarry_out [B, H] = z∘dh1 (or the carry)."""
+    dcarry_out [B, H] = z∘dh1 (or the carry); drec times d under recurrent dropout."""
     H, h = h.shape[1], _c(h)
     r, z, n = _split(_c(gates), H)
-    dh_in = dcarry + drec
+    dh_in = dcarry + _dropped(spec, rdrop, drec)
     dh1 = dh_in + _c(dy)
     if spec.zoneout():
         dh_zoned, dh1 = _zone_grad(zone_h, spec.zoneout_h, dh1)
@@ -330,11 +352,11 @@ def gru_n_backward_step(spec, t, gates, h, dy, dcarry, drec, dcarry_out, dg, zon
     _commit(dcarry_out, dh1 * z + dh_zoned if spec.zoneout() else dh1 * z, dh_in, active)
 
 
-def gru_rz_backward_step(t, gates, h, drh, dcarry_out, dg, lengths):
-    """gru.cu's gru_rz_backward_step (reset before, second half).  drh [B, H] = da_n Whn; dg gets da_r;
-    dcarry_out += r∘drh."""
+def gru_rz_backward_step(spec, t, gates, h, drh, dcarry_out, dg, rdrop, lengths):
+    """gru.cu's gru_rz_backward_step (reset before, second half).  h [B, H] the rz GEMM's input (d∘h under
+    recurrent dropout); drh [B, H] = da_n Whn; dg gets da_r; dcarry_out += r∘drh (times d)."""
     H = h.shape[1]
     r = _c(gates[:, :H])
     active = _active(t, lengths)
     _commit(dg[:, :H], drh * _c(h) * r * (1.0 - r), 0.0, active)
-    _commit(dcarry_out, dcarry_out + r * drh, dcarry_out, active)
+    _commit(dcarry_out, dcarry_out + _dropped(spec, rdrop, r * drh), dcarry_out, active)

@@ -30,7 +30,10 @@ LSTM's gates [T, B, 4H] and c [T, B, H] (c in `ct`), the GRU's gates
 [T, B, 4H] (reset before: [T, B, 3H] and r∘h [T, B, H]); with zoneout in
 training, also its masks, uint8 [T, B, H] per zoned-out state (`masks`,
 drawn by the caller; None or {} for zoneout's expectation, which needs
-none).  The backward reads y: it must not be written to in between.
+none), and recurrent dropout's one mask, uint8 [B, H] ("rdrop"): its
+forward kernels also write d∘h, the next step's GEMM input, into a [B, H]
+buffer, and its backward rebuilds d∘h of every step from y for dW_hh.  The
+backward reads y: it must not be written to in between.
 
 A projected LSTM (proj_size P: h = W_hr h', h' = o∘tanh c') breaks "y is
 the state" only in width: y [T, B, P] is still every h, and the kernels run
@@ -72,6 +75,7 @@ class LSTMContext(NamedTuple):
     w_peep: object  # [3H] (peephole="diagonal") or None
     zone_h: object  # [T, B, H] uint8 zoneout masks of h (training with zoneout_h), or None
     zone_c: object  # [T, B, H] uint8 zoneout masks of c, or None
+    rdrop: object  # [B, H] uint8 recurrent dropout mask (training with recurrent_dropout), or None
     ms: object  # [T, B, H] h' = o∘tanh c' before the projection (proj_size), or None
     w_hr: object  # [P, H] the projection the forward used, or None
     slot: object  # the graph slot that holds these buffers, or None
@@ -90,6 +94,7 @@ class GRUContext(NamedTuple):
     lengths: object
     w_hh: object  # [3H, H]
     zone_h: object  # [T, B, H] uint8 zoneout masks of h, or None
+    rdrop: object  # [B, H] uint8 recurrent dropout mask, or None
     slot: object
     spec: object  # the GRUSpec
 
@@ -223,9 +228,10 @@ def _lengths(xp, lengths):
 
 
 def _input_buffers(b, xp, dt, static, **shapes):
-    """A graph slot's copies of the loop's inputs: dtype dt, but int32 `lengths` [B], uint8 zoneout masks, and c0
+    """A graph slot's copies of the loop's inputs: dtype dt, but int32 `lengths` [B], uint8 masks, and c0
     and w_ch in the compute dtype (c is, and c Wchᵀ is a GEMM of c)."""
-    kind = {"lengths": "int32", "c0": compute(dt), "w_ch": compute(dt), "zone_h": "uint8", "zone_c": "uint8"}
+    kind = {"lengths": "int32", "c0": compute(dt), "w_ch": compute(dt), "zone_h": "uint8", "zone_c": "uint8",
+            "rdrop": "uint8"}
     if static:
         for name, shape in shapes.items():
             setattr(b, name, None if shape is None else xp.empty(shape, dtype=kind.get(name, dt)))
@@ -245,6 +251,19 @@ def _at(masks, t):
     return None if masks is None else masks[t]
 
 
+def _dropped(spec, mask, h):
+    """d∘h in h's dtype, d = mask / (1 − recurrent_dropout), as the kernels compute it (common.cuh's kept())."""
+    ct = compute(h.dtype)
+    return (h.astype(ct) * (mask.astype(ct) * ct.type(spec.rdrop_scale()))).astype(h.dtype)
+
+
+def _dropped_inputs(spec, g, h0, y, mask):
+    """g.hd [T, B, H]: the recurrent GEMM's input of every step under recurrent dropout, d∘h0 then d∘y[t − 1]."""
+    if g.hd is not None and len(g.hd):
+        g.hd[0] = _dropped(spec, mask, h0)
+        g.hd[1:] = _dropped(spec, mask, y[:-1])
+
+
 def _lstm_buffers(xp, dt, T, B, H, P, peephole, training, has_lengths, zoned, static):
     """P: the projection's width (proj_size), or 0."""
     e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
@@ -257,11 +276,11 @@ def _lstm_buffers(xp, dt, T, B, H, P, peephole, training, has_lengths, zoned, st
     return _input_buffers(b, xp, dt, static, h0=(B, P or H), c0=(B, H), w_hh=(4 * H, P or H),
                           w_ch=(3 * H, H) if peephole == "full" else None,
                           w_peep=(3 * H,) if peephole == "diagonal" else None, w_hr=(P, H) if P else None,
-                          lengths=(B,) if has_lengths else None,
+                          lengths=(B,) if has_lengths else None, rdrop=(B, H) if "rdrop" in zoned else None,
                           **{f"zone_{n}": (T, B, H) if n in zoned else None for n in ("h", "c")})
 
 
-def _lstm_work(xp, dt, T, B, H, P, peephole, has_lengths):
+def _lstm_work(xp, dt, T, B, H, P, peephole, has_lengths, dropped):
     e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
     ec = lambda *shape: xp.empty(shape, dtype=compute(dt))  # noqa: E731
     return Buffers(
@@ -269,6 +288,7 @@ def _lstm_work(xp, dt, T, B, H, P, peephole, has_lengths):
         h_last=e(B, H) if has_lengths and not P else None,  # [B, H] (projected: hT is gathered from y)
         hw=ec(B, 4 * H),  # [B, 4H] h Whhᵀ
         cw=ec(B, 3 * H) if peephole == "full" else None,  # [B, 3H] c Wchᵀ
+        hd=e(B, H) if dropped else None,  # [B, H] d∘h, the recurrent GEMM's input (recurrent dropout)
     )
 
 
@@ -276,12 +296,13 @@ def _lstm_forward_steps(ops, b, T, spec, training):
     for t in range(T):
         s = t if training else t % 2
         c = b.c0 if t == 0 else b.cs[s - 1]  # inference: cs[-1] is the other row
-        ops.gemm(_prev(b.h0, b.y, t), b.w_hh.T, b.hw)
+        h = _prev(b.h0, b.y, t)
+        ops.gemm(h if b.rdrop is None else b.hd, b.w_hh.T, b.hw)
         if b.cw is not None:
             ops.gemm(c, b.w_ch.T, b.cw)
         g_t = b.gates[t] if training else None
-        ops.lstm_forward_step(spec, t, b.xw[t], b.hw, b.cw, _prev(b.h0, b.y, t), c, b.cs[s], b.y[t], b.h_last, g_t,
-                              b.w_peep, _at(b.zone_h, t), _at(b.zone_c, t), b.lengths)
+        ops.lstm_forward_step(spec, t, b.xw[t], b.hw, b.cw, h, c, b.cs[s], b.y[t], b.h_last, g_t, b.w_peep,
+                              _at(b.zone_h, t), _at(b.zone_c, t), b.rdrop, b.hd, b.lengths)
 
 
 def _projected_lstm_forward_steps(ops, b, T, spec, training):
@@ -294,7 +315,7 @@ def _projected_lstm_forward_steps(ops, b, T, spec, training):
             ops.gemm(c, b.w_ch.T, b.cw)
         g_t, m = (b.gates[t], b.ms[t]) if training else (None, b.ms[0])
         ops.lstm_forward_step(spec, t, b.xw[t], b.hw, b.cw, None, c, b.cs[s], m, None, g_t, b.w_peep, None,
-                              _at(b.zone_c, t), b.lengths)
+                              _at(b.zone_c, t), None, None, b.lengths)
         ops.gemm(m, b.w_hr.T, b.y[t])  # 0 past an item's length, where h' is
 
 
@@ -317,15 +338,19 @@ def lstm_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=Non
     H, P, peephole = c0.shape[1], spec.proj_size, spec.peephole
     shape = (x.dtype, T, B, H, P, peephole, training, lengths is not None, tuple(sorted(masks or ())))
     slot, b = _buffers(graphs, ops, (spec, *shape), lambda static: _lstm_buffers(xp, *shape, static),
-                       lambda: _lstm_work(xp, x.dtype, T, B, H, P, peephole, lengths is not None))
+                       lambda: _lstm_work(xp, x.dtype, T, B, H, P, peephole, lengths is not None,
+                                          "rdrop" in (masks or ())))
     ct = compute(x.dtype)
     _bind(b, slot, h0=h0, c0=c0.astype(ct, copy=False), w_hh=p["weight_hh"],
           w_ch=p["weight_ch"].astype(ct, copy=False) if peephole == "full" else None,
           w_peep=p["weight_ch"] if peephole == "diagonal" else None, w_hr=p.get("weight_hr"),
-          lengths=_lengths(xp, lengths), zone_h=_mask(masks, "h"), zone_c=_mask(masks, "c"))
+          lengths=_lengths(xp, lengths), zone_h=_mask(masks, "h"), zone_c=_mask(masks, "c"),
+          rdrop=_mask(masks, "rdrop"))
     _input_gemm(ops, x, p["weight_ih"], _bias_sum(p["bias_ih"], p["bias_hh"]) if "bias_ih" in p else None, b.xw)
     if b.h_last is not None:
         b.h_last[...] = b.h0
+    if b.rdrop is not None:
+        b.hd[...] = _dropped(spec, b.rdrop, b.h0)
     _run(slot, ops, _projected_lstm_forward_steps if P else _lstm_forward_steps, b, T, spec, training)
     if P:
         hT = _last_outputs(xp, b.h0, b.y, b.lengths)
@@ -335,12 +360,12 @@ def lstm_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=Non
     ctx = None
     if training:
         ctx = LSTMContext(x=x, params=p, h0=b.h0, c0=b.c0, y=b.y, cs=b.cs, gates=b.gates, lengths=b.lengths,
-                          w_hh=b.w_hh, w_ch=b.w_ch, w_peep=b.w_peep, zone_h=b.zone_h, zone_c=b.zone_c, ms=b.ms,
-                          w_hr=b.w_hr, slot=slot, spec=spec)
+                          w_hh=b.w_hh, w_ch=b.w_ch, w_peep=b.w_peep, zone_h=b.zone_h, zone_c=b.zone_c,
+                          rdrop=b.rdrop, ms=b.ms, w_hr=b.w_hr, slot=slot, spec=spec)
     return b.y, (hT, cT.astype(x.dtype)), ctx
 
 
-def _lstm_backward_buffers(xp, dt, T, B, H, P, full, static):
+def _lstm_backward_buffers(xp, dt, T, B, H, P, full, dropped, static):
     e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
     ec = lambda *shape: xp.empty(shape, dtype=compute(dt))  # noqa: E731
     b = Buffers(
@@ -351,6 +376,7 @@ def _lstm_backward_buffers(xp, dt, T, B, H, P, full, static):
         w_rec=e(4 * H, H if P else 2 * H) if full else None,
         dhp=ec(T, B, P) if P else None,  # [T, B, P] dh of each step, projected
         w_hr=ec(P, H) if P else None,  # [P, H] W_hr in the compute dtype, which dh is in
+        hd=e(T, B, H) if dropped else None,  # [T, B, H] each step's recurrent GEMM input d∘h (recurrent dropout)
     )
     return _input_buffers(b, xp, dt, static, dy=None if P else (T, B, H))
 
@@ -371,7 +397,7 @@ def _lstm_backward_steps(ops, ctx, g, w_rec, T):
         nxt, cur = (t + 1) % 2, t % 2
         ops.lstm_backward_step(ctx.spec, t, ctx.gates[t], _prev(ctx.c0, ctx.cs, t), ctx.cs[t], g.dy[t], g.dcarry[nxt],
                                g.drec[nxt], g.dcarry[cur], g.da[t], ctx.w_peep, _at(ctx.zone_h, t),
-                               _at(ctx.zone_c, t), ctx.lengths)
+                               _at(ctx.zone_c, t), ctx.rdrop, ctx.lengths)
         ops.gemm(g.da[t], w_rec, g.drec[cur])
 
 
@@ -385,7 +411,7 @@ def _projected_lstm_backward_steps(ops, ctx, g, w_rec, T):
             ops.gemm(g.da[t + 1], ctx.w_hh, g.dhp[t], accumulate=True)
         ops.gemm(g.dhp[t], g.w_hr, g.drec[nxt][:, :H])  # dh' = dh W_hr
         ops.lstm_backward_step(ctx.spec, t, ctx.gates[t], _prev(ctx.c0, ctx.cs, t), ctx.cs[t], None, g.dcarry[nxt],
-                               g.drec[nxt], g.dcarry[cur], g.da[t], ctx.w_peep, None, _at(ctx.zone_c, t),
+                               g.drec[nxt], g.dcarry[cur], g.da[t], ctx.w_peep, None, _at(ctx.zone_c, t), None,
                                ctx.lengths)
         if w_rec is not None:
             ops.gemm(g.da[t], w_rec, g.drec[cur][:, H:])
@@ -413,7 +439,8 @@ def lstm_backward(ops, xp, ctx, dy, dstates):
     dhT, dcT = dstates
     x, p, H, P, full = ctx.x, ctx.params, dcT.shape[1], ctx.spec.proj_size, ctx.spec.peephole == "full"
     T, B, _ = x.shape
-    make = lambda static: _lstm_backward_buffers(xp, x.dtype, T, B, H, P, full, static)  # noqa: E731
+    make = lambda static: _lstm_backward_buffers(xp, x.dtype, T, B, H, P, full, ctx.rdrop is not None,  # noqa: E731
+                                                 static)
     slot = ctx.slot
     g = _workspace(slot, make)
     if P:
@@ -439,9 +466,16 @@ def lstm_backward(ops, xp, ctx, dy, dstates):
             ops.gemm(da[0], ctx.w_hh, dh0)
         if dh0_direct is not None:
             dh0 += dh0_direct
+    elif ctx.rdrop is not None:  # the GEMM's part of dh0 is d(d∘h0)
+        dh0 = g.dcarry[0, :, :H] + _dropped(ctx.spec, ctx.rdrop, g.drec[0, :, :H])
     else:
         dh0 = g.dcarry[0, :, :H] + g.drec[0, :, :H]
-    dp = {"weight_ih": _weight_grad(ops, xp, da, x), "weight_hh": _state_grad(ops, xp, da, ctx.h0, ctx.y)}
+    dp = {"weight_ih": _weight_grad(ops, xp, da, x)}
+    if ctx.rdrop is None:
+        dp["weight_hh"] = _state_grad(ops, xp, da, ctx.h0, ctx.y)
+    else:  # Whh met d∘h
+        _dropped_inputs(ctx.spec, g, ctx.h0, ctx.y, ctx.rdrop)
+        dp["weight_hh"] = _weight_grad(ops, xp, da, g.hd)
     if full:  # c is in the compute dtype, so this GEMM is too
         dw_ch = _state_grad(ops, xp, da.astype(ctx.cs.dtype, copy=False), ctx.c0, ctx.cs)  # [4H, H]
         dp["weight_ch"] = xp.concatenate([dw_ch[k * H : (k + 1) * H] for k in (0, 1, 3)]).astype(dt, copy=False)
@@ -471,14 +505,16 @@ def _gru_buffers(xp, dt, T, B, H, reset_after, training, has_lengths, zoned, sta
         b.gates = e(T if training else 1, B, 3 * H)  # [T, B, 3H]
         b.rh = e(T if training else 1, B, H)  # [T, B, H] r∘h
     return _input_buffers(b, xp, dt, static, h0=(B, H), w_hh=(3 * H, H), b_hn=(H,) if reset_after else None,
-                          lengths=(B,) if has_lengths else None, zone_h=(T, B, H) if "h" in zoned else None)
+                          lengths=(B,) if has_lengths else None, zone_h=(T, B, H) if "h" in zoned else None,
+                          rdrop=(B, H) if "rdrop" in zoned else None)
 
 
-def _gru_work(xp, dt, T, B, H, reset_after, has_lengths):
+def _gru_work(xp, dt, T, B, H, reset_after, has_lengths, dropped):
     e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
     b = Buffers(
         xw=e(T, B, 3 * H),  # [T, B, 3H] x Wihᵀ + biases (reset_after: all but b_hn)
         h_last=e(B, H) if has_lengths else None,  # [B, H]
+        hd=e(B, H) if dropped else None,  # [B, H] d∘h, the recurrent GEMMs' input (recurrent dropout)
     )
     ec = lambda *shape: xp.empty(shape, dtype=compute(dt))  # noqa: E731
     if reset_after:
@@ -492,16 +528,18 @@ def _gru_work(xp, dt, T, B, H, reset_after, has_lengths):
 def _gru_forward_steps(ops, b, T, spec, training):
     for t in range(T):
         h = _prev(b.h0, b.y, t)
+        h_in = h if b.rdrop is None else b.hd  # what the recurrent GEMMs (and r∘h) read
         if spec.reset_after:
-            ops.gemm(h, b.w_hh.T, b.gh)
+            ops.gemm(h_in, b.w_hh.T, b.gh)
             ops.gru_forward_step(spec, t, b.xw[t], b.gh, b.b_hn, h, b.y[t], b.h_last,
-                                 b.gates[t] if training else None, _at(b.zone_h, t), b.lengths)
+                                 b.gates[t] if training else None, _at(b.zone_h, t), b.rdrop, b.hd, b.lengths)
         else:
             s, H = (t if training else 0), h.shape[1]
-            ops.gemm(h, b.w_hh[: 2 * H].T, b.ghrz)
-            ops.gru_rz_step(b.xw[t], b.ghrz, h, b.gates[s], b.rh[s])
+            ops.gemm(h_in, b.w_hh[: 2 * H].T, b.ghrz)
+            ops.gru_rz_step(b.xw[t], b.ghrz, h_in, b.gates[s], b.rh[s])
             ops.gemm(b.rh[s], b.w_hh[2 * H :].T, b.ghn)
-            ops.gru_n_step(spec, t, b.xw[t], b.ghn, h, b.y[t], b.h_last, b.gates[s], _at(b.zone_h, t), b.lengths)
+            ops.gru_n_step(spec, t, b.xw[t], b.ghn, h, b.y[t], b.h_last, b.gates[s], _at(b.zone_h, t), b.rdrop, b.hd,
+                           b.lengths)
 
 
 @_forward_size
@@ -512,7 +550,8 @@ def gru_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None
     H, reset_after = h0.shape[1], spec.reset_after
     shape = (x.dtype, T, B, H, reset_after, training, lengths is not None, tuple(sorted(masks or ())))
     slot, b = _buffers(graphs, ops, (spec, *shape), lambda static: _gru_buffers(xp, *shape, static),
-                       lambda: _gru_work(xp, x.dtype, T, B, H, reset_after, lengths is not None))
+                       lambda: _gru_work(xp, x.dtype, T, B, H, reset_after, lengths is not None,
+                                         "rdrop" in (masks or ())))
     bias = None
     if "bias_ih" in p:
         bias = _bias_sum(p["bias_ih"], p["bias_hh"])
@@ -521,20 +560,23 @@ def gru_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None
     b_hn = None
     if reset_after:
         b_hn = p["bias_hh"][2 * H :] if "bias_hh" in p else xp.zeros(H, dtype=x.dtype)  # [H]
-    _bind(b, slot, h0=h0, w_hh=p["weight_hh"], b_hn=b_hn, lengths=_lengths(xp, lengths), zone_h=_mask(masks, "h"))
+    _bind(b, slot, h0=h0, w_hh=p["weight_hh"], b_hn=b_hn, lengths=_lengths(xp, lengths), zone_h=_mask(masks, "h"),
+          rdrop=_mask(masks, "rdrop"))
     _input_gemm(ops, x, p["weight_ih"], bias, b.xw)
     if b.h_last is not None:
         b.h_last[...] = b.h0
+    if b.rdrop is not None:
+        b.hd[...] = _dropped(spec, b.rdrop, b.h0)
     _run(slot, ops, _gru_forward_steps, b, T, spec, training)
     hT = b.h_last if b.h_last is not None else _prev(b.h0, b.y, T)
     ctx = None
     if training:
         ctx = GRUContext(x=x, params=p, h0=b.h0, y=b.y, gates=b.gates, rh=None if reset_after else b.rh,
-                         lengths=b.lengths, w_hh=b.w_hh, zone_h=b.zone_h, slot=slot, spec=spec)
+                         lengths=b.lengths, w_hh=b.w_hh, zone_h=b.zone_h, rdrop=b.rdrop, slot=slot, spec=spec)
     return b.y, (hT.copy(),), ctx
 
 
-def _gru_backward_buffers(xp, dt, T, B, H, reset_after, static):
+def _gru_backward_buffers(xp, dt, T, B, H, reset_after, dropped, static):
     e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
     ec = lambda *shape: xp.empty(shape, dtype=compute(dt))  # noqa: E731
     b = Buffers(
@@ -543,6 +585,7 @@ def _gru_backward_buffers(xp, dt, T, B, H, reset_after, static):
         drh=None if reset_after else ec(B, H),  # [B, H] d(r∘h)
         dcarry=ec(2, B, H),  # [2, B, H] dh, the kernels' part, ping-pong
         drec=ec(2, B, H),  # [2, B, H] dh, the recurrent GEMM's part, ping-pong
+        hd=e(T, B, H) if dropped else None,  # [T, B, H] each step's recurrent GEMM input d∘h (recurrent dropout)
     )
     return _input_buffers(b, xp, dt, static, dy=(T, B, H))
 
@@ -554,13 +597,14 @@ def _gru_backward_steps(ops, ctx, g, T):
         h, H = _prev(ctx.h0, ctx.y, t), w_hh.shape[1]
         if ctx.spec.reset_after:
             ops.gru_backward_step(ctx.spec, t, ctx.gates[t], h, g.dy[t], g.dcarry[nxt], g.drec[nxt], g.dcarry[cur],
-                                  g.dg[t], g.dgh[t], _at(ctx.zone_h, t), ctx.lengths)
+                                  g.dg[t], g.dgh[t], _at(ctx.zone_h, t), ctx.rdrop, ctx.lengths)
             ops.gemm(g.dgh[t], w_hh, g.drec[cur])
         else:
             ops.gru_n_backward_step(ctx.spec, t, ctx.gates[t], h, g.dy[t], g.dcarry[nxt], g.drec[nxt],
-                                    g.dcarry[cur], g.dg[t], _at(ctx.zone_h, t), ctx.lengths)
+                                    g.dcarry[cur], g.dg[t], _at(ctx.zone_h, t), ctx.rdrop, ctx.lengths)
             ops.gemm(g.dg[t, :, 2 * H :], w_hh[2 * H :], g.drh)
-            ops.gru_rz_backward_step(t, ctx.gates[t], h, g.drh, g.dcarry[cur], g.dg[t], ctx.lengths)
+            ops.gru_rz_backward_step(ctx.spec, t, ctx.gates[t], h if ctx.rdrop is None else g.hd[t], g.drh,
+                                     g.dcarry[cur], g.dg[t], ctx.rdrop, ctx.lengths)
             ops.gemm(g.dg[t, :, : 2 * H], w_hh[: 2 * H], g.drec[cur])
 
 
@@ -570,33 +614,36 @@ def gru_backward(ops, xp, ctx, dy, dstates):
     (dhT,) = dstates
     x, p, H = ctx.x, ctx.params, dhT.shape[1]
     T, B, _ = x.shape
-    make = lambda static: _gru_backward_buffers(xp, x.dtype, T, B, H, ctx.spec.reset_after, static)  # noqa: E731
+    dropped = ctx.rdrop is not None
+    make = lambda static: _gru_backward_buffers(xp, x.dtype, T, B, H, ctx.spec.reset_after, dropped,  # noqa: E731
+                                                static)
     slot = ctx.slot
     g = _workspace(slot, make)
     _bind(g, slot, dy=dy if slot else xp.ascontiguousarray(dy))
     g.dcarry[T % 2] = dhT
     g.drec[T % 2] = 0
+    if dropped:  # read by the reset-before loop, and by dWhh
+        _dropped_inputs(ctx.spec, g, ctx.h0, ctx.y, ctx.rdrop)
     _run(slot, ops, _gru_backward_steps, ctx, g, T)
     dg = g.dg
+
+    def recurrent_grad(d):  # Σ dᵀ (what the recurrent GEMM read): h, or d∘h under recurrent dropout
+        return _weight_grad(ops, xp, d, g.hd) if dropped else _state_grad(ops, xp, d, ctx.h0, ctx.y)
+
     if ctx.spec.reset_after:
         dgh = g.dgh
-        dp = {"weight_hh": _state_grad(ops, xp, dgh, ctx.h0, ctx.y)}
+        dp = {"weight_hh": recurrent_grad(dgh)}
     else:
         dgh = dg
-        dp = {
-            "weight_hh": xp.concatenate(
-                [
-                    _state_grad(ops, xp, dg[:, :, : 2 * H], ctx.h0, ctx.y),
-                    _weight_grad(ops, xp, dg[:, :, 2 * H :], ctx.rh),
-                ]
-            )
-        }
+        dp = {"weight_hh": xp.concatenate([recurrent_grad(dg[:, :, : 2 * H]),
+                                           _weight_grad(ops, xp, dg[:, :, 2 * H :], ctx.rh)])}
     dp["weight_ih"] = _weight_grad(ops, xp, dg, x)
     if "bias_ih" in p:
         dp["bias_ih"] = ops.column_sum(_rows(dg))
         dp["bias_hh"] = ops.column_sum(_rows(dgh))
     dx = _input_grad(ops, xp, dg, p["weight_ih"])
-    return dx, ((g.dcarry[0] + g.drec[0]).astype(x.dtype, copy=False),), dp
+    drec0 = _dropped(ctx.spec, ctx.rdrop, g.drec[0]) if dropped else g.drec[0]  # d(d∘h0) under recurrent dropout
+    return dx, ((g.dcarry[0] + drec0).astype(x.dtype, copy=False),), dp
 
 
 # --- dispatch on the variant ------------------------------------------------------

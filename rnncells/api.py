@@ -61,14 +61,15 @@ def forward(spec, x, params, states, *, lengths=None, training=True, graphs=None
     Returns y (T, B, width of h), the final states (a tuple) and a ctx for `backward`
     (None with training=False); the cell functions below are this call for
     one family, and the objects and the PyTorch adapter call it.  Zoneout's
-    masks are drawn from `generator` in training (`zoneout_masks`); a caller
-    that draws its own (the adapter, from torch's generator) passes them as
-    `masks` ({state: uint8 (T, B, H)}, or {} for the expectation) instead.
+    and recurrent dropout's masks are drawn from `generator` in training
+    (`training_masks`); a caller that draws its own (the adapter, from torch's
+    generator) passes them as `masks` (as `training_masks` returns them, or {}
+    for evaluation: zoneout's expectation, no dropout) instead.
     """
     training = _checks.flag("training", training)
     xp, H, lengths = _checks.call(spec, x, params, states, lengths=lengths, sequence=not step)
     if masks is None and training:
-        masks = zoneout_masks(spec, generator, xp, (1 if step else x.shape[0], x.shape[-2], H))
+        masks = training_masks(spec, generator, xp, (1 if step else x.shape[0], x.shape[-2], H))
     tf32 = _checks.flag("tf32", tf32)
     runner = _backends.resolve(backend, xp.__name__)
     if runner.kernels:
@@ -100,22 +101,24 @@ def backward(ctx, spec_type, dy, dstates, *, step=False):
     return (dx[0] if step else dx), d0, dparams
 
 
-def zoneout_masks(spec, generator, xp, shape):
-    """Zoneout's masks for a forward in training: {state: uint8 array of `shape` (T, B, H), 1 (the unit keeps
-    its previous value) with the state's zoneout probability}, drawn from `generator`; None without zoneout.
+def training_masks(spec, generator, xp, shape):
+    """The random masks of a forward in training, drawn from `generator`; None when the variant has none.
 
-    generator: a numpy.random.Generator (its masks copied to the device for
-    CuPy arrays) or, for CuPy arrays, a cupy.random.Generator
-    (cupy.random.default_rng()); one uniform float32 draw per unit and step,
-    h's masks first, so a seeded generator gives the same masks every run.
+    {state: uint8 array of `shape` (T, B, H), 1 (the unit keeps its previous
+    value) with the state's zoneout probability} for zoneout, and "rdrop":
+    uint8 (B, H), 1 (the unit is kept) with 1 − recurrent_dropout, one mask
+    for the whole sequence.  generator: a numpy.random.Generator (its masks
+    copied to the device for CuPy arrays) or, for CuPy arrays, a
+    cupy.random.Generator (cupy.random.default_rng()); one uniform float32
+    draw per unit (and step), h's zoneout first, then c's, then the dropout
+    mask, so a seeded generator gives the same masks every run.
     """
-    zoned = spec.zoneout()
-    if not zoned:
+    zoned, flags = spec.zoneout(), spec.random_flags()
+    if not flags:
         return None
-    flags = ", ".join(f"zoneout_{n}={p}" for n, p in zoned.items())
     if generator is None:
         raise ValueError(f"{flags} in training needs generator= (a numpy.random.Generator, or a cupy.random."
-                         "Generator for cupy arrays) to draw its masks; training=False uses the expectation")
+                         "Generator for cupy arrays) to draw its masks; training=False needs none")
     kind = "numpy" if isinstance(generator, np.random.Generator) else type(generator).__module__.split(".")[0]
     if kind not in ("numpy", "cupy") or type(generator).__name__ != "Generator":
         raise TypeError(f"generator must be a numpy.random.Generator or a cupy.random.Generator, got "
@@ -123,7 +126,11 @@ def zoneout_masks(spec, generator, xp, shape):
     if kind == "cupy" and xp.__name__ != "cupy":
         raise TypeError("generator is a cupy Generator but x is a numpy array; draw masks for numpy arrays with a "
                         "numpy.random.Generator")
-    return {n: xp.asarray(generator.random(shape, dtype="float32") < p).astype("uint8") for n, p in zoned.items()}
+    masks = {n: xp.asarray(generator.random(shape, dtype="float32") < p).astype("uint8") for n, p in zoned.items()}
+    if spec.recurrent_dropout:
+        masks["rdrop"] = xp.asarray(generator.random(shape[1:], dtype="float32") >= spec.recurrent_dropout).astype(
+            "uint8")
+    return masks
 
 
 def _graphs(graphs, runner):
@@ -177,6 +184,9 @@ def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candi
     with that probability), training=True draws one mask per step from
     `generator` (a numpy.random.Generator, or cupy.random.Generator for
     CuPy arrays; required then), and training=False uses the expectation.
+    With `recurrent_dropout` p, training=True draws one mask for the whole
+    sequence and the recurrent GEMM reads d∘h, d = mask / (1 − p) (Gal &
+    Ghahramani; Keras's recurrent_dropout); training=False reads h.
     With `proj_size` P (torch.nn.LSTM's projection), h = W_hr (o∘tanh c):
     params has weight_hr (P, H) and weight_hh is (4H, P), and h0, hT and y
     are P wide; H is then weight_hh's rows / 4.

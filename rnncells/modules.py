@@ -38,21 +38,23 @@ def _is_array(a):
 
 class _Holder:
     """Parameters (`params`) and their accumulated gradients (`grads`), one key each; the variant's flags read as
-    attributes (`lstm.peephole`), as the constructor took them; `training` and `generator` for zoneout."""
+    attributes (`lstm.peephole`), as the constructor took them; `training` and `generator` for zoneout and
+    recurrent dropout."""
 
     training = True
 
     def train(self, mode=True):
-        """Zoneout in training (masks drawn from `generator`), or its expectation with mode=False; returns self."""
+        """Zoneout and recurrent dropout in training (masks drawn from `generator`), or with mode=False zoneout's
+        expectation and no dropout; returns self."""
         self.training = _checks.flag("mode", mode)
         return self
 
     def eval(self):
-        """train(False): zoneout's expectation, no masks drawn; returns self."""
+        """train(False): zoneout's expectation, no dropout, no masks drawn; returns self."""
         return self.train(False)
 
     def _zoneout(self):
-        """api.forward's zoneout arguments for the object's mode."""
+        """api.forward's mask arguments (zoneout, recurrent dropout) for the object's mode."""
         return {"generator": self.generator} if self.training else {"masks": {}}
 
     def __getattr__(self, name):  # only reached when normal lookup fails

@@ -82,13 +82,19 @@ def _gate(tape, terms, bias, act, name):
     return tape(act, acc, name=name)
 
 
-def _step(tape, spec, P, b, x, states, zone=None):
+def _step(tape, spec, P, b, x, states, zone=None, drop=None):
     """Record one step of a variant: the states after it (a tuple).  zone: {state: its zoneout mask (a Var of
-    0s and 1s: training) or probability (evaluation)} for the zoned-out states."""
+    0s and 1s: training) or probability (evaluation)} for the zoned-out states; drop: recurrent dropout's d
+    (a Var of 0s and 1/(1 − p)s, the same every step: training), or None."""
     zone = zone or {}
     if isinstance(spec, LSTMSpec):
-        return _lstm_step(tape, spec, P, b, x, *states, zone)
-    return (_gru_step(tape, spec, P, b, x, *states, zone),)
+        return _lstm_step(tape, spec, P, b, x, *states, zone, drop)
+    return (_gru_step(tape, spec, P, b, x, *states, zone, drop),)
+
+
+def _recurrent_input(tape, drop, h):
+    """What the recurrent weights multiply: h, or d ∘ h under recurrent dropout (Gal & Ghahramani 2016)."""
+    return h if drop is None else tape("mul", drop, h, name="h̃_{t-1}")
 
 
 def _zone(tape, d, prev, new, name):
@@ -101,9 +107,10 @@ def _zone(tape, d, prev, new, name):
     return tape("add", tape("scale", prev, d), tape("scale", new, 1.0 - d), name=name)
 
 
-def _lstm_step(tape, spec, P, b, x, h, c, zone):
+def _lstm_step(tape, spec, P, b, x, h, c, zone, drop):
     """Record one LSTM step; for the seed's cell these are its equations 1-31."""
     peephole = spec.peephole
+    h_in = _recurrent_input(tape, drop, h)
 
     def peep(g, state):
         if peephole is None:
@@ -111,7 +118,7 @@ def _lstm_step(tape, spec, P, b, x, h, c, zone):
         return [("matmul" if peephole == "full" else "mul", P["weight_ch", g], state)]
 
     def rec(g):
-        return [("matmul", P["weight_hh", g], h), ("matmul", P["weight_ih", g], x)]
+        return [("matmul", P["weight_hh", g], h_in), ("matmul", P["weight_ih", g], x)]
 
     f = _gate(tape, peep("f", c) + rec("f"), b.get("f"), "sigmoid", "f_t")
     i = _gate(tape, peep("i", c) + rec("i"), b.get("i"), "sigmoid", "i_t")
@@ -128,16 +135,17 @@ def _lstm_step(tape, spec, P, b, x, h, c, zone):
     return _zone(tape, zone.get("h"), h, h1, "h_t"), _zone(tape, zone.get("c"), c, c1, "C_t")
 
 
-def _gru_step(tape, spec, P, b, x, h, zone):
-    """Record one GRU step: r, z, n, then h_t = (1 − z_t) ∘ n_t + z_t ∘ h_{t-1}."""
+def _gru_step(tape, spec, P, b, x, h, zone, drop):
+    """Record one GRU step: r, z, n, then h_t = (1 − z_t) ∘ n_t + z_t ∘ h_{t-1} (h itself, not d ∘ h)."""
+    h_in = _recurrent_input(tape, drop, h)
 
-    def rec(g, state=h):
+    def rec(g, state=h_in):
         return [("matmul", P["weight_hh", g], state), ("matmul", P["weight_ih", g], x)]
 
     r = _gate(tape, rec("r"), b.get("r"), "sigmoid", "r_t")
     z = _gate(tape, rec("z"), b.get("z"), "sigmoid", "z_t")
     if spec.reset_after:  # n = tanh(W_nx x + b_nx + r ∘ (W_nh h + b_nh))
-        gh = tape("matmul", P["weight_hh", "n"], h)
+        gh = tape("matmul", P["weight_hh", "n"], h_in)
         if b:
             gh = tape("add", gh, P["bias_hh", "n"])
         gi = tape("matmul", P["weight_ih", "n"], x)
@@ -145,7 +153,7 @@ def _gru_step(tape, spec, P, b, x, h, zone):
             gi = tape("add", gi, P["bias_ih", "n"])
         n = tape("tanh", tape("add", gi, tape("mul", r, gh)), name="n_t")
     else:  # n = tanh(W_nh (r ∘ h) + W_nx x + b_n)
-        n = _gate(tape, rec("n", tape("mul", r, h)), b.get("n"), "tanh", "n_t")
+        n = _gate(tape, rec("n", tape("mul", r, h_in)), b.get("n"), "tanh", "n_t")
     one_minus_z = tape("offset", tape("scale", z, -1.0), 1.0)
     h1 = tape("add", tape("mul", one_minus_z, n), tape("mul", z, h), name="h'_t" if "h" in zone else "h_t")
     return _zone(tape, zone.get("h"), h, h1, "h_t")
@@ -156,7 +164,7 @@ _PREV = {"h": "h_{t-1}", "c": "C_{t-1}"}
 
 def equations(cell, *, peephole=None, candidate="tanh", reset_after=True, bias=True, **variant):
     """The tape's forward and backward equations for one step, as text (any other flag of the cell's spec in
-    `variant`; zoneout in its training form, with masks d^h_t, d^C_t).
+    `variant`; zoneout and recurrent dropout in their training form, with masks d^h_t, d^C_t and d^r).
 
     `equations("lstm", peephole="full", candidate="sigmoid")` is the seed's
     own cell: its forward list is the slides' equations 1-31 in their order,
@@ -175,7 +183,8 @@ def equations(cell, *, peephole=None, candidate="tanh", reset_after=True, bias=T
     pre = len(tape.eqs)
     zone = {n: Var(f"d^{n.upper() if n == 'c' else n}_t", np.zeros((1, 1))) for n in spec.zoneout()}
     states = [Var(_PREV[n], np.zeros((w, 1))) for n, w in spec.state_sizes(1).items()]
-    _step(tape, spec, P, b, Var("x_t", np.zeros((1, 1))), states, zone)
+    drop = Var("d^r", np.ones((1, 1))) if spec.recurrent_dropout else None
+    _step(tape, spec, P, b, Var("x_t", np.zeros((1, 1))), states, zone, drop)
     fwd, bwd = tape.lines(pre)
     bias_fwd, bias_bwd = tape.lines(0, pre)
     flags = ", ".join(f"{k}={v!r}" for k, v in spec.shown().items())
@@ -197,7 +206,7 @@ def equations(cell, *, peephole=None, candidate="tanh", reset_after=True, bias=T
 
 def forward(spec, x, params, states, lengths, training=True, masks=None):
     """y, the final states (a tuple) and a ctx, for validated row-layout inputs, computed on the tape in float64;
-    masks: zoneout's {state: [T, B, H] of 0s and 1s} (training), or None (its expectation)."""
+    masks: `rnncells.api.training_masks`'s (training), or None (evaluation)."""
     return _run(spec, x, params, states, lengths, training, masks)
 
 
@@ -246,8 +255,11 @@ def _run(spec, x, params, states, lengths, training, masks):
         xs = [Var("x_t", x[t, cols].T) for t in range(L)]
         s0 = tuple(Var(n, np.asarray(s[cols], dtype=np.float64).T) for n, s in zip(spec.states, states))
         s, ys = s0, []
+        drop = None
+        if masks and "rdrop" in masks:  # d = mask / (1 − p), one leaf for every step of the group
+            drop = Var("d^r", np.asarray(masks["rdrop"][cols], dtype=np.float64).T * spec.rdrop_scale())
         for t in range(L):
-            s = _step(tape, spec, leaves, b, xs[t], s, _zones(spec, masks, t, cols))
+            s = _step(tape, spec, leaves, b, xs[t], s, _zones(spec, masks, t, cols), drop)
             ys.append(s[0])
             y[t, cols] = s[0].value.T
         for out, v in zip(final, s):

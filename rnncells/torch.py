@@ -8,12 +8,14 @@ Same constructor arguments (LSTM's proj_size included), parameter names,
 state_dict keys, inputs (padded, batch_first, unbatched, PackedSequence)
 and return values as torch.nn; extra keyword arguments select our variants (`peephole`,
 `candidate`, `cell_clip`, `zoneout_c` for the LSTMs, `reset_after` for the
-GRUs, `zoneout_h` for both: the flags of `rnncells.variants.LSTMSpec` and
-`GRUSpec`), their extra weights named weight_ch_l{k}[_reverse] (weight_ch
-for the cells).  Zoneout follows the module's mode, as dropout does: in
-train mode its masks are drawn from torch's generator on the input's
-device (torch.manual_seed makes them reproducible), in eval mode it uses
-the expectation.
+GRUs, `zoneout_h` and `recurrent_dropout` for both: the flags of
+`rnncells.variants.LSTMSpec` and `GRUSpec`), their extra weights named
+weight_ch_l{k}[_reverse] (weight_ch for the cells).  Zoneout and recurrent
+dropout follow the module's mode, as dropout does: in train mode their
+masks are drawn from torch's generator on the input's device
+(torch.manual_seed makes them reproducible; one recurrent dropout mask per
+layer, direction and call), in eval mode zoneout uses the expectation and
+recurrent dropout drops nothing.
 
 Each layer and direction is one `torch.autograd.Function` whose forward and
 backward are rnncells' own (the "cpu" backend for CPU tensors; CuPy,
@@ -254,15 +256,19 @@ class _Module(nn.Module):
         return _backends.named("cupy" if x.is_cuda else self.cpu_backend)
 
     def _zoneout_masks(self, x):
-        """Zoneout's masks for a call on x (T, B, ·): drawn from torch's generator in train mode (as dropout),
-        {} (its expectation) in eval mode; None without zoneout."""
-        zoned = self.spec.zoneout()
-        if not zoned:
+        """Zoneout's and recurrent dropout's masks for a call on x (T, B, ·), as `rnncells.api.training_masks`
+        gives them: drawn from torch's generator in train mode (as dropout), {} (zoneout's expectation, no
+        dropout) in eval mode; None without either."""
+        zoned, p_drop = self.spec.zoneout(), self.spec.recurrent_dropout
+        if not (zoned or p_drop):
             return None
         if not self.training:
             return {}
         shape = (*x.shape[:2], self.hidden_size)
-        return {n: _array((torch.rand(shape, device=x.device) < p).to(torch.uint8)) for n, p in zoned.items()}
+        masks = {n: _array((torch.rand(shape, device=x.device) < p).to(torch.uint8)) for n, p in zoned.items()}
+        if p_drop:
+            masks["rdrop"] = _array((torch.rand(shape[1:], device=x.device) >= p_drop).to(torch.uint8))
+        return masks
 
     def _options_repr(self):
         """The variant, and cpu_backend unless it is the default, for extra_repr."""

@@ -38,6 +38,7 @@ CANDIDATES = ("tanh", "sigmoid")
 CELL_CLIPS = (None, 0.4)
 PROJ_SIZE = 3  # the projection the tests run, smaller than some of their hidden sizes and larger than others
 ZONEOUTS = ((0.0, 0.0), (0.3, 0.2))  # (zoneout_h, zoneout_c)
+RECURRENT_DROPOUT = 0.25  # the tests' (a kernel argument and a mask pointer, no template flag: see `kernel_scalars`)
 _PEEPHOLE_CODES = {None: "0", "full": "1", "diagonal": "2"}  # PEEPHOLE_* in kernels/common.cuh
 
 
@@ -133,6 +134,15 @@ class _Spec:
         probabilities = {n: getattr(self, f"zoneout_{n}") for n in self.states}
         return {n: p for n, p in probabilities.items() if p > 0}
 
+    def rdrop_scale(self):
+        """1 / (1 − recurrent_dropout): d's value for a kept unit (inverted dropout, so evaluation needs none)."""
+        return 1.0 / (1.0 - self.recurrent_dropout)
+
+    def random_flags(self):
+        """The flags that draw masks in training, as 'zoneout_h=0.1, recurrent_dropout=0.25' ('' for none)."""
+        names = [f"zoneout_{n}" for n in self.zoneout()] + (["recurrent_dropout"] if self.recurrent_dropout else [])
+        return ", ".join(f"{n}={getattr(self, n)}" for n in names)
+
     def _extra_shapes(self, H):
         return {}
 
@@ -146,7 +156,9 @@ class LSTMSpec(_Spec):
     `cell_clip` None or a positive number, c' clipped to [−cell_clip, cell_clip] after each update;
     `zoneout_h`, `zoneout_c` in [0, 1): the probability that a unit of h (of c) keeps its previous value;
     `proj_size` 0, or P > 0 for torch.nn.LSTM's projection h = W_hr (o∘tanh c') (Sak et al. 2014), which makes
-    h, the output and weight_hh's columns P wide (not with zoneout_h, which would zone out the projection)."""
+    h, the output and weight_hh's columns P wide (not with zoneout_h, which would zone out the projection);
+    `recurrent_dropout` in [0, 1): the probability that a unit of h is dropped from the recurrent GEMM, one mask
+    per sequence (Gal & Ghahramani 2016; Keras's recurrent_dropout), not with proj_size."""
 
     peephole: object = None
     candidate: str = "tanh"
@@ -154,6 +166,7 @@ class LSTMSpec(_Spec):
     zoneout_h: float = 0.0
     zoneout_c: float = 0.0
     proj_size: int = 0
+    recurrent_dropout: float = 0.0
 
     cell: ClassVar[str] = "lstm"
     _always: ClassVar[int] = 2  # __str__ shows peephole and candidate always
@@ -168,7 +181,7 @@ class LSTMSpec(_Spec):
         if self.cell_clip is not None:
             object.__setattr__(self, "cell_clip", _number("cell_clip", self.cell_clip, lambda c: 0 < c < float("inf"),
                                                           "None or a positive finite number"))
-        for name in ("zoneout_h", "zoneout_c"):
+        for name in ("zoneout_h", "zoneout_c", "recurrent_dropout"):
             object.__setattr__(self, name, _probability(name, getattr(self, name)))
         p = self.proj_size
         if isinstance(p, (bool, np.bool_)) or not isinstance(p, (int, np.integer)) or p < 0:
@@ -177,6 +190,9 @@ class LSTMSpec(_Spec):
         if p and self.zoneout_h:
             raise ValueError(f"zoneout_h={self.zoneout_h} with proj_size={p} is not supported: zoneout of a "
                              "projected h is not implemented (zoneout_c is)")
+        if p and self.recurrent_dropout:
+            raise ValueError(f"recurrent_dropout={self.recurrent_dropout} with proj_size={p} is not supported: "
+                             "dropout of a projected h is not implemented")
 
     @staticmethod
     def every():
@@ -188,13 +204,15 @@ class LSTMSpec(_Spec):
     @staticmethod
     def covering():
         """The variants the tests run: every peephole and candidate; cell_clip, then zoneout, then proj_size,
-        with every peephole; and everything at once (the projection with zoneout on c only)."""
+        with every peephole; recurrent_dropout without a peephole and with the full one (whose GEMM gives dc
+        too); and everything at once (the projection with zoneout on c only)."""
         clip, zoneout = CELL_CLIPS[1], dict(zip(("zoneout_h", "zoneout_c"), ZONEOUTS[1]))
         return ([LSTMSpec(p, c) for p, c in itertools.product(PEEPHOLES, CANDIDATES)]
                 + [LSTMSpec(p, cell_clip=clip) for p in PEEPHOLES] + [LSTMSpec(p, **zoneout) for p in PEEPHOLES]
                 + [LSTMSpec(p, proj_size=PROJ_SIZE) for p in PEEPHOLES]
-                + [LSTMSpec("diagonal", "sigmoid", clip, **zoneout),
-                   LSTMSpec("full", "sigmoid", clip, zoneout_c=zoneout["zoneout_c"], proj_size=PROJ_SIZE)])
+                + [LSTMSpec(p, recurrent_dropout=RECURRENT_DROPOUT) for p in (None, "full")]
+                + [LSTMSpec("diagonal", "sigmoid", clip, **zoneout, recurrent_dropout=RECURRENT_DROPOUT),
+                   LSTMSpec("full", "tanh", clip, zoneout_c=zoneout["zoneout_c"], proj_size=PROJ_SIZE)])
 
     def template_args(self):
         """The kernels' template arguments after <S, C>: PEEPHOLE, SIGMOID_CANDIDATE, CLIP, ZONEOUT (the values
@@ -203,8 +221,10 @@ class LSTMSpec(_Spec):
                 _cpp(self.zoneout()))
 
     def kernel_scalars(self):
-        """The kernels' variant arguments: (cell_clip, zoneout_h, zoneout_c), 0 for what is off."""
-        return (self.cell_clip or 0.0, self.zoneout_h, self.zoneout_c)
+        """The kernels' variant arguments: (cell_clip, zoneout_h, zoneout_c, rdrop_scale), 0 (1 for the scale)
+        for what is off.  Recurrent dropout has no template flag: its mask pointer is null without it, a branch
+        uniform over the grid, where a flag would double every LSTM instantiation."""
+        return (self.cell_clip or 0.0, self.zoneout_h, self.zoneout_c, self.rdrop_scale())
 
     def state_sizes(self, hidden_size):
         """{"h": proj_size or hidden_size, "c": hidden_size}."""
@@ -245,10 +265,11 @@ class LSTMSpec(_Spec):
 @dataclass(frozen=True)
 class GRUSpec(_Spec):
     """A GRU variant: reset_after=True is torch.nn.GRU / cuDNN, False is Cho et al. / Keras; `zoneout_h` in
-    [0, 1): the probability that a unit of h keeps its previous value."""
+    [0, 1): the probability that a unit of h keeps its previous value; `recurrent_dropout` as the LSTM's."""
 
     reset_after: bool = True
     zoneout_h: float = 0.0
+    recurrent_dropout: float = 0.0
 
     cell: ClassVar[str] = "gru"
     _always: ClassVar[int] = 1  # __str__ shows reset_after always
@@ -259,7 +280,8 @@ class GRUSpec(_Spec):
         if not isinstance(self.reset_after, (bool, np.bool_)):
             raise ValueError(f"reset_after={self.reset_after!r} must be True or False")
         object.__setattr__(self, "reset_after", bool(self.reset_after))  # NumPy's bool too, stored as a bool
-        object.__setattr__(self, "zoneout_h", _probability("zoneout_h", self.zoneout_h))
+        for name in ("zoneout_h", "recurrent_dropout"):
+            object.__setattr__(self, name, _probability(name, getattr(self, name)))
 
     @staticmethod
     def every():
@@ -268,8 +290,10 @@ class GRUSpec(_Spec):
 
     @staticmethod
     def covering():
-        """The variants the tests run: all of them."""
-        return GRUSpec.every()
+        """The variants the tests run: every combination of template flags; recurrent_dropout with each reset,
+        and with zoneout before the reset (where both meet in the rz kernels)."""
+        return GRUSpec.every() + [GRUSpec(r, z, RECURRENT_DROPOUT) for r, z in ((True, 0.0), (False, 0.0),
+                                                                                 (False, ZONEOUTS[1][0]))]
 
     def template_args(self):
         """The template argument of the kernels that write h: ZONEOUT (reset before and after are kernels of
@@ -277,8 +301,8 @@ class GRUSpec(_Spec):
         return (_cpp(self.zoneout()),)
 
     def kernel_scalars(self):
-        """The kernels' variant arguments: (zoneout_h,)."""
-        return (self.zoneout_h,)
+        """The kernels' variant arguments: (zoneout_h, rdrop_scale), as the LSTM's."""
+        return (self.zoneout_h, self.rdrop_scale())
 
 
 def every():

@@ -71,6 +71,7 @@ CASES = [
     (lambda: rc.lstm_forward(x3(), lstm(), proj_size=-2), ValueError, r"proj_size=-2 must be 0 \(no projection\) or a positive integer"),
     (lambda: rc.lstm_forward(x3(), lstm(), proj_size=2.0), ValueError, r"proj_size=2.0 must be 0"),
     (lambda: rc.lstm_forward(x3(), proj(), proj_size=2, zoneout_h=0.1), ValueError, r"zoneout_h=0.1 with proj_size=2 is not supported"),
+    (lambda: rc.LSTM(I, H, proj_size=2, recurrent_dropout=0.1), ValueError, r"recurrent_dropout=0.1 with proj_size=2 is not supported"),
     (lambda: rc.gru_forward(x3(), rc.init_gru_params(I, H, dtype="float64"), reset_after="yes"), ValueError, r"reset_after='yes' must be True or False"),
     (lambda: rc.lstm_forward(x3(), lstm(), zoneout=0.1), TypeError, r"unexpected keyword argument 'zoneout'; the LSTM variant flags are peephole, candidate, cell_clip"),
     (lambda: rc.gru_cell_forward(x3()[0], None, rc.init_gru_params(I, H, dtype="float64"), peephole="full"), TypeError, r"unexpected keyword argument 'peephole'; the GRU variant flags are reset_after"),

@@ -90,11 +90,11 @@ def test_a_loop_refuses_arguments_of_the_wrong_type():
     loops = _cpu.load()
     b = dict(T=1, B=1, H=1)
     f64 = np.zeros((1, 1, 4))
-    wanted = r"lstm_forward loop takes \(Blas, int, int, int, float, float, float, float\*.* given \(Blas, int, " \
-             r"int, int, float, float, float, double\*"
+    wanted = r"lstm_forward loop takes \(Blas, int, int, int, float, float, float, float, float\*.* given \(Blas, " \
+             r"int, int, int, float, float, float, float, double\*"
     with pytest.raises(TypeError, match=wanted):
         loops.call(("lstm_forward", np.dtype("float32"), LSTMSpec().template_args(), True), np.dtype("float32"),
-                   *b.values(), *[np.float32(0)] * 3, *([f64] * 15))
+                   *b.values(), *[np.float32(0)] * 4, *([f64] * 17))
 
 
 def test_the_build_is_cached_by_what_it_is_built_from(tmp_path):

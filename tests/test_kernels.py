@@ -151,16 +151,16 @@ def test_host_launcher_checks_arguments_against_the_kernel_signature():
     with pytest.raises(TypeError, match=takes + r"but was given \(int, int, double\*, float\*\)"):
         launcher(name, (1, 1, 1), (256, 1, 1), (1, 4, a.astype(np.float64), a))
     lengths = _kernels.kernel_name("lstm_forward_step", "float64", LSTMSpec(), False)
-    # ..., w_peep, the zoneout masks, lengths
-    assert launcher.signatures[lengths].endswith(",double*,unsigned char*,unsigned char*,int*")
+    # ..., w_peep, the zoneout masks, the recurrent dropout mask, h_drop, lengths
+    assert launcher.signatures[lengths].endswith(",double*,unsigned char*,unsigned char*,unsigned char*,double*,int*")
     half = _kernels.kernel_name("column_totals", "bfloat16")
     assert launcher.signatures[half] == "int,int,float*,__nv_bfloat16*"  # sums in C, the total stored in S
     with pytest.raises(TypeError, match=r"but was given \(int, int, float\*, __half\*\)"):
         launcher(half, (1, 1, 1), (256, 1, 1), (1, 4, a, a.astype(np.float16)))
     clip = _kernels.kernel_name("lstm_forward_step", "bfloat16", LSTMSpec(cell_clip=1.0), True)
-    assert launcher.signatures[clip].startswith("int,int,int,float,float,float,")  # t, B, H, the spec's scalars in C
+    assert launcher.signatures[clip].startswith("int,int,int,float,float,float,float,")  # t, B, H, the spec's scalars
     with pytest.raises(TypeError, match=r"but was given \(int, int, int, float \(a Python float\),"):
-        launcher(clip, (1, 1, 1), (256, 1, 1), (0, 1, 1, 1.0, 0.0, 0.0, *[a] * 13))
+        launcher(clip, (1, 1, 1), (256, 1, 1), (0, 1, 1, 1.0, 0.0, 0.0, 1.0, *[a] * 15))
     for sig in launcher.signatures.values():
         assert set(sig.split(",")) <= {"int", "float", "double", "float*", "double*", "__half*", "__nv_bfloat16*",
                                        "int*", "unsigned char*"}
@@ -225,8 +225,8 @@ ASAN_SCRIPT = textwrap.dedent(
     else:  # every buffer one row too short for the H the kernel is told
         B, H = 3, 5
         buf = lambda *s: np.zeros(s, np.float32)
-        args = (0, B, H + 1, *[np.float32(0)] * 3, buf(B, 4 * H), buf(B, 4 * H), None, buf(B, H), buf(B, H),
-                buf(B, H), buf(B, H), None, buf(B, 4 * H), None, None, None, None)
+        args = (0, B, H + 1, *[np.float32(0)] * 3, np.float32(1), buf(B, 4 * H), buf(B, 4 * H), None, buf(B, H),
+                buf(B, H), buf(B, H), buf(B, H), None, buf(B, 4 * H), None, None, None, None, None, None)
         name = _kernels.kernel_name("lstm_forward_step", "float32", LSTMSpec(), True)
         ops.launcher(name, (1, 1, 1), (256, 1, 1), args)
         print("no error reported")

@@ -5,7 +5,8 @@ the parameters and the output y are the caller's; everything else the
 context holds counts.  y doubles as the hidden-state history, so the
 backward must leave it unchanged.  In half precision those elements are
 half-sized, except the LSTM's cell states, which stay float32.  Zoneout adds
-its masks: one byte per unit and step of each zoned-out state.  A projected
+its masks: one byte per unit and step of each zoned-out state, and recurrent
+dropout its one: a byte per unit of h for the whole sequence.  A projected
 LSTM (proj_size) also keeps h' before its projection, T·B·H more: (G+2)·T·B·H.
 """
 
@@ -58,7 +59,7 @@ def test_saved_activations_stay_within_g_plus_one_t_b_h(spec, cpu_backend):
     assert saved, "the context must keep the gates it needs"
     p = verify.problem(spec, T=T, B=B, I=4, H=H, dtype="float32")
     masks = [a for a in _arrays(_forward(p, cpu_backend)[-1].inner) if a.dtype == np.uint8]
-    assert sum(a.nbytes for a in masks) == len(spec.zoneout()) * T * B * H
+    assert sum(a.nbytes for a in masks) == len(spec.zoneout()) * T * B * H + (B * H if spec.recurrent_dropout else 0)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])

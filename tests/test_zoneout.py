@@ -32,14 +32,14 @@ def _call(spec, p, backend, **kw):
 
 def test_masks_keep_about_p_of_the_units_and_repeat_with_the_seed():
     spec = LSTMSpec(zoneout_h=0.1, zoneout_c=0.6)
-    masks = api.zoneout_masks(spec, np.random.default_rng(3), np, (50, 20, 30))
+    masks = api.training_masks(spec, np.random.default_rng(3), np, (50, 20, 30))
     assert list(masks) == ["h", "c"] and all(m.dtype == np.uint8 and m.shape == (50, 20, 30) for m in masks.values())
     assert set(np.unique(masks["h"])) == {0, 1}
     assert abs(masks["h"].mean() - 0.1) < 0.01 and abs(masks["c"].mean() - 0.6) < 0.02
-    again = api.zoneout_masks(spec, np.random.default_rng(3), np, (50, 20, 30))
+    again = api.training_masks(spec, np.random.default_rng(3), np, (50, 20, 30))
     assert all(np.array_equal(masks[n], again[n]) for n in masks)
-    assert api.zoneout_masks(LSTMSpec(zoneout_c=0.6), np.random.default_rng(3), np, (2, 2, 2)).keys() == {"c"}
-    assert api.zoneout_masks(LSTMSpec(), None, np, (2, 2, 2)) is None
+    assert api.training_masks(LSTMSpec(zoneout_c=0.6), np.random.default_rng(3), np, (2, 2, 2)).keys() == {"c"}
+    assert api.training_masks(LSTMSpec(), None, np, (2, 2, 2)) is None
 
 
 def test_training_with_zoneout_needs_a_generator_of_the_arrays_kind():
@@ -141,7 +141,7 @@ def test_values_and_gradients_match_torch_cells_with_zoneout_around_them(zoned, 
     train = mode == "train"
     kw = {"generator": np.random.default_rng(11)} if train else {"training": False}
     got = _call(spec, p, backend, **kw)
-    masks = api.zoneout_masks(spec, np.random.default_rng(11), np, (6, 4, 5)) if train else spec.zoneout()
+    masks = api.training_masks(spec, np.random.default_rng(11), np, (6, 4, 5)) if train else spec.zoneout()
     masks = {n: torch.tensor(m, dtype=torch.float64) if train else m for n, m in masks.items()}
     leaves = {k: torch.tensor(v, requires_grad=True) for k, v in {"x": p.x, **p.states, **p.params}.items()}
     outs = _torch_zoneout(torch, spec, leaves["x"], [leaves[n + "0"] for n in spec.states],
