@@ -27,8 +27,8 @@ anyone; the median is reported, and every configuration is measured twice
 (pass 1, pass 2) so the table shows its own noise.  On the CPU each row
 also has a thread count (`CPU_THREADS`), set for both sides: torch's
 intra-op threads and NumPy's BLAS pool.
-The "variants" group times our variants (`VARIANTS`; zoneout in training
-draws its masks on the device within each call), at the standard shape and
+The "variants" group times our variants (`VARIANTS`; zoneout and recurrent
+dropout in training draw their masks on the device within each call), at the standard shape and
 at batch 4: for those cuDNN lacks the torch sides run their plain cell, so
 the ratio says what the variant costs against cuDNN's cell without it;
 `proj_size`, which torch.nn.LSTM has, both sides run (the torch loop then
@@ -71,8 +71,9 @@ class Config(NamedTuple):
 GROUPS = ("standard", "small batch", "large", "variants")
 # The "variants" group: per cell, the spec flags of each variant timed (ours; torch runs its plain cell but for
 # TORCH_FLAGS, which it has too).  proj_size 128 of H = 512: the 4:1 of Sak et al.'s LSTMP.
-VARIANTS = {"lstm": ((("cell_clip", 1.0),), (("zoneout_h", 0.1), ("zoneout_c", 0.1)), (("proj_size", 128),)),
-            "gru": ((("zoneout_h", 0.1),),)}
+VARIANTS = {"lstm": ((("cell_clip", 1.0),), (("zoneout_h", 0.1), ("zoneout_c", 0.1)), (("proj_size", 128),),
+                     (("recurrent_dropout", 0.25),)),
+            "gru": ((("zoneout_h", 0.1),), (("recurrent_dropout", 0.25),))}
 TORCH_FLAGS = ("proj_size",)
 # precision -> (our dtype, TF32 on); torch runs float32 modules, under autocast for the half ones (float64 for fp64)
 PRECISIONS = {"fp32": ("float32", False), "tf32": ("float32", True), "fp16": ("float16", False),

@@ -43,7 +43,9 @@ def test_presets_cover_the_standard_small_and_large_configurations():
         (cell, 100, B, 512, v) for B in (64, 4) for cell, v in (("lstm", "cell_clip=1.0"),
                                                                ("lstm", "zoneout_h=0.1 zoneout_c=0.1"),
                                                                ("lstm", "proj_size=128"),
-                                                               ("gru", "zoneout_h=0.1"))]
+                                                               ("lstm", "recurrent_dropout=0.25"),
+                                                               ("gru", "zoneout_h=0.1"),
+                                                               ("gru", "recurrent_dropout=0.25"))]
     assert [c for c in full if c.variant] == [c for c in variants if c.cell == "lstm"]
     assert all(c.group == "variants" for c in variants)
     with pytest.raises(ValueError, match="preset='huge'"):
@@ -230,8 +232,9 @@ def test_a_variant_row_times_our_variant(monkeypatch):
     monkeypatch.setattr(api, "lstm_forward", lambda *a, **kw: (seen.append(kw), real(*a, **kw))[1])
     for cfg in bench.configs("full", cells=("lstm",), groups=("variants",))[len(bench.VARIANTS["lstm"]) :]:  # B=4
         bench._ours(cfg._replace(T=3), "train", np, rotate=1, seed=0)()
-    assert [{k: kw[k] for k in kw if k in ("cell_clip", "zoneout_h", "zoneout_c", "proj_size")} for kw in seen] == [
-        {"cell_clip": 1.0}, {"zoneout_h": 0.1, "zoneout_c": 0.1}, {"proj_size": 128}]
+    flags = ("cell_clip", "zoneout_h", "zoneout_c", "proj_size", "recurrent_dropout")
+    assert [{k: kw[k] for k in kw if k in flags} for kw in seen] == [
+        {"cell_clip": 1.0}, {"zoneout_h": 0.1, "zoneout_c": 0.1}, {"proj_size": 128}, {"recurrent_dropout": 0.25}]
     assert seen[1]["generator"] is not None
 
 
