@@ -332,8 +332,8 @@ def _last_outputs(xp, h0, y, lengths):
 
 @_forward_size
 def lstm_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None, masks=None):
-    """y [T, B, P or H], (hT [B, P or H], cT [B, H]), ctx (None when not training); masks {"h", "c": uint8
-    [T, B, H]} zoneout's (training), or None (its expectation)."""
+    """y [T, B, P or H], (hT [B, P or H], cT [B, H]), ctx (None when not training); masks (training):
+    zoneout's {"h", "c": uint8 [T, B, H]} and recurrent dropout's {"rdrop": uint8 [B, H]}, or None."""
     (T, B, _), (h0, c0) = x.shape, states
     H, P, peephole = c0.shape[1], spec.proj_size, spec.peephole
     shape = (x.dtype, T, B, H, P, peephole, training, lengths is not None, tuple(sorted(masks or ())))
@@ -544,8 +544,8 @@ def _gru_forward_steps(ops, b, T, spec, training):
 
 @_forward_size
 def gru_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None, masks=None):
-    """y [T, B, H], (hT,) [B, H], ctx (None when not training); masks {"h": uint8 [T, B, H]} or None, as in
-    lstm_forward."""
+    """y [T, B, H], (hT,) [B, H], ctx (None when not training); masks {"h": uint8 [T, B, H], "rdrop": uint8
+    [B, H]} or None, as in lstm_forward."""
     (T, B, _), (h0,) = x.shape, states
     H, reset_after = h0.shape[1], spec.reset_after
     shape = (x.dtype, T, B, H, reset_after, training, lengths is not None, tuple(sorted(masks or ())))
@@ -651,7 +651,7 @@ def gru_backward(ops, xp, ctx, dy, dstates):
 
 def forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None, masks=None):
     """y [T, B, H], the final states (a tuple) and a ctx (None when not training), for a spec of either family;
-    masks: zoneout's {state: uint8 [T, B, H]} (training), or None (its expectation)."""
+    masks: `rnncells.api.training_masks`'s (training), or None (evaluation)."""
     run = lstm_forward if isinstance(spec, LSTMSpec) else gru_forward
     return run(ops, xp, spec, x, p, states, lengths, training, graphs, masks)
 

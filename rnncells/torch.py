@@ -270,9 +270,11 @@ class _Module(nn.Module):
             masks["rdrop"] = _array((torch.rand(shape[1:], device=x.device) >= p_drop).to(torch.uint8))
         return masks
 
-    def _options_repr(self):
-        """The variant, and cpu_backend unless it is the default, for extra_repr."""
-        s = "".join(f", {k}={v!r}" for k, v in self.spec.kwargs().items())
+    def _options_repr(self, shown=()):
+        """The variant's flags and cpu_backend where they differ from their defaults (but those `shown` already),
+        for extra_repr, so a module without our variants reads as torch.nn's."""
+        defaults = type(self.spec)().kwargs()
+        s = "".join(f", {k}={v!r}" for k, v in self.spec.kwargs().items() if v != defaults[k] and k not in shown)
         return s + ("" if self.cpu_backend == "cpu" else f", cpu_backend={self.cpu_backend!r}")
 
     def __prepare_scriptable__(self):  # torch.jit.script calls this first
@@ -351,11 +353,11 @@ class _RNN(_Module):
 
     def extra_repr(self):
         s = f"{self.input_size}, {self.hidden_size}"
-        for name, default in (("num_layers", 1), ("bias", True), ("batch_first", False), ("dropout", 0.0),
-                              ("bidirectional", False)):  # proj_size, with the variant: _options_repr
+        for name, default in (("proj_size", 0), ("num_layers", 1), ("bias", True), ("batch_first", False),
+                              ("dropout", 0.0), ("bidirectional", False)):  # torch.nn's order
             if getattr(self, name) != default:
                 s += f", {name}={getattr(self, name)}"
-        return s + self._options_repr()
+        return s + self._options_repr(shown=("proj_size",))
 
     def _states(self, states, B, unbatched):
         """The states as (L·D, B, width) tensors (or Nones), checked: h0 proj_size wide when projected."""

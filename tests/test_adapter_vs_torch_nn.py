@@ -140,6 +140,12 @@ def test_peephole_weights_are_named_like_the_others():
     assert "peephole='full'" in repr(m)
 
 
+@pytest.mark.parametrize("kw", [{}, {"num_layers": 2, "bidirectional": True, "proj_size": 2}, {"bias": False}])
+def test_a_module_without_our_variants_reads_as_torch_nns(kw):
+    assert repr(rt.LSTM(3, 6, **kw)) == repr(nn.LSTM(3, 6, **kw))
+    assert repr(rt.LSTM(3, 6, cell_clip=1.0, **kw)) == repr(nn.LSTM(3, 6, **kw))[:-1] + ", cell_clip=1.0)"
+
+
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_optimizer_steps_follow_torch(kind, opt):
