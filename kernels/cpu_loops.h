@@ -9,6 +9,8 @@
 //             GRU reset before: ghrz = h Whh_rzᵀ; gru_rz_step; ghn = (r∘h) Whnᵀ; gru_n_step
 //   backward  lstm_backward_step; drec = da Wrec                          GRU: gru_backward_step; drec = dgh Whh
 //             GRU reset before: gru_n_backward_step; drh = da_n Whn; gru_rz_backward_step; drec = da_rz Whh_rz
+//   projected LSTM (proj_size): forward hw = h Whhᵀ (FULL: cw); lstm_forward_step; y = h' Whrᵀ
+//             backward dh += da' Whh; drec_h = dh Whr; lstm_backward_step (FULL: drec_c = da Wch)
 // S = C (float or double): half storage stays on the NumPy backend.
 #pragma once
 #include <cstdint>
@@ -34,26 +36,28 @@ using cblas_gemv = void (*)(int order, int trans, I m, I n, S alpha, const S* a,
 
 template <typename I, typename S>
 void gemm_as(const Blas blas, bool trans_w, int M, int N, int K, const S* a, int lda, const S* w, int ldw, S* out,
-             int ldo) {
+             int ldo, S beta) {
   constexpr int ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112;
   if (M <= 2) {  // one GEMV per row: GEMM would copy (pack) all of w first, 3x slower for one row of 256
     for (int m = 0; m < M; ++m)
       reinterpret_cast<cblas_gemv<I, S>>(blas.gemv)(ROW_MAJOR, trans_w ? NO_TRANS : TRANS, trans_w ? N : K,
                                                     trans_w ? K : N, S(1), w, ldw, a + std::ptrdiff_t(m) * lda, 1,
-                                                    S(0), out + std::ptrdiff_t(m) * ldo, 1);
+                                                    beta, out + std::ptrdiff_t(m) * ldo, 1);
   } else {
     reinterpret_cast<cblas_gemm<I, S>>(blas.gemm)(ROW_MAJOR, NO_TRANS, trans_w ? TRANS : NO_TRANS, M, N, K, S(1), a,
-                                                  lda, w, ldw, S(0), out, ldo);
+                                                  lda, w, ldw, beta, out, ldo);
   }
 }
 
-// out [M, N] (row stride ldo) = a [M, K] (row stride lda) · b, b being w [N, K]ᵀ (trans_w) or w [K, N].
+// out [M, N] (row stride ldo) = a [M, K] (row stride lda) · b, b being w [N, K]ᵀ (trans_w) or w [K, N]; out += a · b
+// with accumulate.
 template <typename S>
 void gemm(const Blas blas, bool trans_w, int M, int N, int K, const S* a, int lda, const S* w, int ldw, S* out,
-          int ldo) {
+          int ldo, bool accumulate = false) {
   if (M == 0 || N == 0) return;
-  if (blas.ilp64) gemm_as<std::int64_t>(blas, trans_w, M, N, K, a, lda, w, ldw, out, ldo);
-  else gemm_as<int>(blas, trans_w, M, N, K, a, lda, w, ldw, out, ldo);
+  const S beta = accumulate ? S(1) : S(0);
+  if (blas.ilp64) gemm_as<std::int64_t>(blas, trans_w, M, N, K, a, lda, w, ldw, out, ldo, beta);
+  else gemm_as<int>(blas, trans_w, M, N, K, a, lda, w, ldw, out, ldo, beta);
 }
 
 // A kernel's grid over n = B·H elements, one block, inlined: the kernels ignore blockDim's CUDA limit.
@@ -118,7 +122,54 @@ void lstm_backward_steps(const Blas blas, int T, int B, int H, S cell_clip, S zo
   }
 }
 
-// gru_forward_steps: zoneout_h (ZONEOUT), xw [T, B, 3H], h0 [B, H], w_hh [3H, H], b_hn [H] (RESET_AFTER),
+// projected_lstm_forward_steps: lstm_forward_steps with proj_size P (neither zoneout of h nor recurrent dropout):
+// h0 [B, P], w_hh [4H, P], w_hr [P, H]; y [T, B, P]; ms [T, B, H] (inference: [1, B, H]) the kernel's h', which a
+// GEMM projects into y[t].
+template <typename S, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT, bool TRAINING>
+void projected_lstm_forward_steps(const Blas blas, int T, int B, int H, int P, S cell_clip, S zoneout_h, S zoneout_c,
+                                  S rdrop_scale, const S* xw, const S* h0, const S* c0, const S* w_hh, const S* w_ch,
+                                  const S* w_peep, const S* w_hr, const unsigned char* zone_c, const int* lengths,
+                                  S* y, S* cs, S* gates, S* ms, S* hw, S* cw) {
+  using Mask = const unsigned char*;
+  const Size BH = Size(B) * H, BP = Size(B) * P;
+  for (int t = 0; t < T; ++t) {
+    const Size s = TRAINING ? t : t % 2, prev = TRAINING ? t - 1 : (t + 1) % 2;
+    const S* c = t == 0 ? c0 : cs + prev * BH;
+    S* m = ms + (TRAINING ? t * BH : 0);
+    gemm(blas, true, B, 4 * H, P, t == 0 ? h0 : y + (t - 1) * BP, P, w_hh, P, hw, 4 * H);
+    if (PEEPHOLE == PEEPHOLE_FULL) gemm(blas, true, B, 3 * H, H, c, H, w_ch, H, cw, 3 * H);
+    run(lstm_forward_step<S, S, PEEPHOLE, SIGMOID_CANDIDATE, CLIP, ZONEOUT, TRAINING>, B * H, t, B, H, cell_clip,
+        zoneout_h, zoneout_c, rdrop_scale, xw + t * 4 * BH, hw, cw, static_cast<const S*>(nullptr), c, cs + s * BH, m,
+        static_cast<S*>(nullptr), TRAINING ? gates + t * 4 * BH : nullptr, w_peep, Mask(nullptr),
+        step_mask(zone_c, t, BH), Mask(nullptr), static_cast<S*>(nullptr), lengths);
+    gemm(blas, true, B, P, H, m, H, w_hr, H, y + t * BP, P);
+  }
+}
+
+// projected_lstm_backward_steps: lstm_backward_steps with proj_size P: w_hh [4H, P], w_hr [P, H], w_rec [4H, H]
+// ([Wch] alone, FULL) or null; dhp [T, B, P] each step's dh, holding dy (and dhT) on entry, to which the loop adds
+// da' Whh before projecting it back into drec's dh part (no dy of the kernel's own).
+template <typename S, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT>
+void projected_lstm_backward_steps(const Blas blas, int T, int B, int H, int P, S cell_clip, S zoneout_h, S zoneout_c,
+                                   S rdrop_scale, int n_rec, const S* gates, const S* c0, const S* cs, const S* w_hh,
+                                   const S* w_hr, const S* w_rec, const S* w_peep, const unsigned char* zone_c,
+                                   const int* lengths, S* dhp, S* dcarry, S* drec, S* da) {
+  using Mask = const unsigned char*;
+  const Size BH = Size(B) * H, BP = Size(B) * P;
+  for (int t = T - 1; t >= 0; --t) {
+    const Size nxt = (t + 1) % 2, cur = t % 2;
+    if (t + 1 < T) gemm(blas, false, B, P, 4 * H, da + (t + 1) * 4 * BH, 4 * H, w_hh, P, dhp + t * BP, P, true);
+    gemm(blas, false, B, H, P, dhp + t * BP, P, w_hr, H, drec + nxt * B * n_rec, n_rec);
+    run(lstm_backward_step<S, S, PEEPHOLE, SIGMOID_CANDIDATE, CLIP, ZONEOUT>, B * H, t, B, H, cell_clip, zoneout_h,
+        zoneout_c, rdrop_scale, n_rec, gates + t * 4 * BH, t == 0 ? c0 : cs + (t - 1) * BH, cs + t * BH,
+        static_cast<const S*>(nullptr), dcarry + nxt * 2 * BH, drec + nxt * B * n_rec, dcarry + cur * 2 * BH,
+        da + t * 4 * BH, w_peep, Mask(nullptr), step_mask(zone_c, t, BH), Mask(nullptr), lengths);
+    if (PEEPHOLE == PEEPHOLE_FULL)
+      gemm(blas, false, B, H, 4 * H, da + t * 4 * BH, 4 * H, w_rec, H, drec + cur * B * n_rec + H, n_rec);
+  }
+}
+
+// gru_forward_steps: zoneout_h (ZONEOUT), rdrop_scale, xw [T, B, 3H], h0 [B, H], w_hh [3H, H], b_hn [H] (RESET_AFTER),
 // zone_h [T, B, H] or null, rdrop [B, H] or null, lengths [B] or null; y [T, B, H],
 // gates [T, B, 4H] (RESET_AFTER, TRAINING) or [T, B, 3H] (reset before; inference: [1, B, 3H]), rh [T or 1, B, H]
 // (reset before), h_last [B, H] or null; gh [B, 3H] (RESET_AFTER), or ghrz [B, 2H] and ghn [B, H]; h_drop [B, H]

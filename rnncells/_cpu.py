@@ -46,10 +46,12 @@ def loops():
     for dt in DTYPES:
         s = TYPES[dt][0]
         for spec in every():
-            cell, args = spec.cell, ", ".join([s, *flags(spec)])
-            for training in (True, False):
-                names[f"{cell}_forward", dt, flags(spec), training] = f"{cell}_forward_steps<{args}, {_bool(training)}>"
-            names[f"{cell}_backward", dt, flags(spec)] = f"{cell}_backward_steps<{args}>"
+            args = ", ".join([s, *flags(spec)])
+            for loop in [spec.cell] + (["projected_lstm"] if isinstance(spec, LSTMSpec) else []):
+                for training in (True, False):
+                    names[f"{loop}_forward", dt, flags(spec), training] = (f"{loop}_forward_steps<{args}, "
+                                                                           f"{_bool(training)}>")
+                names[f"{loop}_backward", dt, flags(spec)] = f"{loop}_backward_steps<{args}>"
     return names
 
 
@@ -155,6 +157,20 @@ class Loops:
                   ctx.gates, ctx.c0, ctx.cs, g.dy, w_rec, ctx.w_peep, ctx.zone_h, ctx.zone_c, ctx.rdrop, ctx.lengths,
                   g.dcarry, g.drec, g.da)
 
+    def _projected_lstm_forward_steps(self, b, T, spec, training):
+        B, H = b.ms.shape[1:]
+        dt = b.y.dtype
+        self.call(("projected_lstm_forward", dt, flags(spec), training), dt, T, B, H, b.y.shape[2],
+                  *scalars(spec, dt), b.xw, b.h0, b.c0, b.w_hh, b.w_ch, b.w_peep, b.w_hr, b.zone_c, b.lengths, b.y,
+                  b.cs, b.gates, b.ms, b.hw, b.cw)
+
+    def _projected_lstm_backward_steps(self, ctx, g, w_rec, T):
+        B, H = ctx.cs.shape[1:]
+        dt = g.da.dtype
+        self.call(("projected_lstm_backward", dt, flags(ctx.spec)), dt, T, B, H, g.dhp.shape[2],
+                  *scalars(ctx.spec, dt), g.drec.shape[2], ctx.gates, ctx.c0, ctx.cs, ctx.w_hh, g.w_hr, w_rec,
+                  ctx.w_peep, ctx.zone_c, ctx.lengths, g.dhp, g.dcarry, g.drec, g.da)
+
     def _gru_forward_steps(self, b, T, spec, training):
         B, H = b.y.shape[1:]
         rh, work = (None, (b.gh, None, None)) if spec.reset_after else (b.rh, (None, b.ghrz, b.ghn))
@@ -203,12 +219,13 @@ class CpuOps:
 
     def run_compiled(self, steps, *args):
         """Run the loop `steps(ops, *args)` of rnncells._sequence in one compiled call; False where it has no
-        compiled twin (half storage, a projected LSTM) or its steps are large, which leaves the loop to NumPy."""
-        if not hasattr(self.compiled, steps.__name__):
-            return False
-        buffers = args[0] if steps.__name__.endswith("forward_steps") else args[1]
-        y = buffers.y if hasattr(buffers, "y") else buffers.dy  # [T, B, H]
-        if y.dtype not in DTYPES or y.shape[1] * y.shape[2] > COMPILED_MAX_STEP:
+        compiled twin (half storage) or its steps are large, which leaves the loop to NumPy."""
+        if steps.__name__.endswith("forward_steps"):
+            spec, gated = args[2], args[0].xw  # [T, B, G·H]
+        else:
+            spec, gated = args[0].spec, getattr(args[1], "da", None)
+            gated = args[1].dg if gated is None else gated  # [T, B, G·H]
+        if gated.dtype not in DTYPES or gated.shape[1] * gated.shape[2] // spec.gates > COMPILED_MAX_STEP:
             return False
         getattr(self.compiled, steps.__name__)(*args)
         return True
