@@ -12,8 +12,8 @@
 // and drec, the recurrent GEMM's output:
 //   da_n = dh∘(1 − z)∘(1 − n²)   da_z = dh∘(h − n)∘z(1 − z)   da_r = da_n∘(gh_n + b_hn)∘r(1 − r)
 //   dgi = [da_r, da_z, da_n]     dgh = [da_r, da_z, r∘da_n]     dh_prev = z∘dh (+ dgh Whh, next kernel)
-//   (ZONEOUT: dh is first split by zone_grad, its previous-state part added to dh_prev; recurrent dropout: the
-//   GEMM's part is d(d∘h), so d∘drec, and reset before r∘d(r∘d∘h) is d∘r∘drh)
+//   (ZONEOUT: dh is first split by zone_grad, its previous-state part added to dh_prev; recurrent dropout: what
+//   reaches h through d∘h, the GEMM's drec and, reset before, r∘drh, is multiplied by d)
 // reset before (Cho et al., Keras) needs the GEMM (r∘h) Whnᵀ between r and n, so it is
 // two kernels each way: gru_rz_step / gru_n_step and gru_n_backward_step / gru_rz_backward_step.
 #include "common.cuh"
