@@ -18,6 +18,9 @@ and every kernel is instantiated for every spec of `every`.
 A flag may also change the parameters' and the states' shapes without touching a
 kernel: `proj_size` (torch.nn.LSTM's projection) is such a field, read by
 `param_shapes`, `state_sizes` and the orchestration (`rnncells._sequence`).
+And a flag may reach the kernels as arguments alone: `recurrent_dropout` is
+a mask pointer (null without it) and a scale in `kernel_scalars`, so it
+adds no instantiation.
 
 `__str__` shows a spec's cell and the flags that differ from their
 defaults besides `peephole`, `candidate` and `reset_after`, which it always
