@@ -14,22 +14,12 @@ import pytest
 import rnncells as rc
 from rnncells import api, verify
 from rnncells.variants import GRUSpec, LSTMSpec
+from variant_checks import call, torch_results
 
 BACKENDS = ["reference", "numpy", pytest.param("cpu", marks=pytest.mark.host),
             pytest.param("cuda-host", marks=pytest.mark.host)]
 DROPPED = [LSTMSpec(recurrent_dropout=0.25), LSTMSpec("full", recurrent_dropout=0.4), GRUSpec(recurrent_dropout=0.3),
            GRUSpec(False, recurrent_dropout=0.3)]
-
-
-def _call(spec, p, backend, **kw):
-    """Forward and backward through the public functions: the outputs, then the gradients (a flat list)."""
-    fwd, bwd, *_ = verify.public_functions(spec)
-    y, state, ctx = fwd(p.x, p.params, *p.states.values(), lengths=p.lengths, **spec.kwargs(), backend=backend, **kw)
-    state = state if isinstance(state, tuple) else (state,)
-    if ctx is None:
-        return [y, *state]
-    dx, ds, dp = bwd(ctx, *p.douts.values())
-    return [y, *state, dx, *(ds if isinstance(ds, tuple) else (ds,)), *(dp[k] for k in sorted(dp))]
 
 
 def _plain(spec):
@@ -82,8 +72,8 @@ def test_keeping_every_unit_is_the_plain_cell_times_the_scale_and_evaluation_is_
     want = api.forward(_plain(spec), p.x, scaled, p.states, lengths=p.lengths, backend=backend)
     for a, b in zip((got[0], *got[1]), (want[0], *want[1])):
         assert verify.rel_err(a, b) <= verify.BOUNDS["float64"]
-    got = _call(spec, p, backend, training=False)
-    want = _call(_plain(spec), p, backend, training=False)
+    got = call(spec, p, backend, training=False)
+    want = call(_plain(spec), p, backend, training=False)
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
 
@@ -95,8 +85,8 @@ def test_graph_replays_copy_each_calls_mask(dropped):
     cache = rc.GraphCache()
     p = verify.problem(spec, T=5, B=3, H=4)
     for seed in (1, 2, 1):
-        want = _call(spec, p, "cuda-host", generator=np.random.default_rng(seed))
-        got = _call(spec, p, "cuda-host", generator=np.random.default_rng(seed), graphs=cache)
+        want = call(spec, p, "cuda-host", generator=np.random.default_rng(seed))
+        got = call(spec, p, "cuda-host", generator=np.random.default_rng(seed), graphs=cache)
         for a, b in zip(got, want):
             np.testing.assert_array_equal(a, b)
     assert cache.captures >= 2
@@ -138,22 +128,13 @@ def test_values_and_gradients_match_the_equations_in_torch(dropped, backend, mod
     torch = pytest.importorskip("torch")
     p = verify.problem(spec, T=6, B=4, I=3, H=5, seed=2)
     train = mode == "train"
-    got = _call(spec, p, backend, **({"generator": np.random.default_rng(11)} if train else {"training": False}))
+    got = call(spec, p, backend, **({"generator": np.random.default_rng(11)} if train else {"training": False}))
     d = 1.0
     if train:
         mask = api.training_masks(spec, np.random.default_rng(11), np, (6, 4, 5))["rdrop"]
         assert 0 < mask.sum() < mask.size
         d = torch.tensor(mask * spec.rdrop_scale())
-    leaves = {k: torch.tensor(v, requires_grad=True) for k, v in {"x": p.x, **p.states, **p.params}.items()}
-    outs = _torch_cells(torch, spec, leaves["x"], [leaves[n + "0"] for n in spec.states],
-                        {k: leaves[k] for k in p.params}, d)
-    want = [o.detach().numpy() for o in outs]
-    if train:
-        douts = [torch.tensor(g) for g in p.douts.values()]
-        grads = torch.autograd.grad(sum((o * g).sum() for o, g in zip(outs, douts)),
-                                    [leaves["x"], *(leaves[n + "0"] for n in spec.states),
-                                     *(leaves[k] for k in sorted(p.params))])
-        want += [g.numpy() for g in grads]
+    want = torch_results(torch, p, lambda x, states, params: _torch_cells(torch, spec, x, states, params, d), train)
     assert len(got) == len(want)
     for a, b in zip(got, want):
         assert verify.rel_err(a, b) <= 1e-10

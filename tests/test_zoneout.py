@@ -12,22 +12,12 @@ import pytest
 import rnncells as rc
 from rnncells import api, verify
 from rnncells.variants import GRUSpec, LSTMSpec
+from variant_checks import call, torch_results
 
 BACKENDS = ["reference", "numpy", pytest.param("cpu", marks=pytest.mark.host),
             pytest.param("cuda-host", marks=pytest.mark.host)]
 ZONED = [LSTMSpec(zoneout_h=0.3, zoneout_c=0.2), LSTMSpec("diagonal", zoneout_c=0.5), GRUSpec(zoneout_h=0.25),
          GRUSpec(False, zoneout_h=0.25)]
-
-
-def _call(spec, p, backend, **kw):
-    """Forward and backward through the public functions: the outputs, then the gradients (a flat list)."""
-    fwd, bwd, *_ = verify.public_functions(spec)
-    y, state, ctx = fwd(p.x, p.params, *p.states.values(), lengths=p.lengths, **spec.kwargs(), backend=backend, **kw)
-    state = state if isinstance(state, tuple) else (state,)
-    if ctx is None:
-        return [y, *state]
-    dx, ds, dp = bwd(ctx, *p.douts.values())
-    return [y, *state, dx, *(ds if isinstance(ds, tuple) else (ds,)), *(dp[k] for k in sorted(dp))]
 
 
 def test_masks_keep_about_p_of_the_units_and_repeat_with_the_seed():
@@ -88,13 +78,13 @@ def test_all_ones_keep_the_initial_state_and_all_zeros_are_the_plain_cell(zoned,
 def test_evaluation_uses_the_expectation_as_the_reference_does(zoned, backend):
     spec = zoned
     p = verify.problem(spec, T=5, B=3, H=4, lengths=np.array([5, 3, 1]))
-    want = _call(spec, p, "reference", training=False)
-    got = _call(spec, p, backend, training=False)
+    want = call(spec, p, "reference", training=False)
+    got = call(spec, p, backend, training=False)
     for a, b in zip(got, want):
         assert verify.rel_err(a, b) <= verify.BOUNDS["float64"]
     mixed = p.states["h0"] * 0  # and it is a mixture: not the plain cell, not the kept state
     plain = type(spec).of({k: v for k, v in spec.kwargs().items() if not k.startswith("zoneout")})
-    assert not np.allclose(got[0], _call(plain, p, backend, training=False)[0]) and not np.allclose(got[0], mixed)
+    assert not np.allclose(got[0], call(plain, p, backend, training=False)[0]) and not np.allclose(got[0], mixed)
 
 
 @pytest.mark.host
@@ -104,8 +94,8 @@ def test_graph_replays_copy_each_calls_masks(zoned):
     cache = rc.GraphCache()
     p = verify.problem(spec, T=5, B=3, H=4)
     for seed in (1, 2, 1):
-        want = _call(spec, p, "cuda-host", generator=np.random.default_rng(seed))
-        got = _call(spec, p, "cuda-host", generator=np.random.default_rng(seed), graphs=cache)
+        want = call(spec, p, "cuda-host", generator=np.random.default_rng(seed))
+        got = call(spec, p, "cuda-host", generator=np.random.default_rng(seed), graphs=cache)
         for a, b in zip(got, want):
             np.testing.assert_array_equal(a, b)
     assert cache.captures >= 2  # forward and backward captured, then replayed with other masks
@@ -140,19 +130,11 @@ def test_values_and_gradients_match_torch_cells_with_zoneout_around_them(zoned, 
     p = verify.problem(spec, T=6, B=4, I=3, H=5, seed=2)
     train = mode == "train"
     kw = {"generator": np.random.default_rng(11)} if train else {"training": False}
-    got = _call(spec, p, backend, **kw)
+    got = call(spec, p, backend, **kw)
     masks = api.training_masks(spec, np.random.default_rng(11), np, (6, 4, 5)) if train else spec.zoneout()
     masks = {n: torch.tensor(m, dtype=torch.float64) if train else m for n, m in masks.items()}
-    leaves = {k: torch.tensor(v, requires_grad=True) for k, v in {"x": p.x, **p.states, **p.params}.items()}
-    outs = _torch_zoneout(torch, spec, leaves["x"], [leaves[n + "0"] for n in spec.states],
-                          {k: leaves[k] for k in p.params}, masks)
-    want = [o.detach().numpy() for o in outs]
-    if train:
-        douts = [torch.tensor(d) for d in p.douts.values()]
-        grads = torch.autograd.grad(sum((o * d).sum() for o, d in zip(outs, douts)),
-                                    [leaves["x"], *(leaves[n + "0"] for n in spec.states),
-                                     *(leaves[k] for k in sorted(p.params))])
-        want += [g.numpy() for g in grads]
+    want = torch_results(torch, p, lambda x, states, params: _torch_zoneout(torch, spec, x, states, params, masks),
+                         train)
     assert len(got) == len(want)
     for a, b in zip(got, want):
         assert verify.rel_err(a, b) <= 1e-10

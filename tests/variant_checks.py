@@ -1,0 +1,31 @@
+"""What the tests of a variant against an independent implementation share (tests/test_zoneout.py,
+tests/test_recurrent_dropout.py): our results and the independent ones, as two lists in one order."""
+
+from rnncells import verify
+
+
+def call(spec, p, backend, **kw):
+    """Forward and backward of problem p through the public functions: the outputs, then the gradients (a flat
+    list; the outputs alone when kw has training=False)."""
+    fwd, bwd, *_ = verify.public_functions(spec)
+    y, state, ctx = fwd(p.x, p.params, *p.states.values(), lengths=p.lengths, **spec.kwargs(), backend=backend, **kw)
+    state = state if isinstance(state, tuple) else (state,)
+    if ctx is None:
+        return [y, *state]
+    dx, ds, dp = bwd(ctx, *p.douts.values())
+    return [y, *state, dx, *(ds if isinstance(ds, tuple) else (ds,)), *(dp[k] for k in sorted(dp))]
+
+
+def torch_results(torch, p, cells, train):
+    """`call`'s list from torch autograd: the outputs of cells(x, [initial states], {key: parameter}) on problem p
+    (float64 tensors), then, when train, the gradients of Σ dout ∘ out by x, the initial states and the
+    parameters (sorted by key)."""
+    leaves = {k: torch.tensor(v, requires_grad=True) for k, v in {"x": p.x, **p.states, **p.params}.items()}
+    states = [leaves[n + "0"] for n in p.spec.states]
+    outs = cells(leaves["x"], states, {k: leaves[k] for k in p.params})
+    want = [o.detach().numpy() for o in outs]
+    if train:
+        loss = sum((o * torch.tensor(d)).sum() for o, d in zip(outs, p.douts.values()))
+        grads = torch.autograd.grad(loss, [leaves["x"], *states, *(leaves[k] for k in sorted(p.params))])
+        want += [g.numpy() for g in grads]
+    return want
