@@ -134,14 +134,19 @@ def call(spec, x, params, states, *, lengths=None, sequence=True):
     for k, shape in want.items():
         if tuple(params[k].shape) != shape:
             raise _shape_error(f"params[{k!r}]", params[k].shape, shape, meaning[k])
-    widths = dict(zip(states, zip(spec.state_sizes(H).values(), spec.state_meanings().values())))
-    for name, a in given.items():
-        width, meaning = widths[name]
-        if tuple(a.shape) != (B, width):
-            raise _shape_error(name, a.shape, (B, width), f"(batch, {meaning})")
+    state_shapes(spec, H, states, (B,), "batch")
     if lengths is not None:
         lengths = lengths_array(lengths, T=x.shape[0], B=B)
     return xp, H, lengths
+
+
+def state_shapes(spec, hidden_size, states, lead, layout):
+    """Each given state ({name: array or None} in the spec's order) of shape (*lead, its width): hidden_size, or
+    proj_size for a projected LSTM's h; `layout` names the leading dimensions in the message."""
+    widths, meanings = spec.state_sizes(hidden_size).values(), spec.state_meanings().values()
+    for (name, s), width, meaning in zip(states.items(), widths, meanings):
+        if s is not None and tuple(s.shape) != (*lead, width):
+            raise _shape_error(name, s.shape, (*lead, width), f"({layout}, {meaning})")
 
 
 INDEX_MAX = 2**31 - 1  # the kernels' element offsets and cuBLAS's sizes are 32-bit ints

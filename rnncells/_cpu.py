@@ -223,8 +223,8 @@ class CpuOps:
         if steps.__name__.endswith("forward_steps"):
             spec, gated = args[2], args[0].xw  # [T, B, G·H]
         else:
-            spec, gated = args[0].spec, getattr(args[1], "da", None)
-            gated = args[1].dg if gated is None else gated  # [T, B, G·H]
+            spec = args[0].spec
+            gated = args[1].da if spec.cell == "lstm" else args[1].dg  # [T, B, G·H]
         if gated.dtype not in DTYPES or gated.shape[1] * gated.shape[2] // spec.gates > COMPILED_MAX_STEP:
             return False
         getattr(self.compiled, steps.__name__)(*args)

@@ -53,7 +53,7 @@ class _Holder:
         """train(False): zoneout's expectation, no dropout, no masks drawn; returns self."""
         return self.train(False)
 
-    def _zoneout(self):
+    def _masks(self):
         """api.forward's mask arguments (zoneout, recurrent dropout) for the object's mode."""
         return {"generator": self.generator} if self.training else {"masks": {}}
 
@@ -100,7 +100,7 @@ class _Cell(_Holder):
     def _step(self, x, hx):
         states = _checks.hx(self.spec, hx, self.spec.states, _is_array, "a numpy or cupy array")
         _, finals, ctx = api.forward(self.spec, x, self.params, dict(zip(self.spec.states, states)), tf32=self.tf32,
-                                     backend=self.backend, step=True, **self._zoneout())
+                                     backend=self.backend, step=True, **self._masks())
         return finals, self._context(ctx)
 
     def _step_backward(self, ctx, dfinals):
@@ -214,13 +214,8 @@ class _Stack(_Holder):
         if self.batch_first:
             x = x.swapaxes(0, 1)
         T, B = x.shape[:2]
-        LD = self.num_layers * self.num_directions
-        for name, s, width, meaning in zip(names, states, self.widths.values(), self.spec.state_meanings().values()):
-            if s is not None and tuple(s.shape) != (LD, B, width):
-                raise ValueError(
-                    f"{name} has shape {tuple(s.shape)}; expected {(LD, B, width)} = "
-                    f"(num_layers*num_directions, batch, {meaning})"
-                )
+        _checks.state_shapes(self.spec, self.hidden_size, dict(zip(names, states)),
+                             (self.num_layers * self.num_directions, B), "num_layers*num_directions, batch")
         if lengths is not None:
             lengths = _checks.lengths_array(lengths, T, B)
         ctxs, finals, inp = [], [[] for _ in states], x
@@ -231,7 +226,7 @@ class _Stack(_Holder):
                 s0 = [None if s is None else s[k] for s in states]
                 xin = _reverse(self.xp, inp, lengths) if d else inp
                 y, sT, ctx = api.forward(self.spec, xin, self._layer(layer, d), dict(zip(names, s0)), lengths=lengths,
-                                         graphs=self.graphs, tf32=self.tf32, backend=self.backend, **self._zoneout())
+                                         graphs=self.graphs, tf32=self.tf32, backend=self.backend, **self._masks())
                 outs.append(_reverse(self.xp, y, lengths) if d else y)
                 ctxs.append(ctx)
                 for f, s in zip(finals, sT):

@@ -255,7 +255,7 @@ class _Module(nn.Module):
         """The backend of a call on x: CuPy's for CUDA tensors, `cpu_backend`'s for CPU ones."""
         return _backends.named("cupy" if x.is_cuda else self.cpu_backend)
 
-    def _zoneout_masks(self, x):
+    def _training_masks(self, x):
         """Zoneout's and recurrent dropout's masks for a call on x (T, B, ·), as `rnncells.api.training_masks`
         gives them: drawn from torch's generator in train mode (as dropout), {} (zoneout's expectation, no
         dropout) in eval mode; None without either."""
@@ -361,16 +361,10 @@ class _RNN(_Module):
 
     def _states(self, states, B, unbatched):
         """The states as (L·D, B, width) tensors (or Nones), checked: h0 proj_size wide when projected."""
-        LD, names = self.num_layers * (2 if self.bidirectional else 1), ("h0", "c0")
-        meanings = self.spec.state_meanings().values()
-        for k, (s, width, meaning) in enumerate(zip(states, self._widths.values(), meanings)):
-            if s is None:
-                continue
-            s = s.unsqueeze(1) if unbatched else s
-            if tuple(s.shape) != (LD, B, width):
-                raise ValueError(f"{names[k]} has shape {tuple(s.shape)}; expected {(LD, B, width)} = "
-                                 f"(num_layers*num_directions, batch, {meaning})")
-            states[k] = s
+        states = [None if s is None else (s.unsqueeze(1) if unbatched else s) for s in states]
+        LD = self.num_layers * (2 if self.bidirectional else 1)
+        _checks.state_shapes(self.spec, self.hidden_size, dict(zip(("h0", "c0"), states)), (LD, B),
+                             "num_layers*num_directions, batch")
         return states
 
     def _run(self, input, hx):
@@ -404,7 +398,7 @@ class _RNN(_Module):
                 xin = _reverse(inp, lengths) if d else inp
                 backend = self._backend(xin)
                 options = {"graphs": self._graphs if backend.kernels else None, "backend": backend,
-                           "masks": self._zoneout_masks(xin)}
+                           "masks": self._training_masks(xin)}
                 y, *sT = _apply(self.spec, options, self._keys, lengths, xin, *s0, *params)
                 outs.append(_reverse(y, lengths) if d else y)
                 for f, s in zip(finals, sT):
@@ -490,7 +484,7 @@ class _Cell(_Module):
         states = [None if s is None else (s.unsqueeze(0) if unbatched else s) for s in states]
         x, states = _cast(dtype, x, states)
         params = [getattr(self, k).to(dtype) for k in self._keys]
-        options = {"backend": self._backend(x), "masks": self._zoneout_masks(x.unsqueeze(0))}
+        options = {"backend": self._backend(x), "masks": self._training_masks(x.unsqueeze(0))}
         _, *out = _apply(self.spec, options, self._keys, None, x.unsqueeze(0), *states, *params)
         return tuple(o.squeeze(0) for o in out) if unbatched else tuple(out)
 
