@@ -31,6 +31,13 @@ def _T(m):
     return np.swapaxes(m, -1, -2)
 
 
+def _into_rows(dz, shape, r):
+    """Zeros of `shape` with dz in rows r[0]:r[1]."""
+    dx = np.zeros(shape)
+    dx[r[0] : r[1]] = dz
+    return dx
+
+
 class Rule(NamedTuple):
     """One operator: z = fwd(x, y) and its derivative, each with its notation.
 
@@ -44,8 +51,9 @@ class Rule(NamedTuple):
     dtext: tuple  # one `+=` line per differentiable operand
 
 
-# The operators the cells are written with, then (marked) the rest of the seed's table, which no cell uses: its
-# softmax, and the division and inversion its closing slide says `deriv` is missing.  Tier 1 checks every rule.
+# The operators the cells are written with, those layer normalisation adds, then (marked) the rest of the seed's
+# table, which no cell uses: its softmax, and the division and inversion its closing slide says `deriv` is missing.
+# Tier 1 checks every rule.
 # fmt: off
 RULES = {
     # matrix product (the slides' "*"): z = x y
@@ -76,10 +84,22 @@ RULES = {
     "clip": Rule(lambda x, a: np.clip(x, -a, a), "clip({x}, ±{y})",
                  lambda dz, x, a, z: (np.where(np.abs(x) >= a, 0.0, dz),),
                  ("d{x} += d{z} ∘ [|{x}| < {y}]",)),
-    # --- the seed's table beyond what the cells use ---
+    # --- layer normalisation (layer_norm=True): a column's mean, its deviations and 1/√ of their mean square ---
     "sub": Rule(lambda x, y: x - y, "{x} − {y}",
                 lambda dz, x, y, z: (dz, -dz),
                 ("d{x} += d{z}", "d{y} += −d{z}")),
+    # the mean of each column (one item's n values): a row of B means, each spread back over its n values
+    "mean": Rule(lambda x, y: np.mean(x, axis=0, keepdims=True), "mean({x})",
+                 lambda dz, x, y, z: (np.broadcast_to(dz / len(x), np.shape(x)),),
+                 ("d{x} += d{z} / n",)),
+    "rsqrt": Rule(lambda x, y: 1.0 / np.sqrt(x), "1/√{x}",
+                  lambda dz, x, y, z: (-0.5 * dz * z**3,),
+                  ("d{x} += −½ d{z} ∘ {z}³",)),
+    # rows y = (start, stop) of x: one gate's block of a normalised column; its gradient lands in those rows
+    "rows": Rule(lambda x, r: x[r[0] : r[1]], "{x}[{y}]",
+                 lambda dz, x, r, z: (_into_rows(dz, np.shape(x), r),),
+                 ("d{x}[{y}] += d{z}",)),
+    # --- the seed's table beyond what the cells use ---
     "div": Rule(lambda x, y: x / y, "{x} / {y}",
                 lambda dz, x, y, z: (dz / y, -dz * z / y),
                 ("d{x} += d{z} / {y}", "d{y} += −d{z} ∘ {z} / {y}")),
@@ -187,7 +207,9 @@ class Tape:
 
 
 def _name(v):
-    """A variable's name, or a constant's value."""
+    """A variable's name, or a constant's value (a row range as 'start:stop')."""
+    if isinstance(v, tuple):
+        return f"{v[0]}:{v[1]}"
     return v.name if isinstance(v, Var) else f"{v:g}"
 
 

@@ -254,6 +254,11 @@ def operands(op, rng):
         return r((m, m)) + 2 * m * np.eye(m), None
     if op in ("scale", "offset"):
         return r((m, n)), float(r())
+    if op == "rsqrt":
+        return 0.5 + rng.random((m, n)), None
+    if op == "rows":  # a block of rows, possibly all of them
+        start = int(rng.integers(m))
+        return r((m, n)), (start, int(rng.integers(start + 1, m + 1)))
     if op == "clip":  # both sides of the bounds, none within 0.05 of one (a difference would straddle the kink)
         x = rng.choice([-1, 1], size=(m, n)) * rng.choice([0.3, 1.7], size=(m, n)) * (1 + 0.5 * rng.random((m, n)))
         return x, 1.0

@@ -7,7 +7,7 @@ from rnncells import reference as ref
 from rnncells import verify
 from rnncells.tape import RULES, Tape, Var, deriv
 
-UNARY = ["tanh", "sigmoid", "softmax", "reciprocal", "inverse", "scale", "offset", "clip"]
+UNARY = ["tanh", "sigmoid", "softmax", "reciprocal", "inverse", "scale", "offset", "clip", "mean", "rsqrt", "rows"]
 
 
 @pytest.mark.parametrize("seed", range(6))
