@@ -1,7 +1,12 @@
 // The CUDA execution model on the host, enough for the kernels in this folder:
 // g++ builds an unchanged .cu into a shared library, and `launch` runs a kernel's
 // grid one thread at a time.  That is exact for kernels whose threads share
-// nothing (no __shared__, no __syncthreads, no warp intrinsics) — all of ours.
+// nothing (no __shared__, no __syncthreads, no warp intrinsics): the cells'.
+// The kernels whose block's threads meet at __syncthreads() over __shared__
+// memory (layernorm.cu) run with `launch_blocks`: a block's threads are fibers
+// that take turns from barrier to barrier, so a barrier holds every thread
+// until all have reached it, as on a GPU, and a missing one shows as a wrong
+// result on every run.
 // Tolerances must still allow for FMA contraction and libm-vs-CUDA math.
 // __half and __nv_bfloat16 are storage types here, as the kernels use them:
 // conversions to and from float, rounding to nearest even as CUDA's do.
@@ -9,12 +14,20 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <type_traits>
 #include <utility>
+#include <vector>
+
+#include <ucontext.h>
 
 using std::exp;
 using std::fabs;
+using std::sqrt;
 
 // CUDA's tanhf is its own; glibc's goes through expm1f and takes ~15 ns, this ~7: tanh of a float through one
 // double exp, rounded once (equal to float(tanh(double(x))) on every 97th of the 2^32 float patterns).  Below
@@ -29,6 +42,7 @@ inline float tanh(const float x) {
 #define __global__
 #define __device__
 #define __forceinline__ inline
+#define __shared__ static  // one block runs at a time (launch_blocks), so a kernel's static is its block's memory
 
 inline std::uint32_t float_bits(float f) {
   std::uint32_t u;
@@ -129,4 +143,84 @@ void launch(void (*kernel)(A...), dim3 grid, dim3 block, void** args) {
               threadIdx = {tx, ty, tz};
               call_packed(kernel, args, std::index_sequence_for<A...>{});
             }
+}
+
+// launch_blocks runs each thread of a block as a fiber (a ucontext with a stack of its own) on the launching
+// thread, in phases: every unfinished thread runs until its next __syncthreads() or its end, one after another,
+// in thread order, the order reversed each phase.  So no thread passes a barrier before all have reached it, as
+// on a GPU, and a thread that reads what a later one writes, or an earlier one, with no barrier between them
+// reads stale memory in one of the two orders.
+class BlockFibers {
+ public:
+  static constexpr std::size_t STACK = std::size_t(1) << 17;  // bytes per thread: a kernel's frame and libm's
+
+  BlockFibers(unsigned n, std::function<void()> body)
+      : n_(n), body_(std::move(body)), fibers_(n), stacks_(new char[n * STACK]), done_(n) {}
+
+  void run_block(const dim3 block) {  // every thread of the block from its start to its end
+    for (unsigned k = 0; k < n_; ++k) {
+      getcontext(&fibers_[k]);
+      fibers_[k].uc_stack.ss_sp = stacks_.get() + k * STACK;
+      fibers_[k].uc_stack.ss_size = STACK;
+      fibers_[k].uc_link = &scheduler_;
+      makecontext(&fibers_[k], &BlockFibers::entry, 0);
+      done_[k] = false;
+    }
+    for (bool forward = true, running = true; running; forward = !forward) {
+      running = false;
+      for (unsigned p = 0; p < n_; ++p) {
+        const unsigned k = forward ? p : n_ - 1 - p;
+        if (done_[k]) continue;
+        current_ = k;
+        threadIdx = {k % block.x, (k / block.x) % block.y, k / (block.x * block.y)};
+        swapcontext(&scheduler_, &fibers_[k]);
+        running = running || !done_[k];
+      }
+    }
+  }
+  void barrier() { swapcontext(&fibers_[current_], &scheduler_); }  // __syncthreads(): back to the scheduler
+
+  static inline thread_local BlockFibers* running_block = nullptr;  // the block being run on this thread, if any
+
+ private:
+  static void entry() {  // a fiber's start: the kernel, then back to the scheduler through uc_link
+    BlockFibers* self = running_block;
+    const unsigned k = self->current_;
+    self->body_();
+    self->done_[k] = true;
+  }
+
+  const unsigned n_;
+  std::function<void()> body_;
+  ucontext_t scheduler_;
+  std::vector<ucontext_t> fibers_;
+  std::unique_ptr<char[]> stacks_;  // uninitialised: a fiber's stack is written before it is read
+  std::vector<bool> done_;
+  unsigned current_ = 0;
+};
+
+inline void __syncthreads() {
+  if (BlockFibers::running_block == nullptr) {  // `launch` runs a block's threads one after another
+    std::fputs("__syncthreads() in a kernel launched with `launch`, not `launch_blocks`\n", stderr);
+    std::abort();
+  }
+  BlockFibers::running_block->barrier();
+}
+
+// A grid whose blocks' threads meet at __syncthreads(): the blocks one after another, each as BlockFibers (a
+// block's __shared__ memory, a static, is then its own while it runs).
+template <typename... A>
+void launch_blocks(void (*kernel)(A...), dim3 grid, dim3 block, void** args) {
+  gridDim = grid;
+  blockDim = block;
+  BlockFibers fibers(block.x * block.y * block.z,
+                     [&] { call_packed(kernel, args, std::index_sequence_for<A...>{}); });
+  BlockFibers::running_block = &fibers;
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        blockIdx = {bx, by, bz};
+        fibers.run_block(block);
+      }
+  BlockFibers::running_block = nullptr;
 }

@@ -219,12 +219,14 @@ class CpuOps:
 
     def run_compiled(self, steps, *args):
         """Run the loop `steps(ops, *args)` of rnncells._sequence in one compiled call; False where it has no
-        compiled twin (half storage) or its steps are large, which leaves the loop to NumPy."""
+        compiled twin (half storage, layer_norm) or its steps are large, which leaves the loop to NumPy."""
         if steps.__name__.endswith("forward_steps"):
             spec, gated = args[2], args[0].xw  # [T, B, G·H]
         else:
             spec = args[0].spec
             gated = args[1].da if spec.cell == "lstm" else args[1].dg  # [T, B, G·H]
+        if getattr(spec, "layer_norm", False):  # its kernels meet at block barriers, which `run` here does not
+            return False
         if gated.dtype not in DTYPES or gated.shape[1] * gated.shape[2] // spec.gates > COMPILED_MAX_STEP:
             return False
         getattr(self.compiled, steps.__name__)(*args)

@@ -19,7 +19,8 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _numpy
-from ._kernels import BLOCK_LIMITS, GRID_LIMITS, TYPES, KernelOps, instantiations, kernel_dir, program_source
+from ._kernels import (BLOCK_LIMITS, GRID_LIMITS, TYPES, KernelOps, instantiations, kernel_dir, program_source,
+                       uses_barriers)
 
 # --- graphs on the host --------------------------------------------------------
 
@@ -80,9 +81,10 @@ def host_source(names):
     """C++ that includes the kernels and exports, per instantiation, a launcher and its signature."""
     lines = ['#include "host.h"', program_source()]
     for k, name in enumerate(names):
+        launch = "launch_blocks" if uses_barriers(name) else "launch"
         lines.append(
             f'extern "C" void rnncells_{k}(unsigned gx, unsigned gy, unsigned bx, void** args) '
-            f"{{ launch(&{name}, dim3{{gx, gy, 1}}, dim3{{bx, 1, 1}}, args); }}"
+            f"{{ {launch}(&{name}, dim3{{gx, gy, 1}}, dim3{{bx, 1, 1}}, args); }}"
         )
         lines.append(f'extern "C" const char* const* rnncells_{k}_signature() {{ return signature(&{name}); }}')
     return "\n".join(lines) + "\n"

@@ -22,8 +22,9 @@ from ._cublas import OP_N, OP_T
 from ._dtypes import BFLOAT16, FLOAT16, compute
 from .variants import GRUSpec, LSTMSpec
 
-SOURCES = ("lstm.cu", "gru.cu", "reduce.cu")
+SOURCES = ("lstm.cu", "gru.cu", "reduce.cu", "layernorm.cu")
 BLOCK = 256  # threads per block for every pointwise kernel
+ROW_BLOCK = 256  # the most threads per block of the row kernels (layernorm.cu's LN_THREADS)
 CHUNK = 64  # rows per partial sum in column_sum
 GRID_LIMITS = (2**31 - 1, 65535, 65535)  # CUDA's largest grid (x, y, z)
 BLOCK_LIMITS = (1024, 1024, 64)  # CUDA's largest block (x, y, z), and at most 1024 threads in all
@@ -95,6 +96,7 @@ def scalars(spec, compute_dtype):
 _GRU_SPEC = ("gru_backward_step", "gru_n_step", "gru_n_backward_step")  # templated on the spec (ZONEOUT)
 _GRU = ("gru_rz_step", "gru_rz_backward_step")
 _REDUCE = ("column_partial_sums", "column_totals")
+BARRIER_KERNELS = ("layer_norm_forward", "layer_norm_backward")  # one block per row, meeting at __syncthreads()
 
 
 def instantiations():
@@ -107,8 +109,18 @@ def instantiations():
         for spec in {s.template_args(): s for s in GRUSpec.every()}.values():  # one per template argument list
             names += [kernel_name("gru_forward_step", dtype, spec, training) for training in (True, False)]
             names += [kernel_name(k, dtype, spec) for k in _GRU_SPEC]
-        names += [kernel_name(k, dtype) for k in _GRU + _REDUCE]
+        names += [kernel_name(k, dtype) for k in _GRU + _REDUCE + BARRIER_KERNELS]
     return names
+
+
+def uses_barriers(name):
+    """Whether an instantiation's block meets at __syncthreads() (the host runs those with launch_blocks)."""
+    return name.split("<")[0] in BARRIER_KERNELS
+
+
+def row_threads(n):
+    """A row kernel's threads per block for rows of n values: a power of 2, at least a warp, at most ROW_BLOCK."""
+    return min(ROW_BLOCK, max(32, 1 << (max(n, 1) - 1).bit_length()))
 
 
 class KernelOps:
@@ -144,6 +156,23 @@ class KernelOps:
     def run_compiled(steps, *args):
         """False: the loops launch kernel by kernel (a CUDA graph makes them one launch; see rnncells._graphs)."""
         return False
+
+    def _launch_rows(self, name, rows, n, *args):
+        """One block per row of n values (layernorm.cu)."""
+        if rows > 0:
+            self.launcher(name, (rows, 1, 1), (row_threads(n), 1, 1), args)
+
+    def layer_norm_forward(self, x, gamma, beta, x_hat, rstd, eps):
+        """Each row of x [rows, n] (compute dtype) normalised in place, x ← γ∘x̂ (+ β); x̂ and 1/√(σ² + ε) kept
+        in x_hat [rows, n] and rstd [rows] when given (see kernels/layernorm.cu)."""
+        rows, n = x.shape
+        self._launch_rows(kernel_name("layer_norm_forward", gamma.dtype), rows, n, n, x.dtype.type(eps), x, gamma,
+                          beta, x_hat, rstd)
+
+    def layer_norm_backward(self, dy, x_hat, rstd, gamma, dx):
+        """dx [rows, n], the gradient of the rows before layer_norm_forward, from dy, that of γ∘x̂ (+ β)."""
+        rows, n = dy.shape
+        self._launch_rows(kernel_name("layer_norm_backward", dy.dtype), rows, n, n, dy, x_hat, rstd, gamma, dx)
 
     def column_sum(self, a):
         """Σ over the rows of a contiguous [rows, cols] matrix, deterministically (two fixed-order passes)."""

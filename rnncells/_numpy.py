@@ -16,6 +16,9 @@ GRU, reset_after (gh = h Whhᵀ, b_hn the n part of bias_hh):
     h' = (1 − z)∘n + z∘h
 GRU, reset before (two GEMMs per step, so two kernels):
     r, z as above; rh = r∘h;  then n = tanh(xw_n + rh Whnᵀ), h' as above.
+Layer normalisation (layer_norm=True) is a kernel of its own, run on a GEMM's
+output before the cell's kernel reads it: `layer_norm_forward`, each row
+normalised over its G·H values, and its `layer_norm_backward`.
 Zoneout (both cells): the new h (and the LSTM's c) zoned out, `_zone`: each
 unit keeps its previous value where the step's mask (uint8 [B, H]) is set,
 or, without a mask, mixes the two by the probability (the expectation).
@@ -141,6 +144,26 @@ def run_compiled(steps, *args):
 def column_sum(a):
     """reduce.cu's column sums: Σ over the rows of a [rows, cols] matrix, in the compute dtype."""
     return a.sum(axis=0, dtype=compute(a.dtype)).astype(a.dtype, copy=False)
+
+
+def layer_norm_forward(x, gamma, beta, x_hat, rstd, eps):
+    """layernorm.cu's layer_norm_forward: each row of x [R, n] (the compute dtype) normalised in place,
+    x ← γ∘x̂ (+ β), x̂ = (x − μ) / √(σ² + ε); x̂ [R, n] and rstd [R] = 1/√(σ² + ε) saved when given."""
+    dev = x - x.mean(axis=1, keepdims=True)
+    r = 1.0 / np.sqrt((dev * dev).mean(axis=1, keepdims=True) + x.dtype.type(eps))
+    x_hat1 = dev * r
+    if x_hat is not None:
+        x_hat[...] = x_hat1
+        rstd[...] = r[:, 0]
+    x[...] = _c(gamma) * x_hat1 if beta is None else _c(gamma) * x_hat1 + beta
+
+
+def layer_norm_backward(dy, x_hat, rstd, gamma, dx):
+    """layernorm.cu's layer_norm_backward: dx [R, n] from the gradient dy of γ∘x̂ (+ β), with dx̂ = γ∘dy:
+    dx = (dx̂ − mean(dx̂) − x̂∘mean(dx̂∘x̂)) / √(σ² + ε), the means over each row."""
+    d_hat, x_hat = _c(dy) * _c(gamma), _c(x_hat)
+    mean_d, mean_dx = d_hat.mean(axis=1, keepdims=True), (d_hat * x_hat).mean(axis=1, keepdims=True)
+    dx[...] = rstd[:, None] * (d_hat - mean_d - x_hat * mean_dx)
 
 
 def _active(t, lengths):

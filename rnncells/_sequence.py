@@ -56,7 +56,7 @@ from types import SimpleNamespace as Buffers
 from typing import NamedTuple
 
 from ._dtypes import compute
-from .variants import LSTMSpec
+from .variants import LAYER_NORM_EPS, LSTMSpec
 
 
 class LSTMContext(NamedTuple):
@@ -95,6 +95,11 @@ class GRUContext(NamedTuple):
     w_hh: object  # [3H, H]
     zone_h: object  # [T, B, H] uint8 zoneout masks of h, or None
     rdrop: object  # [B, H] uint8 recurrent dropout mask, or None
+    x_hat: object  # [T, B, 3H] x Wihᵀ normalised (layer_norm), or None
+    rstd_x: object  # [T, B] its rows' 1/√(σ² + ε), in the compute dtype, or None
+    h_hat: object  # [T, B, 3H] h Whhᵀ normalised (layer_norm), or None
+    rstd_h: object  # [T, B] its rows' 1/√(σ² + ε), in the compute dtype, or None
+    ln_h: object  # [3H] the recurrent normalisation's gain the forward used (layer_norm), or None
     slot: object
     spec: object  # the GRUSpec
 
@@ -148,6 +153,12 @@ def _input_grad(ops, xp, da, w):
     dx = xp.empty((*da.shape[:2], w.shape[1]), dtype=da.dtype)
     ops.gemm(_rows(da), w, _rows(dx))
     return dx
+
+
+def _gain_grad(ops, d, x_hat):
+    """A LayerNorm gain's gradient: Σ over all steps and items of d∘x̂, summed in the compute dtype."""
+    ct = compute(d.dtype)
+    return ops.column_sum(_rows(d.astype(ct) * x_hat.astype(ct, copy=False))).astype(d.dtype, copy=False)
 
 
 def _state_dot(xp, d, s0, states):
@@ -246,9 +257,9 @@ def _mask(masks, name):
     return None if masks is None else masks.get(name)
 
 
-def _at(masks, t):
-    """Step t's mask [B, H], or None."""
-    return None if masks is None else masks[t]
+def _at(a, t):
+    """Step t's part of a [T, ...] buffer (a mask [B, H], a row of statistics [B]), or None."""
+    return None if a is None else a[t]
 
 
 def _dropped(spec, mask, h):
@@ -496,7 +507,7 @@ def lstm_backward(ops, xp, ctx, dy, dstates):
 # --- GRU ------------------------------------------------------------------------
 
 
-def _gru_buffers(xp, dt, T, B, H, reset_after, training, has_lengths, zoned, static):
+def _gru_buffers(xp, dt, T, B, H, reset_after, training, has_lengths, zoned, layer_norm, static):
     e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
     b = Buffers(y=e(T, B, H))  # [T, B, H]
     if reset_after:
@@ -504,17 +515,22 @@ def _gru_buffers(xp, dt, T, B, H, reset_after, training, has_lengths, zoned, sta
     else:  # r, z pass to the n kernel through gates even when not training
         b.gates = e(T if training else 1, B, 3 * H)  # [T, B, 3H]
         b.rh = e(T if training else 1, B, H)  # [T, B, H] r∘h
+    kept = training and layer_norm  # the normalised rows and their 1/√(σ² + ε), for the backward
+    b.x_hat, b.h_hat = (e(T, B, 3 * H), e(T, B, 3 * H)) if kept else (None, None)  # [T, B, 3H] each
+    b.rstd_x, b.rstd_h = (xp.empty((2, T, B), dtype=compute(dt)) if kept else (None, None))  # [T, B] each
     return _input_buffers(b, xp, dt, static, h0=(B, H), w_hh=(3 * H, H), b_hn=(H,) if reset_after else None,
                           lengths=(B,) if has_lengths else None, zone_h=(T, B, H) if "h" in zoned else None,
-                          rdrop=(B, H) if "rdrop" in zoned else None)
+                          rdrop=(B, H) if "rdrop" in zoned else None, ln_h=(3 * H,) if layer_norm else None)
 
 
-def _gru_work(xp, dt, T, B, H, reset_after, has_lengths, dropped):
+def _gru_work(xp, dt, T, B, H, reset_after, has_lengths, dropped, layer_norm):
     e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
     b = Buffers(
-        xw=e(T, B, 3 * H),  # [T, B, 3H] x Wihᵀ + biases (reset_after: all but b_hn)
+        xw=e(T, B, 3 * H),  # [T, B, 3H] x Wihᵀ + biases (reset_after: all but b_hn; layer_norm: normalised first)
         h_last=e(B, H) if has_lengths else None,  # [B, H]
         hd=e(B, H) if dropped else None,  # [B, H] d∘h, the recurrent GEMMs' input (recurrent dropout)
+        # [T, B, 3H] x Wihᵀ before its normalisation, in the compute dtype (xw itself when that is the storage's)
+        x_raw=xp.empty((T, B, 3 * H), dtype=compute(dt)) if layer_norm and compute(dt) != dt else None,
     )
     ec = lambda *shape: xp.empty(shape, dtype=compute(dt))  # noqa: E731
     if reset_after:
@@ -531,6 +547,8 @@ def _gru_forward_steps(ops, b, T, spec, training):
         h_in = h if b.rdrop is None else b.hd  # what the recurrent GEMMs (and r∘h) read
         if spec.reset_after:
             ops.gemm(h_in, b.w_hh.T, b.gh)
+            if spec.layer_norm:
+                ops.layer_norm_forward(b.gh, b.ln_h, None, _at(b.h_hat, t), _at(b.rstd_h, t), LAYER_NORM_EPS)
             ops.gru_forward_step(spec, t, b.xw[t], b.gh, b.b_hn, h, b.y[t], b.h_last,
                                  b.gates[t] if training else None, _at(b.zone_h, t), b.rdrop, b.hd, b.lengths)
         else:
@@ -548,10 +566,11 @@ def gru_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None
     [B, H]} or None, as in lstm_forward."""
     (T, B, _), (h0,) = x.shape, states
     H, reset_after = h0.shape[1], spec.reset_after
-    shape = (x.dtype, T, B, H, reset_after, training, lengths is not None, tuple(sorted(masks or ())))
+    shape = (x.dtype, T, B, H, reset_after, training, lengths is not None, tuple(sorted(masks or ())),
+             spec.layer_norm)
     slot, b = _buffers(graphs, ops, (spec, *shape), lambda static: _gru_buffers(xp, *shape, static),
                        lambda: _gru_work(xp, x.dtype, T, B, H, reset_after, lengths is not None,
-                                         "rdrop" in (masks or ())))
+                                         "rdrop" in (masks or ()), spec.layer_norm))
     bias = None
     if "bias_ih" in p:
         bias = _bias_sum(p["bias_ih"], p["bias_hh"])
@@ -561,8 +580,16 @@ def gru_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None
     if reset_after:
         b_hn = p["bias_hh"][2 * H :] if "bias_hh" in p else xp.zeros(H, dtype=x.dtype)  # [H]
     _bind(b, slot, h0=h0, w_hh=p["weight_hh"], b_hn=b_hn, lengths=_lengths(xp, lengths), zone_h=_mask(masks, "h"),
-          rdrop=_mask(masks, "rdrop"))
-    _input_gemm(ops, x, p["weight_ih"], bias, b.xw)
+          rdrop=_mask(masks, "rdrop"), ln_h=p.get("ln_weight_hh"))
+    if spec.layer_norm:  # xw = LN(x Wihᵀ) with the biases as its shift
+        raw = b.xw if b.x_raw is None else b.x_raw
+        ops.gemm(_rows(x), p["weight_ih"].T, _rows(raw))
+        ops.layer_norm_forward(_rows(raw), p["ln_weight_ih"], bias, None if b.x_hat is None else _rows(b.x_hat),
+                               None if b.rstd_x is None else b.rstd_x.reshape(-1), LAYER_NORM_EPS)
+        if raw is not b.xw:
+            b.xw[...] = raw
+    else:
+        _input_gemm(ops, x, p["weight_ih"], bias, b.xw)
     if b.h_last is not None:
         b.h_last[...] = b.h0
     if b.rdrop is not None:
@@ -572,11 +599,12 @@ def gru_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None
     ctx = None
     if training:
         ctx = GRUContext(x=x, params=p, h0=b.h0, y=b.y, gates=b.gates, rh=None if reset_after else b.rh,
-                         lengths=b.lengths, w_hh=b.w_hh, zone_h=b.zone_h, rdrop=b.rdrop, slot=slot, spec=spec)
+                         lengths=b.lengths, w_hh=b.w_hh, zone_h=b.zone_h, rdrop=b.rdrop, x_hat=b.x_hat,
+                         rstd_x=b.rstd_x, h_hat=b.h_hat, rstd_h=b.rstd_h, ln_h=b.ln_h, slot=slot, spec=spec)
     return b.y, (hT.copy(),), ctx
 
 
-def _gru_backward_buffers(xp, dt, T, B, H, reset_after, dropped, static):
+def _gru_backward_buffers(xp, dt, T, B, H, reset_after, dropped, layer_norm, static):
     e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
     ec = lambda *shape: xp.empty(shape, dtype=compute(dt))  # noqa: E731
     b = Buffers(
@@ -586,6 +614,9 @@ def _gru_backward_buffers(xp, dt, T, B, H, reset_after, dropped, static):
         dcarry=ec(2, B, H),  # [2, B, H] dh, the kernels' part, ping-pong
         drec=ec(2, B, H),  # [2, B, H] dh, the recurrent GEMM's part, ping-pong
         hd=e(T, B, H) if dropped else None,  # [T, B, H] each step's recurrent GEMM input d∘h (recurrent dropout)
+        # [T, B, 3H] each the gradient of h Whhᵀ and of x Wihᵀ before their normalisation (layer_norm)
+        dgh_raw=e(T, B, 3 * H) if layer_norm else None,
+        dg_raw=e(T, B, 3 * H) if layer_norm else None,
     )
     return _input_buffers(b, xp, dt, static, dy=(T, B, H))
 
@@ -598,7 +629,11 @@ def _gru_backward_steps(ops, ctx, g, T):
         if ctx.spec.reset_after:
             ops.gru_backward_step(ctx.spec, t, ctx.gates[t], h, g.dy[t], g.dcarry[nxt], g.drec[nxt], g.dcarry[cur],
                                   g.dg[t], g.dgh[t], _at(ctx.zone_h, t), ctx.rdrop, ctx.lengths)
-            ops.gemm(g.dgh[t], w_hh, g.drec[cur])
+            d_gh = g.dgh[t]
+            if ctx.spec.layer_norm:  # the gradient of h Whhᵀ before its normalisation
+                ops.layer_norm_backward(d_gh, ctx.h_hat[t], ctx.rstd_h[t], ctx.ln_h, g.dgh_raw[t])
+                d_gh = g.dgh_raw[t]
+            ops.gemm(d_gh, w_hh, g.drec[cur])
         else:
             ops.gru_n_backward_step(ctx.spec, t, ctx.gates[t], h, g.dy[t], g.dcarry[nxt], g.drec[nxt],
                                     g.dcarry[cur], g.dg[t], _at(ctx.zone_h, t), ctx.rdrop, ctx.lengths)
@@ -614,9 +649,9 @@ def gru_backward(ops, xp, ctx, dy, dstates):
     (dhT,) = dstates
     x, p, H = ctx.x, ctx.params, dhT.shape[1]
     T, B, _ = x.shape
-    dropped = ctx.rdrop is not None
+    dropped, layer_norm = ctx.rdrop is not None, ctx.spec.layer_norm
     make = lambda static: _gru_backward_buffers(xp, x.dtype, T, B, H, ctx.spec.reset_after, dropped,  # noqa: E731
-                                                static)
+                                                layer_norm, static)
     slot = ctx.slot
     g = _workspace(slot, make)
     _bind(g, slot, dy=dy if slot else xp.ascontiguousarray(dy))
@@ -632,16 +667,23 @@ def gru_backward(ops, xp, ctx, dy, dstates):
 
     if ctx.spec.reset_after:
         dgh = g.dgh
-        dp = {"weight_hh": recurrent_grad(dgh)}
+        dp = {"weight_hh": recurrent_grad(g.dgh_raw if layer_norm else dgh)}
     else:
         dgh = dg
         dp = {"weight_hh": xp.concatenate([recurrent_grad(dg[:, :, : 2 * H]),
                                            _weight_grad(ops, xp, dg[:, :, 2 * H :], ctx.rh)])}
-    dp["weight_ih"] = _weight_grad(ops, xp, dg, x)
+    dg_raw = dg  # the gradient of x Wihᵀ
+    if layer_norm:
+        ops.layer_norm_backward(_rows(dg), _rows(ctx.x_hat), ctx.rstd_x.reshape(-1), p["ln_weight_ih"],
+                                _rows(g.dg_raw))
+        dg_raw = g.dg_raw
+    dp["weight_ih"] = _weight_grad(ops, xp, dg_raw, x)
     if "bias_ih" in p:
         dp["bias_ih"] = ops.column_sum(_rows(dg))
         dp["bias_hh"] = ops.column_sum(_rows(dgh))
-    dx = _input_grad(ops, xp, dg, p["weight_ih"])
+    if layer_norm:
+        dp["ln_weight_ih"], dp["ln_weight_hh"] = _gain_grad(ops, dg, ctx.x_hat), _gain_grad(ops, dgh, ctx.h_hat)
+    dx = _input_grad(ops, xp, dg_raw, p["weight_ih"])
     drec0 = _dropped(ctx.spec, ctx.rdrop, g.drec[0]) if dropped else g.drec[0]  # d(d∘h0) under recurrent dropout
     return dx, ((g.dcarry[0] + drec0).astype(x.dtype, copy=False),), dp
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from .params import init_params
 from .tape import Tape, Var
-from .variants import GRUSpec, LSTMSpec
+from .variants import LAYER_NORM_EPS, GRUSpec, LSTMSpec
 
 
 # --- the cells, written on the tape ------------------------------------------
@@ -35,27 +35,37 @@ _LSTM_ROWS = {"weight_ih": "ifCo", "weight_hh": "ifCo", "bias_ih": "ifCo", "bias
               "weight_hr": "r"}
 _GRU_ROWS = {"weight_ih": "rzn", "weight_hh": "rzn", "bias_ih": "rzn", "bias_hh": "rzn"}
 _LEAF = {"weight_ih": "W_{}x", "weight_hh": "W_{}h", "bias_ih": "b_{}x", "bias_hh": "b_{}h"}
+# layer_norm normalises a whole GEMM output, so its parameters are whole leaves ("x": the input side, "h": the
+# recurrent), the gates taken from the normalised column by rows
+_LAYER_NORM_ROWS = {"weight_ih": "x", "weight_hh": "h", "bias_ih": "x", "bias_hh": "h", "ln_weight_ih": "x",
+                    "ln_weight_hh": "h"}
+_LAYER_NORM_LEAF = {"weight_ih": "W_x", "weight_hh": "W_h", "bias_ih": "b_x", "bias_hh": "b_h", "ln_weight_ih": "γ_x",
+                    "ln_weight_hh": "γ_h"}
 
 
 def _rows(spec):
     """The gate of each row block of each parameter, in torch's storage order."""
+    if getattr(spec, "layer_norm", False):
+        return _LAYER_NORM_ROWS
     return _LSTM_ROWS if isinstance(spec, LSTMSpec) else _GRU_ROWS
 
 
-def _block_rows(params, key, H):
-    """The rows of one gate block of a parameter: H, but all of weight_hr (proj_size)."""
-    return len(params[key]) if key == "weight_hr" else H
+def _block_rows(params, key, rows):
+    """The rows of one block of a parameter: its rows over its blocks (H for a gate's, all of weight_hr's)."""
+    return len(params[key]) // len(rows[key])
 
 
-def _param_leaves(params, spec, H):
+def _param_leaves(params, spec):
     """One leaf per gate block of every parameter, as (rows, ·) column-layout arrays."""
     peephole = getattr(spec, "peephole", None)
     names = {**_LEAF, "weight_ch": "W_{}C" if peephole == "full" else "w_{}C", "weight_hr": "W_h{}"}
+    if getattr(spec, "layer_norm", False):
+        names = _LAYER_NORM_LEAF
     leaves = {}  # (param key, gate) -> Var
     for key, gates in _rows(spec).items():
         if key not in params:
             continue
-        n = _block_rows(params, key, H)
+        n = _block_rows(params, key, _rows(spec))
         for k, g in enumerate(gates):
             block = np.asarray(params[key][k * n : (k + 1) * n], dtype=np.float64).reshape(n, -1)
             leaves[key, g] = Var(names[key].format(g), block)
@@ -64,9 +74,10 @@ def _param_leaves(params, spec, H):
 
 def _merged_biases(tape, leaves, spec):
     """b_g = b_gx + b_gh: the one extra equation per gate that torch's two biases need (not for the GRU's n after
-    the reset, where b_nh stays inside r ∘ (W_nh h + b_nh))."""
+    the reset, where b_nh stays inside r ∘ (W_nh h + b_nh); none with layer_norm, which adds each after its
+    normalisation)."""
     gates = "ifCo" if isinstance(spec, LSTMSpec) else ("rz" if spec.reset_after else "rzn")
-    if ("bias_ih", gates[0]) not in leaves:
+    if getattr(spec, "layer_norm", False) or ("bias_ih", gates[0]) not in leaves:  # layer_norm: added after it
         return {}
     return {g: tape("add", leaves["bias_ih", g], leaves["bias_hh", g], name=f"b_{g}") for g in gates}
 
@@ -135,9 +146,38 @@ def _lstm_step(tape, spec, P, b, x, h, c, zone, drop):
     return _zone(tape, zone.get("h"), h, h1, "h_t"), _zone(tape, zone.get("c"), c, c1, "C_t")
 
 
+def _layer_norm(tape, a, gain, bias, side):
+    """γ ∘ (a − μ) / √(σ² + ε) (+ b) over each column's n values (Ba et al. 2016), σ² the mean square of a − μ."""
+    dev = tape("sub", a, tape("mean", a, name=f"μ_{side}"))
+    s = tape("rsqrt", tape("offset", tape("mean", tape("mul", dev, dev), name=f"σ²_{side}"), LAYER_NORM_EPS))
+    out = tape("mul", gain, tape("mul", dev, s, name=f"â_{side}"))
+    return out if bias is None else tape("add", out, bias, name=f"g_{side}")
+
+
+def _layer_norm_gru_step(tape, P, x, h, h_in):
+    """haste's LayerNormGRU (reset after): g_x = LN(W_x x_t) + b_x and g_h = LN(W_h h̃_{t-1}) + b_h, each with its
+    own gain, then r, z, n from their gate rows as torch.nn.GRU's cell takes them from its two GEMMs."""
+    g_x = _layer_norm(tape, tape("matmul", P["weight_ih", "x"], x), P["ln_weight_ih", "x"], P.get(("bias_ih", "x")),
+                      "x")
+    g_h = _layer_norm(tape, tape("matmul", P["weight_hh", "h"], h_in), P["ln_weight_hh", "h"],
+                      P.get(("bias_hh", "h")), "h")
+    H = len(h.value)
+
+    def gate(g, k):
+        return tape("rows", g, (k * H, (k + 1) * H))
+
+    r = tape("sigmoid", tape("add", gate(g_x, 0), gate(g_h, 0)), name="r_t")
+    z = tape("sigmoid", tape("add", gate(g_x, 1), gate(g_h, 1)), name="z_t")
+    n = tape("tanh", tape("add", gate(g_x, 2), tape("mul", r, gate(g_h, 2))), name="n_t")
+    return z, n
+
+
 def _gru_step(tape, spec, P, b, x, h, zone, drop):
     """Record one GRU step: r, z, n, then h_t = (1 − z_t) ∘ n_t + z_t ∘ h_{t-1} (h itself, not d ∘ h)."""
     h_in = _recurrent_input(tape, drop, h)
+    if spec.layer_norm:
+        z, n = _layer_norm_gru_step(tape, P, x, h, h_in)
+        return _gru_update(tape, z, n, h, zone)
 
     def rec(g, state=h_in):
         return [("matmul", P["weight_hh", g], state), ("matmul", P["weight_ih", g], x)]
@@ -154,6 +194,11 @@ def _gru_step(tape, spec, P, b, x, h, zone, drop):
         n = tape("tanh", tape("add", gi, tape("mul", r, gh)), name="n_t")
     else:  # n = tanh(W_nh (r ∘ h) + W_nx x + b_n)
         n = _gate(tape, rec("n", tape("mul", r, h_in)), b.get("n"), "tanh", "n_t")
+    return _gru_update(tape, z, n, h, zone)
+
+
+def _gru_update(tape, z, n, h, zone):
+    """h_t = (1 − z_t) ∘ n_t + z_t ∘ h_{t-1}, zoned out."""
     one_minus_z = tape("offset", tape("scale", z, -1.0), 1.0)
     h1 = tape("add", tape("mul", one_minus_z, n), tape("mul", z, h), name="h'_t" if "h" in zone else "h_t")
     return _zone(tape, zone.get("h"), h, h1, "h_t")
@@ -178,7 +223,7 @@ def equations(cell, *, peephole=None, candidate="tanh", reset_after=True, bias=T
             else GRUSpec.of({"reset_after": reset_after, **variant}))
     params = init_params(spec, 1, 1, bias=bias, dtype="float64")  # H = I = 1 (and proj_size as given)
     tape = Tape()
-    P = _param_leaves(params, spec, 1)
+    P = _param_leaves(params, spec)
     b = _merged_biases(tape, P, spec)
     pre = len(tape.eqs)
     zone = {n: Var(f"d^{n.upper() if n == 'c' else n}_t", np.zeros((1, 1))) for n in spec.zoneout()}
@@ -250,7 +295,7 @@ def _run(spec, x, params, states, lengths, training, masks):
     for L in np.unique(lengths):
         cols = np.flatnonzero(lengths == L)
         tape = Tape()
-        leaves = _param_leaves(params, spec, H)
+        leaves = _param_leaves(params, spec)
         b = _merged_biases(tape, leaves, spec)
         xs = [Var("x_t", x[t, cols].T) for t in range(L)]
         s0 = tuple(Var(n, np.asarray(s[cols], dtype=np.float64).T) for n, s in zip(spec.states, states))
@@ -285,7 +330,7 @@ def _backprop(ctx, dy, dstates):
             out[grp.cols] = d[v].T  # on the tape, or seeded directly when L = 0
         for (key, g), v in grp.leaves.items():
             if v in d:  # a group of length 0 uses no parameter
-                k, n = ctx.rows[key].index(g), _block_rows(ctx.params, key, H)
+                k, n = ctx.rows[key].index(g), _block_rows(ctx.params, key, ctx.rows)
                 block = dparams[key][k * n : (k + 1) * n]
                 block += d[v].reshape(block.shape)
     return dx, tuple(ds0), dparams

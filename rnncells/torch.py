@@ -343,10 +343,14 @@ class _RNN(_Module):
         return f"_l{layer}" + ("_reverse" if d else "")
 
     def reset_parameters(self):
-        """Every parameter from U(-1/√H, 1/√H), in registration order, as torch.nn does."""
+        """Every parameter from U(-1/√H, 1/√H), in registration order, as torch.nn does; LayerNorm gains 1, as
+        torch.nn.LayerNorm's."""
         k = 1.0 / math.sqrt(self.hidden_size)
-        for w in self.parameters():
-            nn.init.uniform_(w, -k, k)
+        for name, w in self.named_parameters():
+            if self.spec.starts_at_one(name):
+                nn.init.ones_(w)
+            else:
+                nn.init.uniform_(w, -k, k)
 
     def flatten_parameters(self):
         """torch compacts its weights for cuDNN here; ours need no compaction, so this does nothing."""

@@ -20,7 +20,9 @@ kernel: `proj_size` (torch.nn.LSTM's projection) is such a field, read by
 `param_shapes`, `state_sizes` and the orchestration (`rnncells._sequence`).
 And a flag may reach the kernels as arguments alone: `recurrent_dropout` is
 a mask pointer (null without it) and a scale in `kernel_scalars`, so it
-adds no instantiation.
+adds no instantiation.  The GRU's `layer_norm` adds kernels of its own
+(kernels/layernorm.cu, launched by the orchestration between a GEMM and the
+cell's kernel) and leaves the cell's kernels as they are.
 
 `__str__` shows a spec's cell and the flags that differ from their
 defaults besides `peephole`, `candidate` and `reset_after`, which it always
@@ -41,6 +43,7 @@ CANDIDATES = ("tanh", "sigmoid")
 CELL_CLIPS = (None, 0.4)
 PROJ_SIZE = 3  # the projection the tests run, smaller than some of their hidden sizes and larger than others
 ZONEOUTS = ((0.0, 0.0), (0.3, 0.2))  # (zoneout_h, zoneout_c)
+LAYER_NORM_EPS = 1e-5  # ε in 1/√(σ² + ε), torch.nn.LayerNorm's default
 RECURRENT_DROPOUT = 0.25  # the tests' (a kernel argument and a mask pointer, no template flag: see `kernel_scalars`)
 _PEEPHOLE_CODES = {None: "0", "full": "1", "diagonal": "2"}  # PEEPHOLE_* in kernels/common.cuh
 
@@ -130,7 +133,14 @@ class _Spec:
 
     def needed_for(self, key):
         """Why a parameter is needed, for the message when it is missing."""
+        if key.startswith("ln_"):
+            return "layer_norm=True"
         return "bias" if key.startswith("bias") else self.cell
+
+    @staticmethod
+    def starts_at_one(key):
+        """Whether a parameter starts at 1 rather than drawn: the LayerNorm gains, as torch.nn.LayerNorm's."""
+        return key.startswith("ln_weight")
 
     def zoneout(self):
         """{state: probability} of each state with zoneout, e.g. {"h": 0.1, "c": 0.05}; {} without."""
@@ -268,11 +278,15 @@ class LSTMSpec(_Spec):
 @dataclass(frozen=True)
 class GRUSpec(_Spec):
     """A GRU variant: reset_after=True is torch.nn.GRU / cuDNN, False is Cho et al. / Keras; `zoneout_h` in
-    [0, 1): the probability that a unit of h keeps its previous value; `recurrent_dropout` as the LSTM's."""
+    [0, 1): the probability that a unit of h keeps its previous value; `recurrent_dropout` as the LSTM's;
+    `layer_norm` True: haste's LayerNormGRU (Ba et al. 2016), each GEMM's output normalised over its 3H
+    columns with a gain of its own (ln_weight_ih, ln_weight_hh), bias_ih and bias_hh added after, reset_after
+    only."""
 
     reset_after: bool = True
     zoneout_h: float = 0.0
     recurrent_dropout: float = 0.0
+    layer_norm: bool = False
 
     cell: ClassVar[str] = "gru"
     _always: ClassVar[int] = 1  # __str__ shows reset_after always
@@ -285,6 +299,12 @@ class GRUSpec(_Spec):
         object.__setattr__(self, "reset_after", bool(self.reset_after))  # NumPy's bool too, stored as a bool
         for name in ("zoneout_h", "recurrent_dropout"):
             object.__setattr__(self, name, _probability(name, getattr(self, name)))
+        if not isinstance(self.layer_norm, (bool, np.bool_)):
+            raise ValueError(f"layer_norm={self.layer_norm!r} must be True or False")
+        object.__setattr__(self, "layer_norm", bool(self.layer_norm))
+        if self.layer_norm and not self.reset_after:
+            raise ValueError("layer_norm=True with reset_after=False is not supported: before the reset, h Whhᵀ is "
+                             "two GEMMs (r∘h meets Whn), not one output to normalise")
 
     @staticmethod
     def every():
@@ -294,9 +314,11 @@ class GRUSpec(_Spec):
     @staticmethod
     def covering():
         """The variants the tests run: every combination of template flags; recurrent_dropout with each reset,
-        and with zoneout before the reset (where both meet in the rz kernels)."""
+        and with zoneout before the reset (where both meet in the rz kernels); layer_norm alone, and with zoneout
+        and recurrent dropout (which its recurrent normalisation reads)."""
         return GRUSpec.every() + [GRUSpec(r, z, RECURRENT_DROPOUT) for r, z in ((True, 0.0), (False, 0.0),
-                                                                                 (False, ZONEOUTS[1][0]))]
+                                                                                 (False, ZONEOUTS[1][0]))] + [
+            GRUSpec(layer_norm=True), GRUSpec(True, ZONEOUTS[1][0], RECURRENT_DROPOUT, layer_norm=True)]
 
     def template_args(self):
         """The template argument of the kernels that write h: ZONEOUT (reset before and after are kernels of
@@ -306,6 +328,12 @@ class GRUSpec(_Spec):
     def kernel_scalars(self):
         """The kernels' variant arguments: (zoneout_h, rdrop_scale), as the LSTM's."""
         return (self.zoneout_h, self.rdrop_scale())
+
+    def _extra_shapes(self, H):
+        return {"ln_weight_ih": (3 * H,), "ln_weight_hh": (3 * H,)} if self.layer_norm else {}
+
+    def _extra_meanings(self):
+        return {"ln_weight_ih": "(3*hidden_size,)", "ln_weight_hh": "(3*hidden_size,)"} if self.layer_norm else {}
 
 
 def every():

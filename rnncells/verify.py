@@ -57,6 +57,9 @@ def problem(spec, *, T=4, B=3, I=3, H=2, lengths=None, step=False, dtype="float6
     rng = np.random.default_rng(seed)
     params = init_params(spec, I, H, dtype="float64", seed=seed)
     params = {k: (v * 2.0).astype(dtype) for k, v in params.items()}  # larger weights: richer nonlinearity
+    gains = np.random.default_rng([seed, 1])  # LayerNorm gains around their initial 1, a different one per unit
+    params.update({k: gains.uniform(0.5, 1.5, v.shape).astype(dtype) for k, v in params.items()
+                   if spec.starts_at_one(k)})
     widths = spec.state_sizes(H)  # {state: H}, h proj_size wide when projected
     if step:
         x = rng.standard_normal((B, I))
