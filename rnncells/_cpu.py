@@ -225,7 +225,7 @@ class CpuOps:
         else:
             spec = args[0].spec
             gated = args[1].da if spec.cell == "lstm" else args[1].dg  # [T, B, G·H]
-        if getattr(spec, "layer_norm", False):  # its kernels meet at block barriers, which `run` here does not
+        if spec.layer_norm:  # its kernels meet at block barriers, which `run` here does not
             return False
         if gated.dtype not in DTYPES or gated.shape[1] * gated.shape[2] // spec.gates > COMPILED_MAX_STEP:
             return False

@@ -231,7 +231,8 @@ def gru_forward(x, params, h0=None, lengths=None, reset_after=True, *, training=
 
     x (T, B, I); h0 (B, H) or None for zeros; lengths as in `lstm_forward`.
     reset_after=True is torch.nn.GRU / cuDNN, False is Cho et al. / Keras;
-    `variant` takes any other flag of `rnncells.variants.GRUSpec`.
+    `variant` takes any other flag of `rnncells.variants.GRUSpec`
+    (layer_norm=True needs params' ln_weight_ih and ln_weight_hh, (3H,)).
     Returns y (T, B, H), hT (B, H) and a ctx for `gru_backward` (None with
     training=False).  As in `lstm_forward`, the ctx refers to x, h0, params
     and y: do not write into them before `gru_backward`; `graphs`, `tf32`,

@@ -73,7 +73,7 @@ GROUPS = ("standard", "small batch", "large", "variants")
 # TORCH_FLAGS, which it has too).  proj_size 128 of H = 512: the 4:1 of Sak et al.'s LSTMP.
 VARIANTS = {"lstm": ((("cell_clip", 1.0),), (("zoneout_h", 0.1), ("zoneout_c", 0.1)), (("proj_size", 128),),
                      (("recurrent_dropout", 0.25),)),
-            "gru": ((("zoneout_h", 0.1),), (("recurrent_dropout", 0.25),))}
+            "gru": ((("zoneout_h", 0.1),), (("recurrent_dropout", 0.25),), (("layer_norm", True),))}
 TORCH_FLAGS = ("proj_size",)
 # precision -> (our dtype, TF32 on); torch runs float32 modules, under autocast for the half ones (float64 for fp64)
 PRECISIONS = {"fp32": ("float32", False), "tf32": ("float32", True), "fp16": ("float16", False),

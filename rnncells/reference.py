@@ -45,7 +45,7 @@ _LAYER_NORM_LEAF = {"weight_ih": "W_x", "weight_hh": "W_h", "bias_ih": "b_x", "b
 
 def _rows(spec):
     """The gate of each row block of each parameter, in torch's storage order."""
-    if getattr(spec, "layer_norm", False):
+    if spec.layer_norm:
         return _LAYER_NORM_ROWS
     return _LSTM_ROWS if isinstance(spec, LSTMSpec) else _GRU_ROWS
 
@@ -59,7 +59,7 @@ def _param_leaves(params, spec):
     """One leaf per gate block of every parameter, as (rows, ·) column-layout arrays."""
     peephole = getattr(spec, "peephole", None)
     names = {**_LEAF, "weight_ch": "W_{}C" if peephole == "full" else "w_{}C", "weight_hr": "W_h{}"}
-    if getattr(spec, "layer_norm", False):
+    if spec.layer_norm:
         names = _LAYER_NORM_LEAF
     leaves = {}  # (param key, gate) -> Var
     for key, gates in _rows(spec).items():
@@ -77,7 +77,7 @@ def _merged_biases(tape, leaves, spec):
     the reset, where b_nh stays inside r ∘ (W_nh h + b_nh); none with layer_norm, which adds each after its
     normalisation)."""
     gates = "ifCo" if isinstance(spec, LSTMSpec) else ("rz" if spec.reset_after else "rzn")
-    if getattr(spec, "layer_norm", False) or ("bias_ih", gates[0]) not in leaves:  # layer_norm: added after it
+    if spec.layer_norm or ("bias_ih", gates[0]) not in leaves:  # layer_norm: added after it
         return {}
     return {g: tape("add", leaves["bias_ih", g], leaves["bias_hh", g], name=f"b_{g}") for g in gates}
 

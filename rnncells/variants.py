@@ -71,6 +71,7 @@ class _Spec:
     cell: ClassVar[str]  # "lstm" or "gru"
     gates: ClassVar[int]  # G: the weights have G·H rows
     states: ClassVar[tuple]  # the recurrent states' names
+    layer_norm = False  # a field of the families that have layer normalisation (the GRU's)
 
     def kwargs(self):
         """The flags as the public functions take them, e.g. {"peephole": None, "candidate": "tanh"}."""

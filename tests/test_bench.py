@@ -45,7 +45,8 @@ def test_presets_cover_the_standard_small_and_large_configurations():
                                                                ("lstm", "proj_size=128"),
                                                                ("lstm", "recurrent_dropout=0.25"),
                                                                ("gru", "zoneout_h=0.1"),
-                                                               ("gru", "recurrent_dropout=0.25"))]
+                                                               ("gru", "recurrent_dropout=0.25"),
+                                                               ("gru", "layer_norm=True"))]
     assert [c for c in full if c.variant] == [c for c in variants if c.cell == "lstm"]
     assert all(c.group == "variants" for c in variants)
     with pytest.raises(ValueError, match="preset='huge'"):

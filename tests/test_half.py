@@ -179,6 +179,11 @@ def _problem(spec, T, dtype, step=False, B=16, I=16, H=32, seed=0):
 # (numpy and cuda-host, every variant, float16 and bfloat16, T = 1 to 1000): 1.15u for the outputs, 2.04u for
 # the gradients; the bounds leave 2x.
 BOUND_U = {"outputs": 2.0, "gradients": 4.0}
+# layer_norm stores pre-activations normalised to unit variance (|γ∘x̂ + b| up to ~3, several times those of the
+# default initialisation, so their roundings are too) and x̂ itself, one more rounding in each gradient.  Measured
+# worst (numpy and cuda-host, both layer_norm variants, float16 and bfloat16, T = 1 and 100): 2.39u outputs, 4.75u
+# gradients (dln_weight_hh: 16 products summed, which cancel); the bounds leave 2x.
+LAYER_NORM_BOUND_U = {"outputs": 5.0, "gradients": 10.0}
 # With cell_clip, gradients are compared only where every c' of the reference lies clear of the clip
 # (`verify.comparable_gradients`): nearer, one rounding can decide whether it clips, and its gradient then jumps
 # by all of dc.  The outputs, continuous in c', are compared always; test_clipped_gradients_* picks problems that
@@ -195,7 +200,8 @@ def _within_bounds(spec, backend, dtype, T, p=None):
         kind = "gradients" if k.startswith("d") else "outputs"
         if kind == "gradients" and not gradients:
             continue
-        assert verify.rel_err(got[k], want[k]) <= BOUND_U[kind] * u, (k, verify.rel_err(got[k], want[k]) / u)
+        bound = (LAYER_NORM_BOUND_U if spec.layer_norm else BOUND_U)[kind]
+        assert verify.rel_err(got[k], want[k]) <= bound * u, (k, verify.rel_err(got[k], want[k]) / u)
         compared += kind == "gradients"
     return compared
 

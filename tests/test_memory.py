@@ -8,6 +8,8 @@ half-sized, except the LSTM's cell states, which stay float32.  Zoneout adds
 its masks: one byte per unit and step of each zoned-out state, and recurrent
 dropout its one: a byte per unit of h for the whole sequence.  A projected
 LSTM (proj_size) also keeps h' before its projection, T·B·H more: (G+2)·T·B·H.
+A LayerNorm GRU (layer_norm) also keeps its two normalised GEMM outputs, G·T·B·H
+each, and their rows' 1/√(σ² + ε), 2·T·B in the compute dtype: (3G+1)·T·B·H + 2·T·B.
 """
 
 import numpy as np
@@ -38,8 +40,14 @@ def _forward(p, backend):
 
 
 def _kept(spec):
-    """How many T·B·H arrays a forward may keep: G + 1, and h' for a projected LSTM."""
-    return spec.gates + 1 + (1 if getattr(spec, "proj_size", 0) else 0)
+    """How many T·B·H arrays a forward may keep: G + 1, h' for a projected LSTM, and for a LayerNorm GRU the two
+    normalised GEMM outputs, G each."""
+    return spec.gates + 1 + (1 if getattr(spec, "proj_size", 0) else 0) + (2 * spec.gates if spec.layer_norm else 0)
+
+
+def _statistics(spec):
+    """How many T·B arrays a forward may keep: the 1/√(σ² + ε) of each normalised row, two per step and item."""
+    return 2 if spec.layer_norm else 0
 
 
 def _saved(p, backend):
@@ -55,7 +63,7 @@ def test_saved_activations_stay_within_g_plus_one_t_b_h(spec, cpu_backend):
     T, B, H = 6, 3, 5
     saved = _saved(verify.problem(spec, T=T, B=B, I=4, H=H, dtype="float32", lengths=np.array([6, 2, 0])),
                    cpu_backend)
-    assert sum(a.size for a in saved) <= _kept(spec) * T * B * H
+    assert sum(a.size for a in saved) <= _kept(spec) * T * B * H + _statistics(spec) * T * B
     assert saved, "the context must keep the gates it needs"
     p = verify.problem(spec, T=T, B=B, I=4, H=H, dtype="float32")
     masks = [a for a in _arrays(_forward(p, cpu_backend)[-1].inner) if a.dtype == np.uint8]
@@ -72,13 +80,14 @@ def test_half_precision_saves_half_sized_activations_and_float32_cell_states(spe
     single = [a for a in saved if a.dtype == np.float32]
     assert len(half) + len(single) == len(saved)
     c_shapes = {(T, B, H), (B, H), (3 * H, H)} if spec.cell == "lstm" else set()
+    c_shapes |= {(T, B)} if spec.layer_norm else set()  # the normalised rows' statistics
     assert {a.shape for a in single} <= c_shapes
     assert ((T, B, H) in {a.shape for a in single}) == (spec.cell == "lstm")  # c of every step, in float32
     nbytes = sum(a.nbytes for a in half) + sum(a.nbytes for a in single if a.shape != (3 * H, H))
     if spec.cell == "lstm":  # gates (and h') in S; c of every step, and c0, in float32: 12 (14) bytes per T·B·H
         assert nbytes <= (_kept(spec) - 1) * T * B * H * 2 + (T + 1) * B * H * 4
     else:
-        assert nbytes <= (spec.gates + 1) * T * B * H * 2
+        assert nbytes <= _kept(spec) * T * B * H * 2 + _statistics(spec) * T * B * 4
 
 
 def test_the_context_reads_y_as_its_state_history_and_backward_leaves_it(spec):
