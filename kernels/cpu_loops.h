@@ -9,6 +9,8 @@
 //             GRU reset before: ghrz = h Whh_rzᵀ; gru_rz_step; ghn = (r∘h) Whnᵀ; gru_n_step
 //   backward  lstm_backward_step; drec = da Wrec                          GRU: gru_backward_step; drec = dgh Whh
 //             GRU reset before: gru_n_backward_step; drh = da_n Whn; gru_rz_backward_step; drec = da_rz Whh_rz
+//   GRU with layer_norm: forward gh = h Whhᵀ; layer_norm_forward(gh); gru_forward_step
+//             backward gru_backward_step; layer_norm_backward(dgh); drec = dgh_raw Whh
 //   projected LSTM (proj_size): forward hw = h Whhᵀ (FULL: cw); lstm_forward_step; y = h' Whrᵀ
 //             backward dh += da' Whh; drec_h = dh Whr; lstm_backward_step (FULL: drec_c = da Wch)
 // S = C (float or double): half storage stays on the NumPy backend.
@@ -18,6 +20,7 @@
 #include "host.h"
 #include "lstm.cu"
 #include "gru.cu"
+#include "layernorm.cu"
 
 // The row-major GEMM and GEMV of the process's BLAS (cblas_?gemm, cblas_?gemv), with 32- or 64-bit ints (ILP64).
 struct Blas {
@@ -67,6 +70,19 @@ void run(void (*kernel)(P...), int n, A... args) {
   blockDim = gridDim = {unsigned(n), 1, 1};
   for (int k = 0; k < n; ++k) {
     threadIdx.x = unsigned(k);
+    kernel(args...);
+  }
+}
+
+// A row kernel's grid (layernorm.cu), one block per row, each block one thread: its barriers then hold nothing
+// (host.h's __syncthreads for a lone thread) and its sums run in row order.
+template <typename... P, typename... A>
+void run_rows(void (*kernel)(P...), int rows, A... args) {
+  threadIdx = {0, 0, 0};
+  blockDim = {1, 1, 1};
+  gridDim = {unsigned(rows), 1, 1};
+  for (int r = 0; r < rows; ++r) {
+    blockIdx = {unsigned(r), 0, 0};
     kernel(args...);
   }
 }
@@ -173,17 +189,22 @@ void projected_lstm_backward_steps(const Blas blas, int T, int B, int H, int P, 
 // zone_h [T, B, H] or null, rdrop [B, H] or null, lengths [B] or null; y [T, B, H],
 // gates [T, B, 4H] (RESET_AFTER, TRAINING) or [T, B, 3H] (reset before; inference: [1, B, 3H]), rh [T or 1, B, H]
 // (reset before), h_last [B, H] or null; gh [B, 3H] (RESET_AFTER), or ghrz [B, 2H] and ghn [B, H]; h_drop [B, H]
-// (rdrop: d∘h, the GEMMs' input, holding d∘h0 at the start).
+// (rdrop: d∘h, the GEMMs' input, holding d∘h0 at the start); layer_norm (RESET_AFTER): ε, its gain ln_h [3H] (null
+// without), and, when TRAINING, h_hat [T, B, 3H] and rstd_h [T, B] kept.
 template <typename S, bool RESET_AFTER, bool ZONEOUT, bool TRAINING>
 void gru_forward_steps(const Blas blas, int T, int B, int H, S zoneout_h, S rdrop_scale, const S* xw, const S* h0,
                        const S* w_hh, const S* b_hn, const unsigned char* zone_h, const unsigned char* rdrop,
-                       const int* lengths, S* y, S* gates, S* rh, S* h_last, S* gh, S* ghrz, S* ghn, S* h_drop) {
+                       const int* lengths, S* y, S* gates, S* rh, S* h_last, S* gh, S* ghrz, S* ghn, S* h_drop,
+                       S eps, const S* ln_h, S* h_hat, S* rstd_h) {
   const Size BH = Size(B) * H;
   for (int t = 0; t < T; ++t) {
     const S* h = t == 0 ? h0 : y + (t - 1) * BH;
     const S* h_in = rdrop != nullptr ? h_drop : h;  // what the GEMMs (and r∘h) read
     if (RESET_AFTER) {
       gemm(blas, true, B, 3 * H, H, h_in, H, w_hh, H, gh, 3 * H);
+      if (ln_h != nullptr)
+        run_rows(layer_norm_forward<S, S>, B, 3 * H, eps, gh, ln_h, static_cast<const S*>(nullptr),
+                 TRAINING ? h_hat + t * 3 * BH : nullptr, TRAINING ? rstd_h + Size(t) * B : nullptr);
       run(gru_forward_step<S, S, ZONEOUT, TRAINING>, B * H, t, B, H, zoneout_h, rdrop_scale, xw + t * 3 * BH, gh,
           b_hn, h, y + t * BH, h_last, TRAINING ? gates + t * 4 * BH : nullptr, step_mask(zone_h, t, BH), rdrop,
           h_drop, lengths);
@@ -201,12 +222,13 @@ void gru_forward_steps(const Blas blas, int T, int B, int H, S zoneout_h, S rdro
 // gru_backward_steps: zoneout_h (ZONEOUT), rdrop_scale, gates [T, B, 4H] (RESET_AFTER) or [T, B, 3H], h0 [B, H],
 // y [T, B, H], h_drops [T, B, H] (rdrop: each step's d∘h) or null, dy [T, B, H], w_hh [3H, H], zone_h [T, B, H] or
 // null, rdrop [B, H] or null, lengths [B] or null; dcarry, drec [2, B, H] (ping-pong, row T % 2 holding dhT and 0),
-// dg [T, B, 3H], dgh [T, B, 3H] (RESET_AFTER), drh [B, H] (reset before).
+// dg [T, B, 3H], dgh [T, B, 3H] (RESET_AFTER), drh [B, H] (reset before); layer_norm: h_hat [T, B, 3H], rstd_h
+// [T, B], ln_h [3H] (null without), dgh_raw [T, B, 3H] the gradient of h Whhᵀ before its normalisation.
 template <typename S, bool RESET_AFTER, bool ZONEOUT>
 void gru_backward_steps(const Blas blas, int T, int B, int H, S zoneout_h, S rdrop_scale, const S* gates,
                         const S* h0, const S* y, const S* h_drops, const S* dy, const S* w_hh,
                         const unsigned char* zone_h, const unsigned char* rdrop, const int* lengths, S* dcarry,
-                        S* drec, S* dg, S* dgh, S* drh) {
+                        S* drec, S* dg, S* dgh, S* drh, const S* h_hat, const S* rstd_h, const S* ln_h, S* dgh_raw) {
   const Size BH = Size(B) * H;
   for (int t = T - 1; t >= 0; --t) {
     const Size nxt = (t + 1) % 2, cur = t % 2;
@@ -216,7 +238,13 @@ void gru_backward_steps(const Blas blas, int T, int B, int H, S zoneout_h, S rdr
       run(gru_backward_step<S, S, ZONEOUT>, B * H, t, B, H, zoneout_h, rdrop_scale, gates + t * 4 * BH, h,
           dy + t * BH, dcarry + nxt * BH, drec + nxt * BH, dcarry + cur * BH, dg_t, dgh + t * 3 * BH,
           step_mask(zone_h, t, BH), rdrop, lengths);
-      gemm(blas, false, B, H, 3 * H, dgh + t * 3 * BH, 3 * H, w_hh, H, drec + cur * BH, H);
+      const S* d_gh = dgh + t * 3 * BH;
+      if (ln_h != nullptr) {
+        run_rows(layer_norm_backward<S, S>, B, 3 * H, d_gh, h_hat + t * 3 * BH, rstd_h + Size(t) * B, ln_h,
+                 dgh_raw + t * 3 * BH);
+        d_gh = dgh_raw + t * 3 * BH;
+      }
+      gemm(blas, false, B, H, 3 * H, d_gh, 3 * H, w_hh, H, drec + cur * BH, H);
     } else {
       const S* gates_t = gates + t * 3 * BH;
       run(gru_n_backward_step<S, S, ZONEOUT>, B * H, t, B, H, zoneout_h, rdrop_scale, gates_t, h, dy + t * BH,

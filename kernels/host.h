@@ -200,6 +200,7 @@ class BlockFibers {
 };
 
 inline void __syncthreads() {
+  if (blockDim.x * blockDim.y * blockDim.z == 1) return;  // a lone thread has nobody to wait for
   if (BlockFibers::running_block == nullptr) {  // `launch` runs a block's threads one after another
     std::fputs("__syncthreads() in a kernel launched with `launch`, not `launch_blocks`\n", stderr);
     std::abort();

@@ -29,7 +29,7 @@ from . import _numpy
 from ._host import check_arguments, pack, read_signature
 from ._kernels import SOURCES, TYPES, kernel_dir, scalars
 from ._kernels import _flag as _bool
-from .variants import LSTMSpec, every
+from .variants import LAYER_NORM_EPS, LSTMSpec, every
 
 DTYPES = (np.dtype("float32"), np.dtype("float64"))  # S = C: the compiled loops' storage is their arithmetic
 FLAGS = ("-std=c++17", "-O3", "-shared", "-fPIC")
@@ -176,14 +176,15 @@ class Loops:
         rh, work = (None, (b.gh, None, None)) if spec.reset_after else (b.rh, (None, b.ghrz, b.ghn))
         dt = b.y.dtype
         self.call(("gru_forward", dt, flags(spec), training), dt, T, B, H, *scalars(spec, dt), b.xw, b.h0, b.w_hh,
-                  b.b_hn, b.zone_h, b.rdrop, b.lengths, b.y, b.gates, rh, b.h_last, *work, b.hd)
+                  b.b_hn, b.zone_h, b.rdrop, b.lengths, b.y, b.gates, rh, b.h_last, *work, b.hd,
+                  dt.type(LAYER_NORM_EPS), b.ln_h, b.h_hat, b.rstd_h)
 
     def _gru_backward_steps(self, ctx, g, T):
         B, H = g.dy.shape[1:]
         dt = g.dg.dtype
         self.call(("gru_backward", dt, flags(ctx.spec)), dt, T, B, H, *scalars(ctx.spec, dt), ctx.gates, ctx.h0,
                   ctx.y, g.hd, g.dy, ctx.w_hh, ctx.zone_h, ctx.rdrop, ctx.lengths, g.dcarry, g.drec, g.dg, g.dgh,
-                  g.drh)
+                  g.drh, ctx.h_hat, ctx.rstd_h, ctx.ln_h, g.dgh_raw)
 
 
 @functools.cache
@@ -219,14 +220,12 @@ class CpuOps:
 
     def run_compiled(self, steps, *args):
         """Run the loop `steps(ops, *args)` of rnncells._sequence in one compiled call; False where it has no
-        compiled twin (half storage, layer_norm) or its steps are large, which leaves the loop to NumPy."""
+        compiled twin (half storage) or its steps are large, which leaves the loop to NumPy."""
         if steps.__name__.endswith("forward_steps"):
             spec, gated = args[2], args[0].xw  # [T, B, G·H]
         else:
             spec = args[0].spec
             gated = args[1].da if spec.cell == "lstm" else args[1].dg  # [T, B, G·H]
-        if spec.layer_norm:  # its kernels meet at block barriers, which `run` here does not
-            return False
         if gated.dtype not in DTYPES or gated.shape[1] * gated.shape[2] // spec.gates > COMPILED_MAX_STEP:
             return False
         getattr(self.compiled, steps.__name__)(*args)
