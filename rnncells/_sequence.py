@@ -43,6 +43,14 @@ Its backward takes each step's dh [B, P] = dy[t] + da[t+1] Whh (the output
 gradient past an item's length dropped, dhT added at its last step) and
 hands the kernel dh' = dh W_hr.
 
+A LayerNorm GRU (layer_norm) normalises x Wihᵀ once, before the loop (in
+the compute dtype, then stored in xw), and h Whhᵀ every step, between its
+GEMM and the cell's kernel (`ops.layer_norm_forward`, in place in gh).  Its
+forward also keeps each normalised row, x̂ and ĥ [T, B, 3H], and their
+1/√(σ² + ε) [T, B] each: (3G+1)·T·B·H + 2·T·B elements.  Its backward runs
+`ops.layer_norm_backward` on each step's dgh before the recurrent GEMM
+reads it, and once over every row of dg before dWih and dx.
+
 With a `rnncells._graphs.GraphCache` (graphs=), the loops run as CUDA graphs:
 the buffers come from a slot of the cache, each call copies its inputs
 (initial states, recurrent weights, lengths) into the slot's own input

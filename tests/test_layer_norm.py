@@ -83,8 +83,10 @@ def test_a_nan_spreads_over_its_row_only():
         assert np.isfinite(out[[0, 2]]).all() and np.isfinite(dx[[0, 2]]).all()
 
 
-def test_row_threads_are_a_power_of_two_from_a_warp_to_the_block_limit():
+def test_row_threads_are_a_power_of_two_from_a_warp_to_the_kernels_shared_memory():
     assert [_kernels.row_threads(n) for n in (1, 32, 33, 200, 256, 257, 10**6)] == [32, 32, 64, 256, 256, 256, 256]
+    src = (_kernels.kernel_dir() / "layernorm.cu").read_text()  # the block's tree sum has LN_THREADS slots
+    assert f"constexpr int LN_THREADS = {_kernels.ROW_BLOCK};" in src
 
 
 BLOCK_SUM_BARRIERS = ["  __syncthreads();\n  for (int s", "    __syncthreads();\n  }", "  __syncthreads();  // every"]
