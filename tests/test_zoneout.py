@@ -12,7 +12,7 @@ import pytest
 import rnncells as rc
 from rnncells import api, verify
 from rnncells.variants import GRUSpec, LSTMSpec
-from variant_checks import call, torch_results
+from variant_checks import assert_graph_replays_copy_each_calls_masks, call, torch_results
 
 BACKENDS = ["reference", "numpy", pytest.param("cpu", marks=pytest.mark.host),
             pytest.param("cuda-host", marks=pytest.mark.host)]
@@ -90,15 +90,7 @@ def test_evaluation_uses_the_expectation_as_the_reference_does(zoned, backend):
 @pytest.mark.host
 @pytest.mark.parametrize("zoned", ZONED, ids=str)
 def test_graph_replays_copy_each_calls_masks(zoned):
-    spec = zoned
-    cache = rc.GraphCache()
-    p = verify.problem(spec, T=5, B=3, H=4)
-    for seed in (1, 2, 1):
-        want = call(spec, p, "cuda-host", generator=np.random.default_rng(seed))
-        got = call(spec, p, "cuda-host", generator=np.random.default_rng(seed), graphs=cache)
-        for a, b in zip(got, want):
-            np.testing.assert_array_equal(a, b)
-    assert cache.captures >= 2  # forward and backward captured, then replayed with other masks
+    assert_graph_replays_copy_each_calls_masks(zoned)
 
 
 # --- torch.nn's cells with zoneout around them: an independent implementation --------------------------------------

@@ -1,6 +1,9 @@
-"""What the tests of a variant against an independent implementation share (tests/test_zoneout.py,
-tests/test_recurrent_dropout.py): our results and the independent ones, as two lists in one order."""
+"""What the tests of the variants that draw masks share (tests/test_zoneout.py, tests/test_recurrent_dropout.py):
+our results and an independent implementation's, as two lists in one order, and the check of graph replays."""
 
+import numpy as np
+
+import rnncells as rc
 from rnncells import verify
 
 
@@ -29,3 +32,16 @@ def torch_results(torch, p, cells, train):
         grads = torch.autograd.grad(loss, [leaves["x"], *states, *(leaves[k] for k in sorted(p.params))])
         want += [g.numpy() for g in grads]
     return want
+
+
+def assert_graph_replays_copy_each_calls_masks(spec):
+    """On cuda-host, graph replays (new masks each call, then the first ones again) equal the eager runs bit for bit,
+    forward and backward captured once each and replayed."""
+    cache = rc.GraphCache()
+    p = verify.problem(spec, T=5, B=3, H=4)
+    for seed in (1, 2, 1):
+        want = call(spec, p, "cuda-host", generator=np.random.default_rng(seed))
+        got = call(spec, p, "cuda-host", generator=np.random.default_rng(seed), graphs=cache)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+    assert cache.captures >= 2
