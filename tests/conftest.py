@@ -6,6 +6,7 @@ A test that takes an argument `spec` runs once per cell variant (`rnncells.verif
 `kernel_backend` once per backend that launches the CUDA kernels: "cuda-host" (marked `host`) and "cupy" (`gpu`);
 one that takes `cpu_backend` once per fast backend on NumPy arrays: "numpy", "cpu" and "cuda-host" (both `host`).
 `poisoned_numpy` is NumPy with NaN-filled `empty`, for backends whose every output element must be written.
+`edited_host_ops` builds the kernels for the CPU with one line of one source edited, for tests that a check fails.
 """
 
 import shutil
@@ -13,7 +14,7 @@ import shutil
 import numpy as np
 import pytest
 
-from rnncells import _backends, verify
+from rnncells import _backends, _host, _kernels, _numpy, verify
 
 KERNEL_BACKENDS = [pytest.param("cuda-host", marks=pytest.mark.host), pytest.param("cupy", marks=pytest.mark.gpu)]
 CPU_BACKENDS = ["numpy", *(pytest.param(b, marks=pytest.mark.host) for b in ("cpu", "cuda-host"))]
@@ -43,6 +44,25 @@ class PoisonedNumpy:
 def poisoned_numpy():
     """PoisonedNumpy, as a backend's array module (`rnncells._backends.Orchestrated`'s xp)."""
     return PoisonedNumpy()
+
+
+@pytest.fixture
+def edited_host_ops(tmp_path):
+    """build(file, line, edited): KernelOps on NumPy running the kernels built for the CPU from a copy of kernels/
+    in which `line`, found exactly once in `file`, reads `edited`."""
+
+    def build(file, line, edited):
+        for f in _kernels.kernel_dir().iterdir():
+            if f.suffix in (".cu", ".cuh", ".h"):
+                text = f.read_text()
+                if f.name == file:
+                    assert text.count(line) == 1, f"{line!r} is not in {file} exactly once: update the edit"
+                    text = text.replace(line, edited)
+                (tmp_path / f.name).write_text(text)
+        launcher = _host.HostLauncher(_host.build_host_library(tmp_path, source_dir=tmp_path))
+        return _kernels.KernelOps(launcher, np, _numpy.gemm)
+
+    return build
 
 
 def pytest_collection_modifyitems(config, items):

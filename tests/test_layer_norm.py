@@ -94,17 +94,11 @@ BLOCK_SUM_BARRIERS = ["  __syncthreads();\n  for (int s", "    __syncthreads();\
 
 @pytest.mark.host
 @pytest.mark.parametrize("barrier", range(len(BLOCK_SUM_BARRIERS)), ids=["after-write", "in-tree", "after-read"])
-def test_the_host_emulation_catches_a_missing_barrier(tmp_path, barrier):
+def test_the_host_emulation_catches_a_missing_barrier(edited_host_ops, barrier):
     """Each of block_sum's three __syncthreads() removed in turn: the host build's block threads, taking turns,
     read what a barrier would have waited for, and the rows come out wrong."""
-    src = (_kernels.kernel_dir() / "layernorm.cu").read_text()
     marker = BLOCK_SUM_BARRIERS[barrier]
-    assert src.count(marker) == 1
-    for name in (*_kernels.SOURCES, "common.cuh", "host.h"):
-        (tmp_path / name).write_text((_kernels.kernel_dir() / name).read_text())
-    (tmp_path / "layernorm.cu").write_text(src.replace(marker, marker.replace("__syncthreads();", ";")))
-    launcher = _host.HostLauncher(_host.build_host_library(tmp_path, source_dir=tmp_path))
-    broken = _kernels.KernelOps(launcher, np, _numpy.gemm)
+    broken = edited_host_ops("layernorm.cu", marker, marker.replace("__syncthreads();", ";"))
     args = _rows_problem(2, 100, np.dtype("float64"))
     got, want = _run_rows(broken, *args), _run_rows(_numpy, *args)
     assert max(verify.rel_err(a, b) for a, b in zip(got, want)) > 1e-3
