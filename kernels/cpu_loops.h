@@ -11,6 +11,8 @@
 //             GRU reset before: gru_n_backward_step; drh = da_n Whn; gru_rz_backward_step; drec = da_rz Whh_rz
 //   GRU with layer_norm: forward gh = h Whhᵀ; layer_norm_forward(gh); gru_forward_step
 //             backward gru_backward_step; layer_norm_backward(dgh); drec = dgh_raw Whh
+//   LSTM with layer_norm: forward hw = h Whhᵀ; layer_norm_forward(hw); lstm_ln_forward_step
+//             backward lstm_ln_backward_step; layer_norm_backward(da); drec = da_raw Whh
 //   projected LSTM (proj_size): forward hw = h Whhᵀ (FULL: cw); lstm_forward_step; y = h' Whrᵀ
 //             backward dh += da' Whh; drec_h = dh Whr; lstm_backward_step (FULL: drec_c = da Wch)
 // S = C (float or double): half storage stays on the NumPy backend.
@@ -74,8 +76,8 @@ void run(void (*kernel)(P...), int n, A... args) {
   }
 }
 
-// A row kernel's grid (layernorm.cu), one block per row, each block one thread: its barriers then hold nothing
-// (host.h's __syncthreads for a lone thread) and its sums run in row order.
+// A row kernel's grid (layernorm.cu, lstm_ln_*_step), one block per row, each block one thread: its barriers then
+// hold nothing (host.h's __syncthreads for a lone thread) and its sums run in row order.
 template <typename... P, typename... A>
 void run_rows(void (*kernel)(P...), int rows, A... args) {
   threadIdx = {0, 0, 0};
@@ -98,12 +100,14 @@ inline const unsigned char* step_mask(const unsigned char* masks, int t, std::pt
 // c0 [B, H], w_hh [4H, H], w_ch [3H, H] (FULL), w_peep [3H] (DIAGONAL), zone_h, zone_c [T, B, H] or null, rdrop
 // [B, H] or null, lengths [B] or null; y [T, B, H], cs [T, B, H] (inference: [2, B, H] ping-pong), gates
 // [T, B, 4H] (TRAINING), h_last [B, H] or null; hw [B, 4H], cw [B, 3H] (FULL), h_drop [B, H] (rdrop: d∘h, the
-// GEMM's input, holding d∘h0 at the start).
+// GEMM's input, holding d∘h0 at the start); layer_norm (no peephole): ε, the gain ln_h [4H] (null without), c's gain
+// gamma_c and shift beta_c [H], and, when TRAINING, h_hat [T, B, 4H], rstd_h [T, B], c_hat [T, B, H], rstd_c [T, B].
 template <typename S, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT, bool TRAINING>
 void lstm_forward_steps(const Blas blas, int T, int B, int H, S cell_clip, S zoneout_h, S zoneout_c, S rdrop_scale,
                         const S* xw, const S* h0, const S* c0, const S* w_hh, const S* w_ch, const S* w_peep,
                         const unsigned char* zone_h, const unsigned char* zone_c, const unsigned char* rdrop,
-                        const int* lengths, S* y, S* cs, S* gates, S* h_last, S* hw, S* cw, S* h_drop) {
+                        const int* lengths, S* y, S* cs, S* gates, S* h_last, S* hw, S* cw, S* h_drop, S eps,
+                        const S* ln_h, const S* gamma_c, const S* beta_c, S* h_hat, S* rstd_h, S* c_hat, S* rstd_c) {
   const Size BH = Size(B) * H;
   for (int t = 0; t < T; ++t) {
     const Size s = TRAINING ? t : t % 2, prev = TRAINING ? t - 1 : (t + 1) % 2;
@@ -111,30 +115,61 @@ void lstm_forward_steps(const Blas blas, int T, int B, int H, S cell_clip, S zon
     const S* h = t == 0 ? h0 : y + (t - 1) * BH;
     gemm(blas, true, B, 4 * H, H, rdrop != nullptr ? h_drop : h, H, w_hh, H, hw, 4 * H);
     if (PEEPHOLE == PEEPHOLE_FULL) gemm(blas, true, B, 3 * H, H, c, H, w_ch, H, cw, 3 * H);
+    S* gates_t = TRAINING ? gates + t * 4 * BH : nullptr;
+    if constexpr (PEEPHOLE == PEEPHOLE_NONE) {
+      if (ln_h != nullptr) {
+        run_rows(layer_norm_forward<S, S>, B, 4 * H, eps, hw, ln_h, static_cast<const S*>(nullptr),
+                 TRAINING ? h_hat + t * 4 * BH : nullptr, TRAINING ? rstd_h + Size(t) * B : nullptr);
+        run_rows(lstm_ln_forward_step<S, S, PEEPHOLE, SIGMOID_CANDIDATE, CLIP, ZONEOUT, TRAINING>, B, t, B, H,
+                 cell_clip, zoneout_h, zoneout_c, rdrop_scale, eps, xw + t * 4 * BH, hw, h, c, cs + s * BH,
+                 y + t * BH, h_last, gates_t, step_mask(zone_h, t, BH), step_mask(zone_c, t, BH), rdrop, h_drop,
+                 lengths, gamma_c, beta_c, TRAINING ? c_hat + t * BH : nullptr,
+                 TRAINING ? rstd_c + Size(t) * B : nullptr);
+        continue;
+      }
+    }
     run(lstm_forward_step<S, S, PEEPHOLE, SIGMOID_CANDIDATE, CLIP, ZONEOUT, TRAINING>, B * H, t, B, H, cell_clip,
-        zoneout_h, zoneout_c, rdrop_scale, xw + t * 4 * BH, hw, cw, h, c, cs + s * BH, y + t * BH, h_last,
-        TRAINING ? gates + t * 4 * BH : nullptr, w_peep, step_mask(zone_h, t, BH), step_mask(zone_c, t, BH), rdrop,
-        h_drop, lengths);
+        zoneout_h, zoneout_c, rdrop_scale, xw + t * 4 * BH, hw, cw, h, c, cs + s * BH, y + t * BH, h_last, gates_t,
+        w_peep, step_mask(zone_h, t, BH), step_mask(zone_c, t, BH), rdrop, h_drop, lengths);
   }
 }
 
 // lstm_backward_steps: cell_clip, zoneout_h, zoneout_c, rdrop_scale as above, gates [T, B, 4H], c0 [B, H],
 // cs [T, B, H], dy [T, B, H], w_rec [4H, n_rec], w_peep [3H] (DIAGONAL), zone_h, zone_c [T, B, H] or null, rdrop
 // [B, H] or null, lengths [B] or null; dcarry [2, B, 2H], drec [2, B, n_rec] (ping-pong, row T % 2 holding dhT,
-// dcT and 0), da [T, B, 4H].
+// dcT and 0), da [T, B, 4H]; layer_norm (no peephole): c_hat [T, B, H], rstd_c [T, B], gamma_c, beta_c [H], h_hat
+// [T, B, 4H], rstd_h [T, B], ln_h [4H] (null without); dn [T, B, H] d(γ_c∘ĉ + β_c), da_raw [T, B, 4H] the gradient
+// of h Whhᵀ before its normalisation.
 template <typename S, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT>
 void lstm_backward_steps(const Blas blas, int T, int B, int H, S cell_clip, S zoneout_h, S zoneout_c, S rdrop_scale,
                          int n_rec, const S* gates, const S* c0, const S* cs, const S* dy, const S* w_rec,
                          const S* w_peep, const unsigned char* zone_h, const unsigned char* zone_c,
-                         const unsigned char* rdrop, const int* lengths, S* dcarry, S* drec, S* da) {
+                         const unsigned char* rdrop, const int* lengths, S* dcarry, S* drec, S* da, const S* c_hat,
+                         const S* rstd_c, const S* gamma_c, const S* beta_c, const S* h_hat, const S* rstd_h,
+                         const S* ln_h, S* dn, S* da_raw) {
   const Size BH = Size(B) * H;
   for (int t = T - 1; t >= 0; --t) {
     const Size nxt = (t + 1) % 2, cur = t % 2;
+    const S* c = t == 0 ? c0 : cs + (t - 1) * BH;
+    S* da_t = da + t * 4 * BH;
+    if constexpr (PEEPHOLE == PEEPHOLE_NONE) {
+      if (ln_h != nullptr) {
+        run_rows(lstm_ln_backward_step<S, S, PEEPHOLE, SIGMOID_CANDIDATE, CLIP, ZONEOUT>, B, t, B, H, cell_clip,
+                 zoneout_h, zoneout_c, rdrop_scale, gates + t * 4 * BH, c, cs + t * BH, dy + t * BH,
+                 dcarry + nxt * 2 * BH, drec + nxt * BH, dcarry + cur * 2 * BH, da_t, step_mask(zone_h, t, BH),
+                 step_mask(zone_c, t, BH), rdrop, lengths, c_hat + t * BH, rstd_c + Size(t) * B, gamma_c, beta_c,
+                 dn + t * BH);
+        run_rows(layer_norm_backward<S, S>, B, 4 * H, da_t, h_hat + t * 4 * BH, rstd_h + Size(t) * B, ln_h,
+                 da_raw + t * 4 * BH);
+        gemm(blas, false, B, H, 4 * H, da_raw + t * 4 * BH, 4 * H, w_rec, H, drec + cur * BH, H);
+        continue;
+      }
+    }
     run(lstm_backward_step<S, S, PEEPHOLE, SIGMOID_CANDIDATE, CLIP, ZONEOUT>, B * H, t, B, H, cell_clip, zoneout_h,
-        zoneout_c, rdrop_scale, n_rec, gates + t * 4 * BH, t == 0 ? c0 : cs + (t - 1) * BH, cs + t * BH, dy + t * BH,
-        dcarry + nxt * 2 * BH, drec + nxt * B * n_rec, dcarry + cur * 2 * BH, da + t * 4 * BH, w_peep,
-        step_mask(zone_h, t, BH), step_mask(zone_c, t, BH), rdrop, lengths);
-    gemm(blas, false, B, n_rec, 4 * H, da + t * 4 * BH, 4 * H, w_rec, n_rec, drec + cur * B * n_rec, n_rec);
+        zoneout_c, rdrop_scale, n_rec, gates + t * 4 * BH, c, cs + t * BH, dy + t * BH, dcarry + nxt * 2 * BH,
+        drec + nxt * B * n_rec, dcarry + cur * 2 * BH, da_t, w_peep, step_mask(zone_h, t, BH),
+        step_mask(zone_c, t, BH), rdrop, lengths);
+    gemm(blas, false, B, n_rec, 4 * H, da_t, 4 * H, w_rec, n_rec, drec + cur * B * n_rec, n_rec);
   }
 }
 

@@ -7,6 +7,7 @@
 // One block per row: its threads stride over the row's n values and meet in a tree sum over shared memory, so
 // these kernels, unlike the others, need __syncthreads() (the host runs them with host.h's launch_blocks).
 // Every sum runs in a fixed order, so every run gives the same bits.
+#pragma once
 #include "common.cuh"
 
 constexpr int LN_THREADS = 256;  // the most threads per block; blockDim.x is a power of 2, at most this

@@ -148,14 +148,16 @@ class Loops:
         dt = b.y.dtype
         self.call(("lstm_forward", dt, flags(spec), training), dt, T, B, H, *scalars(spec, dt), b.xw, b.h0, b.c0,
                   b.w_hh, b.w_ch, b.w_peep, b.zone_h, b.zone_c, b.rdrop, b.lengths, b.y, b.cs, b.gates, b.h_last,
-                  b.hw, b.cw, b.hd)
+                  b.hw, b.cw, b.hd, dt.type(LAYER_NORM_EPS), b.ln_h, b.gamma_c, b.beta_c, b.h_hat, b.rstd_h, b.c_hat,
+                  b.rstd_c)
 
     def _lstm_backward_steps(self, ctx, g, w_rec, T):
         B, H = g.dy.shape[1:]
         dt = g.da.dtype
         self.call(("lstm_backward", dt, flags(ctx.spec)), dt, T, B, H, *scalars(ctx.spec, dt), w_rec.shape[1],
                   ctx.gates, ctx.c0, ctx.cs, g.dy, w_rec, ctx.w_peep, ctx.zone_h, ctx.zone_c, ctx.rdrop, ctx.lengths,
-                  g.dcarry, g.drec, g.da)
+                  g.dcarry, g.drec, g.da, ctx.c_hat, ctx.rstd_c, ctx.gamma_c, ctx.beta_c, ctx.h_hat, ctx.rstd_h,
+                  ctx.ln_h, g.dn, g.da_raw)
 
     def _projected_lstm_forward_steps(self, b, T, spec, training):
         B, H = b.ms.shape[1:]

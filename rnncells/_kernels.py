@@ -96,7 +96,9 @@ def scalars(spec, compute_dtype):
 _GRU_SPEC = ("gru_backward_step", "gru_n_step", "gru_n_backward_step")  # templated on the spec (ZONEOUT)
 _GRU = ("gru_rz_step", "gru_rz_backward_step")
 _REDUCE = ("column_partial_sums", "column_totals")
-BARRIER_KERNELS = ("layer_norm_forward", "layer_norm_backward")  # one block per row, meeting at __syncthreads()
+_LAYER_NORM = ("layer_norm_forward", "layer_norm_backward")
+# one block per row, meeting at __syncthreads()
+BARRIER_KERNELS = (*_LAYER_NORM, "lstm_ln_forward_step", "lstm_ln_backward_step")
 
 
 def instantiations():
@@ -104,12 +106,13 @@ def instantiations():
     names = []
     for dtype in TYPES:
         for spec in LSTMSpec.every():
-            names += [kernel_name("lstm_forward_step", dtype, spec, training) for training in (True, False)]
-            names.append(kernel_name("lstm_backward_step", dtype, spec))
+            for kernel in ("lstm", "lstm_ln") if spec.peephole is None else ("lstm",):  # layer_norm: no peephole
+                names += [kernel_name(f"{kernel}_forward_step", dtype, spec, training) for training in (True, False)]
+                names.append(kernel_name(f"{kernel}_backward_step", dtype, spec))
         for spec in {s.template_args(): s for s in GRUSpec.every()}.values():  # one per template argument list
             names += [kernel_name("gru_forward_step", dtype, spec, training) for training in (True, False)]
             names += [kernel_name(k, dtype, spec) for k in _GRU_SPEC]
-        names += [kernel_name(k, dtype) for k in _GRU + _REDUCE + BARRIER_KERNELS]
+        names += [kernel_name(k, dtype) for k in _GRU + _REDUCE + _LAYER_NORM]
     return names
 
 
@@ -158,7 +161,7 @@ class KernelOps:
         return False
 
     def _launch_rows(self, name, rows, n, *args):
-        """One block per row of n values (layernorm.cu)."""
+        """One block per row of n values (layernorm.cu, lstm.cu's lstm_ln_*_step)."""
         if rows > 0:
             self.launcher(name, (rows, 1, 1), (row_threads(n), 1, 1), args)
 
@@ -195,6 +198,22 @@ class KernelOps:
         name = kernel_name("lstm_forward_step", y.dtype, spec, gates is not None)
         self._launch(name, B * H, t, B, H, *scalars(spec, c.dtype), xw, hw, cw, h, c, c_next, y, h_last, gates,
                      w_peep, zone_h, zone_c, rdrop, h_drop, lengths)
+
+    def lstm_ln_forward_step(self, spec, t, xw, hw, h, c, c_next, y, h_last, gates, zone_h, zone_c, rdrop, h_drop,
+                             lengths, gamma_c, beta_c, c_hat, rstd_c, eps):
+        """One LayerNorm LSTM step's pointwise forward, c' normalised: one block per item (see kernels/lstm.cu)."""
+        B, H = y.shape
+        name = kernel_name("lstm_ln_forward_step", y.dtype, spec, gates is not None)
+        self._launch_rows(name, B, H, t, B, H, *scalars(spec, c.dtype), c.dtype.type(eps), xw, hw, h, c, c_next, y,
+                          h_last, gates, zone_h, zone_c, rdrop, h_drop, lengths, gamma_c, beta_c, c_hat, rstd_c)
+
+    def lstm_ln_backward_step(self, spec, t, gates, c, c_next, dy, dcarry, drec, dcarry_out, da, zone_h, zone_c,
+                              rdrop, lengths, c_hat, rstd_c, gamma_c, beta_c, dn):
+        """One LayerNorm LSTM step's pointwise backward; dn [B, H] gets d(γ_c∘ĉ + β_c)."""
+        B, H = c.shape
+        name = kernel_name("lstm_ln_backward_step", da.dtype, spec)
+        self._launch_rows(name, B, H, t, B, H, *scalars(spec, c.dtype), gates, c, c_next, dy, dcarry, drec,
+                          dcarry_out, da, zone_h, zone_c, rdrop, lengths, c_hat, rstd_c, gamma_c, beta_c, dn)
 
     def lstm_backward_step(self, spec, t, gates, c, c_next, dy, dcarry, drec, dcarry_out, da, w_peep, zone_h,
                            zone_c, rdrop, lengths):

@@ -227,12 +227,9 @@ def _clip(spec, c1):
     return c1 if spec.cell_clip is None else np.clip(c1, -spec.cell_clip, spec.cell_clip)
 
 
-def lstm_forward_step(spec, t, xw, hw, cw, h, c, c_next, y, h_last, gates, w_peep, zone_h, zone_c, rdrop, h_drop,
-                      lengths):
-    """lstm.cu's lstm_forward_step.  xw, hw [B, 4H]; cw [B, 3H] (full); h, c, c_next, y, h_last [B, H];
-    gates [B, 4H]; w_peep [3H] (diagonal); zone_h, zone_c [B, H] zoneout masks or None; rdrop [B, H] recurrent
-    dropout's mask or None, and h_drop [B, H] = d∘y then."""
-    H, peephole = y.shape[1], spec.peephole
+def _lstm_unit(spec, xw, hw, cw, c, w_peep):
+    """lstm.cu's lstm_unit: the gates i, f, g, o and c' (clipped) of every unit."""
+    H, peephole = c.shape[1], spec.peephole
     a_i, a_f, a_g, a_o = _split(_c(xw) + hw, H)
     if peephole == "full":
         a_i, a_f, a_o = a_i + cw[:, :H], a_f + cw[:, H : 2 * H], a_o + cw[:, 2 * H :]
@@ -244,8 +241,13 @@ def lstm_forward_step(spec, t, xw, hw, cw, h, c, c_next, y, h_last, gates, w_pee
     c1 = _clip(spec, f * c + i * g)
     if peephole == "diagonal":
         a_o = a_o + w_o * c1
-    o = sigmoid(a_o)
-    h1 = o * np.tanh(c1)
+    return i, f, g, sigmoid(a_o), c1
+
+
+def _lstm_commit(spec, t, unit, h1, h, c, c_next, y, h_last, gates, zone_h, zone_c, rdrop, h_drop, lengths):
+    """lstm.cu's lstm_commit: zoneout of h' and c', then the gates (when kept), c, y, h_last and d∘y."""
+    i, f, g, o, c1 = unit
+    H = c.shape[1]
     if spec.zoneout():
         h1, c1 = _zone(zone_h, spec.zoneout_h, h, h1), _zone(zone_c, spec.zoneout_c, c, c1)
     if gates is not None:
@@ -256,11 +258,31 @@ def lstm_forward_step(spec, t, xw, hw, cw, h, c, c_next, y, h_last, gates, w_pee
     _write_dropped(spec, rdrop, y, h_drop)
 
 
-def lstm_backward_step(spec, t, gates, c, c1, dy, dcarry, drec, dcarry_out, da, w_peep, zone_h, zone_c, rdrop,
-                       lengths):
-    """lstm.cu's lstm_backward_step: da [B, 4H] and dcarry_out [B, 2H] from dy [B, H] (or None: a projected
-    LSTM's dh arrives whole in drec) and d[h | c] = dcarry [B, 2H] + drec [B, H or 2H] (its dh part times d
-    under recurrent dropout, rdrop [B, H] its mask)."""
+def lstm_forward_step(spec, t, xw, hw, cw, h, c, c_next, y, h_last, gates, w_peep, zone_h, zone_c, rdrop, h_drop,
+                      lengths):
+    """lstm.cu's lstm_forward_step.  xw, hw [B, 4H]; cw [B, 3H] (full); h, c, c_next, y, h_last [B, H];
+    gates [B, 4H]; w_peep [3H] (diagonal); zone_h, zone_c [B, H] zoneout masks or None; rdrop [B, H] recurrent
+    dropout's mask or None, and h_drop [B, H] = d∘y then."""
+    unit = _lstm_unit(spec, xw, hw, cw, c, w_peep)
+    o, c1 = unit[3:]
+    _lstm_commit(spec, t, unit, o * np.tanh(c1), h, c, c_next, y, h_last, gates, zone_h, zone_c, rdrop, h_drop,
+                 lengths)
+
+
+def lstm_ln_forward_step(spec, t, xw, hw, h, c, c_next, y, h_last, gates, zone_h, zone_c, rdrop, h_drop, lengths,
+                         gamma_c, beta_c, c_hat, rstd_c, eps):
+    """lstm.cu's lstm_ln_forward_step (layer_norm): lstm_forward_step with h' = o∘tanh(γ_c∘ĉ + β_c), ĉ c'
+    normalised over each row; c_hat [B, H] and rstd_c [B] kept when gates are."""
+    unit = _lstm_unit(spec, xw, hw, None, c, None)
+    n = unit[4].copy()  # c' stays the state; n = γ_c∘ĉ + β_c is for the tanh
+    layer_norm_forward(n, gamma_c, _c(beta_c), c_hat if gates is not None else None, rstd_c, eps)
+    _lstm_commit(spec, t, unit, unit[3] * np.tanh(n), h, c, c_next, y, h_last, gates, zone_h, zone_c, rdrop, h_drop,
+                 lengths)
+
+
+def _lstm_backward(spec, t, gates, c, c1, dy, dcarry, drec, dcarry_out, da, w_peep, zone_h, zone_c, rdrop, lengths,
+                   ln=None):
+    """lstm_backward_step, and with ln = (c_hat, rstd_c, gamma_c, beta_c, dn) lstm_ln_backward_step."""
     H, peephole = c.shape[1], spec.peephole
     i, f, g, o = _split(_c(gates), H)
     dh_in = dcarry[:, :H] + _dropped(spec, rdrop, drec[:, :H])
@@ -273,9 +295,19 @@ def lstm_backward_step(spec, t, gates, c, c1, dy, dcarry, drec, dcarry_out, da, 
         dc_zoned, dc_new = _zone_grad(zone_c, spec.zoneout_c, dc_in)
     else:
         dc_new = dc_in
-    tc = np.tanh(c1)
+    active = _active(t, lengths)
+    if ln is None:  # h' = o∘tanh(c')
+        tc = np.tanh(c1)
+        dc = dc_new + dh * o * (1.0 - tc * tc)
+    else:  # h' = o∘tanh(n), n = γ_c∘ĉ + β_c
+        c_hat, rstd_c, gamma_c, beta_c, dn = ln
+        tc = np.tanh(_c(gamma_c) * _c(c_hat) + _c(beta_c))
+        dn1 = dh * o * (1.0 - tc * tc)
+        _commit(dn, dn1, 0.0, active)
+        dc_ln = np.empty_like(dn1)
+        layer_norm_backward(dn1, c_hat, rstd_c, gamma_c, dc_ln)
+        dc = dc_new + dc_ln
     da_o = dh * tc * o * (1.0 - o)
-    dc = dc_new + dh * o * (1.0 - tc * tc)
     if peephole == "diagonal":
         w = _c(w_peep)
         w_i, w_f, w_o = w[:H], w[H : 2 * H], w[2 * H :]
@@ -290,11 +322,26 @@ def lstm_backward_step(spec, t, gates, c, c1, dy, dcarry, drec, dcarry_out, da, 
         dc_prev = dc_prev + dc_zoned
     if peephole == "diagonal":
         dc_prev = dc_prev + da_i * w_i + da_f * w_f
-    active = _active(t, lengths)
     for k, v in enumerate((da_i, da_f, da_g, da_o)):
         _commit(da[:, k * H : (k + 1) * H], v, 0.0, active)
     _commit(dcarry_out[:, :H], dh_prev, dh_in, active)
     _commit(dcarry_out[:, H:], dc_prev, dc_in, active)
+
+
+def lstm_backward_step(spec, t, gates, c, c1, dy, dcarry, drec, dcarry_out, da, w_peep, zone_h, zone_c, rdrop,
+                       lengths):
+    """lstm.cu's lstm_backward_step: da [B, 4H] and dcarry_out [B, 2H] from dy [B, H] (or None: a projected
+    LSTM's dh arrives whole in drec) and d[h | c] = dcarry [B, 2H] + drec [B, H or 2H] (its dh part times d
+    under recurrent dropout, rdrop [B, H] its mask)."""
+    _lstm_backward(spec, t, gates, c, c1, dy, dcarry, drec, dcarry_out, da, w_peep, zone_h, zone_c, rdrop, lengths)
+
+
+def lstm_ln_backward_step(spec, t, gates, c, c1, dy, dcarry, drec, dcarry_out, da, zone_h, zone_c, rdrop, lengths,
+                          c_hat, rstd_c, gamma_c, beta_c, dn):
+    """lstm.cu's lstm_ln_backward_step (layer_norm): lstm_backward_step through n = γ_c∘ĉ + β_c, whose gradient
+    dn [B, H] it also writes (0 past an item's length)."""
+    _lstm_backward(spec, t, gates, c, c1, dy, dcarry, drec, dcarry_out, da, None, zone_h, zone_c, rdrop, lengths,
+                   (c_hat, rstd_c, gamma_c, beta_c, dn))
 
 
 def gru_forward_step(spec, t, xw, gh, b_hn, h, y, h_last, gates, zone_h, rdrop, h_drop, lengths):

@@ -43,13 +43,18 @@ Its backward takes each step's dh [B, P] = dy[t] + da[t+1] Whh (the output
 gradient past an item's length dropped, dhT added at its last step) and
 hands the kernel dh' = dh W_hr.
 
-A LayerNorm GRU (layer_norm) normalises x Wihᵀ once, before the loop (in
-the compute dtype, then stored in xw), and h Whhᵀ every step, between its
-GEMM and the cell's kernel (`ops.layer_norm_forward`, in place in gh).  Its
-forward also keeps each normalised row, x̂ and ĥ [T, B, 3H], and their
-1/√(σ² + ε) [T, B] each: (3G+1)·T·B·H + 2·T·B elements.  Its backward runs
-`ops.layer_norm_backward` on each step's dgh before the recurrent GEMM
-reads it, and once over every row of dg before dWih and dx.
+With layer_norm, x Wihᵀ is normalised once, before the loop (in the
+compute dtype, then stored in xw, the biases its shift), and h Whhᵀ every
+step, between its GEMM and the cell's kernel (`ops.layer_norm_forward`, in
+place in gh or hw).  The forward also keeps each normalised row, x̂ and ĥ
+[T, B, G·H], and their 1/√(σ² + ε) [T, B] each: (3G+1)·T·B·H + 2·T·B
+elements for the GRU.  The LSTM's kernels (`ops.lstm_ln_*_step`) also
+normalise c' before the output's tanh and keep ĉ [T, B, H] and its
+1/√(σ² + ε) [T, B]: (3G+2)·T·B·H + 3·T·B.  The backward runs
+`ops.layer_norm_backward` on each step's gradient of h Whhᵀ before the
+recurrent GEMM reads it, and once over every row of the gradient of xw
+before dWih and dx; the LSTM's kernels also write dn [T, B, H], the
+gradient of γ_c∘ĉ + β_c, for the gradients of c's gain and shift.
 
 With a `rnncells._graphs.GraphCache` (graphs=), the loops run as CUDA graphs:
 the buffers come from a slot of the cache, each call copies its inputs
@@ -86,6 +91,15 @@ class LSTMContext(NamedTuple):
     rdrop: object  # [B, H] uint8 recurrent dropout mask (training with recurrent_dropout), or None
     ms: object  # [T, B, H] h' = o∘tanh c' before the projection (proj_size), or None
     w_hr: object  # [P, H] the projection the forward used, or None
+    x_hat: object  # [T, B, 4H] x Wihᵀ normalised (layer_norm), or None
+    rstd_x: object  # [T, B] its rows' 1/√(σ² + ε), in the compute dtype, or None
+    h_hat: object  # [T, B, 4H] h Whhᵀ normalised (layer_norm), or None
+    rstd_h: object  # [T, B] in the compute dtype, or None
+    c_hat: object  # [T, B, H] c' normalised (layer_norm), or None
+    rstd_c: object  # [T, B] in the compute dtype, or None
+    ln_h: object  # [4H] the recurrent normalisation's gain the forward used (layer_norm), or None
+    gamma_c: object  # [H] c's gain (layer_norm), or None
+    beta_c: object  # [H] c's shift (layer_norm), or None
     slot: object  # the graph slot that holds these buffers, or None
     spec: object  # the LSTMSpec
 
@@ -161,6 +175,33 @@ def _input_grad(ops, xp, da, w):
     dx = xp.empty((*da.shape[:2], w.shape[1]), dtype=da.dtype)
     ops.gemm(_rows(da), w, _rows(dx))
     return dx
+
+
+def _normalised_input(ops, x, w, gain, bias, b):
+    """b.xw [T, B, G·H] = LN(x Wᵀ)∘gain + bias, normalised in the compute dtype (in b.x_raw when xw is not in it),
+    keeping b.x_hat and b.rstd_x where the buffers have them (training)."""
+    raw = b.xw if b.x_raw is None else b.x_raw
+    ops.gemm(_rows(x), w.T, _rows(raw))
+    ops.layer_norm_forward(_rows(raw), gain, bias, None if b.x_hat is None else _rows(b.x_hat),
+                           None if b.rstd_x is None else b.rstd_x.reshape(-1), LAYER_NORM_EPS)
+    if raw is not b.xw:
+        b.xw[...] = raw
+
+
+def _normalised_buffers(xp, dt, T, B, widths, kept):
+    """The normalised rows kept for the backward, {name: [T, B, width]} in dt, and each one's 1/√(σ² + ε) [T, B]
+    in the compute dtype, as attributes (x_hat, rstd_x, ...); None each when not kept."""
+    rstd = xp.empty((len(widths), T, B), dtype=compute(dt)) if kept else [None] * len(widths)
+    out = {}
+    for (name, width), r in zip(widths.items(), rstd):
+        out[f"{name}_hat"] = xp.empty((T, B, width), dtype=dt) if kept else None
+        out[f"rstd_{name}"] = r
+    return out
+
+
+def _raw_input(xp, dt, T, B, GH, layer_norm):
+    """[T, B, G·H] x Wihᵀ before its normalisation, in the compute dtype, where xw is not in it (layer_norm)."""
+    return xp.empty((T, B, GH), dtype=compute(dt)) if layer_norm and compute(dt) != dt else None
 
 
 def _gain_grad(ops, d, x_hat):
@@ -283,7 +324,7 @@ def _dropped_inputs(spec, g, h0, y, mask):
         g.hd[1:] = _dropped(spec, mask, y[:-1])
 
 
-def _lstm_buffers(xp, dt, T, B, H, P, peephole, training, has_lengths, zoned, static):
+def _lstm_buffers(xp, dt, T, B, H, P, peephole, training, has_lengths, zoned, layer_norm, static):
     """P: the projection's width (proj_size), or 0."""
     e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
     b = Buffers(
@@ -291,19 +332,24 @@ def _lstm_buffers(xp, dt, T, B, H, P, peephole, training, has_lengths, zoned, st
         cs=xp.empty((T if training else min(T, 2), B, H), dtype=compute(dt)),  # [T, B, H] (inference: ping-pong)
         gates=e(T, B, 4 * H) if training else None,  # [T, B, 4H]
         ms=e(T if training else min(T, 1), B, H) if P else None,  # [T, B, H] h' before the projection
+        # x_hat, h_hat [T, B, 4H], c_hat [T, B, H] and their rstd_* [T, B] (layer_norm, training)
+        **_normalised_buffers(xp, dt, T, B, {"x": 4 * H, "h": 4 * H, "c": H}, training and layer_norm),
     )
-    return _input_buffers(b, xp, dt, static, h0=(B, P or H), c0=(B, H), w_hh=(4 * H, P or H),
+    ln = layer_norm or None  # the normalisations' parameters the loop reads: γ_h [4H], γ_c and β_c [H]
+    return _input_buffers(b, xp, dt, static, ln_h=ln and (4 * H,), gamma_c=ln and (H,), beta_c=ln and (H,),
+                          h0=(B, P or H), c0=(B, H), w_hh=(4 * H, P or H),
                           w_ch=(3 * H, H) if peephole == "full" else None,
                           w_peep=(3 * H,) if peephole == "diagonal" else None, w_hr=(P, H) if P else None,
                           lengths=(B,) if has_lengths else None, rdrop=(B, H) if "rdrop" in zoned else None,
                           **{f"zone_{n}": (T, B, H) if n in zoned else None for n in ("h", "c")})
 
 
-def _lstm_work(xp, dt, T, B, H, P, peephole, has_lengths, dropped):
+def _lstm_work(xp, dt, T, B, H, P, peephole, has_lengths, dropped, layer_norm):
     e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
     ec = lambda *shape: xp.empty(shape, dtype=compute(dt))  # noqa: E731
     return Buffers(
-        xw=e(T, B, 4 * H),  # [T, B, 4H] x Wihᵀ + biases
+        xw=e(T, B, 4 * H),  # [T, B, 4H] x Wihᵀ + biases (layer_norm: normalised first)
+        x_raw=_raw_input(xp, dt, T, B, 4 * H, layer_norm),  # [T, B, 4H] or None
         h_last=e(B, H) if has_lengths and not P else None,  # [B, H] (projected: hT is gathered from y)
         hw=ec(B, 4 * H),  # [B, 4H] h Whhᵀ
         cw=ec(B, 3 * H) if peephole == "full" else None,  # [B, 3H] c Wchᵀ
@@ -320,8 +366,14 @@ def _lstm_forward_steps(ops, b, T, spec, training):
         if b.cw is not None:
             ops.gemm(c, b.w_ch.T, b.cw)
         g_t = b.gates[t] if training else None
-        ops.lstm_forward_step(spec, t, b.xw[t], b.hw, b.cw, h, c, b.cs[s], b.y[t], b.h_last, g_t, b.w_peep,
-                              _at(b.zone_h, t), _at(b.zone_c, t), b.rdrop, b.hd, b.lengths)
+        if spec.layer_norm:
+            ops.layer_norm_forward(b.hw, b.ln_h, None, _at(b.h_hat, t), _at(b.rstd_h, t), LAYER_NORM_EPS)
+            ops.lstm_ln_forward_step(spec, t, b.xw[t], b.hw, h, c, b.cs[s], b.y[t], b.h_last, g_t, _at(b.zone_h, t),
+                                     _at(b.zone_c, t), b.rdrop, b.hd, b.lengths, b.gamma_c, b.beta_c,
+                                     _at(b.c_hat, t), _at(b.rstd_c, t), LAYER_NORM_EPS)
+        else:
+            ops.lstm_forward_step(spec, t, b.xw[t], b.hw, b.cw, h, c, b.cs[s], b.y[t], b.h_last, g_t, b.w_peep,
+                                  _at(b.zone_h, t), _at(b.zone_c, t), b.rdrop, b.hd, b.lengths)
 
 
 def _projected_lstm_forward_steps(ops, b, T, spec, training):
@@ -355,17 +407,23 @@ def lstm_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=Non
     zoneout's {"h", "c": uint8 [T, B, H]} and recurrent dropout's {"rdrop": uint8 [B, H]}, or None."""
     (T, B, _), (h0, c0) = x.shape, states
     H, P, peephole = c0.shape[1], spec.proj_size, spec.peephole
-    shape = (x.dtype, T, B, H, P, peephole, training, lengths is not None, tuple(sorted(masks or ())))
+    shape = (x.dtype, T, B, H, P, peephole, training, lengths is not None, tuple(sorted(masks or ())),
+             spec.layer_norm)
     slot, b = _buffers(graphs, ops, (spec, *shape), lambda static: _lstm_buffers(xp, *shape, static),
                        lambda: _lstm_work(xp, x.dtype, T, B, H, P, peephole, lengths is not None,
-                                          "rdrop" in (masks or ())))
+                                          "rdrop" in (masks or ()), spec.layer_norm))
     ct = compute(x.dtype)
     _bind(b, slot, h0=h0, c0=c0.astype(ct, copy=False), w_hh=p["weight_hh"],
           w_ch=p["weight_ch"].astype(ct, copy=False) if peephole == "full" else None,
           w_peep=p["weight_ch"] if peephole == "diagonal" else None, w_hr=p.get("weight_hr"),
           lengths=_lengths(xp, lengths), zone_h=_mask(masks, "h"), zone_c=_mask(masks, "c"),
-          rdrop=_mask(masks, "rdrop"))
-    _input_gemm(ops, x, p["weight_ih"], _bias_sum(p["bias_ih"], p["bias_hh"]) if "bias_ih" in p else None, b.xw)
+          rdrop=_mask(masks, "rdrop"), ln_h=p.get("ln_weight_hh"), gamma_c=p.get("ln_weight_c"),
+          beta_c=p.get("ln_bias_c"))
+    bias = _bias_sum(p["bias_ih"], p["bias_hh"]) if "bias_ih" in p else None
+    if spec.layer_norm:  # xw = LN(x Wihᵀ) with the biases as its shift
+        _normalised_input(ops, x, p["weight_ih"], p["ln_weight_ih"], bias, b)
+    else:
+        _input_gemm(ops, x, p["weight_ih"], bias, b.xw)
     if b.h_last is not None:
         b.h_last[...] = b.h0
     if b.rdrop is not None:
@@ -380,11 +438,13 @@ def lstm_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=Non
     if training:
         ctx = LSTMContext(x=x, params=p, h0=b.h0, c0=b.c0, y=b.y, cs=b.cs, gates=b.gates, lengths=b.lengths,
                           w_hh=b.w_hh, w_ch=b.w_ch, w_peep=b.w_peep, zone_h=b.zone_h, zone_c=b.zone_c,
-                          rdrop=b.rdrop, ms=b.ms, w_hr=b.w_hr, slot=slot, spec=spec)
+                          rdrop=b.rdrop, ms=b.ms, w_hr=b.w_hr, x_hat=b.x_hat, rstd_x=b.rstd_x, h_hat=b.h_hat,
+                          rstd_h=b.rstd_h, c_hat=b.c_hat, rstd_c=b.rstd_c, ln_h=b.ln_h, gamma_c=b.gamma_c,
+                          beta_c=b.beta_c, slot=slot, spec=spec)
     return b.y, (hT, cT.astype(x.dtype)), ctx
 
 
-def _lstm_backward_buffers(xp, dt, T, B, H, P, full, dropped, static):
+def _lstm_backward_buffers(xp, dt, T, B, H, P, full, dropped, layer_norm, static):
     e = lambda *shape: xp.empty(shape, dtype=dt)  # noqa: E731
     ec = lambda *shape: xp.empty(shape, dtype=compute(dt))  # noqa: E731
     b = Buffers(
@@ -396,6 +456,9 @@ def _lstm_backward_buffers(xp, dt, T, B, H, P, full, dropped, static):
         dhp=ec(T, B, P) if P else None,  # [T, B, P] dh of each step, projected
         w_hr=ec(P, H) if P else None,  # [P, H] W_hr in the compute dtype, which dh is in
         hd=e(T, B, H) if dropped else None,  # [T, B, H] each step's recurrent GEMM input d∘h (recurrent dropout)
+        dn=e(T, B, H) if layer_norm else None,  # [T, B, H] d(γ_c∘ĉ + β_c), for c's gain and shift
+        # [T, B, 4H] the gradient of h Whhᵀ before its normalisation, each step's, then (after dWhh) x Wihᵀ's
+        da_raw=e(T, B, 4 * H) if layer_norm else None,
     )
     return _input_buffers(b, xp, dt, static, dy=None if P else (T, B, H))
 
@@ -414,10 +477,16 @@ def _new_cells(xp, ctx):
 def _lstm_backward_steps(ops, ctx, g, w_rec, T):
     for t in reversed(range(T)):
         nxt, cur = (t + 1) % 2, t % 2
-        ops.lstm_backward_step(ctx.spec, t, ctx.gates[t], _prev(ctx.c0, ctx.cs, t), ctx.cs[t], g.dy[t], g.dcarry[nxt],
-                               g.drec[nxt], g.dcarry[cur], g.da[t], ctx.w_peep, _at(ctx.zone_h, t),
-                               _at(ctx.zone_c, t), ctx.rdrop, ctx.lengths)
-        ops.gemm(g.da[t], w_rec, g.drec[cur])
+        args = (ctx.spec, t, ctx.gates[t], _prev(ctx.c0, ctx.cs, t), ctx.cs[t], g.dy[t], g.dcarry[nxt], g.drec[nxt],
+                g.dcarry[cur], g.da[t])
+        if ctx.spec.layer_norm:  # then the gradient of h Whhᵀ before its normalisation, which the GEMM reads
+            ops.lstm_ln_backward_step(*args, _at(ctx.zone_h, t), _at(ctx.zone_c, t), ctx.rdrop, ctx.lengths,
+                                      ctx.c_hat[t], ctx.rstd_c[t], ctx.gamma_c, ctx.beta_c, g.dn[t])
+            ops.layer_norm_backward(g.da[t], ctx.h_hat[t], ctx.rstd_h[t], ctx.ln_h, g.da_raw[t])
+            ops.gemm(g.da_raw[t], w_rec, g.drec[cur])
+        else:
+            ops.lstm_backward_step(*args, ctx.w_peep, _at(ctx.zone_h, t), _at(ctx.zone_c, t), ctx.rdrop, ctx.lengths)
+            ops.gemm(g.da[t], w_rec, g.drec[cur])
 
 
 def _projected_lstm_backward_steps(ops, ctx, g, w_rec, T):
@@ -458,8 +527,9 @@ def lstm_backward(ops, xp, ctx, dy, dstates):
     dhT, dcT = dstates
     x, p, H, P, full = ctx.x, ctx.params, dcT.shape[1], ctx.spec.proj_size, ctx.spec.peephole == "full"
     T, B, _ = x.shape
+    layer_norm = ctx.spec.layer_norm
     make = lambda static: _lstm_backward_buffers(xp, x.dtype, T, B, H, P, full, ctx.rdrop is not None,  # noqa: E731
-                                                 static)
+                                                 layer_norm, static)
     slot = ctx.slot
     g = _workspace(slot, make)
     if P:
@@ -489,12 +559,18 @@ def lstm_backward(ops, xp, ctx, dy, dstates):
         dh0 = g.dcarry[0, :, :H] + _dropped(ctx.spec, ctx.rdrop, g.drec[0, :, :H])
     else:
         dh0 = g.dcarry[0, :, :H] + g.drec[0, :, :H]
-    dp = {"weight_ih": _weight_grad(ops, xp, da, x)}
+    da_h = g.da_raw if layer_norm else da  # the gradient of h Whhᵀ
     if ctx.rdrop is None:
-        dp["weight_hh"] = _state_grad(ops, xp, da, ctx.h0, ctx.y)
+        dw_hh = _state_grad(ops, xp, da_h, ctx.h0, ctx.y)
     else:  # Whh met d∘h
         _dropped_inputs(ctx.spec, g, ctx.h0, ctx.y, ctx.rdrop)
-        dp["weight_hh"] = _weight_grad(ops, xp, da, g.hd)
+        dw_hh = _weight_grad(ops, xp, da_h, g.hd)
+    da_x = da  # the gradient of x Wihᵀ
+    if layer_norm:  # into da_raw, whose h side dw_hh has read
+        ops.layer_norm_backward(_rows(da), _rows(ctx.x_hat), ctx.rstd_x.reshape(-1), p["ln_weight_ih"],
+                                _rows(g.da_raw))
+        da_x = g.da_raw
+    dp = {"weight_ih": _weight_grad(ops, xp, da_x, x), "weight_hh": dw_hh}
     if full:  # c is in the compute dtype, so this GEMM is too
         dw_ch = _state_grad(ops, xp, da.astype(ctx.cs.dtype, copy=False), ctx.c0, ctx.cs)  # [4H, H]
         dp["weight_ch"] = xp.concatenate([dw_ch[k * H : (k + 1) * H] for k in (0, 1, 3)]).astype(dt, copy=False)
@@ -508,7 +584,10 @@ def lstm_backward(ops, xp, ctx, dy, dstates):
         dp["bias_hh"] = dp["bias_ih"].copy()
     if P:  # Σ dhᵀ h' over every step, dh rounded to the storage dtype as da is
         dp["weight_hr"] = _weight_grad(ops, xp, g.dhp.astype(dt, copy=False), ctx.ms)
-    dx = _input_grad(ops, xp, da, p["weight_ih"])
+    if layer_norm:
+        dp["ln_weight_ih"], dp["ln_weight_hh"] = _gain_grad(ops, da, ctx.x_hat), _gain_grad(ops, da, ctx.h_hat)
+        dp["ln_weight_c"], dp["ln_bias_c"] = _gain_grad(ops, g.dn, ctx.c_hat), ops.column_sum(_rows(g.dn))
+    dx = _input_grad(ops, xp, da_x, p["weight_ih"])
     return dx, (dh0.astype(dt), dc0.astype(dt)), dp
 
 
@@ -523,9 +602,8 @@ def _gru_buffers(xp, dt, T, B, H, reset_after, training, has_lengths, zoned, lay
     else:  # r, z pass to the n kernel through gates even when not training
         b.gates = e(T if training else 1, B, 3 * H)  # [T, B, 3H]
         b.rh = e(T if training else 1, B, H)  # [T, B, H] r∘h
-    kept = training and layer_norm  # the normalised rows and their 1/√(σ² + ε), for the backward
-    b.x_hat, b.h_hat = (e(T, B, 3 * H), e(T, B, 3 * H)) if kept else (None, None)  # [T, B, 3H] each
-    b.rstd_x, b.rstd_h = (xp.empty((2, T, B), dtype=compute(dt)) if kept else (None, None))  # [T, B] each
+    # x_hat, h_hat [T, B, 3H] and their rstd_* [T, B] (training)
+    vars(b).update(_normalised_buffers(xp, dt, T, B, {"x": 3 * H, "h": 3 * H}, training and layer_norm))
     return _input_buffers(b, xp, dt, static, h0=(B, H), w_hh=(3 * H, H), b_hn=(H,) if reset_after else None,
                           lengths=(B,) if has_lengths else None, zone_h=(T, B, H) if "h" in zoned else None,
                           rdrop=(B, H) if "rdrop" in zoned else None, ln_h=(3 * H,) if layer_norm else None)
@@ -537,8 +615,7 @@ def _gru_work(xp, dt, T, B, H, reset_after, has_lengths, dropped, layer_norm):
         xw=e(T, B, 3 * H),  # [T, B, 3H] x Wihᵀ + biases (reset_after: all but b_hn; layer_norm: normalised first)
         h_last=e(B, H) if has_lengths else None,  # [B, H]
         hd=e(B, H) if dropped else None,  # [B, H] d∘h, the recurrent GEMMs' input (recurrent dropout)
-        # [T, B, 3H] x Wihᵀ before its normalisation, in the compute dtype (xw itself when that is the storage's)
-        x_raw=xp.empty((T, B, 3 * H), dtype=compute(dt)) if layer_norm and compute(dt) != dt else None,
+        x_raw=_raw_input(xp, dt, T, B, 3 * H, layer_norm),  # [T, B, 3H] or None
     )
     ec = lambda *shape: xp.empty(shape, dtype=compute(dt))  # noqa: E731
     if reset_after:
@@ -590,12 +667,7 @@ def gru_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None
     _bind(b, slot, h0=h0, w_hh=p["weight_hh"], b_hn=b_hn, lengths=_lengths(xp, lengths), zone_h=_mask(masks, "h"),
           rdrop=_mask(masks, "rdrop"), ln_h=p.get("ln_weight_hh"))
     if spec.layer_norm:  # xw = LN(x Wihᵀ) with the biases as its shift
-        raw = b.xw if b.x_raw is None else b.x_raw
-        ops.gemm(_rows(x), p["weight_ih"].T, _rows(raw))
-        ops.layer_norm_forward(_rows(raw), p["ln_weight_ih"], bias, None if b.x_hat is None else _rows(b.x_hat),
-                               None if b.rstd_x is None else b.rstd_x.reshape(-1), LAYER_NORM_EPS)
-        if raw is not b.xw:
-            b.xw[...] = raw
+        _normalised_input(ops, x, p["weight_ih"], p["ln_weight_ih"], bias, b)
     else:
         _input_gemm(ops, x, p["weight_ih"], bias, b.xw)
     if b.h_last is not None:

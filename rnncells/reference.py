@@ -37,10 +37,11 @@ _GRU_ROWS = {"weight_ih": "rzn", "weight_hh": "rzn", "bias_ih": "rzn", "bias_hh"
 _LEAF = {"weight_ih": "W_{}x", "weight_hh": "W_{}h", "bias_ih": "b_{}x", "bias_hh": "b_{}h"}
 # layer_norm normalises a whole GEMM output, so its parameters are whole leaves ("x": the input side, "h": the
 # recurrent), the gates taken from the normalised column by rows
+# (the LSTM's "C": c's gain and shift)
 _LAYER_NORM_ROWS = {"weight_ih": "x", "weight_hh": "h", "bias_ih": "x", "bias_hh": "h", "ln_weight_ih": "x",
-                    "ln_weight_hh": "h"}
+                    "ln_weight_hh": "h", "ln_weight_c": "C", "ln_bias_c": "C"}
 _LAYER_NORM_LEAF = {"weight_ih": "W_x", "weight_hh": "W_h", "bias_ih": "b_x", "bias_hh": "b_h", "ln_weight_ih": "γ_x",
-                    "ln_weight_hh": "γ_h"}
+                    "ln_weight_hh": "γ_h", "ln_weight_c": "γ_C", "ln_bias_c": "β_C"}
 
 
 def _rows(spec):
@@ -131,18 +132,32 @@ def _lstm_step(tape, spec, P, b, x, h, c, zone, drop):
     def rec(g):
         return [("matmul", P["weight_hh", g], h_in), ("matmul", P["weight_ih", g], x)]
 
-    f = _gate(tape, peep("f", c) + rec("f"), b.get("f"), "sigmoid", "f_t")
-    i = _gate(tape, peep("i", c) + rec("i"), b.get("i"), "sigmoid", "i_t")
-    g = _gate(tape, rec("C"), b.get("C"), spec.candidate, "C̃_t")
+    if spec.layer_norm:  # haste's LayerNormLSTM: the gates from the rows of two normalised GEMM outputs
+        g_x, g_h = _normalised_gemms(tape, P, x, h_in)
+        H = len(c.value)
+
+        def ln_gate(k, act, name):
+            return tape(act, tape("add", _gate_rows(tape, g_x, k, H), _gate_rows(tape, g_h, k, H)), name=name)
+
+        f, i, g = ln_gate(1, "sigmoid", "f_t"), ln_gate(0, "sigmoid", "i_t"), ln_gate(2, spec.candidate, "C̃_t")
+    else:
+        f = _gate(tape, peep("f", c) + rec("f"), b.get("f"), "sigmoid", "f_t")
+        i = _gate(tape, peep("i", c) + rec("i"), b.get("i"), "sigmoid", "i_t")
+        g = _gate(tape, rec("C"), b.get("C"), spec.candidate, "C̃_t")
     clip, c_name = spec.cell_clip, "C'_t" if "c" in zone else "C_t"
     c1 = tape("add", tape("mul", f, c), tape("mul", i, g), name=None if clip else c_name)
     if clip is not None:  # TensorFlow's LSTMCell(cell_clip=): before the o peephole and tanh read c'
         c1 = tape("clip", c1, clip, name=c_name)
-    o = _gate(tape, peep("o", c if peephole == "full" else c1) + rec("o"), b.get("o"), "sigmoid", "o_t")
-    if spec.proj_size:  # torch.nn.LSTM(proj_size=): h_t = W_hr m_t (Sak et al. 2014's m_t; no zoneout of h)
-        h1 = tape("matmul", P["weight_hr", "r"], tape("mul", o, tape("tanh", c1), name="m_t"), name="h_t")
+    if spec.layer_norm:  # the output's tanh reads c' normalised; the state stays c'
+        o = ln_gate(3, "sigmoid", "o_t")
+        c_out = _layer_norm(tape, c1, P["ln_weight_c", "C"], P["ln_bias_c", "C"], "C")
     else:
-        h1 = tape("mul", o, tape("tanh", c1), name="h'_t" if "h" in zone else "h_t")
+        o = _gate(tape, peep("o", c if peephole == "full" else c1) + rec("o"), b.get("o"), "sigmoid", "o_t")
+        c_out = c1
+    if spec.proj_size:  # torch.nn.LSTM(proj_size=): h_t = W_hr m_t (Sak et al. 2014's m_t; no zoneout of h)
+        h1 = tape("matmul", P["weight_hr", "r"], tape("mul", o, tape("tanh", c_out), name="m_t"), name="h_t")
+    else:
+        h1 = tape("mul", o, tape("tanh", c_out), name="h'_t" if "h" in zone else "h_t")
     return _zone(tape, zone.get("h"), h, h1, "h_t"), _zone(tape, zone.get("c"), c, c1, "C_t")
 
 
@@ -154,17 +169,28 @@ def _layer_norm(tape, a, gain, bias, side):
     return out if bias is None else tape("add", out, bias, name=f"g_{side}")
 
 
-def _layer_norm_gru_step(tape, P, x, h, h_in):
-    """haste's LayerNormGRU (reset after): g_x = LN(W_x x_t) + b_x and g_h = LN(W_h h̃_{t-1}) + b_h, each with its
-    own gain, then r, z, n from their gate rows as torch.nn.GRU's cell takes them from its two GEMMs."""
+def _normalised_gemms(tape, P, x, h_in):
+    """g_x = LN(W_x x_t) + b_x and g_h = LN(W_h h̃_{t-1}) + b_h, each with its own gain (layer_norm)."""
     g_x = _layer_norm(tape, tape("matmul", P["weight_ih", "x"], x), P["ln_weight_ih", "x"], P.get(("bias_ih", "x")),
                       "x")
     g_h = _layer_norm(tape, tape("matmul", P["weight_hh", "h"], h_in), P["ln_weight_hh", "h"],
                       P.get(("bias_hh", "h")), "h")
+    return g_x, g_h
+
+
+def _gate_rows(tape, g, k, H):
+    """Gate k's rows of a normalised GEMM output."""
+    return tape("rows", g, (k * H, (k + 1) * H))
+
+
+def _layer_norm_gru_step(tape, P, x, h, h_in):
+    """haste's LayerNormGRU (reset after): r, z, n from the gate rows of g_x and g_h (`_normalised_gemms`), as
+    torch.nn.GRU's cell takes them from its two GEMMs."""
+    g_x, g_h = _normalised_gemms(tape, P, x, h_in)
     H = len(h.value)
 
     def gate(g, k):
-        return tape("rows", g, (k * H, (k + 1) * H))
+        return _gate_rows(tape, g, k, H)
 
     r = tape("sigmoid", tape("add", gate(g_x, 0), gate(g_h, 0)), name="r_t")
     z = tape("sigmoid", tape("add", gate(g_x, 1), gate(g_h, 1)), name="z_t")

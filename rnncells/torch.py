@@ -344,12 +344,13 @@ class _RNN(_Module):
         return f"_l{layer}" + ("_reverse" if d else "")
 
     def reset_parameters(self):
-        """Every parameter from U(-1/√H, 1/√H), in registration order, as torch.nn does; LayerNorm gains 1, as
-        torch.nn.LayerNorm's."""
+        """Every parameter from U(-1/√H, 1/√H), in registration order, as torch.nn does; LayerNorm gains 1 and
+        shifts 0, as torch.nn.LayerNorm's."""
         k = 1.0 / math.sqrt(self.hidden_size)
         for name, w in self.named_parameters():
-            if self.spec.starts_at_one(name):
-                nn.init.ones_(w)
+            value = self.spec.initial_value(name)
+            if value is not None:
+                nn.init.constant_(w, value)
             else:
                 nn.init.uniform_(w, -k, k)
 

@@ -20,9 +20,12 @@ kernel: `proj_size` (torch.nn.LSTM's projection) is such a field, read by
 `param_shapes`, `state_sizes` and the orchestration (`rnncells._sequence`).
 And a flag may reach the kernels as arguments alone: `recurrent_dropout` is
 a mask pointer (null without it) and a scale in `kernel_scalars`, so it
-adds no instantiation.  The GRU's `layer_norm` adds kernels of its own
+adds no instantiation.  `layer_norm` adds kernels of its own
 (kernels/layernorm.cu, launched by the orchestration between a GEMM and the
-cell's kernel) and leaves the cell's kernels as they are.
+cell's kernel); the GRU's cell kernels stay as they are, and the LSTM's
+normalisation of c' runs in the cell kernels' block-per-row twins
+(lstm_ln_*_step in kernels/lstm.cu), instantiated for the specs without a
+peephole (the only ones that allow it).
 
 `__str__` shows a spec's cell and the flags that differ from their
 defaults besides `peephole`, `candidate` and `reset_after`, which it always
@@ -60,6 +63,13 @@ def _number(name, v, within, expected):
     return float(v)
 
 
+def _check_layer_norm(spec):
+    """Refuse a layer_norm that is not a bool; store NumPy's bool as a bool."""
+    if not isinstance(spec.layer_norm, (bool, np.bool_)):
+        raise ValueError(f"layer_norm={spec.layer_norm!r} must be True or False")
+    object.__setattr__(spec, "layer_norm", bool(spec.layer_norm))
+
+
 def _probability(name, p):
     """p as a float in [0, 1), or a ValueError naming the flag."""
     return _number(name, p, lambda p: 0 <= p < 1, "a probability in [0, 1)")
@@ -71,7 +81,6 @@ class _Spec:
     cell: ClassVar[str]  # "lstm" or "gru"
     gates: ClassVar[int]  # G: the weights have G·H rows
     states: ClassVar[tuple]  # the recurrent states' names
-    layer_norm = False  # a field of the families that have layer normalisation (the GRU's)
 
     def kwargs(self):
         """The flags as the public functions take them, e.g. {"peephole": None, "candidate": "tanh"}."""
@@ -139,9 +148,10 @@ class _Spec:
         return "bias" if key.startswith("bias") else self.cell
 
     @staticmethod
-    def starts_at_one(key):
-        """Whether a parameter starts at 1 rather than drawn: the LayerNorm gains, as torch.nn.LayerNorm's."""
-        return key.startswith("ln_weight")
+    def initial_value(key):
+        """The value a parameter starts at, or None where it is drawn: the LayerNorm gains 1 and shifts 0, as
+        torch.nn.LayerNorm's (a torch parameter's name, ln_bias_c_l0, is read by its prefix)."""
+        return 1.0 if key.startswith("ln_weight") else (0.0 if key.startswith("ln_bias") else None)
 
     def zoneout(self):
         """{state: probability} of each state with zoneout, e.g. {"h": 0.1, "c": 0.05}; {} without."""
@@ -172,7 +182,11 @@ class LSTMSpec(_Spec):
     `proj_size` 0, or P > 0 for torch.nn.LSTM's projection h = W_hr (o∘tanh c') (Sak et al. 2014), which makes
     h, the output and weight_hh's columns P wide (not with zoneout_h, which would zone out the projection);
     `recurrent_dropout` in [0, 1): the probability that a unit of h is dropped from the recurrent GEMM, one mask
-    per sequence (Gal & Ghahramani 2016; Keras's recurrent_dropout), not with proj_size."""
+    per sequence (Gal & Ghahramani 2016; Keras's recurrent_dropout), not with proj_size;
+    `layer_norm` True: haste's LayerNormLSTM (Ba et al. 2016), each GEMM's output normalised over its 4H
+    columns with a gain of its own (ln_weight_ih, ln_weight_hh), the biases added after, and c' normalised over
+    its H units before the output's tanh, h' = o∘tanh(LN(c')∘γ_c + β_c) (ln_weight_c, ln_bias_c), the state c'
+    itself left as it is; not with a peephole or proj_size."""
 
     peephole: object = None
     candidate: str = "tanh"
@@ -181,6 +195,7 @@ class LSTMSpec(_Spec):
     zoneout_c: float = 0.0
     proj_size: int = 0
     recurrent_dropout: float = 0.0
+    layer_norm: bool = False
 
     cell: ClassVar[str] = "lstm"
     _always: ClassVar[int] = 2  # __str__ shows peephole and candidate always
@@ -207,6 +222,13 @@ class LSTMSpec(_Spec):
         if p and self.recurrent_dropout:
             raise ValueError(f"recurrent_dropout={self.recurrent_dropout} with proj_size={p} is not supported: "
                              "dropout of a projected h is not implemented")
+        _check_layer_norm(self)
+        if self.layer_norm and self.peephole is not None:
+            raise ValueError(f"layer_norm=True with peephole={self.peephole!r} is not supported: haste's "
+                             "LayerNormLSTM has no peepholes, and whether they read c or LN(c) is a choice of its own")
+        if self.layer_norm and p:
+            raise ValueError(f"layer_norm=True with proj_size={p} is not supported: the normalisation of a projected "
+                             "LSTM is not implemented")
 
     @staticmethod
     def every():
@@ -219,14 +241,17 @@ class LSTMSpec(_Spec):
     def covering():
         """The variants the tests run: every peephole and candidate; cell_clip, then zoneout, then proj_size,
         with every peephole; recurrent_dropout without a peephole and with the full one (whose GEMM gives dc
-        too); and everything at once (the projection with zoneout on c only)."""
+        too); everything at once (the projection with zoneout on c only); layer_norm alone, and with every other
+        flag it allows (the sigmoid candidate, the clip, zoneout, recurrent dropout)."""
         clip, zoneout = CELL_CLIPS[1], dict(zip(("zoneout_h", "zoneout_c"), ZONEOUTS[1]))
         return ([LSTMSpec(p, c) for p, c in itertools.product(PEEPHOLES, CANDIDATES)]
                 + [LSTMSpec(p, cell_clip=clip) for p in PEEPHOLES] + [LSTMSpec(p, **zoneout) for p in PEEPHOLES]
                 + [LSTMSpec(p, proj_size=PROJ_SIZE) for p in PEEPHOLES]
                 + [LSTMSpec(p, recurrent_dropout=RECURRENT_DROPOUT) for p in (None, "full")]
                 + [LSTMSpec("diagonal", "sigmoid", clip, **zoneout, recurrent_dropout=RECURRENT_DROPOUT),
-                   LSTMSpec("full", "tanh", clip, zoneout_c=zoneout["zoneout_c"], proj_size=PROJ_SIZE)])
+                   LSTMSpec("full", "tanh", clip, zoneout_c=zoneout["zoneout_c"], proj_size=PROJ_SIZE),
+                   LSTMSpec(layer_norm=True),
+                   LSTMSpec(None, "sigmoid", clip, **zoneout, recurrent_dropout=RECURRENT_DROPOUT, layer_norm=True)])
 
     def template_args(self):
         """The kernels' template arguments after <S, C>: PEEPHOLE, SIGMOID_CANDIDATE, CLIP, ZONEOUT (the values
@@ -265,6 +290,8 @@ class LSTMSpec(_Spec):
             shapes["weight_ch"] = (3 * H,)
         if self.proj_size:
             shapes["weight_hr"] = (self.proj_size, H)  # torch.nn.LSTM's weight_hr_l{k}, after the biases
+        if self.layer_norm:
+            shapes.update(ln_weight_ih=(4 * H,), ln_weight_hh=(4 * H,), ln_weight_c=(H,), ln_bias_c=(H,))
         return shapes
 
     def _extra_meanings(self):
@@ -273,6 +300,9 @@ class LSTMSpec(_Spec):
             meanings["weight_ch"] = "(3*hidden_size, hidden_size)" if self.peephole == "full" else "(3*hidden_size,)"
         if self.proj_size:  # h is proj_size wide
             meanings.update(weight_hh="(4*hidden_size, proj_size)", weight_hr="(proj_size, hidden_size)")
+        if self.layer_norm:
+            meanings.update(ln_weight_ih="(4*hidden_size,)", ln_weight_hh="(4*hidden_size,)",
+                            ln_weight_c="(hidden_size,)", ln_bias_c="(hidden_size,)")
         return meanings
 
 
@@ -300,9 +330,7 @@ class GRUSpec(_Spec):
         object.__setattr__(self, "reset_after", bool(self.reset_after))  # NumPy's bool too, stored as a bool
         for name in ("zoneout_h", "recurrent_dropout"):
             object.__setattr__(self, name, _probability(name, getattr(self, name)))
-        if not isinstance(self.layer_norm, (bool, np.bool_)):
-            raise ValueError(f"layer_norm={self.layer_norm!r} must be True or False")
-        object.__setattr__(self, "layer_norm", bool(self.layer_norm))
+        _check_layer_norm(self)
         if self.layer_norm and not self.reset_after:
             raise ValueError("layer_norm=True with reset_after=False is not supported: before the reset, h Whhᵀ is "
                              "two GEMMs (r∘h meets Whn), not one output to normalise")
