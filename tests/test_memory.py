@@ -8,8 +8,10 @@ half-sized, except the LSTM's cell states, which stay float32.  Zoneout adds
 its masks: one byte per unit and step of each zoned-out state, and recurrent
 dropout its one: a byte per unit of h for the whole sequence.  A projected
 LSTM (proj_size) also keeps h' before its projection, T·B·H more: (G+2)·T·B·H.
-A LayerNorm GRU (layer_norm) also keeps its two normalised GEMM outputs, G·T·B·H
-each, and their rows' 1/√(σ² + ε), 2·T·B in the compute dtype: (3G+1)·T·B·H + 2·T·B.
+With layer_norm, a forward also keeps its two normalised GEMM outputs, G·T·B·H
+each, and their rows' 1/√(σ² + ε), 2·T·B in the compute dtype: (3G+1)·T·B·H + 2·T·B
+for the GRU; the LSTM also keeps c' normalised and its rows' 1/√(σ² + ε):
+(3G+2)·T·B·H + 3·T·B.
 """
 
 import numpy as np
@@ -40,14 +42,15 @@ def _forward(p, backend):
 
 
 def _kept(spec):
-    """How many T·B·H arrays a forward may keep: G + 1, h' for a projected LSTM, and for a LayerNorm GRU the two
-    normalised GEMM outputs, G each."""
-    return spec.gates + 1 + (1 if getattr(spec, "proj_size", 0) else 0) + (2 * spec.gates if spec.layer_norm else 0)
+    """How many T·B·H arrays a forward may keep: G + 1, h' for a projected LSTM, and with layer_norm its normalised
+    rows, x̂ and ĥ (G each) and the LSTM's ĉ."""
+    kept = spec.gates + 1 + (1 if getattr(spec, "proj_size", 0) else 0)
+    return kept + (2 * spec.gates + (spec.cell == "lstm") if spec.layer_norm else 0)
 
 
 def _statistics(spec):
-    """How many T·B arrays a forward may keep: the 1/√(σ² + ε) of each normalised row, two per step and item."""
-    return 2 if spec.layer_norm else 0
+    """How many T·B arrays a forward may keep: the 1/√(σ² + ε) of each normalised row (x Wihᵀ, h Whhᵀ, c')."""
+    return 2 + (spec.cell == "lstm") if spec.layer_norm else 0
 
 
 def _saved(p, backend):
@@ -84,10 +87,11 @@ def test_half_precision_saves_half_sized_activations_and_float32_cell_states(spe
     assert {a.shape for a in single} <= c_shapes
     assert ((T, B, H) in {a.shape for a in single}) == (spec.cell == "lstm")  # c of every step, in float32
     nbytes = sum(a.nbytes for a in half) + sum(a.nbytes for a in single if a.shape != (3 * H, H))
+    statistics = _statistics(spec) * T * B * 4  # in float32
     if spec.cell == "lstm":  # gates (and h') in S; c of every step, and c0, in float32: 12 (14) bytes per T·B·H
-        assert nbytes <= (_kept(spec) - 1) * T * B * H * 2 + (T + 1) * B * H * 4
+        assert nbytes <= (_kept(spec) - 1) * T * B * H * 2 + (T + 1) * B * H * 4 + statistics
     else:
-        assert nbytes <= _kept(spec) * T * B * H * 2 + _statistics(spec) * T * B * 4
+        assert nbytes <= _kept(spec) * T * B * H * 2 + statistics
 
 
 def test_the_context_reads_y_as_its_state_history_and_backward_leaves_it(spec):

@@ -46,9 +46,14 @@ def test_huge_preactivations_saturate_to_the_references_values(spec, cpu_backend
     # e^-|a|, as in any RNN that keeps its gates in half.  A gradient is then off by up to ~u·|dy|·|what it
     # multiplies|: 1 for most, |x| for dW_ih; half-precision gradients are compared on that scale.
     half = dtype in ("float16", "bfloat16")
+    # layer_norm normalises the huge x Wihᵀ back to unit rows (so dx is tiny); its gradients are compared where its
+    # rows are well-posed (`verify.layer_norm_well_posed`: a row of c' clipped to one value is not)
+    ill_posed = spec.layer_norm and dtype != "float64" and not verify.layer_norm_well_posed(p)
     for name in want:
         g, w = got[name].astype(np.float64), want[name]
         assert np.isfinite(g).all() and np.isfinite(w).all(), name
+        if ill_posed and name.startswith("d"):
+            continue
         scale = np.abs(w).max(initial=0)
         if half:  # a state the reference keeps at 1e-100 (saturated gates) is 0 in half: errors below 2^-14 are moot
             scale = max(scale, 2.0**-14)
