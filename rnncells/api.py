@@ -190,6 +190,10 @@ def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candi
     With `proj_size` P (torch.nn.LSTM's projection), h = W_hr (o∘tanh c):
     params has weight_hr (P, H) and weight_hh is (4H, P), and h0, hT and y
     are P wide; H is then weight_hh's rows / 4.
+    With layer_norm=True (haste's LayerNormLSTM), params has the gains
+    ln_weight_ih and ln_weight_hh (4H,) of x Wihᵀ's and h Whhᵀ's rows, and
+    ln_weight_c and ln_bias_c (H,), c's gain and shift before the output's
+    tanh, h = o∘tanh(LN(c)∘γ_c + β_c).
     """
     spec = LSTMSpec.of({"peephole": peephole, "candidate": candidate, **variant})
     return forward(spec, x, params, {"h0": h0, "c0": c0}, lengths=lengths, training=training, graphs=graphs,

@@ -72,7 +72,7 @@ GROUPS = ("standard", "small batch", "large", "variants")
 # The "variants" group: per cell, the spec flags of each variant timed (ours; torch runs its plain cell but for
 # TORCH_FLAGS, which it has too).  proj_size 128 of H = 512: the 4:1 of Sak et al.'s LSTMP.
 VARIANTS = {"lstm": ((("cell_clip", 1.0),), (("zoneout_h", 0.1), ("zoneout_c", 0.1)), (("proj_size", 128),),
-                     (("recurrent_dropout", 0.25),)),
+                     (("recurrent_dropout", 0.25),), (("layer_norm", True),)),
             "gru": ((("zoneout_h", 0.1),), (("recurrent_dropout", 0.25),), (("layer_norm", True),))}
 TORCH_FLAGS = ("proj_size",)
 # precision -> (our dtype, TF32 on); torch runs float32 modules, under autocast for the half ones (float64 for fp64)

@@ -8,10 +8,11 @@ Same constructor arguments (LSTM's proj_size included), parameter names,
 state_dict keys, inputs (padded, batch_first, unbatched, PackedSequence)
 and return values as torch.nn; extra keyword arguments select our variants (`peephole`,
 `candidate`, `cell_clip`, `zoneout_c` for the LSTMs, `reset_after` for the
-GRUs, `zoneout_h` and `recurrent_dropout` for both, `layer_norm` for the
-GRUs: the flags of `rnncells.variants.LSTMSpec` and `GRUSpec`), their extra
+GRUs, `zoneout_h`, `recurrent_dropout` and `layer_norm` for both: the flags
+of `rnncells.variants.LSTMSpec` and `GRUSpec`), their extra
 weights named weight_ch_l{k}[_reverse] (weight_ch for the cells), and
-ln_weight_ih_l{k}, ln_weight_hh_l{k} (LayerNorm's gains, starting at 1).  Zoneout and recurrent
+ln_weight_ih_l{k}, ln_weight_hh_l{k} (LayerNorm's gains, starting at 1) and, for the LSTMs, ln_weight_c_l{k}
+and ln_bias_c_l{k} (c's gain and shift, starting at 1 and 0).  Zoneout and recurrent
 dropout follow the module's mode, as dropout does: in train mode their
 masks are drawn from torch's generator on the input's device
 (torch.manual_seed makes them reproducible; one recurrent dropout mask per

@@ -44,6 +44,7 @@ def test_presets_cover_the_standard_small_and_large_configurations():
                                                                ("lstm", "zoneout_h=0.1 zoneout_c=0.1"),
                                                                ("lstm", "proj_size=128"),
                                                                ("lstm", "recurrent_dropout=0.25"),
+                                                               ("lstm", "layer_norm=True"),
                                                                ("gru", "zoneout_h=0.1"),
                                                                ("gru", "recurrent_dropout=0.25"),
                                                                ("gru", "layer_norm=True"))]
@@ -233,9 +234,10 @@ def test_a_variant_row_times_our_variant(monkeypatch):
     monkeypatch.setattr(api, "lstm_forward", lambda *a, **kw: (seen.append(kw), real(*a, **kw))[1])
     for cfg in bench.configs("full", cells=("lstm",), groups=("variants",))[len(bench.VARIANTS["lstm"]) :]:  # B=4
         bench._ours(cfg._replace(T=3), "train", np, rotate=1, seed=0)()
-    flags = ("cell_clip", "zoneout_h", "zoneout_c", "proj_size", "recurrent_dropout")
+    flags = ("cell_clip", "zoneout_h", "zoneout_c", "proj_size", "recurrent_dropout", "layer_norm")
     assert [{k: kw[k] for k in kw if k in flags} for kw in seen] == [
-        {"cell_clip": 1.0}, {"zoneout_h": 0.1, "zoneout_c": 0.1}, {"proj_size": 128}, {"recurrent_dropout": 0.25}]
+        {"cell_clip": 1.0}, {"zoneout_h": 0.1, "zoneout_c": 0.1}, {"proj_size": 128}, {"recurrent_dropout": 0.25},
+        {"layer_norm": True}]
     assert seen[1]["generator"] is not None
 
 
