@@ -193,11 +193,22 @@ def comparable_gradients(p, dtype, tf32=False):
     return clip_margin(p) > KINK_MARGIN_U * u
 
 
-# A LayerNorm LSTM's gradients are compared below float64 only where each normalised row of c' has
-# max |c'| / √(σ² + ε) at most this: the factor by which the normalisation amplifies c''s rounding.  Measured in
-# float32 on the verification problems (hidden_size 2, 48 of them): at most 19 unit roundoffs up to 5, up to 600
-# beyond (rows of 2 values that nearly agree, and rows clipped to one value, whose factor is clip/√ε).
-CELL_NORM_CONDITION = 5.0
+# A LayerNorm LSTM's gradients are compared below float64 only where every normalised row of c' has
+# `cell_norm_condition` at most this: about the factor by which the normalisation amplifies c''s rounding.
+# Measured in float32 on the verification problems (both LayerNorm LSTMs of `covering`, 12 seeds, hidden_size 2
+# and 64): at most 29 unit roundoffs up to 4, up to 600 and more beyond (rows of 2 values that nearly agree, and
+# rows clipped to one value, whose factor is then clip/√ε).
+CELL_NORM_CONDITION = 4.0
+
+
+def expansive(spec):
+    """Whether a variant's recurrence amplifies perturbations over the steps, roundings too: the LayerNorm LSTM,
+    whose LN(c') divides the differences between c''s units by their row's σ.  At the default initialisation, in
+    float64, a relative change of 1e-9 in x moves y 1600 times as much after 100 steps (the plain LSTM's and the
+    LayerNorm GRU's stay within 2x); on the verification problems' doubled weights, float32's rounding of x alone
+    moves hT by 4e-6 after 20 steps (the plain cell's: 6e-8).  Errors of such a variant over many steps measure
+    the model's conditioning, not an implementation: the tests compare it over a few steps."""
+    return spec.cell == "lstm" and spec.layer_norm
 
 
 def layer_norm_well_posed(p):
@@ -212,9 +223,10 @@ def layer_norm_well_posed(p):
 
 
 def cell_norm_condition(p):
-    """max over the reference's normalised rows of c' (a LayerNorm LSTM's) of max |c'| / √(σ² + ε)."""
+    """max over the reference's normalised rows of c' (a LayerNorm LSTM's) of their root mean square over
+    √(σ² + ε): √(1 + μ²/σ²) but for ε, how far the rows sit from 0 for their spread."""
     rows = [x.value for x in _reference_operands(p, "mean", "μ_C")]  # each [H, items]
-    return max((float(np.max(np.max(np.abs(c), 0) / np.sqrt(c.var(0) + LAYER_NORM_EPS))) for c in rows),
+    return max((float(np.max(np.sqrt((c * c).mean(0)) / np.sqrt(c.var(0) + LAYER_NORM_EPS))) for c in rows),
                default=0.0)
 
 

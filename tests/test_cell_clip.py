@@ -10,6 +10,7 @@ import pytest
 
 import rnncells as rc
 from rnncells import verify
+from rnncells._dtypes import unit_roundoff
 from rnncells.tape import deriv
 from rnncells.variants import LSTMSpec
 
@@ -26,11 +27,12 @@ def test_the_clip_rule_passes_the_gradient_strictly_inside_and_nan_through():
 @pytest.mark.parametrize("clipped", CLIPPED, ids=str)
 @pytest.mark.parametrize("mode", [{}, {"step": True}, {"lengths": np.array([4, 0, 2])}], ids=["seq", "step", "len"])
 def test_the_variant_problems_clip_some_cells_and_not_others(clipped, mode):
-    """So the spec-parametrized tests see both sides of the clip, with room for float32 and float16."""
+    """So the spec-parametrized tests see both sides of the clip, with room for float32 and float16 from its kink
+    (a LayerNorm LSTM's rows of c' clipped to one value are ill-posed in any case: `verify.layer_norm_well_posed`)."""
     p = verify.problem(clipped, **mode)
     c = np.abs(verify.unclipped_cells(p))
     assert (c > clipped.cell_clip).any() and (c < clipped.cell_clip).any()
-    assert verify.comparable_gradients(p, "float16")
+    assert verify.clip_margin(p) > verify.KINK_MARGIN_U * unit_roundoff("float16")
 
 
 @pytest.mark.parametrize("backend", ["reference", "numpy", "cpu", "cuda-host"])

@@ -50,6 +50,8 @@ def torch_float32():
 def test_kernels_match_reference_tf32_off(spec, dtype, kernel_backend, monkeypatch):
     monkeypatch.setenv("CUPY_TF32", "1")  # CuPy's own switch: none of our GEMMs may follow it
     for m in MODES:
+        if verify.expansive(spec) and m.get("T", 1) > 6:  # the same blocks over 3 steps (see verify.expansive)
+            m = {**m, "T": 3}
         err, dtypes = verify.backend_error(verify.problem(spec, dtype=dtype, **m), kernel_backend)
         assert err <= verify.BOUNDS[dtype], m
         assert dtypes == {np.dtype(dtype)}
