@@ -18,7 +18,9 @@ GRU, reset before (two GEMMs per step, so two kernels):
     r, z as above; rh = r∘h;  then n = tanh(xw_n + rh Whnᵀ), h' as above.
 Layer normalisation (layer_norm=True) is a kernel of its own, run on a GEMM's
 output before the cell's kernel reads it: `layer_norm_forward`, each row
-normalised over its G·H values, and its `layer_norm_backward`.
+normalised over its G·H values, and its `layer_norm_backward`.  The LayerNorm
+LSTM's cell steps (`lstm_ln_*_step`) also normalise c' over each row's H
+units before the output's tanh: h' = o∘tanh(γ_c∘ĉ + β_c), c' the state.
 Zoneout (both cells): the new h (and the LSTM's c) zoned out, `_zone`: each
 unit keeps its previous value where the step's mask (uint8 [B, H]) is set,
 or, without a mask, mixes the two by the probability (the expectation).
@@ -264,7 +266,7 @@ def lstm_forward_step(spec, t, xw, hw, cw, h, c, c_next, y, h_last, gates, w_pee
     gates [B, 4H]; w_peep [3H] (diagonal); zone_h, zone_c [B, H] zoneout masks or None; rdrop [B, H] recurrent
     dropout's mask or None, and h_drop [B, H] = d∘y then."""
     unit = _lstm_unit(spec, xw, hw, cw, c, w_peep)
-    o, c1 = unit[3:]
+    *_, o, c1 = unit
     _lstm_commit(spec, t, unit, o * np.tanh(c1), h, c, c_next, y, h_last, gates, zone_h, zone_c, rdrop, h_drop,
                  lengths)
 
@@ -274,9 +276,10 @@ def lstm_ln_forward_step(spec, t, xw, hw, h, c, c_next, y, h_last, gates, zone_h
     """lstm.cu's lstm_ln_forward_step (layer_norm): lstm_forward_step with h' = o∘tanh(γ_c∘ĉ + β_c), ĉ c'
     normalised over each row; c_hat [B, H] and rstd_c [B] kept when gates are."""
     unit = _lstm_unit(spec, xw, hw, None, c, None)
-    n = unit[4].copy()  # c' stays the state; n = γ_c∘ĉ + β_c is for the tanh
+    *_, o, c1 = unit
+    n = c1.copy()  # c' stays the state; n = γ_c∘ĉ + β_c is for the tanh
     layer_norm_forward(n, gamma_c, _c(beta_c), c_hat if gates is not None else None, rstd_c, eps)
-    _lstm_commit(spec, t, unit, unit[3] * np.tanh(n), h, c, c_next, y, h_last, gates, zone_h, zone_c, rdrop, h_drop,
+    _lstm_commit(spec, t, unit, o * np.tanh(n), h, c, c_next, y, h_last, gates, zone_h, zone_c, rdrop, h_drop,
                  lengths)
 
 

@@ -335,8 +335,8 @@ def _lstm_buffers(xp, dt, T, B, H, P, peephole, training, has_lengths, zoned, la
         # x_hat, h_hat [T, B, 4H], c_hat [T, B, H] and their rstd_* [T, B] (layer_norm, training)
         **_normalised_buffers(xp, dt, T, B, {"x": 4 * H, "h": 4 * H, "c": H}, training and layer_norm),
     )
-    ln = layer_norm or None  # the normalisations' parameters the loop reads: γ_h [4H], γ_c and β_c [H]
-    return _input_buffers(b, xp, dt, static, ln_h=ln and (4 * H,), gamma_c=ln and (H,), beta_c=ln and (H,),
+    ln = {"ln_h": (4 * H,), "gamma_c": (H,), "beta_c": (H,)}  # the normalisations' parameters the loop reads
+    return _input_buffers(b, xp, dt, static, **{k: v if layer_norm else None for k, v in ln.items()},
                           h0=(B, P or H), c0=(B, H), w_hh=(4 * H, P or H),
                           w_ch=(3 * H, H) if peephole == "full" else None,
                           w_peep=(3 * H,) if peephole == "diagonal" else None, w_hr=(P, H) if P else None,
