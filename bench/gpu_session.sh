@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU work of a session, for a machine with no network and at most 10 minutes a command
 # (device tool: `run`, command `bash bench/gpu_session.sh STAGE [bench args]`).
-#   check    probe, install, smoke script, the gpu-marked suite, compute-sanitizer memcheck   (~6 min)
+#   check    probe, install, smoke script, the gpu-marked suite, compute-sanitizer memcheck and racecheck (~7 min)
 #   bench    probe, install, rnncells bench with the given args, e.g. --cell lstm --group standard
 #   profile  probe, install, ncu on training steps of the standard LSTM configuration
 # Each step runs under its own timeout and writes one file under $OUT; a stage leaves at most
@@ -72,6 +72,9 @@ check)
     step "memcheck $target" 120 "$OUT/sanitizer.log" \
       compute-sanitizer --tool memcheck --error-exitcode 99 python bench/sanitize_target.py "$target"
   done
+  # the kernels whose threads share memory and meet at __syncthreads(): layernorm.cu's and lstm_ln_*_step
+  step "racecheck layer_norm" 120 "$OUT/sanitizer.log" \
+    compute-sanitizer --tool racecheck --error-exitcode 99 python bench/sanitize_target.py cupy layer_norm=True
   ;;
 bench)
   step bench 540 "$OUT/bench.log" python -m rnncells bench --out "$OUT" --plot "$OUT/ratios.png" "$@"

@@ -1,9 +1,10 @@
 """Forward + backward of every variant, each checked against the reference; exit 1 if any is over its bound.
 
 The program compute-sanitizer wraps in bench/gpu_session.sh (backend cupy, the default): the rows of
-`rnncells check` for one backend.  CI runs it with backend cuda-host (the same kernels built for the
-CPU), so the script itself is known to work.
-    python bench/sanitize_target.py [cupy|"cupy graphs"|cuda-host|"cuda-host graphs"|numpy]
+`rnncells check` for one backend, of the variants whose name contains MATCH if given (racecheck runs the
+layer_norm ones, whose kernels share memory).  CI runs it with backend cuda-host (the same kernels built for
+the CPU), so the script itself is known to work.
+    python bench/sanitize_target.py [cupy|"cupy graphs"|cuda-host|"cuda-host graphs"|numpy] [MATCH]
 """
 
 import sys
@@ -11,9 +12,9 @@ import sys
 from rnncells import check
 
 
-def main(backend):
+def main(backend, match=""):
     failed = 0
-    for _, what, dtype, _, err, bound in check.backend_rows(backend):
+    for _, what, dtype, _, err, bound in check.backend_rows(backend, match):
         ok = err <= bound  # NaN fails
         failed += not ok
         print(f"{what:<42}{dtype:<9}{err:.2e}  {'ok' if ok else 'FAIL'}")
@@ -21,4 +22,4 @@ def main(backend):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "cupy"))
+    sys.exit(main(*sys.argv[1:3]) if len(sys.argv) > 1 else main("cupy"))

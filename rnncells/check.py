@@ -70,8 +70,9 @@ def _tier(backend):
     return 3 if backend.startswith("cupy") else 2
 
 
-def backend_rows(backend):
-    """Yield the rows of one backend against the reference: every variant, in every dtype (float32 only with tf32).
+def backend_rows(backend, match=""):
+    """Yield the rows of one backend against the reference: every variant (whose name contains `match`), in every
+    dtype (float32 only with tf32).
 
     `backend` is a backend's name, optionally followed by " graphs" (a
     GraphCache) or " tf32" (float32 only, tf32=True).  A row's error is the
@@ -82,7 +83,7 @@ def backend_rows(backend):
     name, *kind = backend.split()
     graphs, tf32 = GraphCache() if "graphs" in kind else None, "tf32" in kind
     tier = _tier(backend)
-    for spec in verify.VARIANTS:
+    for spec in (s for s in verify.VARIANTS if match in str(s)):
         for dtype in ("float32",) if tf32 else ("float64", "float32", "float16", "bfloat16"):
             worst = 0.0
             for m in _MODES:

@@ -101,6 +101,16 @@ def test_the_sanitizer_target_script_runs_every_variant_on_the_host_kernels():
     assert r.stdout.count(" ok") == 4 * len(verify.VARIANTS) and "FAIL" not in r.stdout  # four dtypes each
 
 
+def test_the_sanitizer_target_can_run_the_variants_a_name_matches():
+    """racecheck runs the layer_norm variants alone (bench/gpu_session.sh): their rows, every dtype, and no other."""
+    from rnncells import check
+
+    rows = list(check.backend_rows("numpy", "layer_norm=True"))
+    assert [(what, dtype) for _, what, dtype, *_ in rows] == [
+        (str(s), d) for s in verify.VARIANTS if s.layer_norm for d in ("float64", "float32", "float16", "bfloat16")]
+    assert all(err <= bound for *_, err, bound in rows)
+
+
 def test_implementations_time_the_eager_loop_only_where_graphs_exist():
     assert bench.implementations("cuda") == ("rnncells", "rnncells eager", "torch.nn", "torch loop")
     assert bench.implementations("cpu") == ("rnncells", "torch.nn", "torch loop")
@@ -219,8 +229,8 @@ def test_the_gpu_session_script_runs_its_steps_in_order_into_at_most_8_files(tmp
         (bin_dir / tool).chmod(0o755)
     r = _run_script(["check"], tmp_path, PATH=f"{bin_dir}:{os.environ['PATH']}")
     summary = (tmp_path / "out" / "summary.txt").read_text().splitlines()
-    assert [line.split(":")[0] for line in summary] == ["probe", "install", "smoke", "gpu suite", "memcheck cupy",
-                                                        "memcheck cupy graphs"], r.stdout + r.stderr
+    steps = ["probe", "install", "smoke", "gpu suite", "memcheck cupy", "memcheck cupy graphs", "racecheck layer_norm"]
+    assert [line.split(":")[0] for line in summary] == steps, r.stdout + r.stderr
     assert summary[2].startswith("smoke: exit 1") and summary[3].startswith("gpu suite: exit 0")  # all skipped
     assert len(list((tmp_path / "out").iterdir())) <= 8
     assert r.stdout.rstrip().endswith(summary[-1])
