@@ -120,7 +120,7 @@ void lstm_forward_steps(const Blas blas, int T, int B, int H, S cell_clip, S zon
       if (ln_h != nullptr) {
         run_rows(layer_norm_forward<S, S>, B, 4 * H, eps, hw, ln_h, static_cast<const S*>(nullptr),
                  TRAINING ? h_hat + t * 4 * BH : nullptr, TRAINING ? rstd_h + Size(t) * B : nullptr);
-        run_rows(lstm_ln_forward_step<S, S, PEEPHOLE, SIGMOID_CANDIDATE, CLIP, ZONEOUT, TRAINING>, B, t, B, H,
+        run_rows(lstm_ln_forward_step<S, S, SIGMOID_CANDIDATE, CLIP, ZONEOUT, TRAINING>, B, t, B, H,
                  cell_clip, zoneout_h, zoneout_c, rdrop_scale, eps, xw + t * 4 * BH, hw, h, c, cs + s * BH,
                  y + t * BH, h_last, gates_t, step_mask(zone_h, t, BH), step_mask(zone_c, t, BH), rdrop, h_drop,
                  lengths, gamma_c, beta_c, TRAINING ? c_hat + t * BH : nullptr,
@@ -154,7 +154,7 @@ void lstm_backward_steps(const Blas blas, int T, int B, int H, S cell_clip, S zo
     S* da_t = da + t * 4 * BH;
     if constexpr (PEEPHOLE == PEEPHOLE_NONE) {
       if (ln_h != nullptr) {
-        run_rows(lstm_ln_backward_step<S, S, PEEPHOLE, SIGMOID_CANDIDATE, CLIP, ZONEOUT>, B, t, B, H, cell_clip,
+        run_rows(lstm_ln_backward_step<S, S, SIGMOID_CANDIDATE, CLIP, ZONEOUT>, B, t, B, H, cell_clip,
                  zoneout_h, zoneout_c, rdrop_scale, gates + t * 4 * BH, c, cs + t * BH, dy + t * BH,
                  dcarry + nxt * 2 * BH, drec + nxt * BH, dcarry + cur * 2 * BH, da_t, step_mask(zone_h, t, BH),
                  step_mask(zone_c, t, BH), rdrop, lengths, c_hat + t * BH, rstd_c + Size(t) * B, gamma_c, beta_c,

@@ -127,10 +127,10 @@ __global__ void lstm_forward_step(const int t, const int B, const int H, const C
                                        c_prev, c_next, y, h_last, gates, zone_h, zone_c, rdrop, h_drop, lengths);
 }
 
-// lstm_forward_step with c' normalised (layer_norm): one block per item b, three passes over its units: Σc', then
+// lstm_forward_step with c' normalised (layer_norm, which takes no peephole): one block per item b, three passes over its units: Σc', then
 // Σ(c' − μ)², then each unit's ĉ and h'.  The first pass parks c' in c_next, which the third overwrites with the
 // state; each thread reads back only the units it wrote.  The third recomputes the gates rather than keeping them.
-template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT, bool TRAINING>
+template <typename S, typename C, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT, bool TRAINING>
 __global__ void lstm_ln_forward_step(const int t, const int B, const int H, const C cell_clip, const C zoneout_h,
                                      const C zoneout_c, const C rdrop_scale, const C eps,
                                      const S* __restrict__ xw,        // [B, 4H] LN(x Wihᵀ)∘γ_x + biases
@@ -151,12 +151,11 @@ __global__ void lstm_ln_forward_step(const int t, const int B, const int H, cons
                                      S* __restrict__ c_hat,           // [B, H] ĉ, kept when TRAINING
                                      C* __restrict__ rstd_c           // [B] 1/√(σ² + ε), kept when TRAINING
 ) {
-  static_assert(PEEPHOLE == PEEPHOLE_NONE, "layer_norm takes no peephole");
   __shared__ C shared[LN_THREADS];
   const int b = blockIdx.x;
   auto unit = [&](const int j) {
-    return lstm_unit<S, C, PEEPHOLE, SIGMOID_CANDIDATE, CLIP>(b, j, H, cell_clip, xw, hw, nullptr,
-                                                              c_prev[b * H + j], nullptr);
+    return lstm_unit<S, C, PEEPHOLE_NONE, SIGMOID_CANDIDATE, CLIP>(b, j, H, cell_clip, xw, hw, nullptr,
+                                                                   c_prev[b * H + j], nullptr);
   };
   C sum = C(0);
   for (int j = threadIdx.x; j < H; j += blockDim.x) {
@@ -295,7 +294,7 @@ __global__ void lstm_backward_step(const int t, const int B, const int H, const 
 
 // lstm_backward_step with c' normalised (layer_norm): one block per item b, two passes over its units: dn and the
 // row's Σγ_c∘dn and Σγ_c∘dn∘ĉ, then each unit's dc' and gates.  The second recomputes dn rather than keeping it.
-template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT>
+template <typename S, typename C, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT>
 __global__ void lstm_ln_backward_step(const int t, const int B, const int H, const C cell_clip, const C zoneout_h,
                                       const C zoneout_c, const C rdrop_scale,
                                       const S* __restrict__ gates,     // [B, 4H] i f g o
@@ -316,13 +315,12 @@ __global__ void lstm_ln_backward_step(const int t, const int B, const int H, con
                                       const S* __restrict__ beta_c,    // [H]
                                       S* __restrict__ dn               // [B, H] d(γ_c∘ĉ + β_c), for γ_c's and β_c's
 ) {
-  static_assert(PEEPHOLE == PEEPHOLE_NONE, "layer_norm takes no peephole");
   __shared__ C shared[LN_THREADS];
   const int b = blockIdx.x;
   if (!is_active(lengths, t, b)) {  // the whole block: one item
     for (int j = threadIdx.x; j < H; j += blockDim.x) {
       C dh_in, dc_in;
-      lstm_incoming<C, PEEPHOLE>(b, j, H, H, rdrop_scale, dcarry, drec, rdrop, dh_in, dc_in);
+      lstm_incoming<C, PEEPHOLE_NONE>(b, j, H, H, rdrop_scale, dcarry, drec, rdrop, dh_in, dc_in);
       lstm_pass_through(b, j, H, dh_in, dc_in, dcarry_out, da);
       dn[b * H + j] = S(C(0));
     }
@@ -331,7 +329,7 @@ __global__ void lstm_ln_backward_step(const int t, const int B, const int H, con
   // unit j's LSTMUnitGrad, tanh(n) and dn
   auto unit = [&](const int j, C& tn, C& dn_j) {
     C dh_in, dc_in;
-    lstm_incoming<C, PEEPHOLE>(b, j, H, H, rdrop_scale, dcarry, drec, rdrop, dh_in, dc_in);
+    lstm_incoming<C, PEEPHOLE_NONE>(b, j, H, H, rdrop_scale, dcarry, drec, rdrop, dh_in, dc_in);
     const LSTMUnitGrad<C> u = lstm_unit_grad<S, C, CLIP, ZONEOUT>(b, j, H, cell_clip, zoneout_h, zoneout_c, dh_in,
                                                                   dc_in, gates, c_prev, c_next, dy, zone_h, zone_c);
     tn = tanh(C(gamma_c[j]) * C(c_hat[b * H + j]) + C(beta_c[j]));
@@ -355,7 +353,7 @@ __global__ void lstm_ln_backward_step(const int t, const int B, const int H, con
     const C da_o = u.dh * tn * u.o * (C(1) - u.o);
     const C d_hat = C(gamma_c[j]) * dn_j;
     const C dc = u.dc_new + r * (d_hat - mean_d - C(c_hat[b * H + j]) * mean_dx);
-    lstm_gate_grads<S, C, PEEPHOLE, SIGMOID_CANDIDATE, CLIP>(b, j, H, cell_clip, u, dc, da_o, nullptr, dcarry_out,
-                                                             da);
+    lstm_gate_grads<S, C, PEEPHOLE_NONE, SIGMOID_CANDIDATE, CLIP>(b, j, H, cell_clip, u, dc, da_o, nullptr,
+                                                                  dcarry_out, da);
   }
 }

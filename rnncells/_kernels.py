@@ -81,9 +81,12 @@ def _flag(v):
 
 
 def kernel_name(kernel, dtype, spec=None, *flags):
-    """An instantiation as a C++ name expression: kernel<S, C, the spec's template arguments, bool flags...>."""
+    """An instantiation as a C++ name expression: kernel<S, C, the spec's template arguments, bool flags...>
+    (the LayerNorm LSTM's kernels take every one but PEEPHOLE: layer_norm takes no peephole)."""
     s, c = TYPES[np.dtype(dtype)]
     args = () if spec is None else spec.template_args()
+    if kernel.startswith("lstm_ln_"):
+        args = args[1:]
     return f"{kernel}<{', '.join([s, c, *args, *map(_flag, flags)])}>"
 
 

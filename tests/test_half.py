@@ -137,8 +137,8 @@ def test_host_kernels_keep_the_rounding_contract(spec, dtype):
 MUTATIONS = {
     "lstm: c kept in S": ("lstm.cu", "c_next[state_idx] = active ? c1 : c;",
                           "c_next[state_idx] = active ? C(S(c1)) : c;"),
-    "lstm: dc summed in S": ("lstm.cu", "C dc = dc_in + dh * o * (C(1) - tc * tc);",
-                             "C dc = C(S(dc_in + dh * o * (C(1) - tc * tc)));"),
+    "lstm: dc summed in S": ("lstm.cu", "C dc = u.dc_new + u.dh * u.o * (C(1) - tc * tc);",
+                             "C dc = C(S(u.dc_new + u.dh * u.o * (C(1) - tc * tc)));"),
     "gru: n rounded to S before h'": ("gru.cu", "const C n = tanh(C(xw[n_idx]) + r * ghn);",
                                       "const C n = C(S(tanh(C(xw[n_idx]) + r * ghn)));"),
 }
