@@ -268,8 +268,10 @@ class LSTM(_Stack):
 
     `peephole`, `candidate` (and any other `variant` flag), `tf32` and
     `backend` as in `rnncells.lstm_forward` (backend=None follows `xp`); the
-    peephole weights are named weight_ch_l{k}[_reverse], and proj_size's
-    weight_hr_l{k}[_reverse] as torch.nn.LSTM's.  graphs=True runs the step
+    peephole weights are named weight_ch_l{k}[_reverse], proj_size's
+    weight_hr_l{k}[_reverse] as torch.nn.LSTM's, and layer_norm's gains and
+    shift ln_weight_ih_l{k}, ln_weight_hh_l{k}, ln_weight_c_l{k} and
+    ln_bias_c_l{k} (starting at 1, 1, 1 and 0).  graphs=True runs the step
     loops as CUDA graphs (see `rnncells.GraphCache`) on the backends that
     launch kernels: "cupy", and "cuda-host", which records and replays them.
     """
