@@ -127,9 +127,10 @@ __global__ void lstm_forward_step(const int t, const int B, const int H, const C
                                        c_prev, c_next, y, h_last, gates, zone_h, zone_c, rdrop, h_drop, lengths);
 }
 
-// lstm_forward_step with c' normalised (layer_norm, which takes no peephole): one block per item b, three passes over its units: Σc', then
-// Σ(c' − μ)², then each unit's ĉ and h'.  The first pass parks c' in c_next, which the third overwrites with the
-// state; each thread reads back only the units it wrote.  The third recomputes the gates rather than keeping them.
+// lstm_forward_step with c' normalised (layer_norm, which takes no peephole): one block per item b, three passes
+// over its units: Σc', then Σ(c' − μ)², then each unit's ĉ and h'.  The first pass parks c' in c_next, which the
+// third overwrites with the state; each thread reads back only the units it wrote.  The third recomputes the gates
+// rather than keeping them.
 template <typename S, typename C, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT, bool TRAINING>
 __global__ void lstm_ln_forward_step(const int t, const int B, const int H, const C cell_clip, const C zoneout_h,
                                      const C zoneout_c, const C rdrop_scale, const C eps,
