@@ -1,9 +1,10 @@
 // The CUDA execution model on the host, enough for the kernels in this folder:
 // g++ builds an unchanged .cu into a shared library, and `launch` runs a kernel's
 // grid one thread at a time.  That is exact for kernels whose threads share
-// nothing (no __shared__, no __syncthreads, no warp intrinsics): the cells'.
-// The kernels whose block's threads meet at __syncthreads() over __shared__
-// memory (layernorm.cu) run with `launch_blocks`: a block's threads are fibers
+// nothing (no __shared__, no __syncthreads, no warp intrinsics): the cells'
+// but the LayerNorm LSTM's.  The kernels whose block's threads meet at
+// __syncthreads() over __shared__ memory (layernorm.cu, lstm.cu's
+// lstm_ln_*_step) run with `launch_blocks`: a block's threads are fibers
 // that take turns from barrier to barrier, so a barrier holds every thread
 // until all have reached it, as on a GPU, and a missing one shows as a wrong
 // result on every run.

@@ -26,8 +26,9 @@
 //   ĉ = (c' − μ) / √(σ² + ε)   n = γ_c∘ĉ + β_c   h' = o∘tanh(n)
 //   dn = dh∘o∘(1 − tanh²n)     dĉ = γ_c∘dn       dc += (dĉ − mean(dĉ) − ĉ∘mean(dĉ∘ĉ)) / √(σ² + ε)
 // The row statistics need every unit of the row, so lstm_ln_*_step run one block per item b, each thread striding
-// over units j and the block meeting in layernorm.cu's block_sum; the unit's own work is the same device functions
-// (lstm_unit, lstm_commit, lstm_incoming, lstm_unit_grad, lstm_gate_grads) as the one-thread-per-unit kernels'.
+// over units j and the block meeting in layernorm.cu's block functions; the unit's own work is the same device
+// functions (lstm_unit, lstm_commit, lstm_incoming, lstm_unit_grad, lstm_gate_grads) as the one-thread-per-unit
+// kernels'.
 #include "common.cuh"
 #include "layernorm.cu"
 
@@ -165,9 +166,7 @@ __global__ void lstm_ln_forward_step(const int t, const int B, const int H, cons
     sum += c1;
   }
   const C mean = block_sum(sum, shared) / C(H);
-  C sq = C(0);
-  for (int j = threadIdx.x; j < H; j += blockDim.x) sq += (c_next[b * H + j] - mean) * (c_next[b * H + j] - mean);
-  const C r = C(1) / sqrt(block_sum(sq, shared) / C(H) + eps);
+  const C r = block_rstd(c_next + b * H, H, mean, eps, shared);  // each thread reads back the units it parked
   for (int j = threadIdx.x; j < H; j += blockDim.x) {
     const LSTMUnit<C> u = unit(j);
     const C c_n = (u.c1 - mean) * r;
@@ -353,7 +352,7 @@ __global__ void lstm_ln_backward_step(const int t, const int B, const int H, con
     const LSTMUnitGrad<C> u = unit(j, tn, dn_j);
     const C da_o = u.dh * tn * u.o * (C(1) - u.o);
     const C d_hat = C(gamma_c[j]) * dn_j;
-    const C dc = u.dc_new + r * (d_hat - mean_d - C(c_hat[b * H + j]) * mean_dx);
+    const C dc = u.dc_new + layer_norm_input_grad(d_hat, C(c_hat[b * H + j]), mean_d, mean_dx, r);
     lstm_gate_grads<S, C, PEEPHOLE_NONE, SIGMOID_CANDIDATE, CLIP>(b, j, H, cell_clip, u, dc, da_o, nullptr,
                                                                   dcarry_out, da);
   }

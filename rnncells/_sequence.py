@@ -188,6 +188,13 @@ def _normalised_input(ops, x, w, gain, bias, b):
         b.xw[...] = raw
 
 
+def _normalised_input_grad(ops, d, ctx, gain, out):
+    """out [T, B, G·H], the gradient of x Wᵀ before its normalisation, from d, that of xw: `_normalised_input`'s
+    backward, through the x̂ and 1/√(σ² + ε) the forward kept in ctx."""
+    ops.layer_norm_backward(_rows(d), _rows(ctx.x_hat), ctx.rstd_x.reshape(-1), gain, _rows(out))
+    return out
+
+
 def _normalised_buffers(xp, dt, T, B, widths, kept):
     """The normalised rows kept for the backward, {name: [T, B, width]} in dt, and each one's 1/√(σ² + ε) [T, B]
     in the compute dtype, as attributes (x_hat, rstd_x, ...); None each when not kept."""
@@ -565,11 +572,8 @@ def lstm_backward(ops, xp, ctx, dy, dstates):
     else:  # Whh met d∘h
         _dropped_inputs(ctx.spec, g, ctx.h0, ctx.y, ctx.rdrop)
         dw_hh = _weight_grad(ops, xp, da_h, g.hd)
-    da_x = da  # the gradient of x Wihᵀ
-    if layer_norm:  # into da_raw, whose h side dw_hh has read
-        ops.layer_norm_backward(_rows(da), _rows(ctx.x_hat), ctx.rstd_x.reshape(-1), p["ln_weight_ih"],
-                                _rows(g.da_raw))
-        da_x = g.da_raw
+    # the gradient of x Wihᵀ (layer_norm: into da_raw, whose h side dw_hh has read)
+    da_x = _normalised_input_grad(ops, da, ctx, p["ln_weight_ih"], g.da_raw) if layer_norm else da
     dp = {"weight_ih": _weight_grad(ops, xp, da_x, x), "weight_hh": dw_hh}
     if full:  # c is in the compute dtype, so this GEMM is too
         dw_ch = _state_grad(ops, xp, da.astype(ctx.cs.dtype, copy=False), ctx.c0, ctx.cs)  # [4H, H]
@@ -752,11 +756,7 @@ def gru_backward(ops, xp, ctx, dy, dstates):
         dgh = dg
         dp = {"weight_hh": xp.concatenate([recurrent_grad(dg[:, :, : 2 * H]),
                                            _weight_grad(ops, xp, dg[:, :, 2 * H :], ctx.rh)])}
-    dg_raw = dg  # the gradient of x Wihᵀ
-    if layer_norm:
-        ops.layer_norm_backward(_rows(dg), _rows(ctx.x_hat), ctx.rstd_x.reshape(-1), p["ln_weight_ih"],
-                                _rows(g.dg_raw))
-        dg_raw = g.dg_raw
+    dg_raw = _normalised_input_grad(ops, dg, ctx, p["ln_weight_ih"], g.dg_raw) if layer_norm else dg  # of x Wihᵀ
     dp["weight_ih"] = _weight_grad(ops, xp, dg_raw, x)
     if "bias_ih" in p:
         dp["bias_ih"] = ops.column_sum(_rows(dg))
