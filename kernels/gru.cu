@@ -16,25 +16,19 @@
 //   reaches h through d∘h, the GEMM's drec and, reset before, r∘drh, is multiplied by d)
 // reset before (Cho et al., Keras) needs the GEMM (r∘h) Whnᵀ between r and n, so it is
 // two kernels each way: gru_rz_step / gru_n_step and gru_n_backward_step / gru_rz_backward_step.
+#pragma once
 #include "common.cuh"
 
+// Unit (b, j)'s whole forward step (reset_after): gru_forward_step's body, and the persistent kernel's.
 template <typename S, typename C, bool ZONEOUT, bool TRAINING>
-__global__ void gru_forward_step(const int t, const int B, const int H, const C zoneout_h, const C rdrop_scale,
-                                 const S* __restrict__ xw,        // [B, 3H] x Wihᵀ + b_ih + [b_hr, b_hz, 0]
-                                 const C* __restrict__ gh,        // [B, 3H] h Whhᵀ
-                                 const S* __restrict__ b_hn,      // [H]
-                                 const S* __restrict__ h,         // [B, H] before the step
-                                 S* __restrict__ y,               // [B, H] h', also the next step's h
-                                 S* __restrict__ h_last,          // [B, H] h' of each item's last step, or null
-                                 S* __restrict__ gates,           // [B, 4H] r z n (gh_n + b_hn), when TRAINING
-                                 const unsigned char* __restrict__ zone_h,  // [B, H] zoneout mask, or null
-                                 const unsigned char* __restrict__ rdrop,   // [B, H] recurrent dropout mask or null
-                                 S* __restrict__ h_drop,          // [B, H] d∘h', the next GEMM's h (with rdrop)
-                                 const int* __restrict__ lengths  // [B] or null
-) {
-  const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
-  if (state_idx >= B * H) return;
-  const int b = state_idx / H, j = state_idx % H;
+__device__ __forceinline__ void gru_forward_unit(const int t, const int b, const int j, const int H,
+                                                 const C zoneout_h, const C rdrop_scale, const S* __restrict__ xw,
+                                                 const C* __restrict__ gh, const S* __restrict__ b_hn,
+                                                 const S* __restrict__ h, S* __restrict__ y, S* __restrict__ h_last,
+                                                 S* __restrict__ gates, const unsigned char* __restrict__ zone_h,
+                                                 const unsigned char* __restrict__ rdrop, S* __restrict__ h_drop,
+                                                 const int* __restrict__ lengths) {
+  const int state_idx = b * H + j;
   const int r_idx = b * 3 * H + j, z_idx = r_idx + H, n_idx = r_idx + 2 * H;  // in [B, 3H]
   const C r = sigmoid(C(xw[r_idx]) + gh[r_idx]);
   const C z = sigmoid(C(xw[z_idx]) + gh[z_idx]);
@@ -56,23 +50,38 @@ __global__ void gru_forward_step(const int t, const int B, const int H, const C 
   if (h_last != nullptr && active) h_last[state_idx] = S(h1);
 }
 
-template <typename S, typename C, bool ZONEOUT>
-__global__ void gru_backward_step(const int t, const int B, const int H, const C zoneout_h, const C rdrop_scale,
-                                  const S* __restrict__ gates,     // [B, 4H] r z n (gh_n + b_hn)
-                                  const S* __restrict__ h,         // [B, H] before the step
-                                  const S* __restrict__ dy,        // [B, H]
-                                  const C* __restrict__ dcarry,    // [B, H] dh', the later kernel's part
-                                  const C* __restrict__ drec,      // [B, H] dh', the GEMM's part
-                                  C* __restrict__ dcarry_out,      // [B, H] dh, this kernel's part
-                                  S* __restrict__ dgi,             // [B, 3H] d(xw)
-                                  S* __restrict__ dgh,             // [B, 3H] d(gh)
-                                  const unsigned char* __restrict__ zone_h,  // [B, H] zoneout mask, or null
-                                  const unsigned char* __restrict__ rdrop,   // [B, H] recurrent dropout mask or null
-                                  const int* __restrict__ lengths  // [B] or null
+template <typename S, typename C, bool ZONEOUT, bool TRAINING>
+__global__ void gru_forward_step(const int t, const int B, const int H, const C zoneout_h, const C rdrop_scale,
+                                 const S* __restrict__ xw,        // [B, 3H] x Wihᵀ + b_ih + [b_hr, b_hz, 0]
+                                 const C* __restrict__ gh,        // [B, 3H] h Whhᵀ
+                                 const S* __restrict__ b_hn,      // [H]
+                                 const S* __restrict__ h,         // [B, H] before the step
+                                 S* __restrict__ y,               // [B, H] h', also the next step's h
+                                 S* __restrict__ h_last,          // [B, H] h' of each item's last step, or null
+                                 S* __restrict__ gates,           // [B, 4H] r z n (gh_n + b_hn), when TRAINING
+                                 const unsigned char* __restrict__ zone_h,  // [B, H] zoneout mask, or null
+                                 const unsigned char* __restrict__ rdrop,   // [B, H] recurrent dropout mask or null
+                                 S* __restrict__ h_drop,          // [B, H] d∘h', the next GEMM's h (with rdrop)
+                                 const int* __restrict__ lengths  // [B] or null
 ) {
   const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
   if (state_idx >= B * H) return;
-  const int b = state_idx / H, j = state_idx % H;
+  gru_forward_unit<S, C, ZONEOUT, TRAINING>(t, state_idx / H, state_idx % H, H, zoneout_h, rdrop_scale, xw, gh, b_hn,
+                                            h, y, h_last, gates, zone_h, rdrop, h_drop, lengths);
+}
+
+// Unit (b, j)'s whole backward step (reset_after): gru_backward_step's body, and the persistent kernel's.
+template <typename S, typename C, bool ZONEOUT>
+__device__ __forceinline__ void gru_backward_unit(const int t, const int b, const int j, const int H,
+                                                  const C zoneout_h, const C rdrop_scale,
+                                                  const S* __restrict__ gates, const S* __restrict__ h,
+                                                  const S* __restrict__ dy, const C* __restrict__ dcarry,
+                                                  const C* __restrict__ drec, C* __restrict__ dcarry_out,
+                                                  S* __restrict__ dgi, S* __restrict__ dgh,
+                                                  const unsigned char* __restrict__ zone_h,
+                                                  const unsigned char* __restrict__ rdrop,
+                                                  const int* __restrict__ lengths) {
+  const int state_idx = b * H + j;
   const int r_idx = b * 3 * H + j, z_idx = r_idx + H, n_idx = r_idx + 2 * H;  // in [B, 3H]
   const int saved_r_idx = b * 4 * H + j;                                       // in [B, 4H]
   const C dh_in = dcarry[state_idx] + drec[state_idx] * kept(rdrop, state_idx, rdrop_scale);
@@ -94,6 +103,26 @@ __global__ void gru_backward_step(const int t, const int B, const int H, const C
   dgi[n_idx] = S(da_n);
   dgh[n_idx] = S(da_n * r);
   dcarry_out[state_idx] = dh * z + dh_zoned;
+}
+
+template <typename S, typename C, bool ZONEOUT>
+__global__ void gru_backward_step(const int t, const int B, const int H, const C zoneout_h, const C rdrop_scale,
+                                  const S* __restrict__ gates,     // [B, 4H] r z n (gh_n + b_hn)
+                                  const S* __restrict__ h,         // [B, H] before the step
+                                  const S* __restrict__ dy,        // [B, H]
+                                  const C* __restrict__ dcarry,    // [B, H] dh', the later kernel's part
+                                  const C* __restrict__ drec,      // [B, H] dh', the GEMM's part
+                                  C* __restrict__ dcarry_out,      // [B, H] dh, this kernel's part
+                                  S* __restrict__ dgi,             // [B, 3H] d(xw)
+                                  S* __restrict__ dgh,             // [B, 3H] d(gh)
+                                  const unsigned char* __restrict__ zone_h,  // [B, H] zoneout mask, or null
+                                  const unsigned char* __restrict__ rdrop,   // [B, H] recurrent dropout mask or null
+                                  const int* __restrict__ lengths  // [B] or null
+) {
+  const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
+  if (state_idx >= B * H) return;
+  gru_backward_unit<S, C, ZONEOUT>(t, state_idx / H, state_idx % H, H, zoneout_h, rdrop_scale, gates, h, dy, dcarry,
+                                   drec, dcarry_out, dgi, dgh, zone_h, rdrop, lengths);
 }
 
 template <typename S, typename C>

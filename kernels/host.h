@@ -7,7 +7,9 @@
 // lstm_ln_*_step) run with `launch_blocks`: a block's threads are fibers
 // that take turns from barrier to barrier, so a barrier holds every thread
 // until all have reached it, as on a GPU, and a missing one shows as a wrong
-// result on every run.
+// result on every run.  The persistent kernels (persistent.cu), whose blocks
+// also meet at grid_sync(), run with `launch_cooperative`: every thread of
+// every block a fiber at once, each block with its own dynamic shared memory.
 // Tolerances must still allow for FMA contraction and libm-vs-CUDA math.
 // __half and __nv_bfloat16 are storage types here, as the kernels use them:
 // conversions to and from float, rounding to nearest even as CUDA's do.
@@ -17,6 +19,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -28,6 +31,7 @@
 
 using std::exp;
 using std::fabs;
+using std::min;
 using std::sqrt;
 
 // CUDA's tanhf is its own; glibc's goes through expm1f and takes ~15 ns, this ~7: tanh of a float through one
@@ -44,6 +48,7 @@ inline float tanh(const float x) {
 #define __device__
 #define __forceinline__ inline
 #define __shared__ static  // one block runs at a time (launch_blocks), so a kernel's static is its block's memory
+                           // (a cooperative launch runs blocks at once: its kernels use dynamic shared memory)
 
 inline std::uint32_t float_bits(float f) {
   std::uint32_t u;
@@ -108,6 +113,9 @@ void call_packed(void (*kernel)(A...), void** args, std::index_sequence<I...>) {
 // The C type of a kernel parameter, as the launcher checks its arguments against it ("int", "float*", ...).
 template <typename T> struct ctype;
 template <> struct ctype<int> { static constexpr const char *name = "int", *pointer = "int*"; };
+template <> struct ctype<unsigned int> {
+  static constexpr const char *name = "unsigned int", *pointer = "unsigned int*";
+};
 template <> struct ctype<unsigned char> {
   static constexpr const char *name = "unsigned char", *pointer = "unsigned char*";
 };
@@ -146,83 +154,163 @@ void launch(void (*kernel)(A...), dim3 grid, dim3 block, void** args) {
             }
 }
 
-// launch_blocks runs each thread of a block as a fiber (a ucontext with a stack of its own) on the launching
-// thread, in phases: every unfinished thread runs until its next __syncthreads() or its end, one after another,
-// in thread order, the order reversed each phase.  So no thread passes a barrier before all have reached it, as
-// on a GPU, and a thread that reads what a later one writes, or an earlier one, with no barrier between them
-// reads stale memory in one of the two orders.
-class BlockFibers {
+// Fibers run the threads of one or more blocks at once, each thread a fiber (a ucontext with a stack of its own)
+// on the launching thread, in rounds: every thread that is not waiting runs until its next barrier or its end, one
+// after another, in order, the order reversed each round (blocks included).  A thread waiting at __syncthreads()
+// goes on when every unfinished thread of its block waits there; one waiting at grid_sync() when every thread of
+// every block does (a thread that ends before a grid barrier the others wait at is a deadlock on a GPU: abort).
+// So no thread passes a barrier before all have reached it, as on a GPU, and a thread that reads what another
+// writes with no barrier between them reads stale memory in one of the two orders.
+class Fibers {
  public:
   static constexpr std::size_t STACK = std::size_t(1) << 17;  // bytes per thread: a kernel's frame and libm's
 
-  BlockFibers(unsigned n, std::function<void()> body)
-      : n_(n), body_(std::move(body)), fibers_(n), stacks_(new char[n * STACK]), done_(n) {}
+  // `blocks` blocks of `block` threads at once, each with `shared_bytes` of dynamic shared memory
+  Fibers(unsigned blocks, dim3 block, std::size_t shared_bytes, std::function<void()> body)
+      : per_block_(block.x * block.y * block.z), n_(blocks * per_block_), block_(block), shared_bytes_(shared_bytes),
+        body_(std::move(body)), fibers_(n_), stacks_(new char[n_ * STACK]), shared_(blocks * shared_bytes),
+        wait_(n_), block_ids_(blocks) {}
 
-  void run_block(const dim3 block) {  // every thread of the block from its start to its end
+  void run(const std::vector<dim3>& block_ids) {  // every thread of these blocks from its start to its end
+    block_ids_ = block_ids;
     for (unsigned k = 0; k < n_; ++k) {
       getcontext(&fibers_[k]);
       fibers_[k].uc_stack.ss_sp = stacks_.get() + k * STACK;
       fibers_[k].uc_stack.ss_size = STACK;
       fibers_[k].uc_link = &scheduler_;
-      makecontext(&fibers_[k], &BlockFibers::entry, 0);
-      done_[k] = false;
+      makecontext(&fibers_[k], &Fibers::entry, 0);
+      wait_[k] = NONE;
     }
-    for (bool forward = true, running = true; running; forward = !forward) {
-      running = false;
+    for (bool forward = true; release(); forward = !forward) {
       for (unsigned p = 0; p < n_; ++p) {
         const unsigned k = forward ? p : n_ - 1 - p;
-        if (done_[k]) continue;
+        if (wait_[k] != NONE) continue;
         current_ = k;
-        threadIdx = {k % block.x, (k / block.x) % block.y, k / (block.x * block.y)};
+        const unsigned t = k % per_block_;
+        threadIdx = {t % block_.x, (t / block_.x) % block_.y, t / (block_.x * block_.y)};
+        blockIdx = block_ids_[k / per_block_];
+        dynamic_shared = shared_.data() + (k / per_block_) * shared_bytes_;
         swapcontext(&scheduler_, &fibers_[k]);
-        running = running || !done_[k];
       }
     }
   }
-  void barrier() { swapcontext(&fibers_[current_], &scheduler_); }  // __syncthreads(): back to the scheduler
+  void block_barrier() { yield(BLOCK); }  // __syncthreads()
+  void grid_barrier() { yield(GRID); }    // grid_sync()
 
-  static inline thread_local BlockFibers* running_block = nullptr;  // the block being run on this thread, if any
+  static inline thread_local Fibers* running = nullptr;  // the threads being run on this thread, if any
+  static inline thread_local unsigned char* dynamic_shared = nullptr;  // the running thread's block's
 
  private:
+  enum Wait : unsigned char { NONE, BLOCK, GRID, DONE };
+
   static void entry() {  // a fiber's start: the kernel, then back to the scheduler through uc_link
-    BlockFibers* self = running_block;
+    Fibers* self = running;
     const unsigned k = self->current_;
     self->body_();
-    self->done_[k] = true;
+    self->wait_[k] = DONE;
+  }
+  void yield(const Wait why) {
+    wait_[current_] = why;
+    swapcontext(&fibers_[current_], &scheduler_);
+  }
+  // After a round, in which every thread ran to a barrier or its end: release the barriers every thread has
+  // reached.  False when every thread has ended; aborts when some wait and none can go on.
+  bool release() {
+    bool waiting = false, released = false;
+    unsigned at_grid = 0, done = 0;
+    for (unsigned k = 0; k < n_; ++k) {
+      waiting = waiting || wait_[k] == BLOCK || wait_[k] == GRID;
+      at_grid += wait_[k] == GRID;
+      done += wait_[k] == DONE;
+    }
+    if (!waiting) return done < n_;  // the first round: nobody has run yet
+    for (unsigned first = 0; first < n_; first += per_block_) {
+      bool all = true, any = false;
+      for (unsigned k = first; k < first + per_block_; ++k) {
+        all = all && (wait_[k] == BLOCK || wait_[k] == DONE);
+        any = any || wait_[k] == BLOCK;
+      }
+      if (all && any) {
+        for (unsigned k = first; k < first + per_block_; ++k) wait_[k] = wait_[k] == DONE ? DONE : NONE;
+        released = true;
+      }
+    }
+    if (!released && at_grid == n_) {
+      for (unsigned k = 0; k < n_; ++k) wait_[k] = NONE;
+      released = true;
+    }
+    if (!released) {
+      std::fprintf(stderr, "deadlock: %u of %u threads wait at grid_sync(), %u have ended, the rest wait at "
+                   "__syncthreads()\n", at_grid, n_, done);
+      std::abort();
+    }
+    return true;
   }
 
-  const unsigned n_;
+  const unsigned per_block_, n_;
+  const dim3 block_;
+  const std::size_t shared_bytes_;
   std::function<void()> body_;
   ucontext_t scheduler_;
   std::vector<ucontext_t> fibers_;
-  std::unique_ptr<char[]> stacks_;  // uninitialised: a fiber's stack is written before it is read
-  std::vector<bool> done_;
+  std::unique_ptr<char[]> stacks_;     // uninitialised: a fiber's stack is written before it is read
+  std::vector<unsigned char> shared_;  // [blocks, shared_bytes] each block's dynamic shared memory
+  std::vector<Wait> wait_;
+  std::vector<dim3> block_ids_;
   unsigned current_ = 0;
 };
 
 inline void __syncthreads() {
   if (blockDim.x * blockDim.y * blockDim.z == 1) return;  // a lone thread has nobody to wait for
-  if (BlockFibers::running_block == nullptr) {  // `launch` runs a block's threads one after another
+  if (Fibers::running == nullptr) {  // `launch` runs a block's threads one after another
     std::fputs("__syncthreads() in a kernel launched with `launch`, not `launch_blocks`\n", stderr);
     std::abort();
   }
-  BlockFibers::running_block->barrier();
+  Fibers::running->block_barrier();
 }
 
-// A grid whose blocks' threads meet at __syncthreads(): the blocks one after another, each as BlockFibers (a
-// block's __shared__ memory, a static, is then its own while it runs).
+// persistent.cu's grid_sync: every thread of the grid waits (the counter a GPU's barrier keeps is not needed here)
+inline void grid_sync(unsigned int*) {
+  if (Fibers::running == nullptr) {
+    std::fputs("grid_sync() in a kernel not launched with `launch_cooperative`\n", stderr);
+    std::abort();
+  }
+  Fibers::running->grid_barrier();
+}
+
+// The block's dynamic shared memory (extern __shared__ on a GPU).
+inline unsigned char* dynamic_shared_memory() { return Fibers::dynamic_shared; }
+
+template <typename... A>
+void run_fibers(void (*kernel)(A...), const std::vector<dim3>& blocks, dim3 block, std::size_t shared_bytes,
+                void** args) {
+  Fibers fibers(unsigned(blocks.size()), block, shared_bytes,
+                [&] { call_packed(kernel, args, std::index_sequence_for<A...>{}); });
+  Fibers::running = &fibers;
+  fibers.run(blocks);
+  Fibers::running = nullptr;
+}
+
+// A grid whose blocks' threads meet at __syncthreads(): the blocks one after another, each as Fibers (a block's
+// static __shared__ memory is then its own while it runs).
 template <typename... A>
 void launch_blocks(void (*kernel)(A...), dim3 grid, dim3 block, void** args) {
   gridDim = grid;
   blockDim = block;
-  BlockFibers fibers(block.x * block.y * block.z,
-                     [&] { call_packed(kernel, args, std::index_sequence_for<A...>{}); });
-  BlockFibers::running_block = &fibers;
   for (unsigned bz = 0; bz < grid.z; ++bz)
     for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        blockIdx = {bx, by, bz};
-        fibers.run_block(block);
-      }
-  BlockFibers::running_block = nullptr;
+      for (unsigned bx = 0; bx < grid.x; ++bx) run_fibers(kernel, {dim3{bx, by, bz}}, block, 0, args);
+}
+
+// cuLaunchCooperativeKernel: every block at once, as on a GPU that holds them all (the launcher checks they fit),
+// each with shared_bytes of dynamic shared memory; the threads meet at __syncthreads() and grid_sync().
+template <typename... A>
+void launch_cooperative(void (*kernel)(A...), dim3 grid, dim3 block, std::size_t shared_bytes, void** args) {
+  gridDim = grid;
+  blockDim = block;
+  std::vector<dim3> blocks;
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) blocks.push_back(dim3{bx, by, bz});
+  run_fibers(kernel, blocks, block, shared_bytes, args);
 }

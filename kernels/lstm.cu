@@ -29,6 +29,7 @@
 // over units j and the block meeting in layernorm.cu's block functions; the unit's own work is the same device
 // functions (lstm_unit, lstm_commit, lstm_incoming, lstm_unit_grad, lstm_gate_grads) as the one-thread-per-unit
 // kernels'.
+#pragma once
 #include "common.cuh"
 #include "layernorm.cu"
 
@@ -100,6 +101,25 @@ __device__ __forceinline__ void lstm_commit(const int t, const int b, const int 
   if (h_last != nullptr && active) h_last[state_idx] = S(h1);
 }
 
+// Unit (b, j)'s whole forward step: lstm_forward_step's body, and the persistent kernel's (persistent.cu).
+template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT, bool TRAINING>
+__device__ __forceinline__ void lstm_forward_unit(const int t, const int b, const int j, const int H,
+                                                  const C cell_clip, const C zoneout_h, const C zoneout_c,
+                                                  const C rdrop_scale, const S* __restrict__ xw,
+                                                  const C* __restrict__ hw, const C* __restrict__ cw,
+                                                  const S* __restrict__ h_prev, const C* __restrict__ c_prev,
+                                                  C* __restrict__ c_next, S* __restrict__ y, S* __restrict__ h_last,
+                                                  S* __restrict__ gates, const S* __restrict__ w_peep,
+                                                  const unsigned char* __restrict__ zone_h,
+                                                  const unsigned char* __restrict__ zone_c,
+                                                  const unsigned char* __restrict__ rdrop, S* __restrict__ h_drop,
+                                                  const int* __restrict__ lengths) {
+  const LSTMUnit<C> u = lstm_unit<S, C, PEEPHOLE, SIGMOID_CANDIDATE, CLIP>(b, j, H, cell_clip, xw, hw, cw,
+                                                                           c_prev[b * H + j], w_peep);
+  lstm_commit<S, C, ZONEOUT, TRAINING>(t, b, j, H, zoneout_h, zoneout_c, rdrop_scale, u, u.o * tanh(u.c1), h_prev,
+                                       c_prev, c_next, y, h_last, gates, zone_h, zone_c, rdrop, h_drop, lengths);
+}
+
 template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT, bool TRAINING>
 __global__ void lstm_forward_step(const int t, const int B, const int H, const C cell_clip, const C zoneout_h,
                                   const C zoneout_c, const C rdrop_scale,
@@ -121,11 +141,9 @@ __global__ void lstm_forward_step(const int t, const int B, const int H, const C
 ) {
   const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
   if (state_idx >= B * H) return;
-  const int b = state_idx / H, j = state_idx % H;
-  const LSTMUnit<C> u = lstm_unit<S, C, PEEPHOLE, SIGMOID_CANDIDATE, CLIP>(b, j, H, cell_clip, xw, hw, cw,
-                                                                           c_prev[state_idx], w_peep);
-  lstm_commit<S, C, ZONEOUT, TRAINING>(t, b, j, H, zoneout_h, zoneout_c, rdrop_scale, u, u.o * tanh(u.c1), h_prev,
-                                       c_prev, c_next, y, h_last, gates, zone_h, zone_c, rdrop, h_drop, lengths);
+  lstm_forward_unit<S, C, PEEPHOLE, SIGMOID_CANDIDATE, CLIP, ZONEOUT, TRAINING>(
+      t, state_idx / H, state_idx % H, H, cell_clip, zoneout_h, zoneout_c, rdrop_scale, xw, hw, cw, h_prev, c_prev,
+      c_next, y, h_last, gates, w_peep, zone_h, zone_c, rdrop, h_drop, lengths);
 }
 
 // lstm_forward_step with c' normalised (layer_norm, which takes no peephole): one block per item b, three passes
@@ -261,6 +279,30 @@ __device__ __forceinline__ void lstm_gate_grads(const int b, const int j, const 
   dcarry_out[dh_idx + H] = dc_prev;
 }
 
+// Unit (b, j)'s whole backward step: lstm_backward_step's body, and the persistent kernel's (persistent.cu).
+template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT>
+__device__ __forceinline__ void lstm_backward_unit(const int t, const int b, const int j, const int H,
+                                                   const C cell_clip, const C zoneout_h, const C zoneout_c,
+                                                   const C rdrop_scale, const int n_rec, const S* __restrict__ gates,
+                                                   const C* __restrict__ c_prev, const C* __restrict__ c_next,
+                                                   const S* __restrict__ dy, const C* __restrict__ dcarry,
+                                                   const C* __restrict__ drec, C* __restrict__ dcarry_out,
+                                                   S* __restrict__ da, const S* __restrict__ w_peep,
+                                                   const unsigned char* __restrict__ zone_h,
+                                                   const unsigned char* __restrict__ zone_c,
+                                                   const unsigned char* __restrict__ rdrop,
+                                                   const int* __restrict__ lengths) {
+  C dh_in, dc_in;
+  lstm_incoming<C, PEEPHOLE>(b, j, H, n_rec, rdrop_scale, dcarry, drec, rdrop, dh_in, dc_in);
+  if (!is_active(lengths, t, b)) return lstm_pass_through(b, j, H, dh_in, dc_in, dcarry_out, da);
+  const LSTMUnitGrad<C> u = lstm_unit_grad<S, C, CLIP, ZONEOUT>(b, j, H, cell_clip, zoneout_h, zoneout_c, dh_in,
+                                                                dc_in, gates, c_prev, c_next, dy, zone_h, zone_c);
+  const C tc = tanh(u.c1);
+  const C da_o = u.dh * tc * u.o * (C(1) - u.o);
+  const C dc = u.dc_new + u.dh * u.o * (C(1) - tc * tc);
+  lstm_gate_grads<S, C, PEEPHOLE, SIGMOID_CANDIDATE, CLIP>(b, j, H, cell_clip, u, dc, da_o, w_peep, dcarry_out, da);
+}
+
 template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT>
 __global__ void lstm_backward_step(const int t, const int B, const int H, const C cell_clip, const C zoneout_h,
                                    const C zoneout_c, const C rdrop_scale, const int n_rec,
@@ -280,16 +322,9 @@ __global__ void lstm_backward_step(const int t, const int B, const int H, const 
 ) {
   const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
   if (state_idx >= B * H) return;
-  const int b = state_idx / H, j = state_idx % H;
-  C dh_in, dc_in;
-  lstm_incoming<C, PEEPHOLE>(b, j, H, n_rec, rdrop_scale, dcarry, drec, rdrop, dh_in, dc_in);
-  if (!is_active(lengths, t, b)) return lstm_pass_through(b, j, H, dh_in, dc_in, dcarry_out, da);
-  const LSTMUnitGrad<C> u = lstm_unit_grad<S, C, CLIP, ZONEOUT>(b, j, H, cell_clip, zoneout_h, zoneout_c, dh_in,
-                                                                dc_in, gates, c_prev, c_next, dy, zone_h, zone_c);
-  const C tc = tanh(u.c1);
-  const C da_o = u.dh * tc * u.o * (C(1) - u.o);
-  const C dc = u.dc_new + u.dh * u.o * (C(1) - tc * tc);
-  lstm_gate_grads<S, C, PEEPHOLE, SIGMOID_CANDIDATE, CLIP>(b, j, H, cell_clip, u, dc, da_o, w_peep, dcarry_out, da);
+  lstm_backward_unit<S, C, PEEPHOLE, SIGMOID_CANDIDATE, CLIP, ZONEOUT>(
+      t, state_idx / H, state_idx % H, H, cell_clip, zoneout_h, zoneout_c, rdrop_scale, n_rec, gates, c_prev, c_next,
+      dy, dcarry, drec, dcarry_out, da, w_peep, zone_h, zone_c, rdrop, lengths);
 }
 
 // lstm_backward_step with c' normalised (layer_norm): one block per item b, two passes over its units: dn and the

@@ -9,8 +9,9 @@
     cupy        the orchestration over the CUDA kernels on the current device (`_cupy`)
 
 Each is a `Backend`: forward(spec, x, params, states, lengths, training,
-graphs, tf32, masks) and backward(ctx, dy, dstates, tf32), on checked,
-contiguous arrays (masks: zoneout's, see `rnncells._sequence.forward`).
+graphs, tf32, masks, plan) and backward(ctx, dy, dstates, tf32), on checked,
+contiguous arrays (masks: zoneout's, see `rnncells._sequence.forward`;
+plan: a persistent plan from `persistent_plan`, or None).
 A test builds its own (the host kernels on NaN-poisoned buffers)
 and passes it as `backend=`.
 """
@@ -35,7 +36,8 @@ class Backend(abc.ABC):
     name, arrays, kernels = "", "numpy", False
 
     @abc.abstractmethod
-    def forward(self, spec, x, params, states, lengths, training=True, graphs=None, tf32=False, masks=None):
+    def forward(self, spec, x, params, states, lengths, training=True, graphs=None, tf32=False, masks=None,
+                plan=None):
         """y [T, B, H], the final states (a tuple, one per spec.states) and a ctx (None unless training)."""
 
     @abc.abstractmethod
@@ -45,6 +47,10 @@ class Backend(abc.ABC):
     def grad_dtypes(self, dtype):
         """The forward's dtype: a backend computes in the dtype of its inputs."""
         return (np.dtype(dtype),)
+
+    def persistent_plan(self, spec, dtype, H, tf32=False):
+        """(a plan for the persistent kernels, None), or (None, why this backend cannot run them here)."""
+        return None, f"backend {self.name!r} has no persistent kernels (they run on 'cupy' and 'cuda-host')"
 
     def __repr__(self):
         return f"<rnncells backend {self.name!r}>"
@@ -59,7 +65,8 @@ class Reference(Backend):
 
     name = "reference"
 
-    def forward(self, spec, x, params, states, lengths, training=True, graphs=None, tf32=False, masks=None):
+    def forward(self, spec, x, params, states, lengths, training=True, graphs=None, tf32=False, masks=None,
+                plan=None):
         from . import reference
 
         return reference.forward(spec, x, params, states, lengths, training, masks)
@@ -88,8 +95,15 @@ class Orchestrated(Backend):
     def xp(self):
         return self._xp or importlib.import_module(self.arrays)
 
-    def forward(self, spec, x, params, states, lengths, training=True, graphs=None, tf32=False, masks=None):
-        return _sequence.forward(self.ops(tf32), self.xp, spec, x, params, states, lengths, training, graphs, masks)
+    def forward(self, spec, x, params, states, lengths, training=True, graphs=None, tf32=False, masks=None,
+                plan=None):
+        return _sequence.forward(self.ops(tf32), self.xp, spec, x, params, states, lengths, training, graphs, masks,
+                                 plan)
+
+    def persistent_plan(self, spec, dtype, H, tf32=False):
+        if not self.kernels:
+            return super().persistent_plan(spec, dtype, H, tf32)
+        return self.ops(tf32).persistent_plan(spec, dtype, H)
 
     def backward(self, ctx, dy, dstates, tf32=False):
         return _sequence.backward(self.ops(tf32), self.xp, ctx, dy, dstates)

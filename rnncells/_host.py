@@ -19,8 +19,8 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _numpy
-from ._kernels import (BLOCK_LIMITS, GRID_LIMITS, TYPES, KernelOps, instantiations, kernel_dir, program_source,
-                       uses_barriers)
+from ._kernels import (BLOCK_LIMITS, GRID_LIMITS, TYPES, Device, KernelOps, cooperative, instantiations, kernel_dir,
+                       program_source, uses_barriers)
 
 # --- graphs on the host --------------------------------------------------------
 
@@ -57,9 +57,9 @@ def record(ops, loop):
     """
     calls = []
 
-    def launch(name, grid, block, args):
+    def launch(name, grid, block, args, shared=0):
         addrs = tuple(map(_address, args))
-        calls.append(lambda: ops.launcher(name, grid, block, tuple(map(_at, addrs))))
+        calls.append(lambda: ops.launcher(name, grid, block, tuple(map(_at, addrs)), shared=shared))
 
     def gemm(a, b, out, accumulate=False):
         addrs = tuple(map(_address, (a, b, out)))
@@ -81,11 +81,13 @@ def host_source(names):
     """C++ that includes the kernels and exports, per instantiation, a launcher and its signature."""
     lines = ['#include "host.h"', program_source()]
     for k, name in enumerate(names):
-        launch = "launch_blocks" if uses_barriers(name) else "launch"
-        lines.append(
-            f'extern "C" void rnncells_{k}(unsigned gx, unsigned gy, unsigned bx, void** args) '
-            f"{{ {launch}(&{name}, dim3{{gx, gy, 1}}, dim3{{bx, 1, 1}}, args); }}"
-        )
+        grid_block = "dim3{gx, gy, 1}, dim3{bx, 1, 1}"
+        if cooperative(name):
+            launch = f"launch_cooperative(&{name}, {grid_block}, shared, args)"
+        else:
+            launch = f"{'launch_blocks' if uses_barriers(name) else 'launch'}(&{name}, {grid_block}, args)"
+        lines.append(f'extern "C" void rnncells_{k}(unsigned gx, unsigned gy, unsigned bx, unsigned long shared, '
+                     f"void** args) {{ {launch}; }}")
         lines.append(f'extern "C" const char* const* rnncells_{k}_signature() {{ return signature(&{name}); }}')
     return "\n".join(lines) + "\n"
 
@@ -111,7 +113,7 @@ def build_host_library(out_dir, sanitize=False, source_dir=None):
 
 
 _CTYPES = {**{dtype: s for dtype, (s, _) in TYPES.items()}, np.dtype("int32"): "int",  # the kernels' parameter types
-           np.dtype("uint8"): "unsigned char"}
+           np.dtype("uint8"): "unsigned char", np.dtype("uint32"): "unsigned int"}
 _SCALARS = {np.float32: ("float", ctypes.c_float), np.float64: ("double", ctypes.c_double)}
 
 
@@ -203,10 +205,12 @@ class HostLauncher:
         self.signatures = {name: ",".join(read_signature(self.lib, f"rnncells_{k}_signature"))
                            for name, k in self.index.items()}
 
-    def __call__(self, name, grid, block, args):
+    def __call__(self, name, grid, block, args, shared=0):
         check_launch(name, self.signatures[name], grid, block, args)
+        if shared and not cooperative(name):
+            raise ValueError(f"{name}: dynamic shared memory ({shared} bytes) for a kernel that declares none")
         packed, _holders = pack(name, args)
-        getattr(self.lib, f"rnncells_{self.index[name]}")(grid[0], grid[1], block[0], packed)
+        getattr(self.lib, f"rnncells_{self.index[name]}")(grid[0], grid[1], block[0], ctypes.c_ulong(shared), packed)
 
 
 @functools.lru_cache(maxsize=None)
@@ -216,11 +220,17 @@ def _host_launcher():
         return HostLauncher(build_host_library(tmp))
 
 
+# The device the host pretends to be for persistent plans: few SMs, so that a test's small hidden sizes get
+# several units per block and partial last slices, and shared memory enough for any test (every block's threads
+# are fibers at once: 8 SMs of 64 threads is 512 fibers).
+HOST_DEVICE = Device("the host emulation", sms=8, shared_per_block=1 << 20, threads=64)
+
+
 @functools.lru_cache(maxsize=None)
 def ops(tf32=False):
     """KernelOps running the host-built kernels on NumPy buffers; with tf32, GEMMs as TF32 tensor cores do them."""
     return KernelOps(_host_launcher(), np, tf32_gemm if tf32 else _numpy.gemm, capture=record,
-                     graph_key=lambda: (tf32,))
+                     graph_key=lambda: (tf32,), device=lambda: HOST_DEVICE)
 
 
 def to_tf32(a):

@@ -3,7 +3,9 @@
 `KernelOps` turns the orchestration's per-step calls (the protocol of
 `rnncells._numpy`) into launches of the right instantiation, whichever
 launcher it is given: the host build (`rnncells._host`) or CuPy's RawModule
-(`rnncells._cupy`).  Launches respect CUDA's limits (`GRID_LIMITS`), and the
+(`rnncells._cupy`).  It also runs whole sequences as one cooperative launch
+of the persistent kernels (kernels/persistent.cu), on the slices that
+`persistent_plan` chooses for a `Device`.  Launches respect CUDA's limits (`GRID_LIMITS`), and the
 host launcher refuses any launch a GPU would refuse.  `planned_gemm` maps the
 orchestration's row-major GEMMs onto column-major cuBLAS arguments, for
 cuBLAS and for its host stand-in in the tests.
@@ -15,6 +17,7 @@ import importlib.resources
 import math
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -22,7 +25,7 @@ from ._cublas import OP_N, OP_T
 from ._dtypes import BFLOAT16, FLOAT16, compute
 from .variants import GRUSpec, LSTMSpec
 
-SOURCES = ("lstm.cu", "gru.cu", "reduce.cu", "layernorm.cu")
+SOURCES = ("lstm.cu", "gru.cu", "reduce.cu", "layernorm.cu", "persistent.cu")
 BLOCK = 256  # threads per block for every pointwise kernel
 ROW_BLOCK = 256  # the most threads per block of the row kernels (layernorm.cu's LN_THREADS)
 CHUNK = 64  # rows per partial sum in column_sum
@@ -102,6 +105,9 @@ _REDUCE = ("column_partial_sums", "column_totals")
 _LAYER_NORM = ("layer_norm_forward", "layer_norm_backward")
 # one block per row, meeting at __syncthreads()
 BARRIER_KERNELS = (*_LAYER_NORM, "lstm_ln_forward_step", "lstm_ln_backward_step")
+# one cooperative launch a sequence, every block resident, meeting at grid_sync() too
+COOPERATIVE_KERNELS = ("lstm_persistent_forward", "lstm_persistent_backward", "gru_persistent_forward",
+                       "gru_persistent_backward")
 
 
 def instantiations():
@@ -116,12 +122,104 @@ def instantiations():
             names += [kernel_name("gru_forward_step", dtype, spec, training) for training in (True, False)]
             names += [kernel_name(k, dtype, spec) for k in _GRU_SPEC]
         names += [kernel_name(k, dtype) for k in _GRU + _REDUCE + _LAYER_NORM]
+        names += _persistent_instantiations(dtype)
+    return names
+
+
+def _persistent_instantiations(dtype):
+    names = []
+    for spec in LSTMSpec.every():
+        if persistent_support(spec) is None:
+            names += [kernel_name("lstm_persistent_forward", dtype, spec, training) for training in (True, False)]
+            names.append(kernel_name("lstm_persistent_backward", dtype, spec))
+    for spec in {s.template_args(): s for s in GRUSpec.every() if persistent_support(s) is None}.values():
+        names += [kernel_name("gru_persistent_forward", dtype, spec, training) for training in (True, False)]
+        names.append(kernel_name("gru_persistent_backward", dtype, spec))
     return names
 
 
 def uses_barriers(name):
     """Whether an instantiation's block meets at __syncthreads() (the host runs those with launch_blocks)."""
     return name.split("<")[0] in BARRIER_KERNELS
+
+
+def cooperative(name):
+    """Whether an instantiation's grid meets at grid_sync(): launched cooperatively, every block at once."""
+    return name.split("<")[0] in COOPERATIVE_KERNELS
+
+
+# --- persistent kernels: slices and capacity ----------------------------------
+
+
+class Device(NamedTuple):
+    """What a persistent plan depends on: the SM count, the dynamic shared memory a block may opt in to (bytes),
+    the threads per block the plan gives, and whether the device can launch cooperatively."""
+
+    name: str
+    sms: int
+    shared_per_block: int
+    threads: int = 256
+    cooperative: bool = True
+
+
+# The H100 and H200 (SXM): 132 SMs, 227 KiB of shared memory per block.  For the arithmetic in the tests and the
+# bench notes; on a GPU the plan reads the device's own properties.
+HOPPER = Device("H100/H200", 132, 227 * 1024)
+PERSISTENT_AUTO_BATCH = 16  # persistent="auto" takes the persistent path up to this batch (bench/NOTES.md, P6)
+
+
+class PersistentPlan(NamedTuple):
+    """A persistent launch: `blocks` blocks of `threads` threads, block k owning the hidden units
+    [k·units, min((k + 1)·units, H)), each with `shared` bytes of dynamic shared memory."""
+
+    blocks: int
+    units: int
+    threads: int
+    shared: int
+
+
+def persistent_support(spec):
+    """None when the persistent kernels run the variant, else why they do not (a phrase naming the flag)."""
+    if spec.layer_norm:
+        return "layer_norm (its row statistics span every block)"
+    if isinstance(spec, LSTMSpec):
+        if spec.peephole == "full":
+            return "peephole='full' (a second recurrent GEMM, of c)"
+        if spec.proj_size:
+            return "proj_size (the projection needs all of h' before the next step)"
+    elif not spec.reset_after:
+        return "reset_after=False (r∘h needs all of r before its GEMM)"
+    return None
+
+
+def persistent_shared_bytes(gates, units, H, dtype, threads):
+    """A persistent block's dynamic shared memory: its weights, gates·units·H in the storage dtype, then from the
+    next 16-byte boundary one partial sum per thread in the compute dtype (kernels/persistent.cu)."""
+    weights = gates * units * H * np.dtype(dtype).itemsize
+    return (weights + 15) // 16 * 16 + threads * np.dtype(compute(dtype)).itemsize
+
+
+def persistent_plan(spec, dtype, H, device):
+    """(PersistentPlan, None) for a layer of `spec` with hidden size H on `device`, or (None, why not).
+
+    One block per SM at most, so every block is resident as a grid barrier
+    needs: units = ⌈H / SMs⌉ per block, blocks = ⌈H / units⌉ (the last slice
+    partial when units does not divide H).  It fits when a block's weights
+    and partial sums fit the shared memory a block may have.
+    """
+    why = persistent_support(spec)
+    if why is None and not device.cooperative:
+        why = f"{device.name} cannot launch cooperative kernels"
+    if why is not None:
+        return None, why
+    gates = 4 if isinstance(spec, LSTMSpec) else 3
+    units = max(1, math.ceil(H / device.sms))
+    shared = persistent_shared_bytes(gates, units, H, dtype, device.threads)
+    if shared > device.shared_per_block:
+        return None, (f"hidden_size {H} in {np.dtype(dtype).name} needs {shared} bytes of shared memory per block "
+                      f"({units} units of {gates} gates on each of {device.sms} SMs), more than the "
+                      f"{device.shared_per_block} {device.name} allows")
+    return PersistentPlan(math.ceil(H / units), units, device.threads, shared), None
 
 
 def row_threads(n):
@@ -138,12 +236,66 @@ class KernelOps:
     kernels' signatures: ints for scalars, arrays (or None for a null pointer).
     `capture(ops, loop)` returns a replay of loop(ops) (a CUDA graph, or
     `record` on the host); `graph_key()` is what else a graph depends on
-    (device, math mode).
+    (device, math mode); `device()` the `Device` persistent plans are made
+    for (None: no persistent kernels).  A launcher takes `shared=` bytes of
+    dynamic shared memory, and launches a `cooperative` instantiation
+    cooperatively.
     """
 
-    def __init__(self, launcher, xp, gemm, capture=None, graph_key=tuple):
+    def __init__(self, launcher, xp, gemm, capture=None, graph_key=tuple, device=None):
         self.launcher, self.xp, self.gemm = launcher, xp, gemm
-        self._capture, self.graph_key = capture, graph_key
+        self._capture, self.graph_key, self._device = capture, graph_key, device
+
+    def persistent_plan(self, spec, dtype, H):
+        """(PersistentPlan, None) for this backend's device, or (None, why not)."""
+        if self._device is None:
+            return None, "this backend has no persistent kernels"
+        return persistent_plan(spec, dtype, H, self._device())
+
+    def _launch_persistent(self, name, plan, T, B, *args):
+        """One cooperative launch of a plan, refused (ValueError) where the device could not hold every block."""
+        if T == 0 or B == 0 or plan.blocks == 0:
+            return
+        device = self._device()
+        if plan.blocks > device.sms or plan.shared > device.shared_per_block:
+            raise ValueError(f"{name}: {plan} does not fit {device} (one block per SM, its shared memory at most "
+                             f"shared_per_block)")
+        barrier = self.xp.zeros(1, dtype="uint32")  # the grid barrier's counter (kernels/persistent.cu)
+        self.launcher(name, (plan.blocks, 1, 1), (plan.threads, 1, 1), (T, B, *args, barrier), shared=plan.shared)
+
+    def lstm_persistent_forward(self, plan, spec, xw, w_hh, h0, c0, cs, y, h_last, gates, w_peep, zone_h, zone_c,
+                                rdrop, hd, lengths, hw):
+        """A whole LSTM forward loop as one persistent launch (kernels/persistent.cu): cs is [T, B, H] in training
+        (gates given), else [2, B, H] ping-pong; hd [2, B, H] holds d∘h0 in hd[0] (recurrent dropout)."""
+        (T, B, H), training = y.shape, gates is not None
+        name = kernel_name("lstm_persistent_forward", y.dtype, spec, training)
+        self._launch_persistent(name, plan, T, B, H, plan.units, *scalars(spec, c0.dtype), xw, w_hh, h0, c0, cs, y,
+                                h_last, gates, w_peep, zone_h, zone_c, rdrop, hd, lengths, hw)
+
+    def lstm_persistent_backward(self, plan, spec, gates, c0, cs, dy, dcarry, drec, da, w_hh, w_peep, zone_h, zone_c,
+                                 rdrop, lengths):
+        """A whole LSTM backward loop as one persistent launch; dcarry [2, B, 2H] and drec [2, B, H] as the step
+        loop leaves them (drec[0] = da[0] W_hh)."""
+        T, B, H = cs.shape
+        name = kernel_name("lstm_persistent_backward", da.dtype, spec)
+        self._launch_persistent(name, plan, T, B, H, plan.units, *scalars(spec, c0.dtype), gates, c0, cs, dy, dcarry,
+                                drec, da, w_hh, w_peep, zone_h, zone_c, rdrop, lengths)
+
+    def gru_persistent_forward(self, plan, spec, xw, w_hh, b_hn, h0, y, h_last, gates, zone_h, rdrop, hd, lengths,
+                               gh):
+        """A whole GRU (reset_after) forward loop as one persistent launch; hd as in lstm_persistent_forward."""
+        T, B, H = y.shape
+        name = kernel_name("gru_persistent_forward", y.dtype, spec, gates is not None)
+        self._launch_persistent(name, plan, T, B, H, plan.units, *scalars(spec, gh.dtype), xw, w_hh, b_hn, h0, y,
+                                h_last, gates, zone_h, rdrop, hd, lengths, gh)
+
+    def gru_persistent_backward(self, plan, spec, gates, h0, y, dy, dcarry, drec, dgi, dgh, w_hh, zone_h, rdrop,
+                                lengths):
+        """A whole GRU (reset_after) backward loop as one persistent launch."""
+        T, B, H = y.shape
+        name = kernel_name("gru_persistent_backward", y.dtype, spec)
+        self._launch_persistent(name, plan, T, B, H, plan.units, *scalars(spec, dcarry.dtype), gates, h0, y, dy,
+                                dcarry, drec, dgi, dgh, w_hh, zone_h, rdrop, lengths)
 
     def capture(self, loop):
         """The backend's graph of loop(self), as a function that replays it (see rnncells._graphs)."""

@@ -56,6 +56,12 @@ recurrent GEMM reads it, and once over every row of the gradient of xw
 before dWih and dx; the LSTM's kernels also write dn [T, B, H], the
 gradient of γ_c∘ĉ + β_c, for the gradients of c's gain and shift.
 
+With a persistent plan (`rnncells._kernels.PersistentPlan`, persistent=),
+each step loop is one cooperative launch of the persistent kernels
+(`ops.*_persistent_*`), on the same buffers but for recurrent dropout's
+d∘h, which they double-buffer ([2, B, H]); it runs eagerly, also under
+graphs= (one launch has nothing to replay).
+
 With a `rnncells._graphs.GraphCache` (graphs=), the loops run as CUDA graphs:
 the buffers come from a slot of the cache, each call copies its inputs
 (initial states, recurrent weights, lengths) into the slot's own input
@@ -102,6 +108,7 @@ class LSTMContext(NamedTuple):
     beta_c: object  # [H] c's shift (layer_norm), or None
     slot: object  # the graph slot that holds these buffers, or None
     spec: object  # the LSTMSpec
+    plan: object  # the persistent kernels' PersistentPlan the forward ran with (its backward runs with it), or None
 
 
 class GRUContext(NamedTuple):
@@ -124,6 +131,7 @@ class GRUContext(NamedTuple):
     ln_h: object  # [3H] the recurrent normalisation's gain the forward used (layer_norm), or None
     slot: object
     spec: object  # the GRUSpec
+    plan: object  # the persistent kernels' PersistentPlan, or None
 
 
 def _prev(s0, states, t):
@@ -324,6 +332,16 @@ def _dropped(spec, mask, h):
     return (h.astype(ct) * (mask.astype(ct) * ct.type(spec.rdrop_scale()))).astype(h.dtype)
 
 
+def _double_buffered(xp, hd):
+    """Recurrent dropout's d∘h for the persistent kernels, [2, B, H]: hd (d∘h0) then room for the next step's; None
+    without recurrent dropout."""
+    if hd is None:
+        return None
+    out = xp.empty((2, *hd.shape), dtype=hd.dtype)
+    out[0] = hd
+    return out
+
+
 def _dropped_inputs(spec, g, h0, y, mask):
     """g.hd [T, B, H]: the recurrent GEMM's input of every step under recurrent dropout, d∘h0 then d∘y[t − 1]."""
     if g.hd is not None and len(g.hd):
@@ -409,9 +427,10 @@ def _last_outputs(xp, h0, y, lengths):
 
 
 @_forward_size
-def lstm_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None, masks=None):
+def lstm_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None, masks=None, plan=None):
     """y [T, B, P or H], (hT [B, P or H], cT [B, H]), ctx (None when not training); masks (training):
-    zoneout's {"h", "c": uint8 [T, B, H]} and recurrent dropout's {"rdrop": uint8 [B, H]}, or None."""
+    zoneout's {"h", "c": uint8 [T, B, H]} and recurrent dropout's {"rdrop": uint8 [B, H]}, or None; plan: a
+    PersistentPlan to run the step loop with, or None."""
     (T, B, _), (h0, c0) = x.shape, states
     H, P, peephole = c0.shape[1], spec.proj_size, spec.peephole
     shape = (x.dtype, T, B, H, P, peephole, training, lengths is not None, tuple(sorted(masks or ())),
@@ -435,7 +454,11 @@ def lstm_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=Non
         b.h_last[...] = b.h0
     if b.rdrop is not None:
         b.hd[...] = _dropped(spec, b.rdrop, b.h0)
-    _run(slot, ops, _projected_lstm_forward_steps if P else _lstm_forward_steps, b, T, spec, training)
+    if plan is not None:
+        ops.lstm_persistent_forward(plan, spec, b.xw, b.w_hh, b.h0, b.c0, b.cs, b.y, b.h_last, b.gates, b.w_peep,
+                                    b.zone_h, b.zone_c, b.rdrop, _double_buffered(xp, b.hd), b.lengths, b.hw)
+    else:
+        _run(slot, ops, _projected_lstm_forward_steps if P else _lstm_forward_steps, b, T, spec, training)
     if P:
         hT = _last_outputs(xp, b.h0, b.y, b.lengths)
     else:
@@ -447,7 +470,7 @@ def lstm_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=Non
                           w_hh=b.w_hh, w_ch=b.w_ch, w_peep=b.w_peep, zone_h=b.zone_h, zone_c=b.zone_c,
                           rdrop=b.rdrop, ms=b.ms, w_hr=b.w_hr, x_hat=b.x_hat, rstd_x=b.rstd_x, h_hat=b.h_hat,
                           rstd_h=b.rstd_h, c_hat=b.c_hat, rstd_c=b.rstd_c, ln_h=b.ln_h, gamma_c=b.gamma_c,
-                          beta_c=b.beta_c, slot=slot, spec=spec)
+                          beta_c=b.beta_c, slot=slot, spec=spec, plan=plan)
     return b.y, (hT, cT.astype(x.dtype)), ctx
 
 
@@ -553,7 +576,11 @@ def lstm_backward(ops, xp, ctx, dy, dstates):
     w_rec = g.w_rec if full else (None if P else ctx.w_hh)
     g.dcarry[T % 2, :, :H], g.dcarry[T % 2, :, H:] = (0 if P else dhT), dcT
     g.drec[T % 2] = 0
-    _run(slot, ops, _projected_lstm_backward_steps if P else _lstm_backward_steps, ctx, g, w_rec, T)
+    if ctx.plan is not None:
+        ops.lstm_persistent_backward(ctx.plan, ctx.spec, ctx.gates, ctx.c0, ctx.cs, g.dy, g.dcarry, g.drec, g.da,
+                                     ctx.w_hh, ctx.w_peep, ctx.zone_h, ctx.zone_c, ctx.rdrop, ctx.lengths)
+    else:
+        _run(slot, ops, _projected_lstm_backward_steps if P else _lstm_backward_steps, ctx, g, w_rec, T)
     da, dt = g.da, x.dtype
     dc0 = g.dcarry[0, :, H:] + g.drec[0, :, H:] if full else g.dcarry[0, :, H:]
     if P:  # dh0 = da[0] Whh, and dhT itself for an item that ran no step
@@ -650,9 +677,9 @@ def _gru_forward_steps(ops, b, T, spec, training):
 
 
 @_forward_size
-def gru_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None, masks=None):
+def gru_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None, masks=None, plan=None):
     """y [T, B, H], (hT,) [B, H], ctx (None when not training); masks {"h": uint8 [T, B, H], "rdrop": uint8
-    [B, H]} or None, as in lstm_forward."""
+    [B, H]} or None and plan as in lstm_forward."""
     (T, B, _), (h0,) = x.shape, states
     H, reset_after = h0.shape[1], spec.reset_after
     shape = (x.dtype, T, B, H, reset_after, training, lengths is not None, tuple(sorted(masks or ())),
@@ -678,13 +705,17 @@ def gru_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None
         b.h_last[...] = b.h0
     if b.rdrop is not None:
         b.hd[...] = _dropped(spec, b.rdrop, b.h0)
-    _run(slot, ops, _gru_forward_steps, b, T, spec, training)
+    if plan is not None:
+        ops.gru_persistent_forward(plan, spec, b.xw, b.w_hh, b.b_hn, b.h0, b.y, b.h_last, b.gates, b.zone_h, b.rdrop,
+                                   _double_buffered(xp, b.hd), b.lengths, b.gh)
+    else:
+        _run(slot, ops, _gru_forward_steps, b, T, spec, training)
     hT = b.h_last if b.h_last is not None else _prev(b.h0, b.y, T)
     ctx = None
     if training:
         ctx = GRUContext(x=x, params=p, h0=b.h0, y=b.y, gates=b.gates, rh=None if reset_after else b.rh,
                          lengths=b.lengths, w_hh=b.w_hh, zone_h=b.zone_h, rdrop=b.rdrop, x_hat=b.x_hat,
-                         rstd_x=b.rstd_x, h_hat=b.h_hat, rstd_h=b.rstd_h, ln_h=b.ln_h, slot=slot, spec=spec)
+                         rstd_x=b.rstd_x, h_hat=b.h_hat, rstd_h=b.rstd_h, ln_h=b.ln_h, slot=slot, spec=spec, plan=plan)
     return b.y, (hT.copy(),), ctx
 
 
@@ -743,7 +774,11 @@ def gru_backward(ops, xp, ctx, dy, dstates):
     g.drec[T % 2] = 0
     if dropped:  # read by the reset-before loop, and by dWhh
         _dropped_inputs(ctx.spec, g, ctx.h0, ctx.y, ctx.rdrop)
-    _run(slot, ops, _gru_backward_steps, ctx, g, T)
+    if ctx.plan is not None:
+        ops.gru_persistent_backward(ctx.plan, ctx.spec, ctx.gates, ctx.h0, ctx.y, g.dy, g.dcarry, g.drec, g.dg, g.dgh,
+                                    ctx.w_hh, ctx.zone_h, ctx.rdrop, ctx.lengths)
+    else:
+        _run(slot, ops, _gru_backward_steps, ctx, g, T)
     dg = g.dg
 
     def recurrent_grad(d):  # Σ dᵀ (what the recurrent GEMM read): h, or d∘h under recurrent dropout
@@ -771,11 +806,12 @@ def gru_backward(ops, xp, ctx, dy, dstates):
 # --- dispatch on the variant ------------------------------------------------------
 
 
-def forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None, masks=None):
+def forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None, masks=None, plan=None):
     """y [T, B, H], the final states (a tuple) and a ctx (None when not training), for a spec of either family;
-    masks: `rnncells.api.training_masks`'s (training), or None (evaluation)."""
+    masks: `rnncells.api.training_masks`'s (training), or None (evaluation); plan: a PersistentPlan (ops' own,
+    `ops.persistent_plan`) to run the step loops as persistent kernels, or None."""
     run = lstm_forward if isinstance(spec, LSTMSpec) else gru_forward
-    return run(ops, xp, spec, x, p, states, lengths, training, graphs, masks)
+    return run(ops, xp, spec, x, p, states, lengths, training, graphs, masks, plan)
 
 
 def backward(ops, xp, ctx, dy, dstates):

@@ -23,6 +23,16 @@ The kernel backends ("cuda-host", "cupy") index with 32-bit ints: a call
 where batch·4·hidden_size, seq_len·batch or input_size passes 2³¹ − 1 is
 refused there (the NumPy backend has no such limit).
 
+`persistent=` runs a sequence's step loops as the persistent kernels
+(kernels/persistent.cu): one cooperative launch per loop, each block of
+the GPU holding its slice of W_hh in shared memory for all T steps, on
+"cupy" and "cuda-host" (where every block's threads run as fibers).
+False (the default, until a GPU has measured the kernels) runs today's
+loops; True runs the persistent kernels or raises ValueError saying why
+not (a variant they do not cover yet, weights too large for the device);
+"auto" runs them where they can and batch <= 16, else today's loops.  The
+backward follows its forward's choice.
+
 `backend=` also takes a backend object (`rnncells._backends.Backend`): the
 tests run the host kernels on NaN-poisoned buffers that way.
 
@@ -34,7 +44,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _backends, _checks
+from . import _backends, _checks, _kernels
 from ._graphs import GraphCache
 from .variants import GRUSpec, LSTMSpec
 
@@ -54,7 +64,7 @@ class Context(NamedTuple):
 
 
 def forward(spec, x, params, states, *, lengths=None, training=True, graphs=None, tf32=False, backend=None,
-            step=False, generator=None, masks=None):
+            step=False, generator=None, masks=None, persistent=False):
     """The forward of any variant: `spec` a `rnncells.variants` spec, `states` {name: array or None} in the
     spec's order ("h0", "c0"; "h", "c" with step=True, where x is (B, I)).
 
@@ -64,7 +74,8 @@ def forward(spec, x, params, states, *, lengths=None, training=True, graphs=None
     and recurrent dropout's masks are drawn from `generator` in training
     (`training_masks`); a caller that draws its own (the adapter, from torch's
     generator) passes them as `masks` (as `training_masks` returns them, or {}
-    for evaluation: zoneout's expectation, no dropout) instead.
+    for evaluation: zoneout's expectation, no dropout) instead.  `persistent`
+    as in the module docstring: False, True or "auto".
     """
     training = _checks.flag("training", training)
     xp, H, lengths = _checks.call(spec, x, params, states, lengths=lengths, sequence=not step)
@@ -77,10 +88,11 @@ def forward(spec, x, params, states, *, lengths=None, training=True, graphs=None
     graphs = _graphs(graphs, runner)
     x = x[None] if step else x
     T, B, _ = x.shape
+    plan = _persistent(persistent, runner, spec, x.dtype, B, H, tf32)
     x, params, *states = _contiguous(xp, x, params, *states.values())
     shapes = tuple((B, w) for w in spec.state_sizes(H).values())
     states = tuple(xp.zeros(shape, dtype=x.dtype) if s is None else s for s, shape in zip(states, shapes))
-    y, finals, inner = runner.forward(spec, x, params, states, lengths, training, graphs, tf32, masks)
+    y, finals, inner = runner.forward(spec, x, params, states, lengths, training, graphs, tf32, masks, plan)
     ctx = Context(spec, step, runner, xp, x.dtype, (T, B, shapes[0][1]), shapes, tf32, inner) if training else None
     return y, finals, ctx
 
@@ -144,6 +156,21 @@ def _graphs(graphs, runner):
     return graphs
 
 
+def _persistent(persistent, runner, spec, dtype, B, H, tf32):
+    """persistent= checked: the persistent kernels' plan for this call, or None for today's step loops."""
+    auto = isinstance(persistent, str) and persistent == "auto"
+    if not auto and not isinstance(persistent, (bool, np.bool_)):
+        raise ValueError(f"persistent must be False, True or 'auto', got {persistent!r}")
+    if not auto and not persistent:
+        return None
+    plan, why = runner.persistent_plan(spec, dtype, H, tf32)
+    if auto:
+        return plan if B <= _kernels.PERSISTENT_AUTO_BATCH else None
+    if plan is None:
+        raise ValueError(f"persistent=True: {why}; persistent='auto' runs the step loops instead")
+    return plan
+
+
 def _contiguous(xp, x, params, *states):
     """x, params and the states C-contiguous (the arrays themselves when they already are)."""
     contiguous = lambda a: None if a is None else xp.ascontiguousarray(a)  # noqa: E731
@@ -161,7 +188,7 @@ def _check_context(ctx, spec_type, step):
 
 
 def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candidate="tanh", *, training=True,
-                 graphs=None, tf32=False, backend=None, generator=None, **variant):
+                 graphs=None, tf32=False, backend=None, generator=None, persistent=False, **variant):
     """Run an LSTM over a sequence.
 
     x (T, B, I); h0, c0 (B, H) or None for zeros; lengths (B,) ints in
@@ -194,10 +221,12 @@ def lstm_forward(x, params, h0=None, c0=None, lengths=None, peephole=None, candi
     ln_weight_ih and ln_weight_hh (4H,) of x Wihᵀ's and h Whhᵀ's rows, and
     ln_weight_c and ln_bias_c (H,), c's gain and shift before the output's
     tanh, h = o∘tanh(LN(c)∘γ_c + β_c).
+    `persistent` (False, True or "auto") runs the step loops as persistent
+    kernels, as the module docstring says.
     """
     spec = LSTMSpec.of({"peephole": peephole, "candidate": candidate, **variant})
     return forward(spec, x, params, {"h0": h0, "c0": c0}, lengths=lengths, training=training, graphs=graphs,
-                   tf32=tf32, backend=backend, generator=generator)
+                   tf32=tf32, backend=backend, generator=generator, persistent=persistent)
 
 
 def lstm_backward(ctx, dy, dhT=None, dcT=None):
@@ -230,7 +259,7 @@ def lstm_cell_backward(ctx, dh1, dc1):
 
 
 def gru_forward(x, params, h0=None, lengths=None, reset_after=True, *, training=True, graphs=None, tf32=False,
-                backend=None, generator=None, **variant):
+                backend=None, generator=None, persistent=False, **variant):
     """Run a GRU over a sequence.
 
     x (T, B, I); h0 (B, H) or None for zeros; lengths as in `lstm_forward`.
@@ -240,11 +269,11 @@ def gru_forward(x, params, h0=None, lengths=None, reset_after=True, *, training=
     Returns y (T, B, H), hT (B, H) and a ctx for `gru_backward` (None with
     training=False).  As in `lstm_forward`, the ctx refers to x, h0, params
     and y: do not write into them before `gru_backward`; `graphs`, `tf32`,
-    `backend` and `generator` (zoneout_h's masks) as there.
+    `backend`, `generator` (zoneout_h's masks) and `persistent` as there.
     """
     spec = GRUSpec.of({"reset_after": reset_after, **variant})
     y, (hT,), ctx = forward(spec, x, params, {"h0": h0}, lengths=lengths, training=training,
-                            graphs=graphs, tf32=tf32, backend=backend, generator=generator)
+                            graphs=graphs, tf32=tf32, backend=backend, generator=generator, persistent=persistent)
     return y, hT, ctx
 
 

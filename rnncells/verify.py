@@ -95,9 +95,9 @@ def _tuple(s):
 MASK_SEED = 3
 
 
-def run(p, backend, graphs=None, tf32=False):
+def run(p, backend, graphs=None, tf32=False, persistent=False):
     """Forward and backward of a problem through the public functions: {name: array} of every output and
-    gradient (graphs: sequences only).  `backend` is a name or a backend object."""
+    gradient (graphs and persistent: sequences only).  `backend` is a name or a backend object."""
     fwd, bwd, cell_fwd, cell_bwd = public_functions(p.spec)
     generator = np.random.default_rng(MASK_SEED)
     if p.step:
@@ -107,7 +107,7 @@ def run(p, backend, graphs=None, tf32=False):
         names = [n + "1" for n in p.states] + ["dx"] + ["d" + n for n in p.states]
     else:
         y, state, ctx = fwd(p.x, p.params, *p.states.values(), lengths=p.lengths, **p.spec.kwargs(),
-                            backend=backend, graphs=graphs, tf32=tf32, generator=generator)
+                            backend=backend, graphs=graphs, tf32=tf32, generator=generator, persistent=persistent)
         dx, dstate, dparams = bwd(ctx, *p.douts.values())
         outs, grads = [y, *_tuple(state)], [dx, *_tuple(dstate)]
         names = ["y"] + [n[0] + "T" for n in p.states] + ["dx"] + ["d" + n for n in p.states]
@@ -171,7 +171,7 @@ def on_device(p):
     return p._replace(x=cupy.asarray(p.x), states=put(p.states), params=put(p.params), douts=put(p.douts))
 
 
-def backend_error(p, backend="numpy", graphs=None, tf32=False):
+def backend_error(p, backend="numpy", graphs=None, tf32=False, persistent=False):
     """Tiers 2 and 3: worst relative error of a backend against the reference, and the dtypes it returned.
 
     With cell_clip, the gradients count only when the problem keeps clear of
@@ -181,9 +181,9 @@ def backend_error(p, backend="numpy", graphs=None, tf32=False):
     """
     want = run(p, "reference")
     if getattr(backend, "arrays", backend) == "cupy":
-        got = {k: v.get() for k, v in run(on_device(p), backend, graphs, tf32).items()}
+        got = {k: v.get() for k, v in run(on_device(p), backend, graphs, tf32, persistent).items()}
     else:
-        got = run(p, backend, graphs, tf32)
+        got = run(p, backend, graphs, tf32, persistent)
     if set(want) != set(got):
         raise AssertionError(f"backend {backend} returned {sorted(got)}, the reference {sorted(want)}")
     dtypes = {np.asarray(v).dtype for v in got.values()}
