@@ -57,7 +57,7 @@ def rows():
     for op in tape.RULES:
         yield 1, f"deriv {op}", "float64", "reference vs FD", verify.deriv_error(op), verify.BOUNDS["fd"]
     for spec in verify.VARIANTS:
-        worst = max(verify.fd_error(verify.problem(spec, **m)) for m in _MODES[:3])
+        worst = verify.worst_of(verify.fd_error(verify.problem(spec, **m)) for m in _MODES[:3])
         yield 1, str(spec), "float64", "reference vs FD", worst, verify.BOUNDS["fd"]
     for backend, why in backends():
         if why:
@@ -89,7 +89,7 @@ def backend_rows(backend, match=""):
             for m in _MODES:
                 p = verify.problem(spec, dtype=dtype, **m)
                 err, dtypes = verify.backend_error(p, name, graphs, tf32)
-                worst = max(worst, err if dtypes == {np.dtype(dtype)} else float("inf"))
+                worst = verify.worst_of([worst, err if dtypes == {np.dtype(dtype)} else float("inf")])
             bound = verify.BOUNDS["float32-tf32" if tf32 else dtype]
             yield tier, str(spec), dtype, f"{backend} vs reference", worst, bound
 

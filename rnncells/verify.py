@@ -41,6 +41,12 @@ def rel_err(got, want):
     return float(diff / scale) if scale > 0 else (0.0 if diff == 0 else float("inf"))
 
 
+def worst_of(errors):
+    """The largest of some errors, NaN if any is NaN (Python's max keeps whichever of a NaN and a number it meets
+    first, so a NaN error could pass a bound); 0 for none."""
+    return float(np.max(np.asarray(list(errors), dtype=np.float64), initial=0.0))
+
+
 class Problem(NamedTuple):
     """A random call: inputs, the incoming gradients and the variant."""
 
@@ -154,10 +160,10 @@ def fd_error(p, eps=1e-6):
                     fd[idx] += sign * _loss(p, params={**p.params, name: b})
         fd /= 2 * eps
         if floor == 0:  # every gradient is 0: the differences must be too
-            worst = max(worst, rel_err(got[gname], fd))
+            worst = worst_of([worst, rel_err(got[gname], fd)])
         else:
             diff = np.max(np.abs(got[gname] - fd), initial=0.0)
-            worst = max(worst, float(diff / max(np.max(np.abs(fd), initial=0.0), floor)))
+            worst = worst_of([worst, float(diff / max(np.max(np.abs(fd), initial=0.0), floor))])
     return worst
 
 
@@ -189,7 +195,7 @@ def backend_error(p, backend="numpy", graphs=None, tf32=False, persistent=False)
     dtypes = {np.asarray(v).dtype for v in got.values()}
     gradients = comparable_gradients(p, np.asarray(p.x).dtype, tf32)  # a reference forward for clipped variants
     keys = [k for k in want if gradients or not k.startswith("d")]
-    return max(rel_err(got[k], want[k]) for k in keys), dtypes
+    return worst_of(rel_err(got[k], want[k]) for k in keys), dtypes
 
 
 # A gradient of a clipped variant is compared with the reference's only where every c' lies further than this
@@ -294,7 +300,7 @@ def deriv_error(op, seed=0, eps=1e-6):
                 fd[idx] += sign * np.sum(dz * tape.RULES[op].fwd(*args))
         if g.shape != np.shape(a):
             raise AssertionError(f"deriv({op!r}) gave a gradient of shape {g.shape} for an operand of {np.shape(a)}")
-        worst = max(worst, rel_err(g, fd / (2 * eps)))
+        worst = worst_of([worst, rel_err(g, fd / (2 * eps))])
     return worst
 
 
