@@ -48,6 +48,12 @@ __device__ __forceinline__ unsigned char* dynamic_shared_memory() {
 }
 #endif
 
+// The units this block owns, [j0, j0 + n): `units` each but the last block's, which may have fewer.
+__device__ __forceinline__ void block_slice(const int units, const int H, int& j0, int& n) {
+  j0 = blockIdx.x * units;
+  n = min(units, H - j0);
+}
+
 // The block's partial sums, after its weights: [G·n·K] S rounded up to 16 bytes.
 template <typename S, typename C>
 __device__ __forceinline__ C* partial_sums(const int weights) {
@@ -94,7 +100,8 @@ __device__ __forceinline__ void persistent_forward(const int T, const int B, con
                                                    const S* __restrict__ hd,    // [2, B, H] d∘h, or null
                                                    C* __restrict__ hw,          // [B, G·H] h_in W_hhᵀ
                                                    unsigned int* barrier, Unit unit) {
-  const int j0 = blockIdx.x * units, n = min(units, H - j0);
+  int j0, n;
+  block_slice(units, H, j0, n);
   S* w = reinterpret_cast<S*>(dynamic_shared_memory());
   C* partial = partial_sums<S, C>(G * n * H);
   for (int idx = threadIdx.x; idx < G * n * H; idx += blockDim.x) {  // w[g·n + jl, k] = W_hh[g·H + j0 + jl, k]
@@ -120,7 +127,9 @@ __device__ __forceinline__ void persistent_backward(const int T, const int B, co
                                                     const S* __restrict__ d,     // [T, B, G·H]
                                                     C* __restrict__ drec,        // [2, B, H] d W_hh, ping-pong
                                                     unsigned int* barrier, Unit unit) {
-  const int j0 = blockIdx.x * units, n = min(units, H - j0), GH = G * H;
+  const int GH = G * H;
+  int j0, n;
+  block_slice(units, H, j0, n);
   S* w = reinterpret_cast<S*>(dynamic_shared_memory());
   C* partial = partial_sums<S, C>(n * GH);
   for (int idx = threadIdx.x; idx < n * GH; idx += blockDim.x) {  // w[jl, k] = W_hh[k, j0 + jl]

@@ -26,18 +26,50 @@ from ._dtypes import HALVES
 WORKSPACE_BYTES = 32 << 20
 
 
+def _launched(cooperative):
+    """The instantiations launched ordinarily (cooperative=False) or cooperatively (the persistent kernels)."""
+    return [n for n in _kernels.instantiations() if _kernels.cooperative(n) == cooperative]
+
+
 @functools.lru_cache(maxsize=None)
-def _module(device_id):
-    """Every instantiation, compiled for one device."""
+def _module(device_id, cooperative=False):
+    """The instantiations of one kind of launch, compiled for one device: CuPy launches every function of a
+    module made with enable_cooperative_groups through cuLaunchCooperativeKernel, so the persistent kernels have
+    a module of their own."""
     del device_id  # the cache key: RawModule compiles for the current device
     return cupy.RawModule(code=_kernels.program_source(), options=_kernels.nvrtc_options(),
-                          name_expressions=_kernels.instantiations())
+                          name_expressions=_launched(cooperative), enable_cooperative_groups=cooperative)
 
 
 @functools.lru_cache(maxsize=None)
 def _function(device_id, name):
     """One instantiation's kernel, looked up once per device rather than on every launch."""
-    return _module(device_id).get_function(name)
+    return _module(device_id, _kernels.cooperative(name)).get_function(name)
+
+
+@functools.lru_cache(maxsize=None)
+def device(device_id):
+    """The current device as the persistent plans see it (its SMs, the shared memory a block may opt in to)."""
+    props = cupy.cuda.runtime.getDeviceProperties(device_id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    return _kernels.Device(name, props["multiProcessorCount"], props["sharedMemPerBlockOptin"],
+                           cooperative=bool(props["cooperativeLaunch"]))
+
+
+def _launch_cooperative(device_id, name, grid, block, args, shared):
+    """A persistent kernel's launch, refused unless every block can be resident at once: CuPy would shrink a
+    cooperative grid that does not fit (with a warning), which would drop slices of the hidden units."""
+    from cupy_backends.cuda.api import driver
+
+    fn = _function(device_id, name)
+    if shared > fn.max_dynamic_shared_size_bytes:
+        fn.max_dynamic_shared_size_bytes = shared  # the opt-in past 48 KiB
+    per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.kernel.ptr, block[0], shared)
+    resident = per_sm * device(device_id).sms
+    if resident < grid[0]:
+        raise RuntimeError(f"{name}: {grid[0]} blocks of {block[0]} threads with {shared} bytes of shared memory "
+                           f"cannot all be resident ({per_sm} per SM, {resident} in all), as its grid barrier needs")
+    fn(grid, block, args, shared_mem=shared)
 
 
 def kernel_args(args):
@@ -48,8 +80,12 @@ def kernel_args(args):
     return tuple(np.int32(a) if isinstance(a, (int, np.integer)) else (np.uintp(0) if a is None else a) for a in args)
 
 
-def _launch(name, grid, block, args):
-    _function(cupy.cuda.Device().id, name)(grid, block, kernel_args(args))
+def _launch(name, grid, block, args, shared=0):
+    device_id = cupy.cuda.Device().id
+    if _kernels.cooperative(name):
+        _launch_cooperative(device_id, name, grid, block, kernel_args(args), shared)
+    else:
+        _function(device_id, name)(grid, block, kernel_args(args), shared_mem=shared)
 
 
 @functools.lru_cache(maxsize=None)
@@ -103,7 +139,7 @@ def capture(ops, loop):
     share one workspace, in stream order.
     """
     device, replay = cupy.cuda.Device().id, cupy.cuda.get_current_stream()
-    for name in _kernels.instantiations():
+    for name in _launched(cooperative=False):  # the persistent kernels run eagerly, never in a graph
         _function(device, name)
     _handle(device)
     gemm = functools.partial(ops.gemm, workspace=_workspace(device, replay.ptr))
@@ -122,7 +158,7 @@ def capture(ops, loop):
 def ops(tf32=False):
     """The per-step ops of the CuPy backend, TF32 in every float32 GEMM or in none."""
     return _kernels.KernelOps(_launch, cupy, functools.partial(gemm, tf32=tf32), capture=capture,
-                          graph_key=lambda: _graph_key(tf32))
+                              graph_key=lambda: _graph_key(tf32), device=lambda: device(cupy.cuda.Device().id))
 
 
 def _graph_key(tf32):

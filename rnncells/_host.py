@@ -92,14 +92,14 @@ def host_source(names):
     return "\n".join(lines) + "\n"
 
 
-def build_host_library(out_dir, sanitize=False, source_dir=None):
-    """Compile every instantiation for the host with g++; returns the shared library's path.
+def build_host_library(out_dir, sanitize=False, source_dir=None, names=None):
+    """Compile every instantiation (or those `names`) for the host with g++; returns the shared library's path.
 
     `source_dir` holds the kernel sources, by default `kernel_dir()` (a test builds edited copies).
     """
     if shutil.which("g++") is None:
         raise RuntimeError("the host build of the kernels needs g++ on PATH")
-    names = instantiations()
+    names = instantiations() if names is None else names
     out_dir = Path(out_dir).resolve()  # dlopen reads a bare file name as a library-path search
     src = out_dir / "host_kernels.cpp"
     src.write_text(host_source(names))
@@ -199,9 +199,10 @@ class HostLauncher:
     cover those launches too.
     """
 
-    def __init__(self, library):
+    def __init__(self, library, names=None):
+        """`names`: the instantiations the library was built with, if not every one."""
         self.lib = ctypes.CDLL(str(library))
-        self.index = {name: k for k, name in enumerate(instantiations())}
+        self.index = {name: k for k, name in enumerate(instantiations() if names is None else names)}
         self.signatures = {name: ",".join(read_signature(self.lib, f"rnncells_{k}_signature"))
                            for name, k in self.index.items()}
 

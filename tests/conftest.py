@@ -48,10 +48,11 @@ def poisoned_numpy():
 
 @pytest.fixture
 def edited_host_ops(tmp_path):
-    """build(file, line, edited): KernelOps on NumPy running the kernels built for the CPU from a copy of kernels/
-    in which `line`, found exactly once in `file`, reads `edited`."""
+    """build(file, line, edited, names=None): KernelOps on NumPy running the kernels built for the CPU from a copy
+    of kernels/ in which `line`, found exactly once in `file`, reads `edited` (only the instantiations `names`, if
+    given); persistent plans as for "cuda-host"."""
 
-    def build(file, line, edited):
+    def build(file, line, edited, names=None):
         for f in _kernels.kernel_dir().iterdir():
             if f.suffix in (".cu", ".cuh", ".h"):
                 text = f.read_text()
@@ -59,8 +60,8 @@ def edited_host_ops(tmp_path):
                     assert text.count(line) == 1, f"{line!r} is not in {file} exactly once: update the edit"
                     text = text.replace(line, edited)
                 (tmp_path / f.name).write_text(text)
-        launcher = _host.HostLauncher(_host.build_host_library(tmp_path, source_dir=tmp_path))
-        return _kernels.KernelOps(launcher, np, _numpy.gemm)
+        launcher = _host.HostLauncher(_host.build_host_library(tmp_path, source_dir=tmp_path, names=names), names)
+        return _kernels.KernelOps(launcher, np, _numpy.gemm, device=lambda: _host.HOST_DEVICE)
 
     return build
 

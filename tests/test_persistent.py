@@ -1,0 +1,212 @@
+"""The persistent kernels (kernels/persistent.cu, persistent=): their plans, and their source run on the host.
+
+On the host every thread of every block is a fiber at once (host.h's
+`launch_cooperative`), meeting at __syncthreads() and at the grid barrier,
+on the host's stand-in device (`rnncells._host.HOST_DEVICE`, 8 SMs): H = 13
+gives 7 blocks of 2 units, the last of 1.  Edited builds show that a missing
+barrier or a wrong slice boundary gives wrong results here.
+"""
+
+import numpy as np
+import pytest
+
+from rnncells import _backends, _host, _kernels, api, verify
+from rnncells._kernels import HOPPER, PersistentPlan, persistent_plan, persistent_support
+from rnncells.variants import GRUSpec, LSTMSpec
+
+SHAPES = [
+    dict(T=4, B=3, I=3, H=13),  # 7 blocks of 2 units, the last partial (1 unit)
+    dict(T=3, B=1, I=2, H=16),  # 8 blocks of 2 units, every slice whole
+    dict(T=2, B=5, I=2, H=5),  # 5 blocks of 1 unit: B·G·n dot products per block, fewer than its 64 threads
+]
+
+
+@pytest.fixture
+def poisoned_host(poisoned_numpy):
+    """The host-built kernels on NaN-poisoned buffers."""
+    return _backends.Orchestrated("cuda-host", _host.ops, poisoned_numpy)
+
+
+def _kwargs(shape, lengths):
+    if not lengths:
+        return shape
+    return dict(shape, lengths=np.random.default_rng(shape["H"]).integers(0, shape["T"] + 1, size=shape["B"]))
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
+def test_persistent_kernels_match_the_reference(poisoned_host, spec, dtype):
+    """Every variant the persistent kernels run, forward and backward, with and without lengths, against the
+    float64 reference at the dtype's bound; every other is refused by name."""
+    why = persistent_support(spec)
+    if why is not None:
+        p = verify.problem(spec, dtype=dtype)
+        with pytest.raises(ValueError, match=rf"persistent=True: {why.split()[0]}"):
+            verify.run(p, poisoned_host, persistent=True)
+        return
+    for shape in SHAPES:
+        for lengths in (False, True):
+            p = verify.problem(spec, dtype=dtype, **_kwargs(shape, lengths))
+            err, dtypes = verify.backend_error(p, poisoned_host, persistent=True)
+            assert err <= verify.BOUNDS[dtype], (shape, lengths)
+            assert dtypes == {np.dtype(dtype)}
+
+
+def _forward(p, backend, persistent, training):
+    fwd = verify.public_functions(p.spec)[0]
+    y, states, ctx = fwd(p.x, p.params, *p.states.values(), lengths=p.lengths, **p.spec.kwargs(), backend=backend,
+                         training=training, persistent=persistent, generator=np.random.default_rng(verify.MASK_SEED))
+    return [y, *(states if isinstance(states, tuple) else (states,))], ctx
+
+
+@pytest.mark.host
+def test_inference_runs_the_persistent_kernels_and_gives_the_training_outputs(poisoned_host, spec):
+    """training=False: no gates kept, c in two ping-pong rows; the outputs are today's loops' up to the order of the
+    GEMMs' sums, and, where training draws no masks, the training forward's."""
+    if persistent_support(spec) is not None:
+        pytest.skip(f"the persistent kernels do not run {persistent_support(spec)}")
+    for shape in SHAPES:
+        p = verify.problem(spec, **_kwargs(shape, True))
+        got, ctx = _forward(p, poisoned_host, True, training=False)
+        assert ctx is None
+        trained, ctx = _forward(p, poisoned_host, True, training=True)
+        assert ctx.inner.plan is not None
+        today, _ = _forward(p, poisoned_host, False, training=False)
+        for a, b, c in zip(got, trained, today):
+            assert np.array_equal(a, b) or spec.random_flags()
+            assert verify.rel_err(a, c) <= 1e-13
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("cell", [LSTMSpec(), GRUSpec()], ids=["lstm", "gru"])
+def test_persistent_runs_are_bitwise_repeatable(cell):
+    p = verify.problem(cell, T=5, B=2, H=13, dtype="float32")
+    first = verify.run(p, "cuda-host", persistent=True)
+    again = verify.run(p, "cuda-host", persistent=True)
+    assert all(first[k].tobytes() == again[k].tobytes() for k in first)
+
+
+# --- plans and capacity ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("H", [1, 7, 131, 132, 133, 512, 1000, 1320])
+def test_the_slices_partition_the_units_one_block_per_sm(H):
+    plan, why = persistent_plan(LSTMSpec(), "float32", H, HOPPER)
+    assert why is None
+    assert plan.blocks <= HOPPER.sms  # co-resident: one block per SM
+    owned = [u for k in range(plan.blocks) for u in range(k * plan.units, min((k + 1) * plan.units, H))]
+    assert owned == list(range(H))  # every unit exactly once, in order
+    assert (plan.blocks - 1) * plan.units < H  # no block without units
+
+
+@pytest.mark.parametrize("cell,dtype,largest", [(LSTMSpec(), "float32", 1320), (LSTMSpec(), "float16", 1928),
+                                                (LSTMSpec(), "bfloat16", 1928), (LSTMSpec(), "float64", 924),
+                                                (GRUSpec(), "float32", 1584)])
+def test_capacity_on_an_h100(cell, dtype, largest):
+    """The largest hidden size whose weights fit a block's 227 KiB (bench/NOTES.md's table): weights G·⌈H/132⌉·H
+    in the storage dtype, then 256 partial sums in the compute dtype."""
+    plan, _ = persistent_plan(cell, dtype, largest, HOPPER)
+    G, units = (4 if cell.cell == "lstm" else 3), -(-largest // 132)
+    weights = G * units * largest * np.dtype(dtype).itemsize
+    assert plan.shared == -(-weights // 16) * 16 + 256 * (8 if dtype == "float64" else 4) <= 227 * 1024
+    plan, why = persistent_plan(cell, dtype, largest + 1, HOPPER)
+    assert plan is None and f"hidden_size {largest + 1}" in why and "232448 H100/H200 allows" in why
+
+
+def test_the_standard_size_plan():
+    assert persistent_plan(LSTMSpec(), "float32", 512, HOPPER) == (PersistentPlan(128, 4, 256, 4 * 4 * 512 * 4 + 1024),
+                                                                   None)
+
+
+def test_a_device_without_cooperative_launch_has_no_plan():
+    plan, why = persistent_plan(GRUSpec(), "float32", 64, HOPPER._replace(cooperative=False))
+    assert plan is None and "cannot launch cooperative kernels" in why
+
+
+@pytest.mark.parametrize("cell,flag", [(LSTMSpec("full"), "peephole='full'"), (LSTMSpec(proj_size=2), "proj_size"),
+                                       (LSTMSpec(layer_norm=True), "layer_norm"),
+                                       (GRUSpec(reset_after=False), "reset_after=False"),
+                                       (GRUSpec(layer_norm=True), "layer_norm")], ids=str)
+def test_variants_without_persistent_kernels_say_which_flag(cell, flag):
+    plan, why = persistent_plan(cell, "float32", 64, HOPPER)
+    assert plan is None and why.startswith(flag)
+
+
+# --- the persistent= argument ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.host
+def test_auto_takes_the_persistent_kernels_up_to_the_batch_limit():
+    spec = LSTMSpec()
+    for B, taken in ((1, True), (_kernels.PERSISTENT_AUTO_BATCH, True), (_kernels.PERSISTENT_AUTO_BATCH + 1, False)):
+        p = verify.problem(spec, T=2, B=B, H=4)
+        _, ctx = _forward(p, "cuda-host", "auto", training=True)
+        assert (ctx.inner.plan is not None) == taken, B
+    _, ctx = _forward(verify.problem(LSTMSpec(layer_norm=True), T=2, B=1, H=4), "cuda-host", "auto", training=True)
+    assert ctx.inner.plan is None  # a variant without persistent kernels runs today's loops
+    _, ctx = _forward(verify.problem(spec, T=2, B=1, H=4), "numpy", "auto", training=True)
+    assert ctx.inner.plan is None
+
+
+def test_persistent_is_refused_where_it_cannot_run():
+    p = verify.problem(LSTMSpec(), T=2, B=1, H=4)
+    with pytest.raises(ValueError, match=r"persistent=True: backend 'numpy' has no persistent kernels"):
+        _forward(p, "numpy", True, training=True)
+    with pytest.raises(ValueError, match=r"persistent must be False, True or 'auto', got 'yes'"):
+        _forward(p, "numpy", "yes", training=True)
+    with pytest.raises(ValueError, match=r"persistent must be False, True or 'auto', got 1"):
+        _forward(p, "numpy", 1, training=True)
+
+
+@pytest.mark.host
+def test_too_large_a_hidden_size_is_refused_by_name():
+    huge = _host.HOST_DEVICE._replace(shared_per_block=1024)
+    backend = _backends.Orchestrated(
+        "cuda-host", lambda tf32: _kernels.KernelOps(_host.ops().launcher, np, _host.ops().gemm, device=lambda: huge))
+    with pytest.raises(ValueError, match=r"hidden_size 16 in float64 needs \d+ bytes of shared memory per block"):
+        _forward(verify.problem(GRUSpec(), T=2, B=1, H=16), backend, True, training=True)
+
+
+@pytest.mark.host
+def test_graphs_and_persistent_together_run_the_persistent_kernels_eagerly():
+    p = verify.problem(GRUSpec(), T=3, B=2, H=13)
+    want = verify.run(p, "reference")
+    graphs = api.GraphCache()
+    for _ in range(2):
+        got = verify.run(p, "cuda-host", graphs=graphs, persistent=True)
+        assert verify.worst_of(verify.rel_err(got[k], want[k]) for k in want) <= verify.BOUNDS["float64"]
+
+
+# --- the host emulation catches what a GPU would get wrong -------------------------------------------------------------
+
+
+def _names():
+    """The float64 instantiations, all that an edited build needs to compile."""
+    return [n for n in _kernels.instantiations() if n.split("<")[1].startswith("double")]
+
+
+BROKEN = {  # what each edit of kernels/persistent.cu breaks
+    "forward grid barrier": ("grid_sync(barrier);  // y[t]", ";  // y[t]"),
+    "backward grid barrier": ("grid_sync(barrier);  // d[t]", ";  // d[t]"),
+    "block barrier before the units": ("__syncthreads();  // hw's columns", ";  // hw's columns"),
+    "slice boundary": ("n = min(units, H - j0);", "n = min(units - 1, H - j0);"),
+    "last partial slice": ("n = min(units, H - j0);", "n = H - j0 < units ? 1 : units;"),
+}
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("edit", list(BROKEN))
+def test_the_host_emulation_catches_a_broken_persistent_kernel(edited_host_ops, poisoned_numpy, edit):
+    """Each edit gives a result off the reference on the host, for both cells, at H = 33 (7 blocks of 5 units, the
+    last of 3): the fibers of other blocks read what a barrier would have waited for, or units go unwritten
+    (NaN-poisoned).  The partial slice's edit gives the right result where every slice is whole (H = 40)."""
+    ops = edited_host_ops("persistent.cu", *BROKEN[edit], _names())
+    broken = _backends.Orchestrated("cuda-host", lambda tf32: ops, poisoned_numpy)
+    for spec in (LSTMSpec(), GRUSpec()):
+        p = verify.problem(spec, T=4, B=3, H=33)
+        with np.errstate(invalid="ignore"):
+            err, _ = verify.backend_error(p, broken, persistent=True)
+        assert not err <= 1e-6, (edit, spec)  # NaN fails too
+        if edit == "last partial slice":
+            p = verify.problem(spec, T=4, B=3, H=40)
+            assert verify.backend_error(p, broken, persistent=True)[0] <= verify.BOUNDS["float64"]
