@@ -155,12 +155,14 @@ void launch(void (*kernel)(A...), dim3 grid, dim3 block, void** args) {
 }
 
 // Fibers run the threads of one or more blocks at once, each thread a fiber (a ucontext with a stack of its own)
-// on the launching thread, in rounds: every thread that is not waiting runs until its next barrier or its end, one
-// after another, in order, the order reversed each round (blocks included).  A thread waiting at __syncthreads()
-// goes on when every unfinished thread of its block waits there; one waiting at grid_sync() when every thread of
-// every block does (a thread that ends before a grid barrier the others wait at is a deadlock on a GPU: abort).
-// So no thread passes a barrier before all have reached it, as on a GPU, and a thread that reads what another
-// writes with no barrier between them reads stale memory in one of the two orders.
+// on the launching thread.  Between two grid barriers the blocks run one after another, the order reversed at each
+// grid barrier: a block runs alone until every thread of it waits at grid_sync() or has ended, so a block that read
+// what another writes before the barrier, or wrote what another reads, would see (or leave) the other's memory as
+// it was.  Within a block, in rounds: every thread that is not waiting runs until its next barrier or its end, one
+// after another, the order reversed each round; a thread waiting at __syncthreads() goes on when every unfinished
+// thread of its block waits there, one at grid_sync() when every thread of the grid does (a thread that ends while
+// others wait at a grid barrier, or threads of one block waiting at different barriers, would hang a GPU: abort).
+// So no thread passes a barrier before all have reached it, as on a GPU, and a missing one shows as a wrong result.
 class Fibers {
  public:
   static constexpr std::size_t STACK = std::size_t(1) << 17;  // bytes per thread: a kernel's frame and libm's
@@ -181,17 +183,17 @@ class Fibers {
       makecontext(&fibers_[k], &Fibers::entry, 0);
       wait_[k] = NONE;
     }
-    for (bool forward = true; release(); forward = !forward) {
-      for (unsigned p = 0; p < n_; ++p) {
-        const unsigned k = forward ? p : n_ - 1 - p;
-        if (wait_[k] != NONE) continue;
-        current_ = k;
-        const unsigned t = k % per_block_;
-        threadIdx = {t % block_.x, (t / block_.x) % block_.y, t / (block_.x * block_.y)};
-        blockIdx = block_ids_[k / per_block_];
-        dynamic_shared = shared_.data() + (k / per_block_) * shared_bytes_;
-        swapcontext(&scheduler_, &fibers_[k]);
+    const unsigned blocks = unsigned(block_ids.size());
+    for (bool forward = true;; forward = !forward) {
+      for (unsigned q = 0; q < blocks; ++q) run_block(forward ? q : blocks - 1 - q);
+      unsigned at_grid = 0, done = 0;
+      for (unsigned k = 0; k < n_; ++k) {
+        at_grid += wait_[k] == GRID;
+        done += wait_[k] == DONE;
       }
+      if (done == n_) return;
+      if (at_grid < n_) deadlock(at_grid, done);
+      for (unsigned k = 0; k < n_; ++k) wait_[k] = NONE;  // every thread has reached the grid barrier
     }
   }
   void block_barrier() { yield(BLOCK); }  // __syncthreads()
@@ -213,38 +215,37 @@ class Fibers {
     wait_[current_] = why;
     swapcontext(&fibers_[current_], &scheduler_);
   }
-  // After a round, in which every thread ran to a barrier or its end: release the barriers every thread has
-  // reached.  False when every thread has ended; aborts when some wait and none can go on.
-  bool release() {
-    bool waiting = false, released = false;
-    unsigned at_grid = 0, done = 0;
-    for (unsigned k = 0; k < n_; ++k) {
-      waiting = waiting || wait_[k] == BLOCK || wait_[k] == GRID;
-      at_grid += wait_[k] == GRID;
-      done += wait_[k] == DONE;
-    }
-    if (!waiting) return done < n_;  // the first round: nobody has run yet
-    for (unsigned first = 0; first < n_; first += per_block_) {
-      bool all = true, any = false;
-      for (unsigned k = first; k < first + per_block_; ++k) {
-        all = all && (wait_[k] == BLOCK || wait_[k] == DONE);
-        any = any || wait_[k] == BLOCK;
+  // Block q's threads until each waits at a grid barrier or has ended.
+  void run_block(const unsigned q) {
+    const unsigned first = q * per_block_, last = first + per_block_;
+    for (bool running = true; running; forward_ = !forward_) {
+      for (unsigned p = 0; p < per_block_; ++p) {
+        const unsigned k = forward_ ? first + p : last - 1 - p;
+        if (wait_[k] != NONE) continue;
+        current_ = k;
+        const unsigned t = k - first;
+        threadIdx = {t % block_.x, (t / block_.x) % block_.y, t / (block_.x * block_.y)};
+        blockIdx = block_ids_[q];
+        dynamic_shared = shared_.data() + q * shared_bytes_;
+        swapcontext(&scheduler_, &fibers_[k]);
       }
-      if (all && any) {
-        for (unsigned k = first; k < first + per_block_; ++k) wait_[k] = wait_[k] == DONE ? DONE : NONE;
-        released = true;
+      bool at_block = false, at_grid = false;
+      for (unsigned k = first; k < last; ++k) {
+        at_block = at_block || wait_[k] == BLOCK;
+        at_grid = at_grid || wait_[k] == GRID;
       }
+      if (at_block && at_grid) {
+        std::fputs("deadlock: threads of one block wait at __syncthreads() and at grid_sync()\n", stderr);
+        std::abort();
+      }
+      running = at_block;
+      if (at_block)
+        for (unsigned k = first; k < last; ++k) wait_[k] = wait_[k] == BLOCK ? NONE : wait_[k];
     }
-    if (!released && at_grid == n_) {
-      for (unsigned k = 0; k < n_; ++k) wait_[k] = NONE;
-      released = true;
-    }
-    if (!released) {
-      std::fprintf(stderr, "deadlock: %u of %u threads wait at grid_sync(), %u have ended, the rest wait at "
-                   "__syncthreads()\n", at_grid, n_, done);
-      std::abort();
-    }
-    return true;
+  }
+  [[noreturn]] void deadlock(const unsigned at_grid, const unsigned done) const {
+    std::fprintf(stderr, "deadlock: %u of %u threads wait at grid_sync(), %u have ended\n", at_grid, n_, done);
+    std::abort();
   }
 
   const unsigned per_block_, n_;
@@ -258,6 +259,7 @@ class Fibers {
   std::vector<Wait> wait_;
   std::vector<dim3> block_ids_;
   unsigned current_ = 0;
+  bool forward_ = true;  // the order of a block's next round
 };
 
 inline void __syncthreads() {

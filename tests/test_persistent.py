@@ -7,6 +7,9 @@ gives 7 blocks of 2 units, the last of 1.  Edited builds show that a missing
 barrier or a wrong slice boundary gives wrong results here.
 """
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -191,18 +194,23 @@ BROKEN = {  # what each edit of kernels/persistent.cu breaks
     "block barrier before the units": ("__syncthreads();  // hw's columns", ";  // hw's columns"),
     "slice boundary": ("n = min(units, H - j0);", "n = min(units - 1, H - j0);"),
     "last partial slice": ("n = min(units, H - j0);", "n = H - j0 < units ? 1 : units;"),
+    # d∘h_t written over d∘h_{t−1}, which blocks that run later in the step still read
+    "one buffer for d∘h": ("hd + ((t + 1) % 2) * BH, lengths);\n  };\n  persistent_forward<4>",
+                           "hd + (t % 2) * BH, lengths);\n  };\n  persistent_forward<4>"),
 }
 
 
 @pytest.mark.host
 @pytest.mark.parametrize("edit", list(BROKEN))
 def test_the_host_emulation_catches_a_broken_persistent_kernel(edited_host_ops, poisoned_numpy, edit):
-    """Each edit gives a result off the reference on the host, for both cells, at H = 33 (7 blocks of 5 units, the
-    last of 3): the fibers of other blocks read what a barrier would have waited for, or units go unwritten
-    (NaN-poisoned).  The partial slice's edit gives the right result where every slice is whole (H = 40)."""
+    """Each edit gives a result off the reference on the host at H = 33 (7 blocks of 5 units, the last of 3): a
+    block, running alone between grid barriers, reads what another has not written yet or has already overwritten,
+    a block's fibers read what a block barrier would have waited for, or units go unwritten (NaN-poisoned).  The
+    partial slice's edit gives the right result where every slice is whole (H = 40)."""
     ops = edited_host_ops("persistent.cu", *BROKEN[edit], _names())
     broken = _backends.Orchestrated("cuda-host", lambda tf32: ops, poisoned_numpy)
-    for spec in (LSTMSpec(), GRUSpec()):
+    specs = [LSTMSpec(recurrent_dropout=0.25)] if edit == "one buffer for d∘h" else [LSTMSpec(), GRUSpec()]
+    for spec in specs:
         p = verify.problem(spec, T=4, B=3, H=33)
         with np.errstate(invalid="ignore"):
             err, _ = verify.backend_error(p, broken, persistent=True)
@@ -210,3 +218,34 @@ def test_the_host_emulation_catches_a_broken_persistent_kernel(edited_host_ops, 
         if edit == "last partial slice":
             p = verify.problem(spec, T=4, B=3, H=40)
             assert verify.backend_error(p, broken, persistent=True)[0] <= verify.BOUNDS["float64"]
+
+
+DEADLOCK_SCRIPT = """
+import pathlib, sys
+import numpy as np
+from rnncells import _backends, _host, _kernels, _numpy, verify
+from rnncells.variants import GRUSpec
+
+src = pathlib.Path(".")
+for f in _kernels.kernel_dir().iterdir():
+    if f.suffix in (".cu", ".cuh", ".h"):
+        text = f.read_text()
+        if f.name == "persistent.cu":  # block 0 skips the last step's grid barrier, which the others wait at
+            text = text.replace("for (int t = 0; t < T; ++t) {", "for (int t = 0; t < T - (blockIdx.x == 0); ++t) {")
+        (src / f.name).write_text(text)
+names = [n for n in _kernels.instantiations() if n.startswith("gru_persistent_forward<double")]
+launcher = _host.HostLauncher(_host.build_host_library(src, source_dir=src, names=names), names)
+ops = _kernels.KernelOps(launcher, np, _numpy.gemm, device=lambda: _host.HOST_DEVICE)
+p = verify.problem(GRUSpec(), T=3, B=2, H=13)
+verify.public_functions(p.spec)[0](p.x, p.params, *p.states.values(), training=False, persistent=True,
+                                   backend=_backends.Orchestrated("cuda-host", lambda tf32: ops, np))
+print("no deadlock reported")
+"""
+
+
+@pytest.mark.host
+def test_the_host_emulation_reports_a_grid_barrier_that_not_every_block_reaches(tmp_path):
+    """On a GPU the other blocks would wait forever; the host aborts and says so."""
+    r = subprocess.run([sys.executable, "-c", DEADLOCK_SCRIPT], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode != 0, r.stdout
+    assert "deadlock: 384 of 448 threads wait at grid_sync(), 64 have ended" in r.stderr
