@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU work of a session, for a machine with no network and at most 10 minutes a command
 # (device tool: `run`, command `bash bench/gpu_session.sh STAGE [bench args]`).
-#   check    probe, install, smoke script, the gpu-marked suite, compute-sanitizer memcheck and racecheck (~7 min)
+#   check    probe, install, smoke script, the gpu-marked suite, compute-sanitizer memcheck and racecheck (~8 min)
 #   bench    probe, install, rnncells bench with the given args, e.g. --cell lstm --group standard
 #   profile  probe, install, ncu on training steps of the standard LSTM configuration
 # Each step runs under its own timeout and writes one file under $OUT; a stage leaves at most
@@ -68,13 +68,17 @@ check)
   step smoke 120 "$OUT/smoke.log" python bench/smoke.py
   step "gpu suite" 240 "$OUT/gpu-suite.log" \
     python -m pytest -o addopts="" -q -rfE -m gpu --junitxml="$OUT/gpu-suite.xml" tests
-  for target in cupy "cupy graphs"; do
+  for target in cupy "cupy graphs" "cupy persistent"; do
     step "memcheck $target" 120 "$OUT/sanitizer.log" \
       compute-sanitizer --tool memcheck --error-exitcode 99 python bench/sanitize_target.py "$target"
   done
   # the kernels whose threads share memory and meet at __syncthreads(): layernorm.cu's and lstm_ln_*_step
   step "racecheck layer_norm" 120 "$OUT/sanitizer.log" \
     compute-sanitizer --tool racecheck --error-exitcode 99 python bench/sanitize_target.py cupy layer_norm=True
+  # the persistent kernels' shared weights and partial sums (the sigmoid candidate's rows: both peepholes, all flags)
+  step "racecheck persistent" 120 "$OUT/sanitizer.log" \
+    compute-sanitizer --tool racecheck --error-exitcode 99 python bench/sanitize_target.py "cupy persistent" \
+    candidate=sigmoid
   ;;
 bench)
   step bench 540 "$OUT/bench.log" python -m rnncells bench --out "$OUT" --plot "$OUT/ratios.png" "$@"

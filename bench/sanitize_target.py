@@ -2,9 +2,9 @@
 
 The program compute-sanitizer wraps in bench/gpu_session.sh (backend cupy, the default): the rows of
 `rnncells check` for one backend, of the variants whose name contains MATCH if given (racecheck runs the
-layer_norm ones, whose kernels share memory).  CI runs it with backend cuda-host (the same kernels built for
-the CPU), so the script itself is known to work.
-    python bench/sanitize_target.py [cupy|"cupy graphs"|cuda-host|"cuda-host graphs"|numpy] [MATCH]
+layer_norm ones and the persistent kernels, whose blocks share memory).  CI runs it with backend cuda-host (the
+same kernels built for the CPU), so the script itself is known to work.
+    python bench/sanitize_target.py [cupy|"cupy graphs"|"cupy persistent"|cuda-host|...|numpy] [MATCH]
 """
 
 import sys

@@ -5,6 +5,10 @@ The implementations, timed side by side in one process on one device:
                   loops as CUDA graphs (graphs=GraphCache()); on the CPU the default
                   backend of NumPy arrays ("cpu": small steps' loops compiled)
   rnncells eager  (GPU only) the same without graphs: one launch per kernel and GEMM
+  rnncells persistent  (GPU only) persistent=True: each step loop one launch of the
+                  persistent kernels; "-" where they do not run the variant or the
+                  weights do not fit the device (`persistent_ratio` is torch.nn's time
+                  over this one's)
   torch.nn        torch.nn.LSTM / GRU (cuDNN on a GPU)
   torch loop      a Python loop over torch.nn.LSTMCell / GRUCell: the lower anchor
 Modes: "forward" (inference, nothing saved) and "train" (forward + backward,
@@ -88,7 +92,7 @@ def configs(preset, cells=("lstm", "gru"), groups=GROUPS):
     shapes = []
     if preset == "full":
         shapes.append((100, 64, 512, 512, "standard"))
-        shapes += [(T, B, H, H, "small batch") for T in (100, 1000) for H in (256, 1024) for B in (1, 4, 16)]
+        shapes += [(T, B, H, H, "small batch") for T in (100, 1000) for H in (256, 512, 1024) for B in (1, 4, 16)]
         shapes.append((100, 256, 1024, 1024, "large"))
         unknown = set(groups) - set(GROUPS)
         if unknown:
@@ -111,14 +115,17 @@ def configs(preset, cells=("lstm", "gru"), groups=GROUPS):
 # --- the implementations: each returns a step() closure over rotated inputs ---
 
 
-def _ours(cfg, mode, xp, rotate, seed, graphs=False, precision="fp32", backend=None):
-    from . import api
+def _ours(cfg, mode, xp, rotate, seed, graphs=False, precision="fp32", backend=None, persistent=False):
+    """Our step(), or None with persistent=True where the persistent kernels cannot run the configuration."""
+    from . import _backends, api
     from ._graphs import GraphCache
     from .params import init_params
     from .variants import GRUSpec, LSTMSpec
 
     dtype, tf32 = PRECISIONS[precision]
     spec = (LSTMSpec if cfg.cell == "lstm" else GRUSpec).of(dict(cfg.variant))
+    if persistent and _backends.resolve(backend, xp.__name__).persistent_plan(spec, dtype, cfg.H, tf32)[0] is None:
+        return None
     params = init_params(spec, cfg.I, cfg.H, xp=xp, seed=seed, dtype=dtype)
     rng = np.random.default_rng(seed)
     xs = [xp.asarray(rng.standard_normal((cfg.T, cfg.B, cfg.I)).astype(dtype)) for _ in range(rotate)]
@@ -133,7 +140,7 @@ def _ours(cfg, mode, xp, rotate, seed, graphs=False, precision="fp32", backend=N
         x = xs[k[0] % rotate]
         k[0] += 1
         out = fwd(x, params, training=mode == "train", graphs=cache, tf32=tf32, backend=backend, generator=generator,
-                  **dict(cfg.variant))
+                  persistent=persistent, **dict(cfg.variant))
         if mode == "train":
             bwd(out[-1], dy)
 
@@ -188,19 +195,22 @@ def _torch(cfg, mode, device, rotate, seed, loop, precision="fp32"):
     return step
 
 
-IMPLEMENTATIONS = ("rnncells", "rnncells eager", "torch.nn", "torch loop")
+IMPLEMENTATIONS = ("rnncells", "rnncells eager", "rnncells persistent", "torch.nn", "torch loop")
+GPU_ONLY = ("rnncells eager", "rnncells persistent")  # nothing to capture on the CPU; no fast persistent path there
 
 
 def implementations(device, torch_available=True):
-    """The implementations timed on a device (no eager row on the CPU, where there is nothing to capture)."""
-    names = [n for n in IMPLEMENTATIONS if device == "cuda" or n != "rnncells eager"]
+    """The implementations timed on a device (no eager or persistent row on the CPU)."""
+    names = [n for n in IMPLEMENTATIONS if device == "cuda" or n not in GPU_ONLY]
     return tuple(n for n in names if torch_available or not n.startswith("torch"))
 
 
 def _build(name, cfg, mode, device, xp, rotate, seed, precision="fp32"):
-    """The step() closure of one implementation (torch's TF32 is set by `_torch_tf32` around it)."""
+    """The step() closure of one implementation (torch's TF32 is set by `_torch_tf32` around it), or None where it
+    cannot run the configuration."""
     if name.startswith("rnncells"):
-        return _ours(cfg, mode, xp, rotate, seed, graphs=device == "cuda" and name == "rnncells", precision=precision)
+        return _ours(cfg, mode, xp, rotate, seed, graphs=device == "cuda" and name == "rnncells", precision=precision,
+                     persistent=name == "rnncells persistent")
     return _torch(cfg, mode, device, rotate, seed, loop=name == "torch loop", precision=precision)
 
 
@@ -417,16 +427,19 @@ def run(preset="full", cells=("lstm", "gru"), device=None, modes=("forward", "tr
                 for p in range(1, passes + 1):
                     with cpu_threads(n_threads) if n_threads else contextlib.nullcontext():
                         steps = {n: _build(n, cfg, mode, device, xp, rotate, seed=p, precision=prec) for n in impls}
+                        steps = {n: step for n, step in steps.items() if step is not None}
                         times = {n: t for n, (t, _) in time_steps(steps, timer, warmup, repeats).items()}
                     del steps
                     ratio = times["torch.nn"] / times["rnncells"] if "torch.nn" in times else None
                     row = dict(cfg._asdict(), variant=cfg.variant_text(), mode=mode, precision=prec, threads=n_threads,
                                pass_=p, ms=times, ratio=ratio)
+                    if "torch.nn" in times and "rnncells persistent" in times:
+                        row["persistent_ratio"] = times["torch.nn"] / times["rnncells persistent"]
                     if memories and mode == "train" and prec in ("fp32", "bf16") and p == 1:
                         row["peak_mb"] = {n: peak_train_mb(_build(n, cfg, mode, device, xp, rotate, seed=p,
                                                                   precision=prec), m) for n, m in memories.items()}
                     rows.append(row)
-                    cells_ms = "".join(f"{times[n]:>14.3f}" for n in impls)
+                    cells_ms = "".join(f"{times[n]:>14.3f}" if n in times else f"{'-':>14}" for n in impls)
                     r = f"{ratio:>8.2f}" if ratio is not None else f"{'-':>8}"
                     mb = "".join(f"  {n} {v:.1f} MB" for n, v in row.get("peak_mb", {}).items())
                     head = f"{cfg.cell:<5}{cfg.T:>5}{cfg.B:>5}{cfg.H:>6}  {mode:<8}{prec:<6}{n_threads or '-':>4}{p:>5}"

@@ -44,7 +44,7 @@ def backends():
     """[(backend, reason it cannot run or None)] for tiers 2 and 3 here."""
     host = None if shutil.which("g++") else "needs g++ to build the kernels for the host"
     gpu = None if _backends.gpu_available() else "no CUDA GPU (or no CuPy) here"
-    kinds = ("", " graphs", " tf32")
+    kinds = ("", " graphs", " tf32", " persistent")
     from . import _cpu
 
     cpu = None if _cpu.load() else "needs g++ and a BLAS with cblas to compile its loops"
@@ -75,20 +75,24 @@ def backend_rows(backend, match=""):
     dtype (float32 only with tf32).
 
     `backend` is a backend's name, optionally followed by " graphs" (a
-    GraphCache) or " tf32" (float32 only, tf32=True).  A row's error is the
-    worst over the modes; a wrong output dtype counts as infinite.
+    GraphCache), " tf32" (float32 only, tf32=True) or " persistent"
+    (persistent=True: the variants the persistent kernels run, whole
+    sequences).  A row's error is the worst over the modes; a wrong output
+    dtype counts as infinite.
     """
     from ._graphs import GraphCache
 
     name, *kind = backend.split()
-    graphs, tf32 = GraphCache() if "graphs" in kind else None, "tf32" in kind
+    graphs, tf32, persistent = GraphCache() if "graphs" in kind else None, "tf32" in kind, "persistent" in kind
     tier = _tier(backend)
     for spec in (s for s in verify.VARIANTS if match in str(s)):
+        if persistent and _kernels.persistent_support(spec) is not None:
+            continue
         for dtype in ("float32",) if tf32 else ("float64", "float32", "float16", "bfloat16"):
             worst = 0.0
-            for m in _MODES:
+            for m in _MODES[1:] if persistent else _MODES:
                 p = verify.problem(spec, dtype=dtype, **m)
-                err, dtypes = verify.backend_error(p, name, graphs, tf32)
+                err, dtypes = verify.backend_error(p, name, graphs, tf32, persistent)
                 worst = verify.worst_of([worst, err if dtypes == {np.dtype(dtype)} else float("inf")])
             bound = verify.BOUNDS["float32-tf32" if tf32 else dtype]
             yield tier, str(spec), dtype, f"{backend} vs reference", worst, bound

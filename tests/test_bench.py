@@ -31,7 +31,7 @@ def test_presets_cover_the_standard_small_and_large_configurations():
     assert (100, 64, 512, 512) in [(c.T, c.B, c.I, c.H) for c in full]
     assert (full[0].T, full[0].B, full[0].H) == (100, 64, 512)  # the fastrnns standard comes first
     assert {(c.B, c.H, c.T) for c in full if c.group == "small batch"} == {
-        (B, H, T) for B in (1, 4, 16) for H in (256, 1024) for T in (100, 1000)
+        (B, H, T) for B in (1, 4, 16) for H in (256, 512, 1024) for T in (100, 1000)
     }
     assert (100, 256, 1024) in [(c.T, c.B, c.H) for c in full]
     assert {c.group for c in bench.configs("full", groups=("large",))} == {"large"}
@@ -111,8 +111,23 @@ def test_the_sanitizer_target_can_run_the_variants_a_name_matches():
     assert all(err <= bound for *_, err, bound in rows)
 
 
+@pytest.mark.host
+def test_the_persistent_sanitizer_target_runs_the_variants_the_persistent_kernels_run():
+    """racecheck's persistent rows (bench/gpu_session.sh), here on the host kernels: the sigmoid candidate's
+    variants the persistent kernels run, every dtype."""
+    from rnncells import _kernels, check
+
+    rows = list(check.backend_rows("cuda-host persistent", "candidate=sigmoid"))
+    want = [s for s in verify.VARIANTS if "candidate=sigmoid" in str(s) and _kernels.persistent_support(s) is None]
+    assert len(want) >= 3  # both peepholes, and every flag at once
+    assert [(what, dtype) for _, what, dtype, *_ in rows] == [
+        (str(s), d) for s in want for d in ("float64", "float32", "float16", "bfloat16")]
+    assert all(err <= bound for *_, err, bound in rows)
+
+
 def test_implementations_time_the_eager_loop_only_where_graphs_exist():
-    assert bench.implementations("cuda") == ("rnncells", "rnncells eager", "torch.nn", "torch loop")
+    assert bench.implementations("cuda") == ("rnncells", "rnncells eager", "rnncells persistent", "torch.nn",
+                                             "torch loop")
     assert bench.implementations("cpu") == ("rnncells", "torch.nn", "torch loop")
     assert bench.implementations("cpu", torch_available=False) == ("rnncells",)
 
@@ -229,7 +244,8 @@ def test_the_gpu_session_script_runs_its_steps_in_order_into_at_most_8_files(tmp
         (bin_dir / tool).chmod(0o755)
     r = _run_script(["check"], tmp_path, PATH=f"{bin_dir}:{os.environ['PATH']}")
     summary = (tmp_path / "out" / "summary.txt").read_text().splitlines()
-    steps = ["probe", "install", "smoke", "gpu suite", "memcheck cupy", "memcheck cupy graphs", "racecheck layer_norm"]
+    steps = ["probe", "install", "smoke", "gpu suite", "memcheck cupy", "memcheck cupy graphs", "memcheck cupy persistent",
+             "racecheck layer_norm", "racecheck persistent"]
     assert [line.split(":")[0] for line in summary] == steps, r.stdout + r.stderr
     assert summary[2].startswith("smoke: exit 1") and summary[3].startswith("gpu suite: exit 0")  # all skipped
     assert len(list((tmp_path / "out").iterdir())) <= 8
@@ -263,3 +279,19 @@ def test_a_projected_row_runs_torch_nn_with_the_same_projection(monkeypatch):
     for loop in (False, True):
         bench._torch(cfg._replace(T=3, B=2, I=4, H=8, variant=(("proj_size", 3),)), "train", "cpu", 1, 0, loop)()
     assert made == [{"proj_size": 3}, {"proj_size": 3}]
+
+
+@pytest.mark.host
+def test_the_persistent_row_runs_persistent_kernels_where_they_run_the_configuration(monkeypatch):
+    """Timed on "cuda-host" here (the GPU row's code path); None, a "-" in the table, where they cannot run."""
+    from rnncells import api
+
+    calls = []
+    forward = api.lstm_forward
+    monkeypatch.setattr(api, "lstm_forward", lambda *a, **kw: calls.append(kw["persistent"]) or forward(*a, **kw))
+    cfg = bench.Config("lstm", 3, 2, 4, 16, "small batch")
+    bench._ours(cfg, "train", np, rotate=1, seed=0, backend="cuda-host", persistent=True)()
+    assert calls == [True]
+    layer_norm = cfg._replace(variant=(("layer_norm", True),))
+    assert bench._ours(layer_norm, "train", np, rotate=1, seed=0, backend="cuda-host", persistent=True) is None
+    assert bench._ours(cfg, "train", np, rotate=1, seed=0, backend="numpy", persistent=True) is None

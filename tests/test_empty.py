@@ -7,13 +7,14 @@ import rnncells as rc
 from rnncells import verify
 
 
-@pytest.mark.parametrize("backend", ["numpy", "cuda-host", "cuda-host graphs"])
+@pytest.mark.parametrize("backend", ["numpy", "cuda-host", "cuda-host graphs", "cuda-host persistent"])
 @pytest.mark.parametrize("T,B,lengths", [(0, 3, None), (0, 3, [0, 0, 0]), (4, 0, None), (4, 0, [])])
 def test_empty_shapes_give_the_reference(spec, T, B, lengths, backend):
     lengths = None if lengths is None else np.array(lengths, dtype=np.int64)
     p = verify.problem(spec, T=T, B=B, lengths=lengths)
-    name, _, graphs = backend.partition(" ")
-    err, _ = verify.backend_error(p, name, graphs=rc.GraphCache() if graphs else None)
+    name, _, kind = backend.partition(" ")
+    err, _ = verify.backend_error(p, name, graphs=rc.GraphCache() if kind == "graphs" else None,
+                                  persistent="auto" if kind == "persistent" else False)
     assert err == 0.0  # nothing to compute: zeros, copies of the states and empty arrays, exactly
 
 

@@ -100,6 +100,38 @@ def test_training_step_gradients_are_bitwise_repeatable(spec, kernel_backend):
         assert {k: _numpy(v).tobytes() for k, v in verify.run(p, kernel_backend).items()} == first
 
 
+# The persistent kernels' shapes on the device: one unit a block, 38 units a block with a partial last slice (300 on
+# 132 SMs: 3 units, 100 blocks), the standard hidden size at batch 4, and H = 1024 past the 48 KiB of shared
+# memory a block gets without opting in (float32: 129 KiB; float64 does not fit and is refused).
+PERSISTENT_MODES = [
+    dict(T=6, B=3, I=4, H=5),
+    dict(T=6, B=5, I=4, H=300, lengths=np.array([6, 0, 3, 1, 6])),
+    dict(T=20, B=4, I=64, H=512),
+    dict(T=5, B=1, I=16, H=1024),
+]
+
+
+@gpu
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+def test_persistent_kernels_match_the_reference_on_the_gpu(spec, dtype):
+    from rnncells._kernels import persistent_support
+
+    if persistent_support(spec) is not None:
+        pytest.skip(f"the persistent kernels do not run {persistent_support(spec)}")
+    for m in PERSISTENT_MODES:
+        p = verify.problem(spec, dtype=dtype, **m)
+        if dtype == "float64" and m["H"] == 1024:
+            with pytest.raises(ValueError, match="needs .* bytes of shared memory per block"):
+                verify.run(verify.on_device(p), "cupy", persistent=True)
+            continue
+        err, dtypes = verify.backend_error(p, "cupy", persistent=True)
+        assert err <= verify.BOUNDS[dtype], m
+        assert dtypes == {np.dtype(dtype)}
+        first = {k: v.get().tobytes() for k, v in verify.run(verify.on_device(p), "cupy", persistent=True).items()}
+        again = {k: v.get().tobytes() for k, v in verify.run(verify.on_device(p), "cupy", persistent=True).items()}
+        assert first == again, m
+
+
 def _adapter(cls, backend, *args, **kw):
     """One of rnncells.torch's modules where `backend` runs it: on the GPU, or on the CPU through cuda-host."""
     return cls(*args, **kw).cuda() if backend == "cupy" else cls(*args, cpu_backend="cuda-host", **kw)
