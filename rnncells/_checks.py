@@ -18,6 +18,15 @@ def flag(name, v):
     return bool(v)
 
 
+def persistent(v):
+    """persistent= as the public functions and objects take it: False, True or "auto"; anything else refused."""
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, str) and v == "auto":
+        return v
+    raise ValueError(f"persistent must be False, True or 'auto', got {v!r}")
+
+
 def hx(spec, hx, names, is_array, arrays):
     """A module's hx as a list of its states, each an array or None: the pair (h, c) of an LSTM, a GRU's h.
 

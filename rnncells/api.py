@@ -158,13 +158,11 @@ def _graphs(graphs, runner):
 
 def _persistent(persistent, runner, spec, dtype, B, H, tf32):
     """persistent= checked: the persistent kernels' plan for this call, or None for today's step loops."""
-    auto = isinstance(persistent, str) and persistent == "auto"
-    if not auto and not isinstance(persistent, (bool, np.bool_)):
-        raise ValueError(f"persistent must be False, True or 'auto', got {persistent!r}")
-    if not auto and not persistent:
+    persistent = _checks.persistent(persistent)
+    if persistent is False:
         return None
     plan, why = runner.persistent_plan(spec, dtype, H, tf32)
-    if auto:
+    if persistent == "auto":
         return plan if B <= _kernels.PERSISTENT_AUTO_BATCH else None
     if plan is None:
         raise ValueError(f"persistent=True: {why}; persistent='auto' runs the step loops instead")

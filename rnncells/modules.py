@@ -174,8 +174,9 @@ class _Stack(_Holder):
     """Layers × directions of one variant's sequence function."""
 
     def __init__(self, spec, input_size, hidden_size, num_layers, bias, batch_first, bidirectional, dtype, xp, seed,
-                 graphs, tf32, backend):
+                 graphs, tf32, backend, persistent):
         self.spec = spec
+        self.persistent = _checks.persistent(persistent)
         _checks.sizes(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
         self.tf32, self.backend = _checks.flag("tf32", tf32), _backends.resolve(backend, xp.__name__)
         batch_first, bidirectional, graphs = (_checks.flag(n, v) for n, v in (
@@ -226,7 +227,9 @@ class _Stack(_Holder):
                 s0 = [None if s is None else s[k] for s in states]
                 xin = _reverse(self.xp, inp, lengths) if d else inp
                 y, sT, ctx = api.forward(self.spec, xin, self._layer(layer, d), dict(zip(names, s0)), lengths=lengths,
-                                         graphs=self.graphs, tf32=self.tf32, backend=self.backend, **self._masks())
+                                         graphs=self.graphs, tf32=self.tf32, backend=self.backend,
+                                         persistent=self.persistent if self.backend.kernels else False,
+                                         **self._masks())
                 outs.append(_reverse(self.xp, y, lengths) if d else y)
                 ctxs.append(ctx)
                 for f, s in zip(finals, sT):
@@ -274,14 +277,16 @@ class LSTM(_Stack):
     ln_bias_c_l{k} (starting at 1, 1, 1 and 0).  graphs=True runs the step
     loops as CUDA graphs (see `rnncells.GraphCache`) on the backends that
     launch kernels: "cupy", and "cuda-host", which records and replays them.
+    persistent (False, True or "auto") runs them as the persistent kernels on
+    those backends, as `rnncells.lstm_forward`'s persistent= does.
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, bidirectional=False, *,
                  peephole=None, candidate="tanh", dtype="float32", xp=np, seed=0, graphs=False,
-                 tf32=False, backend=None, **variant):
+                 tf32=False, backend=None, persistent=False, **variant):
         spec = LSTMSpec.of({"peephole": peephole, "candidate": candidate, **variant})
         super().__init__(spec, input_size, hidden_size, num_layers, bias, batch_first,
-                         bidirectional, dtype, xp, seed, graphs, tf32, backend)
+                         bidirectional, dtype, xp, seed, graphs, tf32, backend, persistent)
 
     def forward(self, x, hx=None, lengths=None):
         """x (T, B, I) (or (B, T, I) with batch_first), hx = (h0, c0) each (L·D, B, H) or None.
@@ -302,15 +307,15 @@ class GRU(_Stack):
     """A multi-layer, optionally bidirectional GRU with torch.nn.GRU's parameter names.
 
     `reset_after` (and any other `variant` flag), `tf32` and `backend` as in
-    `rnncells.gru_forward` (backend=None follows `xp`).  graphs=True as in `LSTM`.
+    `rnncells.gru_forward` (backend=None follows `xp`).  graphs=True and persistent as in `LSTM`.
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, bidirectional=False, *,
                  reset_after=True, dtype="float32", xp=np, seed=0, graphs=False, tf32=False,
-                 backend=None, **variant):
+                 backend=None, persistent=False, **variant):
         spec = GRUSpec.of({"reset_after": reset_after, **variant})
         super().__init__(spec, input_size, hidden_size, num_layers, bias, batch_first, bidirectional,
-                         dtype, xp, seed, graphs, tf32, backend)
+                         dtype, xp, seed, graphs, tf32, backend, persistent)
 
     def forward(self, x, h0=None, lengths=None):
         """x (T, B, I) (or (B, T, I) with batch_first), h0 (L·D, B, H) or None -> y, hT, ctx."""

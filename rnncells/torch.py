@@ -146,7 +146,8 @@ class _Sequence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, spec, options, keys, lengths, x, *tensors):
-        """options: `rnncells.api.forward`'s keyword arguments but lengths and tf32 (training, graphs, backend)."""
+        """options: `rnncells.api.forward`'s keyword arguments but lengths and tf32 (training, graphs, backend,
+        persistent, masks)."""
         ctx.set_materialize_grads(False)  # an unused output's gradient arrives as None: zero for us
         n = len(spec.states)
         states, params = tensors[:n], dict(zip(keys, map(_array, tensors[n:])))
@@ -310,9 +311,10 @@ class _RNN(_Module):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, proj_size=0, device=None, dtype=None, *, graphs=False, cpu_backend="cpu",
-                 spec):
+                 persistent=False, spec):
         super().__init__()
         self.cpu_backend = _cpu_backend(cpu_backend)
+        self._persistent = _checks.persistent(persistent)
         bias, batch_first, bidirectional = (_checks.flag(n, v) for n, v in (
             ("bias", bias), ("batch_first", batch_first), ("bidirectional", bidirectional)))
         # graphs of the step loops where a call launches kernels: CUDA tensors, or CPU ones on cuda-host
@@ -405,6 +407,7 @@ class _RNN(_Module):
                 xin = _reverse(inp, lengths) if d else inp
                 backend = self._backend(xin)
                 options = {"graphs": self._graphs if backend.kernels else None, "backend": backend,
+                           "persistent": self._persistent if backend.kernels else False,
                            "masks": self._training_masks(xin)}
                 y, *sT = _apply(self.spec, options, self._keys, lengths, xin, *s0, *params)
                 outs.append(_reverse(y, lengths) if d else y)
@@ -427,7 +430,8 @@ class LSTM(_RNN):
 
     graphs=True: the step loops run as CUDA graphs (`rnncells.GraphCache`) on CUDA tensors, and recorded
     and replayed on CPU tensors with cpu_backend="cuda-host" ("cpu", the default, "numpy" or "cuda-host":
-    what runs CPU tensors; see the module docstring).
+    what runs CPU tensors; see the module docstring).  persistent (False, True or "auto"): the step loops as
+    the persistent kernels where a call launches kernels, as rnncells.lstm_forward's persistent= says.
     """
 
     def __init__(self, *args, peephole=None, candidate="tanh", **kwargs):
@@ -447,7 +451,7 @@ class GRU(_RNN):
 
     graphs=True: the step loops run as CUDA graphs (`rnncells.GraphCache`) on CUDA tensors, and recorded
     and replayed on CPU tensors with cpu_backend="cuda-host" ("cpu", the default, "numpy" or "cuda-host":
-    what runs CPU tensors; see the module docstring).
+    what runs CPU tensors; see the module docstring).  persistent as in LSTM.
     """
 
     def __init__(self, *args, reset_after=True, **kwargs):

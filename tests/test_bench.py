@@ -244,8 +244,8 @@ def test_the_gpu_session_script_runs_its_steps_in_order_into_at_most_8_files(tmp
         (bin_dir / tool).chmod(0o755)
     r = _run_script(["check"], tmp_path, PATH=f"{bin_dir}:{os.environ['PATH']}")
     summary = (tmp_path / "out" / "summary.txt").read_text().splitlines()
-    steps = ["probe", "install", "smoke", "gpu suite", "memcheck cupy", "memcheck cupy graphs", "memcheck cupy persistent",
-             "racecheck layer_norm", "racecheck persistent"]
+    steps = ["probe", "install", "smoke", "gpu suite", "memcheck cupy", "memcheck cupy graphs",
+             "memcheck cupy persistent", "racecheck layer_norm", "racecheck persistent"]
     assert [line.split(":")[0] for line in summary] == steps, r.stdout + r.stderr
     assert summary[2].startswith("smoke: exit 1") and summary[3].startswith("gpu suite: exit 0")  # all skipped
     assert len(list((tmp_path / "out").iterdir())) <= 8

@@ -180,7 +180,7 @@ def test_graphs_and_persistent_together_run_the_persistent_kernels_eagerly():
         assert verify.worst_of(verify.rel_err(got[k], want[k]) for k in want) <= verify.BOUNDS["float64"]
 
 
-# --- the host emulation catches what a GPU would get wrong -------------------------------------------------------------
+# --- the host emulation catches what a GPU would get wrong ------------------------------------------------------------
 
 
 def _names():
@@ -249,3 +249,50 @@ def test_the_host_emulation_reports_a_grid_barrier_that_not_every_block_reaches(
     r = subprocess.run([sys.executable, "-c", DEADLOCK_SCRIPT], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode != 0, r.stdout
     assert "deadlock: 384 of 448 threads wait at grid_sync(), 64 have ended" in r.stderr
+
+
+# --- the objects and the adapter --------------------------------------------------------------------------------------
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("cls", ["LSTM", "GRU"])
+def test_objects_with_persistent_kernels_train_like_without(cls):
+    """Two bidirectional layers with lengths on cuda-host: the same outputs and gradients as the step loops'."""
+    import rnncells as rc
+
+    x = np.random.default_rng(0).standard_normal((5, 3, 4))
+    lengths = np.array([5, 2, 0])
+    runs = []
+    for persistent in (False, True):
+        m = getattr(rc, cls)(4, 13, num_layers=2, bidirectional=True, dtype="float64", backend="cuda-host",
+                             persistent=persistent)
+        y, *_, ctx = m(x, lengths=lengths)
+        dx, _ = m.backward(ctx, np.ones_like(y))
+        runs.append([y, dx, *m.grads.values()])
+        assert all(c.inner.plan is not None for c in m._inner(ctx)[0]) == persistent  # every layer and direction
+    for a, b in zip(*runs):
+        assert verify.rel_err(a, b) <= 1e-13
+    with pytest.raises(ValueError, match="persistent must be False, True or 'auto', got 'always'"):
+        getattr(rc, cls)(4, 13, persistent="always")
+
+
+@pytest.mark.host
+def test_the_adapter_passes_persistent_to_the_kernels(monkeypatch):
+    torch = pytest.importorskip("torch")
+    import rnncells.torch as rt
+
+    torch.manual_seed(0)
+    ref = torch.nn.GRU(4, 13, num_layers=2, dtype=torch.float64)
+    ours = rt.GRU(4, 13, num_layers=2, dtype=torch.float64, cpu_backend="cuda-host", persistent=True)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(6, 3, 4, dtype=torch.float64, requires_grad=True)
+    for m in (ref, ours):
+        m(x)[0].pow(2).sum().backward()
+    assert verify.rel_err(ours(x)[0].detach().numpy(), ref(x)[0].detach().numpy()) <= 1e-12
+    for (k, a), b in zip(ours.named_parameters(), ref.parameters()):
+        assert verify.rel_err(a.grad.numpy(), b.grad.numpy()) <= 1e-12, k
+    calls = []
+    forward = rt.api.forward
+    monkeypatch.setattr(rt.api, "forward", lambda *a, **kw: calls.append(kw["persistent"]) or forward(*a, **kw))
+    ours(x)
+    assert calls == [True, True]
