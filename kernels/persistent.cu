@@ -9,13 +9,17 @@
 //   *_forward_unit for its B·n units (the step kernels' own device functions), then grid_sync(): y[t] is whole.
 //   h_in = h_{t−1} (h0, then y[t − 1]); under recurrent dropout d∘h_{t−1}, hd[t % 2] [B, H], which the units of
 //   step t − 1 wrote: each step writes the other half, so no block overwrites what another still reads.
+//   peephole="full" also: cw[:, g·H + j] = c_{t−1} · W_ch[g·H + j, :] for its 3·n rows (i, f, o).
 // backward, step t = T−1 … 0:
 //   drec[(t+1) % 2][:, j] = d[t + 1] · W_hh[:, j]   for its n units, B·n dot products of length G·H (d = da, or
 //   the GRU's dgh; the caller zeroes drec[T % 2]), then *_backward_unit, then grid_sync(); after step 0 the same
-//   product of d[0] gives drec[0], dh0's GEMM part, as the step loops' last GEMM does.
-// Shared memory (dynamic; rnncells/_kernels.py's persistent_shared_bytes):
-//   w        [G·n, H] rows of W_hh (forward), or [n, G·H] its columns, transposed (backward), in S
-//   partial  [blockDim.x] C, the split dot products' partial sums, from the first 16-byte boundary after w
+//   product of d[0] gives drec[0], dh0's GEMM part, as the step loops' last GEMM does.  peephole="full": d against
+//   [W_hh | W_ch] (the step loops' w_rec [4H, 2H]), columns j and H + j, drec [2, B, 2H] (dh's part, then dc's).
+// Shared memory (dynamic; rnncells/_kernels.py's persistent_shared_bytes), each part from a 16-byte boundary:
+//   w        [G·n, H] rows of W_hh (forward), or [n, G·H] its columns, transposed ([2n, G·H] when FULL: backward),
+//            in S
+//   w_c      [3·n, H] rows of W_ch in C (forward, FULL)
+//   partial  [blockDim.x] C, the split dot products' partial sums
 // A block has B·G·n (or B·n) dot products; when that is fewer than its threads, `split` threads share each, every
 // one summing each split-th term, and the first adds their partial sums in order.  Every sum runs in a fixed order,
 // so every run gives the same bits.
@@ -54,17 +58,25 @@ __device__ __forceinline__ void block_slice(const int units, const int H, int& j
   n = min(units, H - j0);
 }
 
-// The block's partial sums, after its weights: [G·n·K] S rounded up to 16 bytes.
+// The block's shared memory, in order, each part from a 16-byte boundary: its weights in S (n_w values), the full
+// peephole's in C (n_c values, or none), the partial sums, one per thread in C.
 template <typename S, typename C>
-__device__ __forceinline__ C* partial_sums(const int weights) {
-  const int offset = (weights * int(sizeof(S)) + 15) / 16 * 16;
-  return reinterpret_cast<C*>(dynamic_shared_memory() + offset);
+struct Shared {
+  S* w;
+  C* w_c;
+  C* partial;
+};
+template <typename S, typename C>
+__device__ __forceinline__ Shared<S, C> shared_parts(const int n_w, const int n_c) {
+  const int w_c = (n_w * int(sizeof(S)) + 15) / 16 * 16, partial = w_c + (n_c * int(sizeof(C)) + 15) / 16 * 16;
+  unsigned char* base = dynamic_shared_memory();
+  return {reinterpret_cast<S*>(base), reinterpret_cast<C*>(base + w_c), reinterpret_cast<C*>(base + partial)};
 }
 
 // store(i, r, Σ_k a[i, k] · w[r, k]) for every row i < n_a of a [n_a, K] and r < n_w of w [n_w, K].  Called by
 // every thread of the block (it meets at __syncthreads() when the products are split).
-template <typename S, typename C, typename Store>
-__device__ __forceinline__ void block_dots(const S* __restrict__ a, const int n_a, const S* __restrict__ w,
+template <typename A, typename W, typename C, typename Store>
+__device__ __forceinline__ void block_dots(const A* __restrict__ a, const int n_a, const W* __restrict__ w,
                                            const int n_w, const int K, C* __restrict__ partial, Store store) {
   const int n_out = n_a * n_w, threads = blockDim.x;
   const int split = n_out >= threads ? 1 : threads / n_out, part = threadIdx.x % split;
@@ -72,8 +84,8 @@ __device__ __forceinline__ void block_dots(const S* __restrict__ a, const int n_
     const int o = base + threadIdx.x / split, i = o / n_w, r = o % n_w;
     C sum = C(0);
     if (o < n_out) {
-      const S* __restrict__ a_row = a + (long long)i * K;
-      const S* __restrict__ w_row = w + (long long)r * K;
+      const A* __restrict__ a_row = a + (long long)i * K;
+      const W* __restrict__ w_row = w + (long long)r * K;
       for (int k = part; k < K; k += split) sum += C(a_row[k]) * C(w_row[k]);
     }
     if (split == 1) {
@@ -91,59 +103,74 @@ __device__ __forceinline__ void block_dots(const S* __restrict__ a, const int n_
   }
 }
 
+// rows[g·n + jl, k] = W[g·H + j0 + jl, k] for g < gates, jl < n, k < H: a block's rows of a [gates·H, H] weight.
+template <typename T>
+__device__ __forceinline__ void load_rows(T* __restrict__ rows, const T* __restrict__ W, const int gates,
+                                          const int j0, const int n, const int H) {
+  for (int idx = threadIdx.x; idx < gates * n * H; idx += blockDim.x) {
+    const int r = idx / H, k = idx % H;
+    rows[idx] = W[(long long)((r / n) * H + j0 + r % n) * H + k];
+  }
+}
+
 // The forward's loop over T steps for a cell of G gates: unit(t, b, j) is the cell's pointwise step of unit (b, j).
-template <int G, typename S, typename C, typename Unit>
+// E = 3 (the LSTM's full peephole): c_in(t), the c before step t [B, H], against its rows of W_ch too, into cw.
+template <int G, int E, typename S, typename C, typename CIn, typename Unit>
 __device__ __forceinline__ void persistent_forward(const int T, const int B, const int H, const int units,
                                                    const S* __restrict__ w_hh,  // [G·H, H]
+                                                   const C* __restrict__ w_ch,  // [E·H, H] (E > 0)
                                                    const S* __restrict__ h0,    // [B, H]
                                                    const S* __restrict__ y,     // [T, B, H]
                                                    const S* __restrict__ hd,    // [2, B, H] d∘h, or null
                                                    C* __restrict__ hw,          // [B, G·H] h_in W_hhᵀ
-                                                   unsigned int* barrier, Unit unit) {
+                                                   C* __restrict__ cw,          // [B, E·H] c W_chᵀ (E > 0)
+                                                   unsigned int* barrier, CIn c_in, Unit unit) {
   int j0, n;
   block_slice(units, H, j0, n);
-  S* w = reinterpret_cast<S*>(dynamic_shared_memory());
-  C* partial = partial_sums<S, C>(G * n * H);
-  for (int idx = threadIdx.x; idx < G * n * H; idx += blockDim.x) {  // w[g·n + jl, k] = W_hh[g·H + j0 + jl, k]
-    const int r = idx / H, k = idx % H;
-    w[idx] = w_hh[(long long)((r / n) * H + j0 + r % n) * H + k];
-  }
+  const Shared<S, C> sh = shared_parts<S, C>(G * n * H, E * n * H);
+  load_rows(sh.w, w_hh, G, j0, n, H);
+  if constexpr (E > 0) load_rows(sh.w_c, w_ch, E, j0, n, H);
   __syncthreads();
   for (int t = 0; t < T; ++t) {
     const S* h_in = hd != nullptr ? hd + (t % 2) * B * H : (t == 0 ? h0 : y + (long long)(t - 1) * B * H);
-    block_dots(h_in, B, w, G * n, H, partial,
+    block_dots(h_in, B, sh.w, G * n, H, sh.partial,
                [&](const int b, const int r, const C v) { hw[b * G * H + (r / n) * H + j0 + r % n] = v; });
+    if constexpr (E > 0)
+      block_dots(c_in(t), B, sh.w_c, E * n, H, sh.partial,
+                 [&](const int b, const int r, const C v) { cw[b * E * H + (r / n) * H + j0 + r % n] = v; });
     __syncthreads();  // hw's columns of this block are whole
     for (int p = threadIdx.x; p < B * n; p += blockDim.x) unit(t, p / n, j0 + p % n);
-    grid_sync(barrier);  // y[t] (and d∘y[t]) are whole for step t + 1
+    grid_sync(barrier);  // y[t] (and d∘y[t], c[t]) are whole for step t + 1
   }
 }
 
 // The backward's loop over steps T−1 … 0 for a cell of G gates: unit(t, b, j) is the cell's pointwise backward of
-// unit (b, j), reading drec[(t + 1) % 2]; d is what the recurrent GEMM multiplies, [T, B, G·H].
+// unit (b, j), reading drec[(t + 1) % 2]; d is what the recurrent GEMM multiplies, [T, B, G·H], and w_rec its
+// weights [G·H, n_rec]: W_hh (n_rec = H), or the LSTM's [W_hh | W_ch] with the full peephole (n_rec = 2H), whose
+// columns j and H + j this block takes.
 template <int G, typename S, typename C, typename Unit>
 __device__ __forceinline__ void persistent_backward(const int T, const int B, const int H, const int units,
-                                                    const S* __restrict__ w_hh,  // [G·H, H]
-                                                    const S* __restrict__ d,     // [T, B, G·H]
-                                                    C* __restrict__ drec,        // [2, B, H] d W_hh, ping-pong
+                                                    const int n_rec,
+                                                    const S* __restrict__ w_rec,  // [G·H, n_rec]
+                                                    const S* __restrict__ d,      // [T, B, G·H]
+                                                    C* __restrict__ drec,         // [2, B, n_rec] d w_rec, ping-pong
                                                     unsigned int* barrier, Unit unit) {
-  const int GH = G * H;
+  const int GH = G * H, parts = n_rec / H;
   int j0, n;
   block_slice(units, H, j0, n);
-  S* w = reinterpret_cast<S*>(dynamic_shared_memory());
-  C* partial = partial_sums<S, C>(n * GH);
-  for (int idx = threadIdx.x; idx < n * GH; idx += blockDim.x) {  // w[jl, k] = W_hh[k, j0 + jl]
-    const int jl = idx / GH, k = idx % GH;
-    w[idx] = w_hh[(long long)k * H + j0 + jl];
+  const Shared<S, C> sh = shared_parts<S, C>(parts * n * GH, 0);
+  for (int idx = threadIdx.x; idx < parts * n * GH; idx += blockDim.x) {  // w[c, k] = w_rec[k, (c/n)·H + j0 + c%n]
+    const int c = idx / GH, k = idx % GH;
+    sh.w[idx] = w_rec[(long long)k * n_rec + (c / n) * H + j0 + c % n];
   }
   __syncthreads();
-  auto product = [&](const int t, C* out) {  // out[:, j0 + jl] = d[t] W_hh[:, j0 + jl]
-    block_dots(d + (long long)t * B * GH, B, w, n, GH, partial,
-               [&](const int b, const int jl, const C v) { out[b * H + j0 + jl] = v; });
+  auto product = [&](const int t, C* out) {  // out[:, p·H + j0 + jl] = d[t] w_rec[:, p·H + j0 + jl]
+    block_dots(d + (long long)t * B * GH, B, sh.w, parts * n, GH, sh.partial,
+               [&](const int b, const int c, const C v) { out[b * n_rec + (c / n) * H + j0 + c % n] = v; });
     __syncthreads();
   };
   for (int t = T - 1; t >= 0; --t) {
-    if (t + 1 < T) product(t + 1, drec + ((t + 1) % 2) * B * H);
+    if (t + 1 < T) product(t + 1, drec + ((t + 1) % 2) * B * n_rec);
     for (int p = threadIdx.x; p < B * n; p += blockDim.x) unit(t, p / n, j0 + p % n);
     grid_sync(barrier);  // d[t] is whole for the product of step t − 1
   }
@@ -155,6 +182,7 @@ __global__ void lstm_persistent_forward(const int T, const int B, const int H, c
                                         const C zoneout_h, const C zoneout_c, const C rdrop_scale,
                                         const S* __restrict__ xw,        // [T, B, 4H] x Wihᵀ + biases
                                         const S* __restrict__ w_hh,      // [4H, H]
+                                        const C* __restrict__ w_ch,      // [3H, H] (i f o) when FULL
                                         const S* __restrict__ h0,        // [B, H]
                                         const C* __restrict__ c0,        // [B, H]
                                         C* __restrict__ cs,              // [T, B, H] c after each step (inference:
@@ -169,19 +197,21 @@ __global__ void lstm_persistent_forward(const int T, const int B, const int H, c
                                         S* __restrict__ hd,              // [2, B, H] d∘h (with rdrop; hd[0] = d∘h0)
                                         const int* __restrict__ lengths, // [B], or null
                                         C* __restrict__ hw,              // [B, 4H] scratch
+                                        C* __restrict__ cw,              // [B, 3H] scratch when FULL
                                         unsigned int* barrier            // [1] the grid barrier's counter, zeroed
 ) {
   const long long BH = (long long)B * H;
+  auto c_in = [&](const int t) { return t == 0 ? c0 : cs + (TRAINING ? t - 1 : (t + 1) % 2) * BH; };
   auto unit = [&](const int t, const int b, const int j) {
-    const int s = TRAINING ? t : t % 2;
     lstm_forward_unit<S, C, PEEPHOLE, SIGMOID_CANDIDATE, CLIP, ZONEOUT, TRAINING>(
-        t, b, j, H, cell_clip, zoneout_h, zoneout_c, rdrop_scale, xw + t * 4 * BH, hw, nullptr,
-        t == 0 ? h0 : y + (t - 1) * BH, t == 0 ? c0 : cs + (TRAINING ? t - 1 : (t + 1) % 2) * BH, cs + s * BH,
-        y + t * BH, h_last, TRAINING ? gates + t * 4 * BH : nullptr, w_peep,
-        zone_h == nullptr ? nullptr : zone_h + t * BH, zone_c == nullptr ? nullptr : zone_c + t * BH, rdrop,
-        hd == nullptr ? nullptr : hd + ((t + 1) % 2) * BH, lengths);
+        t, b, j, H, cell_clip, zoneout_h, zoneout_c, rdrop_scale, xw + t * 4 * BH, hw, cw,
+        t == 0 ? h0 : y + (t - 1) * BH, c_in(t), cs + (TRAINING ? t : t % 2) * BH, y + t * BH, h_last,
+        TRAINING ? gates + t * 4 * BH : nullptr, w_peep, zone_h == nullptr ? nullptr : zone_h + t * BH,
+        zone_c == nullptr ? nullptr : zone_c + t * BH, rdrop, hd == nullptr ? nullptr : hd + ((t + 1) % 2) * BH,
+        lengths);
   };
-  persistent_forward<4>(T, B, H, units, w_hh, h0, y, rdrop == nullptr ? nullptr : hd, hw, barrier, unit);
+  persistent_forward<4, PEEPHOLE == PEEPHOLE_FULL ? 3 : 0>(T, B, H, units, w_hh, w_ch, h0, y,
+                                                           rdrop == nullptr ? nullptr : hd, hw, cw, barrier, c_in, unit);
 }
 
 template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT>
@@ -192,9 +222,10 @@ __global__ void lstm_persistent_backward(const int T, const int B, const int H, 
                                          const C* __restrict__ cs,        // [T, B, H]
                                          const S* __restrict__ dy,        // [T, B, H]
                                          C* __restrict__ dcarry,          // [2, B, 2H] d[h | c], ping-pong
-                                         C* __restrict__ drec,            // [2, B, H] da W_hh, ping-pong
+                                         const int n_rec,                 // H, or 2H when FULL
+                                         C* __restrict__ drec,            // [2, B, n_rec] da w_rec, ping-pong
                                          S* __restrict__ da,              // [T, B, 4H]
-                                         const S* __restrict__ w_hh,      // [4H, H]
+                                         const S* __restrict__ w_rec,     // [4H, n_rec] W_hh, or [W_hh | W_ch] (FULL)
                                          const S* __restrict__ w_peep,    // [3H] when DIAGONAL
                                          const unsigned char* __restrict__ zone_h,  // [T, B, H], or null
                                          const unsigned char* __restrict__ zone_c,  // [T, B, H], or null
@@ -206,12 +237,12 @@ __global__ void lstm_persistent_backward(const int T, const int B, const int H, 
   auto unit = [&](const int t, const int b, const int j) {
     const int nxt = (t + 1) % 2, cur = t % 2;
     lstm_backward_unit<S, C, PEEPHOLE, SIGMOID_CANDIDATE, CLIP, ZONEOUT>(
-        t, b, j, H, cell_clip, zoneout_h, zoneout_c, rdrop_scale, H, gates + t * 4 * BH,
-        t == 0 ? c0 : cs + (t - 1) * BH, cs + t * BH, dy + t * BH, dcarry + nxt * 2 * BH, drec + nxt * BH,
+        t, b, j, H, cell_clip, zoneout_h, zoneout_c, rdrop_scale, n_rec, gates + t * 4 * BH,
+        t == 0 ? c0 : cs + (t - 1) * BH, cs + t * BH, dy + t * BH, dcarry + nxt * 2 * BH, drec + nxt * B * n_rec,
         dcarry + cur * 2 * BH, da + t * 4 * BH, w_peep, zone_h == nullptr ? nullptr : zone_h + t * BH,
         zone_c == nullptr ? nullptr : zone_c + t * BH, rdrop, lengths);
   };
-  persistent_backward<4>(T, B, H, units, w_hh, da, drec, barrier, unit);
+  persistent_backward<4>(T, B, H, units, n_rec, w_rec, da, drec, barrier, unit);
 }
 
 template <typename S, typename C, bool ZONEOUT, bool TRAINING>
@@ -239,7 +270,9 @@ __global__ void gru_persistent_forward(const int T, const int B, const int H, co
                                               zone_h == nullptr ? nullptr : zone_h + t * BH, rdrop,
                                               hd == nullptr ? nullptr : hd + ((t + 1) % 2) * BH, lengths);
   };
-  persistent_forward<3>(T, B, H, units, w_hh, h0, y, rdrop == nullptr ? nullptr : hd, gh, barrier, unit);
+  auto no_c = [](const int) { return static_cast<const C*>(nullptr); };
+  persistent_forward<3, 0>(T, B, H, units, w_hh, static_cast<const C*>(nullptr), h0, y,
+                           rdrop == nullptr ? nullptr : hd, gh, static_cast<C*>(nullptr), barrier, no_c, unit);
 }
 
 template <typename S, typename C, bool ZONEOUT>
@@ -267,5 +300,5 @@ __global__ void gru_persistent_backward(const int T, const int B, const int H, c
                                      drec + nxt * BH, dcarry + cur * BH, dgi + t * 3 * BH, dgh + t * 3 * BH,
                                      zone_h == nullptr ? nullptr : zone_h + t * BH, rdrop, lengths);
   };
-  persistent_backward<3>(T, B, H, units, w_hh, dgh, drec, barrier, unit);
+  persistent_backward<3>(T, B, H, units, H, w_hh, dgh, drec, barrier, unit);
 }

@@ -129,9 +129,8 @@ def instantiations():
 def _persistent_instantiations(dtype):
     names = []
     for spec in LSTMSpec.every():
-        if persistent_support(spec) is None:
-            names += [kernel_name("lstm_persistent_forward", dtype, spec, training) for training in (True, False)]
-            names.append(kernel_name("lstm_persistent_backward", dtype, spec))
+        names += [kernel_name("lstm_persistent_forward", dtype, spec, training) for training in (True, False)]
+        names.append(kernel_name("lstm_persistent_backward", dtype, spec))
     for spec in {s.template_args(): s for s in GRUSpec.every() if persistent_support(s) is None}.values():
         names += [kernel_name("gru_persistent_forward", dtype, spec, training) for training in (True, False)]
         names.append(kernel_name("gru_persistent_backward", dtype, spec))
@@ -183,8 +182,6 @@ def persistent_support(spec):
     if spec.layer_norm:
         return "layer_norm (its row statistics span every block)"
     if isinstance(spec, LSTMSpec):
-        if spec.peephole == "full":
-            return "peephole='full' (a second recurrent GEMM, of c)"
         if spec.proj_size:
             return "proj_size (the projection needs all of h' before the next step)"
     elif not spec.reset_after:
@@ -192,11 +189,17 @@ def persistent_support(spec):
     return None
 
 
-def persistent_shared_bytes(gates, units, H, dtype, threads):
-    """A persistent block's dynamic shared memory: its weights, gates·units·H in the storage dtype, then from the
-    next 16-byte boundary one partial sum per thread in the compute dtype (kernels/persistent.cu)."""
-    weights = gates * units * H * np.dtype(dtype).itemsize
-    return (weights + 15) // 16 * 16 + threads * np.dtype(compute(dtype)).itemsize
+def persistent_shared_bytes(spec, units, H, dtype, threads):
+    """A persistent block's dynamic shared memory, the larger of its forward's and its backward's
+    (kernels/persistent.cu): its weights, G·units·H in the storage dtype (the backward's twice that with the full
+    peephole, [W_hh | W_ch]'s columns), the forward's rows of W_ch with the full peephole, 3·units·H in the compute
+    dtype, then one partial sum per thread in the compute dtype, each part from a 16-byte boundary."""
+    s, c = np.dtype(dtype).itemsize, np.dtype(compute(dtype)).itemsize
+    gates, full = (4, spec.peephole == "full") if isinstance(spec, LSTMSpec) else (3, False)
+    part = lambda n: (n + 15) // 16 * 16  # noqa: E731
+    forward = part(gates * units * H * s) + part(3 * units * H * c if full else 0)
+    backward = part((2 if full else 1) * gates * units * H * s)
+    return max(forward, backward) + threads * c
 
 
 def persistent_plan(spec, dtype, H, device):
@@ -212,13 +215,12 @@ def persistent_plan(spec, dtype, H, device):
         why = f"{device.name} cannot launch cooperative kernels"
     if why is not None:
         return None, why
-    gates = 4 if isinstance(spec, LSTMSpec) else 3
     units = max(1, math.ceil(H / device.sms))
-    shared = persistent_shared_bytes(gates, units, H, dtype, device.threads)
+    shared = persistent_shared_bytes(spec, units, H, dtype, device.threads)
     if shared > device.shared_per_block:
         return None, (f"hidden_size {H} in {np.dtype(dtype).name} needs {shared} bytes of shared memory per block "
-                      f"({units} units of {gates} gates on each of {device.sms} SMs), more than the "
-                      f"{device.shared_per_block} {device.name} allows")
+                      f"({units} units on each of {device.sms} SMs), more than the {device.shared_per_block} "
+                      f"{device.name} allows")
     return PersistentPlan(math.ceil(H / units), units, device.threads, shared), None
 
 
@@ -263,23 +265,25 @@ class KernelOps:
         barrier = self.xp.zeros(1, dtype="uint32")  # the grid barrier's counter (kernels/persistent.cu)
         self.launcher(name, (plan.blocks, 1, 1), (plan.threads, 1, 1), (T, B, *args, barrier), shared=plan.shared)
 
-    def lstm_persistent_forward(self, plan, spec, xw, w_hh, h0, c0, cs, y, h_last, gates, w_peep, zone_h, zone_c,
-                                rdrop, hd, lengths, hw):
+    def lstm_persistent_forward(self, plan, spec, xw, w_hh, w_ch, h0, c0, cs, y, h_last, gates, w_peep, zone_h,
+                                zone_c, rdrop, hd, lengths, hw, cw):
         """A whole LSTM forward loop as one persistent launch (kernels/persistent.cu): cs is [T, B, H] in training
-        (gates given), else [2, B, H] ping-pong; hd [2, B, H] holds d∘h0 in hd[0] (recurrent dropout)."""
+        (gates given), else [2, B, H] ping-pong; hd [2, B, H] holds d∘h0 in hd[0] (recurrent dropout); w_ch and cw
+        [B, 3H] with the full peephole."""
         (T, B, H), training = y.shape, gates is not None
         name = kernel_name("lstm_persistent_forward", y.dtype, spec, training)
-        self._launch_persistent(name, plan, T, B, H, plan.units, *scalars(spec, c0.dtype), xw, w_hh, h0, c0, cs, y,
-                                h_last, gates, w_peep, zone_h, zone_c, rdrop, hd, lengths, hw)
+        self._launch_persistent(name, plan, T, B, H, plan.units, *scalars(spec, c0.dtype), xw, w_hh, w_ch, h0, c0, cs,
+                                y, h_last, gates, w_peep, zone_h, zone_c, rdrop, hd, lengths, hw, cw)
 
-    def lstm_persistent_backward(self, plan, spec, gates, c0, cs, dy, dcarry, drec, da, w_hh, w_peep, zone_h, zone_c,
-                                 rdrop, lengths):
-        """A whole LSTM backward loop as one persistent launch; dcarry [2, B, 2H] and drec [2, B, H] as the step
-        loop leaves them (drec[0] = da[0] W_hh)."""
+    def lstm_persistent_backward(self, plan, spec, gates, c0, cs, dy, dcarry, drec, da, w_rec, w_peep, zone_h,
+                                 zone_c, rdrop, lengths):
+        """A whole LSTM backward loop as one persistent launch; dcarry [2, B, 2H] and drec [2, B, n_rec] as the
+        step loop leaves them (drec[0] = da[0] w_rec), w_rec [4H, n_rec] the step loop's (W_hh, or [W_hh | W_ch]
+        with the full peephole)."""
         T, B, H = cs.shape
         name = kernel_name("lstm_persistent_backward", da.dtype, spec)
         self._launch_persistent(name, plan, T, B, H, plan.units, *scalars(spec, c0.dtype), gates, c0, cs, dy, dcarry,
-                                drec, da, w_hh, w_peep, zone_h, zone_c, rdrop, lengths)
+                                drec.shape[-1], drec, da, w_rec, w_peep, zone_h, zone_c, rdrop, lengths)
 
     def gru_persistent_forward(self, plan, spec, xw, w_hh, b_hn, h0, y, h_last, gates, zone_h, rdrop, hd, lengths,
                                gh):

@@ -52,10 +52,8 @@ STORAGE_COMPUTE = {("float", "float"), ("double", "double"), ("__half", "float")
 def test_instantiations_cover_every_kernel_variant_and_dtype():
     """Checked against the kernel sources, not against the name helpers: every kernel of kernels/*.cu is
     instantiated for each storage type with every combination of its variant parameters' values."""
-    peepholes = dict(re.findall(r"constexpr int PEEPHOLE_(\w+) = (\d+);",
-                                (_kernels.kernel_dir() / "common.cuh").read_text()))
-    values = {"bool": {"true", "false"}, "int": set(peepholes.values())}  # the one int parameter is the peephole kind
-    persistent = {"bool": values["bool"], "int": values["int"] - {peepholes["FULL"]}}  # no second GEMM, of c
+    peepholes = re.findall(r"constexpr int PEEPHOLE_\w+ = (\d+);", (_kernels.kernel_dir() / "common.cuh").read_text())
+    values = {"bool": {"true", "false"}, "int": set(peepholes)}  # the one int parameter is the peephole kind
     templates = _templates()
     assert {"lstm_forward_step", "lstm_backward_step", "gru_forward_step", "column_totals"} <= set(templates)
     names = _kernels.instantiations()
@@ -66,12 +64,12 @@ def test_instantiations_cover_every_kernel_variant_and_dtype():
         args[kernel].add(tuple(a.strip() for a in rest.rstrip(">").split(",")))
     assert set(args) == set(templates)
     for kernel, lists in args.items():
-        types, allowed = templates[kernel], persistent if _kernels.cooperative(kernel) else values
+        types = templates[kernel]
         assert types[:2] == ["typename", "typename"] and {len(a) for a in lists} == {len(types)}, kernel
         assert {a[:2] for a in lists} == STORAGE_COMPUTE, kernel
         for k, t in enumerate(types[2:], 2):
-            assert {a[k] for a in lists} == allowed[t], (kernel, k)
-        assert len(lists) == len(STORAGE_COMPUTE) * math.prod(len(allowed[t]) for t in types[2:]), kernel
+            assert {a[k] for a in lists} == values[t], (kernel, k)
+        assert len(lists) == len(STORAGE_COMPUTE) * math.prod(len(values[t]) for t in types[2:]), kernel
 
 
 @pytest.fixture

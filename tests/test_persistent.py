@@ -116,6 +116,15 @@ def test_capacity_on_an_h100(cell, dtype, largest):
     assert plan is None and f"hidden_size {largest + 1}" in why and "232448 H100/H200 allows" in why
 
 
+def test_capacity_with_the_full_peephole_on_an_h100():
+    """The backward holds both of [W_hh | W_ch]'s column slices (2·4·units·H in the storage dtype), more than the
+    forward's W_hh rows in S and W_ch rows in C: an fp32 LSTM up to H = 924 (7 units a block)."""
+    plan, _ = persistent_plan(LSTMSpec("full"), "float32", 924, HOPPER)
+    assert plan == PersistentPlan(132, 7, 256, 2 * 4 * 7 * 924 * 4 + 256 * 4)
+    plan, why = persistent_plan(LSTMSpec("full"), "float32", 925, HOPPER)
+    assert plan is None and "hidden_size 925 in float32 needs" in why
+
+
 def test_the_standard_size_plan():
     assert persistent_plan(LSTMSpec(), "float32", 512, HOPPER) == (PersistentPlan(128, 4, 256, 4 * 4 * 512 * 4 + 1024),
                                                                    None)
@@ -126,8 +135,7 @@ def test_a_device_without_cooperative_launch_has_no_plan():
     assert plan is None and "cannot launch cooperative kernels" in why
 
 
-@pytest.mark.parametrize("cell,flag", [(LSTMSpec("full"), "peephole='full'"), (LSTMSpec(proj_size=2), "proj_size"),
-                                       (LSTMSpec(layer_norm=True), "layer_norm"),
+@pytest.mark.parametrize("cell,flag", [(LSTMSpec(proj_size=2), "proj_size"), (LSTMSpec(layer_norm=True), "layer_norm"),
                                        (GRUSpec(reset_after=False), "reset_after=False"),
                                        (GRUSpec(layer_norm=True), "layer_norm")], ids=str)
 def test_variants_without_persistent_kernels_say_which_flag(cell, flag):
@@ -195,8 +203,8 @@ BROKEN = {  # what each edit of kernels/persistent.cu breaks
     "slice boundary": ("n = min(units, H - j0);", "n = min(units - 1, H - j0);"),
     "last partial slice": ("n = min(units, H - j0);", "n = H - j0 < units ? 1 : units;"),
     # d∘h_t written over d∘h_{t−1}, which blocks that run later in the step still read
-    "one buffer for d∘h": ("hd + ((t + 1) % 2) * BH, lengths);\n  };\n  persistent_forward<4>",
-                           "hd + (t % 2) * BH, lengths);\n  };\n  persistent_forward<4>"),
+    "one buffer for d∘h": ("rdrop, hd == nullptr ? nullptr : hd + ((t + 1) % 2) * BH,",
+                           "rdrop, hd == nullptr ? nullptr : hd + (t % 2) * BH,"),
 }
 
 
