@@ -16,9 +16,9 @@
 //   product of d[0] gives drec[0], dh0's GEMM part, as the step loops' last GEMM does.  peephole="full": d against
 //   [W_hh | W_ch] (the step loops' w_rec [4H, 2H]), columns j and H + j, drec [2, B, 2H] (dh's part, then dc's).
 // Shared memory (dynamic; rnncells/_kernels.py's persistent_shared_bytes), each part from a 16-byte boundary:
-//   w        [G·n, H] rows of W_hh (forward), or [n, G·H] its columns, transposed ([2n, G·H] when FULL: backward),
-//            in S
-//   w_c      [3·n, H] rows of W_ch in C (forward, FULL)
+//   w        [G·n, H + 1] rows of W_hh (forward), or [n, G·H + 1] its columns, transposed ([2n, G·H + 1] when
+//            FULL: backward), in S; each row one longer than its values (ROW_PAD), against bank conflicts
+//   w_c      [3·n, H + 1] rows of W_ch in C (forward, FULL)
 //   partial  [blockDim.x] C, the split dot products' partial sums
 // A block has B·G·n (or B·n) dot products; when that is fewer than its threads, `split` threads share each, every
 // one summing each split-th term, and the first adds their partial sums in order.  Every sum runs in a fixed order,
@@ -73,8 +73,12 @@ __device__ __forceinline__ Shared<S, C> shared_parts(const int n_w, const int n_
   return {reinterpret_cast<S*>(base), reinterpret_cast<C*>(base + w_c), reinterpret_cast<C*>(base + partial)};
 }
 
-// store(i, r, Σ_k a[i, k] · w[r, k]) for every row i < n_a of a [n_a, K] and r < n_w of w [n_w, K].  Called by
-// every thread of the block (it meets at __syncthreads() when the products are split).
+// Rows of weights in shared memory are K + ROW_PAD long: with rows of a multiple of 32 words, the threads of a warp
+// reading the same k of different rows would all hit one bank.
+constexpr int ROW_PAD = 1;
+
+// store(i, r, Σ_k a[i, k] · w[r, k]) for every row i < n_a of a [n_a, K] and r < n_w of w [n_w, K + ROW_PAD]
+// (shared).  Called by every thread of the block (it meets at __syncthreads() when the products are split).
 template <typename A, typename W, typename C, typename Store>
 __device__ __forceinline__ void block_dots(const A* __restrict__ a, const int n_a, const W* __restrict__ w,
                                            const int n_w, const int K, C* __restrict__ partial, Store store) {
@@ -85,7 +89,7 @@ __device__ __forceinline__ void block_dots(const A* __restrict__ a, const int n_
     C sum = C(0);
     if (o < n_out) {
       const A* __restrict__ a_row = a + (long long)i * K;
-      const W* __restrict__ w_row = w + (long long)r * K;
+      const W* __restrict__ w_row = w + (long long)r * (K + ROW_PAD);
       for (int k = part; k < K; k += split) sum += C(a_row[k]) * C(w_row[k]);
     }
     if (split == 1) {
@@ -103,13 +107,14 @@ __device__ __forceinline__ void block_dots(const A* __restrict__ a, const int n_
   }
 }
 
-// rows[g·n + jl, k] = W[g·H + j0 + jl, k] for g < gates, jl < n, k < H: a block's rows of a [gates·H, H] weight.
+// rows[g·n + jl, k] = W[g·H + j0 + jl, k] for g < gates, jl < n, k < H: a block's rows of a [gates·H, H] weight,
+// rows [gates·n, H + ROW_PAD].
 template <typename T>
 __device__ __forceinline__ void load_rows(T* __restrict__ rows, const T* __restrict__ W, const int gates,
                                           const int j0, const int n, const int H) {
   for (int idx = threadIdx.x; idx < gates * n * H; idx += blockDim.x) {
     const int r = idx / H, k = idx % H;
-    rows[idx] = W[(long long)((r / n) * H + j0 + r % n) * H + k];
+    rows[r * (H + ROW_PAD) + k] = W[(long long)((r / n) * H + j0 + r % n) * H + k];
   }
 }
 
@@ -127,7 +132,7 @@ __device__ __forceinline__ void persistent_forward(const int T, const int B, con
                                                    unsigned int* barrier, CIn c_in, Unit unit) {
   int j0, n;
   block_slice(units, H, j0, n);
-  const Shared<S, C> sh = shared_parts<S, C>(G * n * H, E * n * H);
+  const Shared<S, C> sh = shared_parts<S, C>(G * n * (H + ROW_PAD), E * n * (H + ROW_PAD));
   load_rows(sh.w, w_hh, G, j0, n, H);
   if constexpr (E > 0) load_rows(sh.w_c, w_ch, E, j0, n, H);
   __syncthreads();
@@ -158,10 +163,10 @@ __device__ __forceinline__ void persistent_backward(const int T, const int B, co
   const int GH = G * H, parts = n_rec / H;
   int j0, n;
   block_slice(units, H, j0, n);
-  const Shared<S, C> sh = shared_parts<S, C>(parts * n * GH, 0);
+  const Shared<S, C> sh = shared_parts<S, C>(parts * n * (GH + ROW_PAD), 0);
   for (int idx = threadIdx.x; idx < parts * n * GH; idx += blockDim.x) {  // w[c, k] = w_rec[k, (c/n)·H + j0 + c%n]
     const int c = idx / GH, k = idx % GH;
-    sh.w[idx] = w_rec[(long long)k * n_rec + (c / n) * H + j0 + c % n];
+    sh.w[c * (GH + ROW_PAD) + k] = w_rec[(long long)k * n_rec + (c / n) * H + j0 + c % n];
   }
   __syncthreads();
   auto product = [&](const int t, C* out) {  // out[:, p·H + j0 + jl] = d[t] w_rec[:, p·H + j0 + jl]

@@ -164,6 +164,7 @@ class Device(NamedTuple):
 # The H100 and H200 (SXM): 132 SMs, 227 KiB of shared memory per block.  For the arithmetic in the tests and the
 # bench notes; on a GPU the plan reads the device's own properties.
 HOPPER = Device("H100/H200", 132, 227 * 1024)
+ROW_PAD = 1  # kernels/persistent.cu's: a row of weights in shared memory is one value longer than its values
 PERSISTENT_AUTO_BATCH = 16  # persistent="auto" takes the persistent path up to this batch (bench/NOTES.md, P6)
 
 
@@ -193,12 +194,13 @@ def persistent_shared_bytes(spec, units, H, dtype, threads):
     """A persistent block's dynamic shared memory, the larger of its forward's and its backward's
     (kernels/persistent.cu): its weights, G·units·H in the storage dtype (the backward's twice that with the full
     peephole, [W_hh | W_ch]'s columns), the forward's rows of W_ch with the full peephole, 3·units·H in the compute
-    dtype, then one partial sum per thread in the compute dtype, each part from a 16-byte boundary."""
+    dtype, then one partial sum per thread in the compute dtype, each part from a 16-byte boundary; every row of
+    weights one value longer (ROW_PAD, against shared-memory bank conflicts)."""
     s, c = np.dtype(dtype).itemsize, np.dtype(compute(dtype)).itemsize
     gates, full = (4, spec.peephole == "full") if isinstance(spec, LSTMSpec) else (3, False)
     part = lambda n: (n + 15) // 16 * 16  # noqa: E731
-    forward = part(gates * units * H * s) + part(3 * units * H * c if full else 0)
-    backward = part((2 if full else 1) * gates * units * H * s)
+    forward = part(gates * units * (H + ROW_PAD) * s) + part(3 * units * (H + ROW_PAD) * c if full else 0)
+    backward = part((2 if full else 1) * units * (gates * H + ROW_PAD) * s)
     return max(forward, backward) + threads * c
 
 

@@ -102,31 +102,31 @@ def test_the_slices_partition_the_units_one_block_per_sm(H):
     assert (plan.blocks - 1) * plan.units < H  # no block without units
 
 
-@pytest.mark.parametrize("cell,dtype,largest", [(LSTMSpec(), "float32", 1320), (LSTMSpec(), "float16", 1928),
-                                                (LSTMSpec(), "bfloat16", 1928), (LSTMSpec(), "float64", 924),
+@pytest.mark.parametrize("cell,dtype,largest", [(LSTMSpec(), "float32", 1320), (LSTMSpec(), "float16", 1927),
+                                                (LSTMSpec(), "bfloat16", 1927), (LSTMSpec(), "float64", 924),
                                                 (GRUSpec(), "float32", 1584)])
 def test_capacity_on_an_h100(cell, dtype, largest):
-    """The largest hidden size whose weights fit a block's 227 KiB (bench/NOTES.md's table): weights G·⌈H/132⌉·H
-    in the storage dtype, then 256 partial sums in the compute dtype."""
+    """The largest hidden size whose weights fit a block's 227 KiB (bench/NOTES.md's table): G·⌈H/132⌉ rows of
+    H + 1 weights (one of padding) in the storage dtype, then 256 partial sums in the compute dtype."""
     plan, _ = persistent_plan(cell, dtype, largest, HOPPER)
     G, units = (4 if cell.cell == "lstm" else 3), -(-largest // 132)
-    weights = G * units * largest * np.dtype(dtype).itemsize
+    weights = G * units * (largest + 1) * np.dtype(dtype).itemsize
     assert plan.shared == -(-weights // 16) * 16 + 256 * (8 if dtype == "float64" else 4) <= 227 * 1024
     plan, why = persistent_plan(cell, dtype, largest + 1, HOPPER)
     assert plan is None and f"hidden_size {largest + 1}" in why and "232448 H100/H200 allows" in why
 
 
 def test_capacity_with_the_full_peephole_on_an_h100():
-    """The backward holds both of [W_hh | W_ch]'s column slices (2·4·units·H in the storage dtype), more than the
-    forward's W_hh rows in S and W_ch rows in C: an fp32 LSTM up to H = 924 (7 units a block)."""
+    """The backward holds both of [W_hh | W_ch]'s column slices (2·units rows of 4H + 1 in the storage dtype), more
+    than the forward's W_hh rows in S and W_ch rows in C: an fp32 LSTM up to H = 924 (7 units a block)."""
     plan, _ = persistent_plan(LSTMSpec("full"), "float32", 924, HOPPER)
-    assert plan == PersistentPlan(132, 7, 256, 2 * 4 * 7 * 924 * 4 + 256 * 4)
+    assert plan == PersistentPlan(132, 7, 256, -(-(2 * 7 * (4 * 924 + 1) * 4) // 16) * 16 + 256 * 4)
     plan, why = persistent_plan(LSTMSpec("full"), "float32", 925, HOPPER)
     assert plan is None and "hidden_size 925 in float32 needs" in why
 
 
 def test_the_standard_size_plan():
-    assert persistent_plan(LSTMSpec(), "float32", 512, HOPPER) == (PersistentPlan(128, 4, 256, 4 * 4 * 512 * 4 + 1024),
+    assert persistent_plan(LSTMSpec(), "float32", 512, HOPPER) == (PersistentPlan(128, 4, 256, 4 * 4 * 513 * 4 + 1024),
                                                                    None)
 
 
