@@ -16,6 +16,8 @@
 //   reaches h through d∘h, the GEMM's drec and, reset before, r∘drh, is multiplied by d)
 // reset before (Cho et al., Keras) needs the GEMM (r∘h) Whnᵀ between r and n, so it is
 // two kernels each way: gru_rz_step / gru_n_step and gru_n_backward_step / gru_rz_backward_step.
+// Each kernel's body is a per-unit device function (gru_forward_unit, gru_rz_unit, ...), which the
+// persistent kernels (persistent.cu) call too.
 #pragma once
 #include "common.cuh"
 
@@ -125,6 +127,20 @@ __global__ void gru_backward_step(const int t, const int B, const int H, const C
                                    drec, dcarry_out, dgi, dgh, zone_h, rdrop, lengths);
 }
 
+// Reset before: unit (b, j)'s r, z and r∘h (gru_rz_step's body, and the persistent kernel's).
+template <typename S, typename C>
+__device__ __forceinline__ void gru_rz_unit(const int b, const int j, const int H, const S* __restrict__ xw,
+                                            const C* __restrict__ ghrz, const S* __restrict__ h,
+                                            S* __restrict__ gates, S* __restrict__ rh) {
+  const int state_idx = b * H + j;
+  const int r_idx = b * 3 * H + j, z_idx = r_idx + H;       // in [B, 3H]
+  const int ghr_idx = b * 2 * H + j, ghz_idx = ghr_idx + H;  // in [B, 2H]
+  const C r = sigmoid(C(xw[r_idx]) + ghrz[ghr_idx]);
+  gates[r_idx] = S(r);
+  gates[z_idx] = S(sigmoid(C(xw[z_idx]) + ghrz[ghz_idx]));
+  rh[state_idx] = S(r * C(h[state_idx]));
+}
+
 template <typename S, typename C>
 __global__ void gru_rz_step(const int B, const int H,
                             const S* __restrict__ xw,    // [B, 3H] x Wihᵀ + b_ih + b_hh
@@ -135,13 +151,29 @@ __global__ void gru_rz_step(const int B, const int H,
 ) {
   const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
   if (state_idx >= B * H) return;
-  const int b = state_idx / H, j = state_idx % H;
-  const int r_idx = b * 3 * H + j, z_idx = r_idx + H;       // in [B, 3H]
-  const int ghr_idx = b * 2 * H + j, ghz_idx = ghr_idx + H;  // in [B, 2H]
-  const C r = sigmoid(C(xw[r_idx]) + ghrz[ghr_idx]);
-  gates[r_idx] = S(r);
-  gates[z_idx] = S(sigmoid(C(xw[z_idx]) + ghrz[ghz_idx]));
-  rh[state_idx] = S(r * C(h[state_idx]));
+  gru_rz_unit<S, C>(state_idx / H, state_idx % H, H, xw, ghrz, h, gates, rh);
+}
+
+// Reset before: unit (b, j)'s n and h' (gru_n_step's body, and the persistent kernel's).
+template <typename S, typename C, bool ZONEOUT>
+__device__ __forceinline__ void gru_n_unit(const int t, const int b, const int j, const int H, const C zoneout_h,
+                                           const C rdrop_scale, const S* __restrict__ xw, const C* __restrict__ ghn,
+                                           const S* __restrict__ h, S* __restrict__ y, S* __restrict__ h_last,
+                                           S* __restrict__ gates, const unsigned char* __restrict__ zone_h,
+                                           const unsigned char* __restrict__ rdrop, S* __restrict__ h_drop,
+                                           const int* __restrict__ lengths) {
+  const int state_idx = b * H + j;
+  const int z_idx = b * 3 * H + j + H, n_idx = z_idx + H;  // in [B, 3H]
+  const C z = C(gates[z_idx]);
+  const C n = tanh(C(xw[n_idx]) + ghn[state_idx]);
+  gates[n_idx] = S(n);
+  C h1 = (C(1) - z) * n + z * C(h[state_idx]);
+  if constexpr (ZONEOUT) h1 = zone(zone_h, state_idx, zoneout_h, h, h1);
+  const bool active = is_active(lengths, t, b);
+  const S y1 = active ? S(h1) : S(C(0));
+  y[state_idx] = y1;
+  if (rdrop != nullptr) h_drop[state_idx] = S(C(y1) * kept(rdrop, state_idx, rdrop_scale));
+  if (h_last != nullptr && active) h_last[state_idx] = S(h1);
 }
 
 template <typename S, typename C, bool ZONEOUT>
@@ -159,18 +191,34 @@ __global__ void gru_n_step(const int t, const int B, const int H, const C zoneou
 ) {
   const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
   if (state_idx >= B * H) return;
-  const int b = state_idx / H, j = state_idx % H;
+  gru_n_unit<S, C, ZONEOUT>(t, state_idx / H, state_idx % H, H, zoneout_h, rdrop_scale, xw, ghn, h, y, h_last, gates,
+                            zone_h, rdrop, h_drop, lengths);
+}
+
+// Reset before: unit (b, j)'s da_z, da_n and z∘dh (gru_n_backward_step's body, and the persistent kernel's).
+template <typename S, typename C, bool ZONEOUT>
+__device__ __forceinline__ void gru_n_backward_unit(const int t, const int b, const int j, const int H,
+                                                    const C zoneout_h, const C rdrop_scale,
+                                                    const S* __restrict__ gates, const S* __restrict__ h,
+                                                    const S* __restrict__ dy, const C* __restrict__ dcarry,
+                                                    const C* __restrict__ drec, C* __restrict__ dcarry_out,
+                                                    S* __restrict__ dg, const unsigned char* __restrict__ zone_h,
+                                                    const unsigned char* __restrict__ rdrop,
+                                                    const int* __restrict__ lengths) {
+  const int state_idx = b * H + j;
   const int z_idx = b * 3 * H + j + H, n_idx = z_idx + H;  // in [B, 3H]
-  const C z = C(gates[z_idx]);
-  const C n = tanh(C(xw[n_idx]) + ghn[state_idx]);
-  gates[n_idx] = S(n);
-  C h1 = (C(1) - z) * n + z * C(h[state_idx]);
-  if constexpr (ZONEOUT) h1 = zone(zone_h, state_idx, zoneout_h, h, h1);
-  const bool active = is_active(lengths, t, b);
-  const S y1 = active ? S(h1) : S(C(0));
-  y[state_idx] = y1;
-  if (rdrop != nullptr) h_drop[state_idx] = S(C(y1) * kept(rdrop, state_idx, rdrop_scale));
-  if (h_last != nullptr && active) h_last[state_idx] = S(h1);
+  const C dh_in = dcarry[state_idx] + drec[state_idx] * kept(rdrop, state_idx, rdrop_scale);
+  if (!is_active(lengths, t, b)) {
+    dcarry_out[state_idx] = dh_in;
+    dg[z_idx] = dg[n_idx] = S(C(0));
+    return;
+  }
+  const C z = C(gates[z_idx]), n = C(gates[n_idx]);
+  C dh = dh_in + C(dy[state_idx]), dh_zoned = C(0);
+  if constexpr (ZONEOUT) zone_grad(zone_h, state_idx, zoneout_h, dh, dh_zoned, dh);
+  dg[z_idx] = S(dh * (C(h[state_idx]) - n) * z * (C(1) - z));
+  dg[n_idx] = S(dh * (C(1) - z) * (C(1) - n * n));
+  dcarry_out[state_idx] = dh * z + dh_zoned;
 }
 
 template <typename S, typename C, bool ZONEOUT>
@@ -188,20 +236,27 @@ __global__ void gru_n_backward_step(const int t, const int B, const int H, const
 ) {
   const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
   if (state_idx >= B * H) return;
-  const int b = state_idx / H, j = state_idx % H;
-  const int z_idx = b * 3 * H + j + H, n_idx = z_idx + H;  // in [B, 3H]
-  const C dh_in = dcarry[state_idx] + drec[state_idx] * kept(rdrop, state_idx, rdrop_scale);
+  gru_n_backward_unit<S, C, ZONEOUT>(t, state_idx / H, state_idx % H, H, zoneout_h, rdrop_scale, gates, h, dy, dcarry,
+                                     drec, dcarry_out, dg, zone_h, rdrop, lengths);
+}
+
+// Reset before: unit (b, j)'s da_r, and r∘d(r∘h) into dh (gru_rz_backward_step's body, and the persistent kernel's).
+template <typename S, typename C>
+__device__ __forceinline__ void gru_rz_backward_unit(const int t, const int b, const int j, const int H,
+                                                     const C rdrop_scale, const S* __restrict__ gates,
+                                                     const S* __restrict__ h, const C* __restrict__ drh,
+                                                     C* __restrict__ dcarry_out, S* __restrict__ dg,
+                                                     const unsigned char* __restrict__ rdrop,
+                                                     const int* __restrict__ lengths) {
+  const int state_idx = b * H + j;
+  const int r_idx = b * 3 * H + j;  // in [B, 3H]
   if (!is_active(lengths, t, b)) {
-    dcarry_out[state_idx] = dh_in;
-    dg[z_idx] = dg[n_idx] = S(C(0));
+    dg[r_idx] = S(C(0));
     return;
   }
-  const C z = C(gates[z_idx]), n = C(gates[n_idx]);
-  C dh = dh_in + C(dy[state_idx]), dh_zoned = C(0);
-  if constexpr (ZONEOUT) zone_grad(zone_h, state_idx, zoneout_h, dh, dh_zoned, dh);
-  dg[z_idx] = S(dh * (C(h[state_idx]) - n) * z * (C(1) - z));
-  dg[n_idx] = S(dh * (C(1) - z) * (C(1) - n * n));
-  dcarry_out[state_idx] = dh * z + dh_zoned;
+  const C r = C(gates[r_idx]), drh_j = drh[state_idx];
+  dg[r_idx] = S(drh_j * C(h[state_idx]) * r * (C(1) - r));
+  dcarry_out[state_idx] += r * drh_j * kept(rdrop, state_idx, rdrop_scale);
 }
 
 template <typename S, typename C>
@@ -216,13 +271,6 @@ __global__ void gru_rz_backward_step(const int t, const int B, const int H, cons
 ) {
   const int state_idx = blockIdx.x * blockDim.x + threadIdx.x;  // (b, j) in [B, H]
   if (state_idx >= B * H) return;
-  const int b = state_idx / H, j = state_idx % H;
-  const int r_idx = b * 3 * H + j;  // in [B, 3H]
-  if (!is_active(lengths, t, b)) {
-    dg[r_idx] = S(C(0));
-    return;
-  }
-  const C r = C(gates[r_idx]), drh_j = drh[state_idx];
-  dg[r_idx] = S(drh_j * C(h[state_idx]) * r * (C(1) - r));
-  dcarry_out[state_idx] += r * drh_j * kept(rdrop, state_idx, rdrop_scale);
+  gru_rz_backward_unit<S, C>(t, state_idx / H, state_idx % H, H, rdrop_scale, gates, h, drh, dcarry_out, dg, rdrop,
+                             lengths);
 }

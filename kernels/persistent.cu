@@ -77,19 +77,20 @@ __device__ __forceinline__ Shared<S, C> shared_parts(const int n_w, const int n_
 // reading the same k of different rows would all hit one bank.
 constexpr int ROW_PAD = 1;
 
-// store(i, r, Σ_k a[i, k] · w[r, k]) for every row i < n_a of a [n_a, K] and r < n_w of w [n_w, K + ROW_PAD]
-// (shared).  Called by every thread of the block (it meets at __syncthreads() when the products are split).
+// store(i, r, Σ_k a[i, k] · w[r, k]) for k < K, every row i < n_a of a (rows lda apart) and r < n_w of w (shared,
+// rows ldw apart).  Called by every thread of the block (it meets at __syncthreads() when the products are split).
 template <typename A, typename W, typename C, typename Store>
-__device__ __forceinline__ void block_dots(const A* __restrict__ a, const int n_a, const W* __restrict__ w,
-                                           const int n_w, const int K, C* __restrict__ partial, Store store) {
+__device__ __forceinline__ void block_dots(const A* __restrict__ a, const int lda, const int n_a,
+                                           const W* __restrict__ w, const int ldw, const int n_w, const int K,
+                                           C* __restrict__ partial, Store store) {
   const int n_out = n_a * n_w, threads = blockDim.x;
   const int split = n_out >= threads ? 1 : threads / n_out, part = threadIdx.x % split;
   for (int base = 0; base < n_out; base += threads / split) {  // the same rounds for every thread
     const int o = base + threadIdx.x / split, i = o / n_w, r = o % n_w;
     C sum = C(0);
     if (o < n_out) {
-      const A* __restrict__ a_row = a + (long long)i * K;
-      const W* __restrict__ w_row = w + (long long)r * (K + ROW_PAD);
+      const A* __restrict__ a_row = a + (long long)i * lda;
+      const W* __restrict__ w_row = w + (long long)r * ldw;
       for (int k = part; k < K; k += split) sum += C(a_row[k]) * C(w_row[k]);
     }
     if (split == 1) {
@@ -118,6 +119,18 @@ __device__ __forceinline__ void load_rows(T* __restrict__ rows, const T* __restr
   }
 }
 
+// cols[c, k] = W[k, (c / n)·H + j0 + c % n] for c < parts·n, k < K: a block's columns of a [K, n_rec] weight, the
+// units' own in each of its `parts` blocks of H columns, transposed, cols [parts·n, K + ROW_PAD].
+template <typename T>
+__device__ __forceinline__ void load_columns(T* __restrict__ cols, const T* __restrict__ W, const int K,
+                                             const int n_rec, const int parts, const int j0, const int n,
+                                             const int H) {
+  for (int idx = threadIdx.x; idx < parts * n * K; idx += blockDim.x) {
+    const int c = idx / K, k = idx % K;
+    cols[c * (K + ROW_PAD) + k] = W[(long long)k * n_rec + (c / n) * H + j0 + c % n];
+  }
+}
+
 // The forward's loop over T steps for a cell of G gates: unit(t, b, j) is the cell's pointwise step of unit (b, j).
 // E = 3 (the LSTM's full peephole): c_in(t), the c before step t [B, H], against its rows of W_ch too, into cw.
 template <int G, int E, typename S, typename C, typename CIn, typename Unit>
@@ -138,10 +151,10 @@ __device__ __forceinline__ void persistent_forward(const int T, const int B, con
   __syncthreads();
   for (int t = 0; t < T; ++t) {
     const S* h_in = hd != nullptr ? hd + (t % 2) * B * H : (t == 0 ? h0 : y + (long long)(t - 1) * B * H);
-    block_dots(h_in, B, sh.w, G * n, H, sh.partial,
+    block_dots(h_in, H, B, sh.w, H + ROW_PAD, G * n, H, sh.partial,
                [&](const int b, const int r, const C v) { hw[b * G * H + (r / n) * H + j0 + r % n] = v; });
     if constexpr (E > 0)
-      block_dots(c_in(t), B, sh.w_c, E * n, H, sh.partial,
+      block_dots(c_in(t), H, B, sh.w_c, H + ROW_PAD, E * n, H, sh.partial,
                  [&](const int b, const int r, const C v) { cw[b * E * H + (r / n) * H + j0 + r % n] = v; });
     __syncthreads();  // hw's columns of this block are whole
     for (int p = threadIdx.x; p < B * n; p += blockDim.x) unit(t, p / n, j0 + p % n);
@@ -164,13 +177,10 @@ __device__ __forceinline__ void persistent_backward(const int T, const int B, co
   int j0, n;
   block_slice(units, H, j0, n);
   const Shared<S, C> sh = shared_parts<S, C>(parts * n * (GH + ROW_PAD), 0);
-  for (int idx = threadIdx.x; idx < parts * n * GH; idx += blockDim.x) {  // w[c, k] = w_rec[k, (c/n)·H + j0 + c%n]
-    const int c = idx / GH, k = idx % GH;
-    sh.w[c * (GH + ROW_PAD) + k] = w_rec[(long long)k * n_rec + (c / n) * H + j0 + c % n];
-  }
+  load_columns(sh.w, w_rec, GH, n_rec, parts, j0, n, H);
   __syncthreads();
   auto product = [&](const int t, C* out) {  // out[:, p·H + j0 + jl] = d[t] w_rec[:, p·H + j0 + jl]
-    block_dots(d + (long long)t * B * GH, B, sh.w, parts * n, GH, sh.partial,
+    block_dots(d + (long long)t * B * GH, GH, B, sh.w, GH + ROW_PAD, parts * n, GH, sh.partial,
                [&](const int b, const int c, const C v) { out[b * n_rec + (c / n) * H + j0 + c % n] = v; });
     __syncthreads();
   };
@@ -306,4 +316,108 @@ __global__ void gru_persistent_backward(const int T, const int B, const int H, c
                                      zone_h == nullptr ? nullptr : zone_h + t * BH, rdrop, lengths);
   };
   persistent_backward<3>(T, B, H, units, H, w_hh, dgh, drec, barrier, unit);
+}
+
+// The GRU with the reset before its GEMM (reset_after=False, Cho et al.): r∘h must be whole before (r∘h) W_hnᵀ,
+// so each step meets the grid twice.  forward, step t:
+//   ghrz[:, j] = h_in · W_hh[r|z rows of j]   gru_rz_unit   grid_sync   ghn[:, j] = (r∘h) · W_hn[j]   gru_n_unit
+//   grid_sync
+// backward, step t = T−1 … 0 (dg = [da_r, da_z, da_n], drec[T % 2] zeroed by the caller):
+//   gru_n_backward_unit   grid_sync   drh[:, j] = dg_n · W_hn[:, j]   gru_rz_backward_unit   grid_sync
+//   drec[t % 2][:, j] = dg_rz · W_hh[r|z rows, j]
+// The weights as for reset_after: rows r, z, n of its units (forward), its columns of W_hh (backward).
+template <typename S, typename C, bool ZONEOUT, bool TRAINING>
+__global__ void gru_rb_persistent_forward(const int T, const int B, const int H, const int units, const C zoneout_h,
+                                          const C rdrop_scale,
+                                          const S* __restrict__ xw,        // [T, B, 3H] x Wihᵀ + b_ih + b_hh
+                                          const S* __restrict__ w_hh,      // [3H, H]
+                                          const S* __restrict__ h0,        // [B, H]
+                                          S* __restrict__ y,               // [T, B, H]
+                                          S* __restrict__ h_last,          // [B, H], or null
+                                          S* __restrict__ gates,           // [T, B, 3H] r z n ([1, B, 3H] inference)
+                                          S* __restrict__ rh,              // [T, B, H] r∘h ([1, B, H] inference)
+                                          const unsigned char* __restrict__ zone_h,  // [T, B, H], or null
+                                          const unsigned char* __restrict__ rdrop,   // [B, H], or null
+                                          S* __restrict__ hd,              // [2, B, H] d∘h (rdrop; hd[0] = d∘h0)
+                                          const int* __restrict__ lengths, // [B], or null
+                                          C* __restrict__ ghrz,            // [B, 2H] scratch
+                                          C* __restrict__ ghn,             // [B, H] scratch
+                                          unsigned int* barrier            // [1] zeroed
+) {
+  const long long BH = (long long)B * H;
+  int j0, n;
+  block_slice(units, H, j0, n);
+  const Shared<S, C> sh = shared_parts<S, C>(3 * n * (H + ROW_PAD), 0);
+  load_rows(sh.w, w_hh, 3, j0, n, H);
+  __syncthreads();
+  for (int t = 0; t < T; ++t) {
+    const int s = TRAINING ? t : 0;
+    const S* h_prev = t == 0 ? h0 : y + (t - 1) * BH;
+    const S* h_in = rdrop != nullptr ? hd + (t % 2) * BH : h_prev;
+    S* gates_t = gates + s * 3 * BH;
+    S* rh_t = rh + s * BH;
+    block_dots(h_in, H, B, sh.w, H + ROW_PAD, 2 * n, H, sh.partial,
+               [&](const int b, const int r, const C v) { ghrz[b * 2 * H + (r / n) * H + j0 + r % n] = v; });
+    __syncthreads();
+    for (int p = threadIdx.x; p < B * n; p += blockDim.x)
+      gru_rz_unit<S, C>(p / n, j0 + p % n, H, xw + t * 3 * BH, ghrz, h_in, gates_t, rh_t);
+    grid_sync(barrier);  // r∘h is whole
+    block_dots(rh_t, H, B, sh.w + 2 * n * (H + ROW_PAD), H + ROW_PAD, n, H, sh.partial,
+               [&](const int b, const int r, const C v) { ghn[b * H + j0 + r] = v; });
+    __syncthreads();
+    for (int p = threadIdx.x; p < B * n; p += blockDim.x)
+      gru_n_unit<S, C, ZONEOUT>(t, p / n, j0 + p % n, H, zoneout_h, rdrop_scale, xw + t * 3 * BH, ghn, h_prev,
+                                y + t * BH, h_last, gates_t, zone_h == nullptr ? nullptr : zone_h + t * BH, rdrop,
+                                rdrop == nullptr ? nullptr : hd + ((t + 1) % 2) * BH, lengths);
+    grid_sync(barrier);  // h' of step t (y[t], d∘y[t]) is whole
+  }
+}
+
+template <typename S, typename C, bool ZONEOUT>
+__global__ void gru_rb_persistent_backward(const int T, const int B, const int H, const int units,
+                                           const C zoneout_h, const C rdrop_scale,
+                                           const S* __restrict__ gates,     // [T, B, 3H] r z n
+                                           const S* __restrict__ h0,        // [B, H]
+                                           const S* __restrict__ y,         // [T, B, H]
+                                           const S* __restrict__ hd,        // [T, B, H] each step's d∘h, or null
+                                           const S* __restrict__ dy,        // [T, B, H]
+                                           C* __restrict__ dcarry,          // [2, B, H] dh, ping-pong
+                                           C* __restrict__ drec,            // [2, B, H] dg_rz W_hh_rz, ping-pong
+                                           S* __restrict__ dg,              // [T, B, 3H]
+                                           const S* __restrict__ w_hh,      // [3H, H]
+                                           C* __restrict__ drh,             // [B, H] scratch: d(r∘h)
+                                           const unsigned char* __restrict__ zone_h,  // [T, B, H], or null
+                                           const unsigned char* __restrict__ rdrop,   // [B, H], or null
+                                           const int* __restrict__ lengths, // [B], or null
+                                           unsigned int* barrier            // [1] zeroed
+) {
+  const long long BH = (long long)B * H;
+  const int GH = 3 * H;
+  int j0, n;
+  block_slice(units, H, j0, n);
+  const Shared<S, C> sh = shared_parts<S, C>(n * (GH + ROW_PAD), 0);
+  load_columns(sh.w, w_hh, GH, H, 1, j0, n, H);
+  __syncthreads();
+  for (int t = T - 1; t >= 0; --t) {
+    const int nxt = (t + 1) % 2, cur = t % 2;
+    const S* h_prev = t == 0 ? h0 : y + (t - 1) * BH;
+    const S* dg_t = dg + t * 3 * BH;
+    for (int p = threadIdx.x; p < B * n; p += blockDim.x)
+      gru_n_backward_unit<S, C, ZONEOUT>(t, p / n, j0 + p % n, H, zoneout_h, rdrop_scale, gates + t * 3 * BH, h_prev,
+                                         dy + t * BH, dcarry + nxt * BH, drec + nxt * BH, dcarry + cur * BH,
+                                         dg + t * 3 * BH, zone_h == nullptr ? nullptr : zone_h + t * BH, rdrop,
+                                         lengths);
+    grid_sync(barrier);  // da_n is whole
+    block_dots(dg_t + 2 * H, GH, B, sh.w + 2 * H, GH + ROW_PAD, n, H, sh.partial,
+               [&](const int b, const int c, const C v) { drh[b * H + j0 + c] = v; });
+    __syncthreads();
+    for (int p = threadIdx.x; p < B * n; p += blockDim.x)
+      gru_rz_backward_unit<S, C>(t, p / n, j0 + p % n, H, rdrop_scale, gates + t * 3 * BH,
+                                 hd != nullptr ? hd + t * BH : h_prev, drh, dcarry + cur * BH, dg + t * 3 * BH, rdrop,
+                                 lengths);
+    grid_sync(barrier);  // da_r is whole
+    block_dots(dg_t, GH, B, sh.w, GH + ROW_PAD, n, 2 * H, sh.partial,
+               [&](const int b, const int c, const C v) { drec[cur * BH + b * H + j0 + c] = v; });
+    __syncthreads();  // this block's drec for the next step's units
+  }
 }

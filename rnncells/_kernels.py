@@ -107,7 +107,7 @@ _LAYER_NORM = ("layer_norm_forward", "layer_norm_backward")
 BARRIER_KERNELS = (*_LAYER_NORM, "lstm_ln_forward_step", "lstm_ln_backward_step")
 # one cooperative launch a sequence, every block resident, meeting at grid_sync() too
 COOPERATIVE_KERNELS = ("lstm_persistent_forward", "lstm_persistent_backward", "gru_persistent_forward",
-                       "gru_persistent_backward")
+                       "gru_persistent_backward", "gru_rb_persistent_forward", "gru_rb_persistent_backward")
 
 
 def instantiations():
@@ -131,9 +131,10 @@ def _persistent_instantiations(dtype):
     for spec in LSTMSpec.every():
         names += [kernel_name("lstm_persistent_forward", dtype, spec, training) for training in (True, False)]
         names.append(kernel_name("lstm_persistent_backward", dtype, spec))
-    for spec in {s.template_args(): s for s in GRUSpec.every() if persistent_support(s) is None}.values():
-        names += [kernel_name("gru_persistent_forward", dtype, spec, training) for training in (True, False)]
-        names.append(kernel_name("gru_persistent_backward", dtype, spec))
+    for spec in {s.template_args(): s for s in GRUSpec.every()}.values():
+        for kernel in ("gru_persistent", "gru_rb_persistent"):  # reset after, and before
+            names += [kernel_name(f"{kernel}_forward", dtype, spec, training) for training in (True, False)]
+            names.append(kernel_name(f"{kernel}_backward", dtype, spec))
     return names
 
 
@@ -182,11 +183,8 @@ def persistent_support(spec):
     """None when the persistent kernels run the variant, else why they do not (a phrase naming the flag)."""
     if spec.layer_norm:
         return "layer_norm (its row statistics span every block)"
-    if isinstance(spec, LSTMSpec):
-        if spec.proj_size:
-            return "proj_size (the projection needs all of h' before the next step)"
-    elif not spec.reset_after:
-        return "reset_after=False (r∘h needs all of r before its GEMM)"
+    if isinstance(spec, LSTMSpec) and spec.proj_size:
+        return "proj_size (the projection needs all of h' before the next step)"
     return None
 
 
@@ -294,6 +292,24 @@ class KernelOps:
         name = kernel_name("gru_persistent_forward", y.dtype, spec, gates is not None)
         self._launch_persistent(name, plan, T, B, H, plan.units, *scalars(spec, gh.dtype), xw, w_hh, b_hn, h0, y,
                                 h_last, gates, zone_h, rdrop, hd, lengths, gh)
+
+    def gru_rb_persistent_forward(self, plan, spec, training, xw, w_hh, h0, y, h_last, gates, rh, zone_h, rdrop, hd,
+                                  lengths, ghrz, ghn):
+        """A whole GRU (reset before) forward loop as one persistent launch: gates [T, B, 3H] and rh [T, B, H] in
+        training, [1, ...] else (r and z pass to n through them); hd as in lstm_persistent_forward."""
+        T, B, H = y.shape
+        name = kernel_name("gru_rb_persistent_forward", y.dtype, spec, training)
+        self._launch_persistent(name, plan, T, B, H, plan.units, *scalars(spec, ghn.dtype), xw, w_hh, h0, y, h_last,
+                                gates, rh, zone_h, rdrop, hd, lengths, ghrz, ghn)
+
+    def gru_rb_persistent_backward(self, plan, spec, gates, h0, y, hd, dy, dcarry, drec, dg, w_hh, drh, zone_h, rdrop,
+                                   lengths):
+        """A whole GRU (reset before) backward loop as one persistent launch; hd [T, B, H] every step's d∘h
+        (recurrent dropout), or None."""
+        T, B, H = y.shape
+        name = kernel_name("gru_rb_persistent_backward", y.dtype, spec)
+        self._launch_persistent(name, plan, T, B, H, plan.units, *scalars(spec, drh.dtype), gates, h0, y, hd, dy,
+                                dcarry, drec, dg, w_hh, drh, zone_h, rdrop, lengths)
 
     def gru_persistent_backward(self, plan, spec, gates, h0, y, dy, dcarry, drec, dgi, dgh, w_hh, zone_h, rdrop,
                                 lengths):

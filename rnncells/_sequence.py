@@ -706,9 +706,12 @@ def gru_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None
         b.h_last[...] = b.h0
     if b.rdrop is not None:
         b.hd[...] = _dropped(spec, b.rdrop, b.h0)
-    if plan is not None:
+    if plan is not None and reset_after:
         ops.gru_persistent_forward(plan, spec, b.xw, b.w_hh, b.b_hn, b.h0, b.y, b.h_last, b.gates, b.zone_h, b.rdrop,
                                    _double_buffered(xp, b.hd), b.lengths, b.gh)
+    elif plan is not None:
+        ops.gru_rb_persistent_forward(plan, spec, training, b.xw, b.w_hh, b.h0, b.y, b.h_last, b.gates, b.rh, b.zone_h,
+                                      b.rdrop, _double_buffered(xp, b.hd), b.lengths, b.ghrz, b.ghn)
     else:
         _run(slot, ops, _gru_forward_steps, b, T, spec, training)
     hT = b.h_last if b.h_last is not None else _prev(b.h0, b.y, T)
@@ -775,9 +778,12 @@ def gru_backward(ops, xp, ctx, dy, dstates):
     g.drec[T % 2] = 0
     if dropped:  # read by the reset-before loop, and by dWhh
         _dropped_inputs(ctx.spec, g, ctx.h0, ctx.y, ctx.rdrop)
-    if ctx.plan is not None:
+    if ctx.plan is not None and ctx.spec.reset_after:
         ops.gru_persistent_backward(ctx.plan, ctx.spec, ctx.gates, ctx.h0, ctx.y, g.dy, g.dcarry, g.drec, g.dg, g.dgh,
                                     ctx.w_hh, ctx.zone_h, ctx.rdrop, ctx.lengths)
+    elif ctx.plan is not None:
+        ops.gru_rb_persistent_backward(ctx.plan, ctx.spec, ctx.gates, ctx.h0, ctx.y, g.hd, g.dy, g.dcarry, g.drec,
+                                       g.dg, ctx.w_hh, g.drh, ctx.zone_h, ctx.rdrop, ctx.lengths)
     else:
         _run(slot, ops, _gru_backward_steps, ctx, g, T)
     dg = g.dg

@@ -136,7 +136,6 @@ def test_a_device_without_cooperative_launch_has_no_plan():
 
 
 @pytest.mark.parametrize("cell,flag", [(LSTMSpec(proj_size=2), "proj_size"), (LSTMSpec(layer_norm=True), "layer_norm"),
-                                       (GRUSpec(reset_after=False), "reset_after=False"),
                                        (GRUSpec(layer_norm=True), "layer_norm")], ids=str)
 def test_variants_without_persistent_kernels_say_which_flag(cell, flag):
     plan, why = persistent_plan(cell, "float32", 64, HOPPER)
@@ -196,15 +195,21 @@ def _names():
     return [n for n in _kernels.instantiations() if n.split("<")[1].startswith("double")]
 
 
-BROKEN = {  # what each edit of kernels/persistent.cu breaks
-    "forward grid barrier": ("grid_sync(barrier);  // y[t]", ";  // y[t]"),
-    "backward grid barrier": ("grid_sync(barrier);  // d[t]", ";  // d[t]"),
-    "block barrier before the units": ("__syncthreads();  // hw's columns", ";  // hw's columns"),
-    "slice boundary": ("n = min(units, H - j0);", "n = min(units - 1, H - j0);"),
-    "last partial slice": ("n = min(units, H - j0);", "n = H - j0 < units ? 1 : units;"),
+PLAIN, RESET_BEFORE = [LSTMSpec(), GRUSpec()], [GRUSpec(reset_after=False)]
+BROKEN = {  # what each edit of kernels/persistent.cu breaks, and the variants that show it
+    "forward grid barrier": ("grid_sync(barrier);  // y[t]", ";  // y[t]", PLAIN),
+    "backward grid barrier": ("grid_sync(barrier);  // d[t]", ";  // d[t]", PLAIN),
+    "block barrier before the units": ("__syncthreads();  // hw's columns", ";  // hw's columns", PLAIN),
+    "slice boundary": ("n = min(units, H - j0);", "n = min(units - 1, H - j0);", PLAIN + RESET_BEFORE),
+    "last partial slice": ("n = min(units, H - j0);", "n = H - j0 < units ? 1 : units;", PLAIN + RESET_BEFORE),
     # d∘h_t written over d∘h_{t−1}, which blocks that run later in the step still read
     "one buffer for d∘h": ("rdrop, hd == nullptr ? nullptr : hd + ((t + 1) % 2) * BH,",
-                           "rdrop, hd == nullptr ? nullptr : hd + (t % 2) * BH,"),
+                           "rdrop, hd == nullptr ? nullptr : hd + (t % 2) * BH,", [LSTMSpec(recurrent_dropout=0.25)]),
+    # reset before: the barriers between a step's two halves and at its end
+    "reset before: r∘h barrier": ("grid_sync(barrier);  // r∘h is whole", ";", RESET_BEFORE),
+    "reset before: step barrier": ("grid_sync(barrier);  // h' of step t", ";  //", RESET_BEFORE),
+    "reset before: da_n barrier": ("grid_sync(barrier);  // da_n is whole", ";", RESET_BEFORE),
+    "reset before: da_r barrier": ("grid_sync(barrier);  // da_r is whole", ";", RESET_BEFORE),
 }
 
 
@@ -215,9 +220,9 @@ def test_the_host_emulation_catches_a_broken_persistent_kernel(edited_host_ops, 
     block, running alone between grid barriers, reads what another has not written yet or has already overwritten,
     a block's fibers read what a block barrier would have waited for, or units go unwritten (NaN-poisoned).  The
     partial slice's edit gives the right result where every slice is whole (H = 40)."""
-    ops = edited_host_ops("persistent.cu", *BROKEN[edit], _names())
+    line, edited, specs = BROKEN[edit]
+    ops = edited_host_ops("persistent.cu", line, edited, _names())
     broken = _backends.Orchestrated("cuda-host", lambda tf32: ops, poisoned_numpy)
-    specs = [LSTMSpec(recurrent_dropout=0.25)] if edit == "one buffer for d∘h" else [LSTMSpec(), GRUSpec()]
     for spec in specs:
         p = verify.problem(spec, T=4, B=3, H=33)
         with np.errstate(invalid="ignore"):
