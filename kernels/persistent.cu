@@ -225,8 +225,9 @@ __global__ void lstm_persistent_forward(const int T, const int B, const int H, c
         zone_c == nullptr ? nullptr : zone_c + t * BH, rdrop, hd == nullptr ? nullptr : hd + ((t + 1) % 2) * BH,
         lengths);
   };
-  persistent_forward<4, PEEPHOLE == PEEPHOLE_FULL ? 3 : 0>(T, B, H, units, w_hh, w_ch, h0, y,
-                                                           rdrop == nullptr ? nullptr : hd, hw, cw, barrier, c_in, unit);
+  constexpr int E = PEEPHOLE == PEEPHOLE_FULL ? 3 : 0;  // W_ch's rows i, f, o
+  persistent_forward<4, E>(T, B, H, units, w_hh, w_ch, h0, y, rdrop == nullptr ? nullptr : hd, hw, cw, barrier, c_in,
+                           unit);
 }
 
 template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT>
