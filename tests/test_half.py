@@ -148,7 +148,7 @@ MUTATIONS = {
 @pytest.mark.parametrize("mutation", MUTATIONS)
 def test_a_kernel_line_computing_in_S_fails_the_contract(mutation, edited_host_ops):
     file, line, edited = MUTATIONS[mutation]
-    ops = edited_host_ops(file, line, edited)
+    ops = edited_host_ops(file, line, edited, "bfloat16")
     spec = LSTMSpec() if file == "lstm.cu" else GRUSpec()
     assert _contract(ops, spec, "bfloat16") > 2.0  # well past the allowance, not a near miss
 

@@ -124,7 +124,7 @@ def test_the_host_emulation_catches_a_missing_barrier(edited_host_ops, barrier):
     read what a barrier would have waited for, and the rows come out wrong, in the row kernels and in the
     LayerNorm LSTM's cell kernels, which sum with it too."""
     marker = BLOCK_SUM_BARRIERS[barrier]
-    broken = edited_host_ops("layernorm.cu", marker, marker.replace("__syncthreads();", ";"))
+    broken = edited_host_ops("layernorm.cu", marker, marker.replace("__syncthreads();", ";"), "float64")
     args = _rows_problem(2, 100, np.dtype("float64"))
     got, want = _run_rows(broken, *args), _run_rows(_numpy, *args)
     assert not verify.worst_of(verify.rel_err(a, b) for a, b in zip(got, want)) <= 1e-3

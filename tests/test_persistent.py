@@ -190,11 +190,6 @@ def test_graphs_and_persistent_together_run_the_persistent_kernels_eagerly():
 # --- the host emulation catches what a GPU would get wrong ------------------------------------------------------------
 
 
-def _names():
-    """The float64 instantiations, all that an edited build needs to compile."""
-    return [n for n in _kernels.instantiations() if n.split("<")[1].startswith("double")]
-
-
 PLAIN, RESET_BEFORE = [LSTMSpec(), GRUSpec()], [GRUSpec(reset_after=False)]
 BROKEN = {  # what each edit of kernels/persistent.cu breaks, and the variants that show it
     "forward grid barrier": ("grid_sync(barrier);  // y[t]", ";  // y[t]", PLAIN),
@@ -221,7 +216,7 @@ def test_the_host_emulation_catches_a_broken_persistent_kernel(edited_host_ops, 
     a block's fibers read what a block barrier would have waited for, or units go unwritten (NaN-poisoned).  The
     partial slice's edit gives the right result where every slice is whole (H = 40)."""
     line, edited, specs = BROKEN[edit]
-    ops = edited_host_ops("persistent.cu", line, edited, _names())
+    ops = edited_host_ops("persistent.cu", line, edited, "float64")
     broken = _backends.Orchestrated("cuda-host", lambda tf32: ops, poisoned_numpy)
     for spec in specs:
         p = verify.problem(spec, T=4, B=3, H=33)
