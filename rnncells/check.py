@@ -14,6 +14,7 @@ variant row is the worst over one step, a sequence, a sequence with
 Then every kernel instantiation compiled with NVRTC for sm_80 and sm_90.
 """
 
+import functools
 import re
 import shutil
 
@@ -116,16 +117,22 @@ def nvrtc_report(arch):
     """Compile every instantiation for sm_<arch> with NVRTC; {name: (registers, spill stores, spill loads)}.
 
     Needs cuda-bindings and an NVRTC library (the `nvrtc` extra); no GPU.
-    Raises RuntimeError with NVRTC's log if the compile fails.
+    Raises RuntimeError with NVRTC's log if the compile fails.  A process
+    compiles each program text once per architecture (the tests ask often).
     """
+    return dict(_nvrtc_report(arch, _kernels.program_source(), tuple(_kernels.instantiations()),
+                              _kernels.nvrtc_options()))
+
+
+@functools.lru_cache(maxsize=4)
+def _nvrtc_report(arch, source, names, options):
     from cuda.bindings import nvrtc
 
-    names = _kernels.instantiations()
-    err, prog = nvrtc.nvrtcCreateProgram(_kernels.program_source().encode(), b"rnncells.cu", 0, [], [])
+    err, prog = nvrtc.nvrtcCreateProgram(source.encode(), b"rnncells.cu", 0, [], [])
     _nvrtc_check(err, "nvrtcCreateProgram")
     for n in names:
         _nvrtc_check(nvrtc.nvrtcAddNameExpression(prog, n.encode())[0], "nvrtcAddNameExpression")
-    opts = [f"--gpu-architecture=sm_{arch}", *_kernels.nvrtc_options(), "--ptxas-options=-v"]
+    opts = [f"--gpu-architecture=sm_{arch}", *options, "--ptxas-options=-v"]
     (status,) = nvrtc.nvrtcCompileProgram(prog, len(opts), [o.encode() for o in opts])
     _, size = nvrtc.nvrtcGetProgramLogSize(prog)
     log = b" " * size

@@ -3,12 +3,21 @@
 import subprocess
 import sys
 
+import pytest
+
 from rnncells import _kernels, check, tape, verify
 
 
-def test_check_passes_with_one_row_per_variant_dtype_and_backend():
+@pytest.fixture(scope="module")
+def check_run():
+    """(exit status, printed lines) of one `rnncells check`, which both tests below read (it takes minutes)."""
     lines = []
-    assert check.main(out=lines.append) == 0
+    return check.main(out=lines.append), lines
+
+
+def test_check_passes_with_one_row_per_variant_dtype_and_backend(check_run):
+    status, lines = check_run
+    assert status == 0
     rows = [line for line in lines if line[:1].isdigit() and not line.endswith("(not run)")]
     running = [b for b, why in check.backends() if why is None]
     assert "cuda-host tf32" in running and "cuda-host persistent" in running
@@ -45,14 +54,9 @@ def test_command_line_entry_point_runs_check():
     assert r.returncode == 2 and "invalid choice" in r.stderr
 
 
-def test_check_lists_every_kernel_for_both_architectures():
-    import pytest
-
+def test_check_lists_every_kernel_for_both_architectures(check_run):
     pytest.importorskip("cuda.bindings.nvrtc")
-    from rnncells import _kernels
-
-    lines = []
-    check.main(out=lines.append)
+    _, lines = check_run
     kernels = {n.split("<")[0] for n in _kernels.instantiations()}
     kernel_lines = [line for line in lines if line.split("<")[0] in kernels]
     assert len(kernel_lines) == len(_kernels.instantiations())
