@@ -10,6 +10,7 @@ their orchestration without a GPU, not a fast path.
 import ctypes
 import functools
 import math
+import os
 import shutil
 import subprocess
 import tempfile
@@ -77,10 +78,11 @@ def record(ops, loop):
 # --- the host build -----------------------------------------------------------
 
 
-def host_source(names):
-    """C++ that includes the kernels and exports, per instantiation, a launcher and its signature."""
+def host_source(names, first=0):
+    """C++ that includes the kernels and exports, per instantiation, a launcher and its signature (numbered from
+    `first`: a part of a build split over several translation units)."""
     lines = ['#include "host.h"', program_source()]
-    for k, name in enumerate(names):
+    for k, name in enumerate(names, first):
         grid_block = "dim3{gx, gy, 1}, dim3{bx, 1, 1}"
         if cooperative(name):
             launch = f"launch_cooperative(&{name}, {grid_block}, shared, args)"
@@ -95,20 +97,32 @@ def host_source(names):
 def build_host_library(out_dir, sanitize=False, source_dir=None, names=None):
     """Compile every instantiation (or those `names`) for the host with g++; returns the shared library's path.
 
-    `source_dir` holds the kernel sources, by default `kernel_dir()` (a test builds edited copies).
+    `source_dir` holds the kernel sources, by default `kernel_dir()` (a test builds edited copies).  The
+    instantiations are split over one translation unit per CPU, compiled side by side, then linked: g++ compiles
+    a unit on one core, and the build is most of what a host run costs.
     """
     if shutil.which("g++") is None:
         raise RuntimeError("the host build of the kernels needs g++ on PATH")
     names = instantiations() if names is None else names
     out_dir = Path(out_dir).resolve()  # dlopen reads a bare file name as a library-path search
-    src = out_dir / "host_kernels.cpp"
-    src.write_text(host_source(names))
     lib = out_dir / ("host_kernels_asan.so" if sanitize else "host_kernels.so")
     flags = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"] if sanitize else ["-O2"]
-    cmd = ["g++", "-std=c++17", "-shared", "-fPIC", *flags, f"-I{source_dir or kernel_dir()}", str(src), "-o", str(lib)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    flags = ["-std=c++17", "-fPIC", *flags]
+    parts = max(1, min(len(names), len(os.sched_getaffinity(0))))
+    size = math.ceil(len(names) / parts)
+    jobs = []
+    for p in range(parts):
+        src, obj = out_dir / f"host_kernels_{p}.cpp", out_dir / f"host_kernels_{p}{'_asan' if sanitize else ''}.o"
+        src.write_text(host_source(names[p * size : (p + 1) * size], first=p * size))
+        cmd = ["g++", *flags, f"-I{source_dir or kernel_dir()}", "-c", str(src), "-o", str(obj)]
+        jobs.append((obj, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+    failed = [err for _, job in jobs for _, err in [job.communicate()] if job.returncode]
+    if failed:
+        raise RuntimeError(f"g++ failed on the kernels:\n{failed[0]}")
+    r = subprocess.run(["g++", "-shared", *flags, *(str(obj) for obj, _ in jobs), "-o", str(lib)], capture_output=True,
+                       text=True)
     if r.returncode:
-        raise RuntimeError(f"g++ failed on the kernels:\n{r.stderr}")
+        raise RuntimeError(f"g++ failed to link the kernels:\n{r.stderr}")
     return lib
 
 
