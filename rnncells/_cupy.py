@@ -56,20 +56,27 @@ def device(device_id):
                            cooperative=bool(props["cooperativeLaunch"]))
 
 
-def _launch_cooperative(device_id, name, grid, block, args, shared):
-    """A persistent kernel's launch, refused unless every block can be resident at once: CuPy would shrink a
-    cooperative grid that does not fit (with a warning), which would drop slices of the hidden units."""
+@functools.lru_cache(maxsize=None)
+def _resident_per_sm(device_id, name, threads, shared):
+    """How many blocks of a persistent kernel an SM holds at once, asked of the driver once per launch shape (not on
+    every launch), after the kernel's opt-in to `shared` bytes of shared memory (past 48 KiB)."""
     from cupy_backends.cuda.api import driver
 
     fn = _function(device_id, name)
     if shared > fn.max_dynamic_shared_size_bytes:
-        fn.max_dynamic_shared_size_bytes = shared  # the opt-in past 48 KiB
-    per_sm = driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.kernel.ptr, block[0], shared)
+        fn.max_dynamic_shared_size_bytes = shared
+    return driver.occupancyMaxActiveBlocksPerMultiprocessor(fn.kernel.ptr, threads, shared)
+
+
+def _launch_cooperative(device_id, name, grid, block, args, shared):
+    """A persistent kernel's launch, refused unless every block can be resident at once: CuPy would shrink a
+    cooperative grid that does not fit (with a warning), which would drop slices of the hidden units."""
+    per_sm = _resident_per_sm(device_id, name, block[0], shared)
     resident = per_sm * device(device_id).sms
     if resident < grid[0]:
         raise RuntimeError(f"{name}: {grid[0]} blocks of {block[0]} threads with {shared} bytes of shared memory "
                            f"cannot all be resident ({per_sm} per SM, {resident} in all), as its grid barrier needs")
-    fn(grid, block, args, shared_mem=shared)
+    _function(device_id, name)(grid, block, args, shared_mem=shared)
 
 
 def kernel_args(args):
