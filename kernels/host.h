@@ -31,6 +31,7 @@
 
 using std::exp;
 using std::fabs;
+using std::max;
 using std::min;
 using std::sqrt;
 

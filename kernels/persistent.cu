@@ -15,10 +15,19 @@
 //   the GRU's dgh; the caller zeroes drec[T % 2]), then *_backward_unit, then grid_sync(); after step 0 the same
 //   product of d[0] gives drec[0], dh0's GEMM part, as the step loops' last GEMM does.  peephole="full": d against
 //   [W_hh | W_ch] (the step loops' w_rec [4H, 2H]), columns j and H + j, drec [2, B, 2H] (dh's part, then dc's).
+// proj_size P (the LSTM's h = W_hr h'; P a runtime argument, as for the step kernels): block k also owns the outputs
+// [k·V, k·V + m) (`proj_units` V; trailing blocks may own none), h is P wide, and each step meets the grid twice:
+//   forward   hw from h_{t−1} [B, P]; the units write h' [B, H]; grid_sync(); y[t][:, p] = h' · W_hr[p, :] for its
+//             m outputs; grid_sync()
+//   backward  dh[t][:, p] += da[t + 1] · W_hh[:, p] for its m outputs (dh [T, B, P] the caller's dy, lengths applied
+//             and dhT added); grid_sync(); drec[(t+1) % 2][:, j] = dh[t] · W_hr[:, j] for its units (FULL: and
+//             [:, H + j] = da[t + 1] · W_ch's column j); the units; grid_sync()
 // Shared memory (dynamic; rnncells/_kernels.py's persistent_shared_bytes), each part from a 16-byte boundary:
 //   w        [G·n, H + 1] rows of W_hh (forward), or [n, G·H + 1] its columns, transposed ([2n, G·H + 1] when
-//            FULL: backward), in S; each row one longer than its values (ROW_PAD), against bank conflicts
-//   w_c      [3·n, H + 1] rows of W_ch in C (forward, FULL)
+//            FULL: backward), in S; each row one longer than its values (ROW_PAD), against bank conflicts;
+//            projected: [4n, P + 1] rows (forward), [m, 4H + 1] columns (backward)
+//   x        projected: [m, H + 1] rows of W_hr (forward), or [n, 4H + 1] columns of W_ch (backward, FULL), in S
+//   c        [3·n, H + 1] rows of W_ch in C (forward, FULL); projected backward: [n, P + 1] columns of W_hr in C
 //   partial  [blockDim.x] C, the split dot products' partial sums
 // A block has B·G·n (or B·n) dot products; when that is fewer than its threads, `split` threads share each, every
 // one summing each split-th term, and the first adds their partial sums in order.  Every sum runs in a fixed order,
@@ -52,25 +61,31 @@ __device__ __forceinline__ unsigned char* dynamic_shared_memory() {
 }
 #endif
 
-// The units this block owns, [j0, j0 + n): `units` each but the last block's, which may have fewer.
+// The units this block owns, [j0, j0 + n): `units` each but the last block's, which may have fewer (or none: the
+// projection's outputs, P of them over blocks made for H).
 __device__ __forceinline__ void block_slice(const int units, const int H, int& j0, int& n) {
   j0 = blockIdx.x * units;
-  n = min(units, H - j0);
+  n = max(0, min(units, H - j0));
 }
 
-// The block's shared memory, in order, each part from a 16-byte boundary: its weights in S (n_w values), the full
-// peephole's in C (n_c values, or none), the partial sums, one per thread in C.
+// The block's shared memory, in order, each part from a 16-byte boundary: its weights in S (n_w values), more in S
+// (n_x: the projection's), more in C (n_c: the full peephole's, or the projection's in the backward), the partial
+// sums, one per thread in C.
 template <typename S, typename C>
 struct Shared {
   S* w;
-  C* w_c;
+  S* x;
+  C* c;
   C* partial;
 };
 template <typename S, typename C>
-__device__ __forceinline__ Shared<S, C> shared_parts(const int n_w, const int n_c) {
-  const int w_c = (n_w * int(sizeof(S)) + 15) / 16 * 16, partial = w_c + (n_c * int(sizeof(C)) + 15) / 16 * 16;
+__device__ __forceinline__ Shared<S, C> shared_parts(const int n_w, const int n_x, const int n_c) {
+  auto part = [](const int bytes) { return (bytes + 15) / 16 * 16; };
+  const int x = part(n_w * int(sizeof(S))), c = x + part(n_x * int(sizeof(S)));
+  const int partial = c + part(n_c * int(sizeof(C)));
   unsigned char* base = dynamic_shared_memory();
-  return {reinterpret_cast<S*>(base), reinterpret_cast<C*>(base + w_c), reinterpret_cast<C*>(base + partial)};
+  return {reinterpret_cast<S*>(base), reinterpret_cast<S*>(base + x), reinterpret_cast<C*>(base + c),
+          reinterpret_cast<C*>(base + partial)};
 }
 
 // Rows of weights in shared memory are K + ROW_PAD long: with rows of a multiple of 32 words, the threads of a warp
@@ -84,6 +99,7 @@ __device__ __forceinline__ void block_dots(const A* __restrict__ a, const int ld
                                            const W* __restrict__ w, const int ldw, const int n_w, const int K,
                                            C* __restrict__ partial, Store store) {
   const int n_out = n_a * n_w, threads = blockDim.x;
+  if (n_out == 0) return;  // a block without projected outputs
   const int split = n_out >= threads ? 1 : threads / n_out, part = threadIdx.x % split;
   for (int base = 0; base < n_out; base += threads / split) {  // the same rounds for every thread
     const int o = base + threadIdx.x / split, i = o / n_w, r = o % n_w;
@@ -108,14 +124,14 @@ __device__ __forceinline__ void block_dots(const A* __restrict__ a, const int ld
   }
 }
 
-// rows[g·n + jl, k] = W[g·H + j0 + jl, k] for g < gates, jl < n, k < H: a block's rows of a [gates·H, H] weight,
-// rows [gates·n, H + ROW_PAD].
+// rows[g·n + jl, k] = W[g·H + j0 + jl, k] for g < gates, jl < n, k < K: a block's rows of a [gates·H, K] weight,
+// rows [gates·n, K + ROW_PAD].
 template <typename T>
 __device__ __forceinline__ void load_rows(T* __restrict__ rows, const T* __restrict__ W, const int gates,
-                                          const int j0, const int n, const int H) {
-  for (int idx = threadIdx.x; idx < gates * n * H; idx += blockDim.x) {
-    const int r = idx / H, k = idx % H;
-    rows[r * (H + ROW_PAD) + k] = W[(long long)((r / n) * H + j0 + r % n) * H + k];
+                                          const int j0, const int n, const int H, const int K) {
+  for (int idx = threadIdx.x; idx < gates * n * K; idx += blockDim.x) {
+    const int r = idx / K, k = idx % K;
+    rows[r * (K + ROW_PAD) + k] = W[(long long)((r / n) * H + j0 + r % n) * K + k];
   }
 }
 
@@ -133,32 +149,45 @@ __device__ __forceinline__ void load_columns(T* __restrict__ cols, const T* __re
 
 // The forward's loop over T steps for a cell of G gates: unit(t, b, j) is the cell's pointwise step of unit (b, j).
 // E = 3 (the LSTM's full peephole): c_in(t), the c before step t [B, H], against its rows of W_ch too, into cw.
-template <int G, int E, typename S, typename C, typename CIn, typename Unit>
-__device__ __forceinline__ void persistent_forward(const int T, const int B, const int H, const int units,
-                                                   const S* __restrict__ w_hh,  // [G·H, H]
+// P > 0 (the LSTM's projection, h = W_hr h'): h is P wide, the units write h' into m_out(t) [B, H], and after a
+// grid barrier the block's proj_units rows of W_hr give its columns of y[t]; a second grid barrier.
+template <int G, int E, typename S, typename C, typename CIn, typename Unit, typename MOut>
+__device__ __forceinline__ void persistent_forward(const int T, const int B, const int H, const int P, const int units,
+                                                   const int proj_units,
+                                                   const S* __restrict__ w_hh,  // [G·H, P or H]
                                                    const C* __restrict__ w_ch,  // [E·H, H] (E > 0)
-                                                   const S* __restrict__ h0,    // [B, H]
-                                                   const S* __restrict__ y,     // [T, B, H]
+                                                   const S* __restrict__ w_hr,  // [P, H] (P > 0)
+                                                   const S* __restrict__ h0,    // [B, P or H]
+                                                   S* __restrict__ y,           // [T, B, P or H]
                                                    const S* __restrict__ hd,    // [2, B, H] d∘h, or null
                                                    C* __restrict__ hw,          // [B, G·H] h_in W_hhᵀ
                                                    C* __restrict__ cw,          // [B, E·H] c W_chᵀ (E > 0)
-                                                   unsigned int* barrier, CIn c_in, Unit unit) {
-  int j0, n;
+                                                   unsigned int* barrier, CIn c_in, Unit unit, MOut m_out) {
+  const int K = P > 0 ? P : H;  // h's width
+  int j0, n, p0, m;
   block_slice(units, H, j0, n);
-  const Shared<S, C> sh = shared_parts<S, C>(G * n * (H + ROW_PAD), E * n * (H + ROW_PAD));
-  load_rows(sh.w, w_hh, G, j0, n, H);
-  if constexpr (E > 0) load_rows(sh.w_c, w_ch, E, j0, n, H);
+  block_slice(proj_units, P, p0, m);
+  const Shared<S, C> sh = shared_parts<S, C>(G * n * (K + ROW_PAD), m * (H + ROW_PAD), E * n * (H + ROW_PAD));
+  load_rows(sh.w, w_hh, G, j0, n, H, K);
+  if constexpr (E > 0) load_rows(sh.c, w_ch, E, j0, n, H, H);
+  if (P > 0) load_rows(sh.x, w_hr, 1, p0, m, P, H);
   __syncthreads();
   for (int t = 0; t < T; ++t) {
-    const S* h_in = hd != nullptr ? hd + (t % 2) * B * H : (t == 0 ? h0 : y + (long long)(t - 1) * B * H);
-    block_dots(h_in, H, B, sh.w, H + ROW_PAD, G * n, H, sh.partial,
+    const S* h_in = hd != nullptr ? hd + (t % 2) * B * H : (t == 0 ? h0 : y + (long long)(t - 1) * B * K);
+    block_dots(h_in, K, B, sh.w, K + ROW_PAD, G * n, K, sh.partial,
                [&](const int b, const int r, const C v) { hw[b * G * H + (r / n) * H + j0 + r % n] = v; });
     if constexpr (E > 0)
-      block_dots(c_in(t), H, B, sh.w_c, H + ROW_PAD, E * n, H, sh.partial,
+      block_dots(c_in(t), H, B, sh.c, H + ROW_PAD, E * n, H, sh.partial,
                  [&](const int b, const int r, const C v) { cw[b * E * H + (r / n) * H + j0 + r % n] = v; });
     __syncthreads();  // hw's columns of this block are whole
     for (int p = threadIdx.x; p < B * n; p += blockDim.x) unit(t, p / n, j0 + p % n);
-    grid_sync(barrier);  // y[t] (and d∘y[t], c[t]) are whole for step t + 1
+    grid_sync(barrier);  // y[t] (and d∘y[t], c[t]; projected: h') are whole
+    if (P > 0) {
+      S* y_t = y + (long long)t * B * P;
+      block_dots(m_out(t), H, B, sh.x, H + ROW_PAD, m, H, sh.partial,
+                 [&](const int b, const int r, const C v) { y_t[b * P + p0 + r] = S(v); });
+      grid_sync(barrier);  // projected y[t] is whole for step t + 1, h' read before step t + 1 rewrites it (inference)
+    }
   }
 }
 
@@ -176,7 +205,7 @@ __device__ __forceinline__ void persistent_backward(const int T, const int B, co
   const int GH = G * H, parts = n_rec / H;
   int j0, n;
   block_slice(units, H, j0, n);
-  const Shared<S, C> sh = shared_parts<S, C>(parts * n * (GH + ROW_PAD), 0);
+  const Shared<S, C> sh = shared_parts<S, C>(parts * n * (GH + ROW_PAD), 0, 0);
   load_columns(sh.w, w_rec, GH, n_rec, parts, j0, n, H);
   __syncthreads();
   auto product = [&](const int t, C* out) {  // out[:, p·H + j0 + jl] = d[t] w_rec[:, p·H + j0 + jl]
@@ -192,17 +221,68 @@ __device__ __forceinline__ void persistent_backward(const int T, const int B, co
   if (T > 0) product(0, drec);
 }
 
+// The projected LSTM's backward loop (P > 0, h = W_hr h'), steps T−1 … 0: dh [B, P] = dy + da[t+1] W_hh, each
+// block its proj_units columns; grid_sync(); dh' = dh W_hr for its units into drec[(t+1) % 2] (the full peephole's
+// dc part too: da[t+1] against its columns of [W_ch], w_c); unit(t, b, j); grid_sync().  dh0 = da[0] W_hh is left
+// to the caller (a GEMM), as in the step loops; the full peephole's dc part of step 0 is made here.
+template <typename S, typename C, typename Unit>
+__device__ __forceinline__ void persistent_projected_backward(const int T, const int B, const int H, const int P,
+                                                              const int units, const int proj_units,
+                                                              const S* __restrict__ w_hh,  // [4H, P]
+                                                              const C* __restrict__ w_hr,  // [P, H]
+                                                              const S* __restrict__ w_c,   // [4H, H] (FULL), or null
+                                                              const S* __restrict__ da,    // [T, B, 4H]
+                                                              C* __restrict__ dhp,         // [T, B, P] dy, made dh
+                                                              const int n_rec,
+                                                              C* __restrict__ drec,  // [2, B, n_rec] dh' (| dc part)
+                                                              unsigned int* barrier, Unit unit) {
+  const int GH = 4 * H;
+  int j0, n, p0, m;
+  block_slice(units, H, j0, n);
+  block_slice(proj_units, P, p0, m);
+  const Shared<S, C> sh = shared_parts<S, C>(m * (GH + ROW_PAD), w_c != nullptr ? n * (GH + ROW_PAD) : 0,
+                                             n * (P + ROW_PAD));
+  load_columns(sh.w, w_hh, GH, P, 1, p0, m, P);
+  if (w_c != nullptr) load_columns(sh.x, w_c, GH, H, 1, j0, n, H);
+  load_columns(sh.c, w_hr, P, H, 1, j0, n, H);
+  __syncthreads();
+  auto dc_part = [&](const int t, C* out) {  // out[:, H + j] = da[t] [W_ch][:, j]
+    block_dots(da + (long long)t * B * GH, GH, B, sh.x, GH + ROW_PAD, n, GH, sh.partial,
+               [&](const int b, const int c, const C v) { out[b * n_rec + H + j0 + c] = v; });
+  };
+  for (int t = T - 1; t >= 0; --t) {
+    C* drec_t = drec + ((t + 1) % 2) * B * n_rec;
+    C* dh = dhp + (long long)t * B * P;
+    if (t + 1 < T) {
+      block_dots(da + (long long)(t + 1) * B * GH, GH, B, sh.w, GH + ROW_PAD, m, GH, sh.partial,
+                 [&](const int b, const int c, const C v) { dh[b * P + p0 + c] += v; });
+      grid_sync(barrier);  // dh[t] is whole
+      if (w_c != nullptr) dc_part(t + 1, drec_t);
+    }
+    block_dots(dh, P, B, sh.c, P + ROW_PAD, n, P, sh.partial,
+               [&](const int b, const int c, const C v) { drec_t[b * n_rec + j0 + c] = v; });
+    __syncthreads();
+    for (int p = threadIdx.x; p < B * n; p += blockDim.x) unit(t, p / n, j0 + p % n);
+    grid_sync(barrier);  // da[t] is whole for the product of step t − 1
+  }
+  if (w_c != nullptr && T > 0) dc_part(0, drec);
+}
+
 template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT, bool TRAINING>
-__global__ void lstm_persistent_forward(const int T, const int B, const int H, const int units, const C cell_clip,
+__global__ void lstm_persistent_forward(const int T, const int B, const int H, const int P, const int units,
+                                        const int proj_units, const C cell_clip,
                                         const C zoneout_h, const C zoneout_c, const C rdrop_scale,
                                         const S* __restrict__ xw,        // [T, B, 4H] x Wihᵀ + biases
-                                        const S* __restrict__ w_hh,      // [4H, H]
+                                        const S* __restrict__ w_hh,      // [4H, P or H]
                                         const C* __restrict__ w_ch,      // [3H, H] (i f o) when FULL
-                                        const S* __restrict__ h0,        // [B, H]
+                                        const S* __restrict__ w_hr,      // [P, H] when P > 0
+                                        const S* __restrict__ h0,        // [B, P or H]
                                         const C* __restrict__ c0,        // [B, H]
                                         C* __restrict__ cs,              // [T, B, H] c after each step (inference:
                                                                          //  [2, B, H], ping-pong)
-                                        S* __restrict__ y,               // [T, B, H]
+                                        S* __restrict__ y,               // [T, B, P or H]
+                                        S* __restrict__ ms,              // [T, B, H] h' when P > 0 ([1, B, H]
+                                                                         //  inference)
                                         S* __restrict__ h_last,          // [B, H], or null
                                         S* __restrict__ gates,           // [T, B, 4H] when TRAINING
                                         const S* __restrict__ w_peep,    // [3H] when DIAGONAL
@@ -217,31 +297,39 @@ __global__ void lstm_persistent_forward(const int T, const int B, const int H, c
 ) {
   const long long BH = (long long)B * H;
   auto c_in = [&](const int t) { return t == 0 ? c0 : cs + (TRAINING ? t - 1 : (t + 1) % 2) * BH; };
-  auto unit = [&](const int t, const int b, const int j) {
+  auto m_out = [&](const int t) { return ms + (TRAINING ? t : 0) * BH; };
+  auto unit = [&](const int t, const int b, const int j) {  // projected: h' into ms, and no zoneout of h
     lstm_forward_unit<S, C, PEEPHOLE, SIGMOID_CANDIDATE, CLIP, ZONEOUT, TRAINING>(
         t, b, j, H, cell_clip, zoneout_h, zoneout_c, rdrop_scale, xw + t * 4 * BH, hw, cw,
-        t == 0 ? h0 : y + (t - 1) * BH, c_in(t), cs + (TRAINING ? t : t % 2) * BH, y + t * BH, h_last,
+        P > 0 ? nullptr : t == 0 ? h0 : y + (t - 1) * BH, c_in(t), cs + (TRAINING ? t : t % 2) * BH,
+        P > 0 ? m_out(t) : y + t * BH, h_last,
         TRAINING ? gates + t * 4 * BH : nullptr, w_peep, zone_h == nullptr ? nullptr : zone_h + t * BH,
         zone_c == nullptr ? nullptr : zone_c + t * BH, rdrop, hd == nullptr ? nullptr : hd + ((t + 1) % 2) * BH,
         lengths);
   };
   constexpr int E = PEEPHOLE == PEEPHOLE_FULL ? 3 : 0;  // W_ch's rows i, f, o
-  persistent_forward<4, E>(T, B, H, units, w_hh, w_ch, h0, y, rdrop == nullptr ? nullptr : hd, hw, cw, barrier, c_in,
-                           unit);
+  persistent_forward<4, E>(T, B, H, P, units, proj_units, w_hh, w_ch, w_hr, h0, y, rdrop == nullptr ? nullptr : hd, hw,
+                           cw, barrier, c_in, unit, m_out);
 }
 
 template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT>
-__global__ void lstm_persistent_backward(const int T, const int B, const int H, const int units, const C cell_clip,
+__global__ void lstm_persistent_backward(const int T, const int B, const int H, const int P, const int units,
+                                         const int proj_units, const C cell_clip,
                                          const C zoneout_h, const C zoneout_c, const C rdrop_scale,
                                          const S* __restrict__ gates,     // [T, B, 4H] i f g o
                                          const C* __restrict__ c0,        // [B, H]
                                          const C* __restrict__ cs,        // [T, B, H]
-                                         const S* __restrict__ dy,        // [T, B, H]
+                                         const S* __restrict__ dy,        // [T, B, H], or null when P > 0
                                          C* __restrict__ dcarry,          // [2, B, 2H] d[h | c], ping-pong
                                          const int n_rec,                 // H, or 2H when FULL
                                          C* __restrict__ drec,            // [2, B, n_rec] da w_rec, ping-pong
                                          S* __restrict__ da,              // [T, B, 4H]
-                                         const S* __restrict__ w_rec,     // [4H, n_rec] W_hh, or [W_hh | W_ch] (FULL)
+                                         const S* __restrict__ w_rec,     // [4H, n_rec] W_hh, or [W_hh | W_ch] (FULL);
+                                                                          //  P > 0: [4H, H] [W_ch] (FULL), or null
+                                         const S* __restrict__ w_hh,      // [4H, P] when P > 0
+                                         const C* __restrict__ w_hr,      // [P, H] when P > 0
+                                         C* __restrict__ dhp,             // [T, B, P] when P > 0: dy (lengths
+                                                                          //  applied, dhT added), made dh
                                          const S* __restrict__ w_peep,    // [3H] when DIAGONAL
                                          const unsigned char* __restrict__ zone_h,  // [T, B, H], or null
                                          const unsigned char* __restrict__ zone_c,  // [T, B, H], or null
@@ -254,11 +342,15 @@ __global__ void lstm_persistent_backward(const int T, const int B, const int H, 
     const int nxt = (t + 1) % 2, cur = t % 2;
     lstm_backward_unit<S, C, PEEPHOLE, SIGMOID_CANDIDATE, CLIP, ZONEOUT>(
         t, b, j, H, cell_clip, zoneout_h, zoneout_c, rdrop_scale, n_rec, gates + t * 4 * BH,
-        t == 0 ? c0 : cs + (t - 1) * BH, cs + t * BH, dy + t * BH, dcarry + nxt * 2 * BH, drec + nxt * B * n_rec,
-        dcarry + cur * 2 * BH, da + t * 4 * BH, w_peep, zone_h == nullptr ? nullptr : zone_h + t * BH,
-        zone_c == nullptr ? nullptr : zone_c + t * BH, rdrop, lengths);
+        t == 0 ? c0 : cs + (t - 1) * BH, cs + t * BH, P > 0 ? nullptr : dy + t * BH, dcarry + nxt * 2 * BH,
+        drec + nxt * B * n_rec, dcarry + cur * 2 * BH, da + t * 4 * BH, w_peep,
+        zone_h == nullptr ? nullptr : zone_h + t * BH, zone_c == nullptr ? nullptr : zone_c + t * BH, rdrop, lengths);
   };
-  persistent_backward<4>(T, B, H, units, n_rec, w_rec, da, drec, barrier, unit);
+  if (P > 0)
+    persistent_projected_backward(T, B, H, P, units, proj_units, w_hh, w_hr, w_rec, da, dhp, n_rec, drec, barrier,
+                                  unit);
+  else
+    persistent_backward<4>(T, B, H, units, n_rec, w_rec, da, drec, barrier, unit);
 }
 
 template <typename S, typename C, bool ZONEOUT, bool TRAINING>
@@ -287,8 +379,10 @@ __global__ void gru_persistent_forward(const int T, const int B, const int H, co
                                               hd == nullptr ? nullptr : hd + ((t + 1) % 2) * BH, lengths);
   };
   auto no_c = [](const int) { return static_cast<const C*>(nullptr); };
-  persistent_forward<3, 0>(T, B, H, units, w_hh, static_cast<const C*>(nullptr), h0, y,
-                           rdrop == nullptr ? nullptr : hd, gh, static_cast<C*>(nullptr), barrier, no_c, unit);
+  auto no_m = [](const int) { return static_cast<const S*>(nullptr); };
+  persistent_forward<3, 0>(T, B, H, 0, units, 0, w_hh, static_cast<const C*>(nullptr), static_cast<const S*>(nullptr),
+                           h0, y, rdrop == nullptr ? nullptr : hd, gh, static_cast<C*>(nullptr), barrier, no_c, unit,
+                           no_m);
 }
 
 template <typename S, typename C, bool ZONEOUT>
@@ -348,8 +442,8 @@ __global__ void gru_rb_persistent_forward(const int T, const int B, const int H,
   const long long BH = (long long)B * H;
   int j0, n;
   block_slice(units, H, j0, n);
-  const Shared<S, C> sh = shared_parts<S, C>(3 * n * (H + ROW_PAD), 0);
-  load_rows(sh.w, w_hh, 3, j0, n, H);
+  const Shared<S, C> sh = shared_parts<S, C>(3 * n * (H + ROW_PAD), 0, 0);
+  load_rows(sh.w, w_hh, 3, j0, n, H, H);
   __syncthreads();
   for (int t = 0; t < T; ++t) {
     const int s = TRAINING ? t : 0;
@@ -396,7 +490,7 @@ __global__ void gru_rb_persistent_backward(const int T, const int B, const int H
   const int GH = 3 * H;
   int j0, n;
   block_slice(units, H, j0, n);
-  const Shared<S, C> sh = shared_parts<S, C>(n * (GH + ROW_PAD), 0);
+  const Shared<S, C> sh = shared_parts<S, C>(n * (GH + ROW_PAD), 0, 0);
   load_columns(sh.w, w_hh, GH, H, 1, j0, n, H);
   __syncthreads();
   for (int t = T - 1; t >= 0; --t) {

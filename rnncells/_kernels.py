@@ -171,34 +171,43 @@ PERSISTENT_AUTO_BATCH = 16  # persistent="auto" takes the persistent path up to 
 
 class PersistentPlan(NamedTuple):
     """A persistent launch: `blocks` blocks of `threads` threads, block k owning the hidden units
-    [k·units, min((k + 1)·units, H)), each with `shared` bytes of dynamic shared memory."""
+    [k·units, min((k + 1)·units, H)) and, with proj_size P, the outputs [k·proj_units, min((k + 1)·proj_units, P))
+    (trailing blocks may own none), each with `shared` bytes of dynamic shared memory."""
 
     blocks: int
     units: int
     threads: int
     shared: int
+    proj_units: int = 0
 
 
 def persistent_support(spec):
     """None when the persistent kernels run the variant, else why they do not (a phrase naming the flag)."""
     if spec.layer_norm:
         return "layer_norm (its row statistics span every block)"
-    if isinstance(spec, LSTMSpec) and spec.proj_size:
-        return "proj_size (the projection needs all of h' before the next step)"
     return None
 
 
-def persistent_shared_bytes(spec, units, H, dtype, threads):
+def persistent_shared_bytes(spec, units, H, dtype, threads, proj_units=0):
     """A persistent block's dynamic shared memory, the larger of its forward's and its backward's
     (kernels/persistent.cu): its weights, G·units·H in the storage dtype (the backward's twice that with the full
     peephole, [W_hh | W_ch]'s columns), the forward's rows of W_ch with the full peephole, 3·units·H in the compute
     dtype, then one partial sum per thread in the compute dtype, each part from a 16-byte boundary; every row of
-    weights one value longer (ROW_PAD, against shared-memory bank conflicts)."""
+    weights one value longer (ROW_PAD, against shared-memory bank conflicts).  With proj_size P: W_hh's rows are
+    P long, and the forward adds proj_units rows of W_hr [P, H]; the backward holds proj_units columns of W_hh
+    (4H long), units columns of W_hr (P long, compute dtype) and, with the full peephole, units columns of W_ch."""
     s, c = np.dtype(dtype).itemsize, np.dtype(compute(dtype)).itemsize
-    gates, full = (4, spec.peephole == "full") if isinstance(spec, LSTMSpec) else (3, False)
+    lstm = isinstance(spec, LSTMSpec)
+    gates, full, P = (4, spec.peephole == "full", spec.proj_size) if lstm else (3, False, 0)
     part = lambda n: (n + 15) // 16 * 16  # noqa: E731
-    forward = part(gates * units * (H + ROW_PAD) * s) + part(3 * units * (H + ROW_PAD) * c if full else 0)
-    backward = part((2 if full else 1) * units * (gates * H + ROW_PAD) * s)
+    peep = part(3 * units * (H + ROW_PAD) * c if full else 0)
+    if P:
+        forward = part(gates * units * (P + ROW_PAD) * s) + part(proj_units * (H + ROW_PAD) * s) + peep
+        backward = (part(proj_units * (gates * H + ROW_PAD) * s) + part(units * (gates * H + ROW_PAD) * s if full else 0)
+                    + part(units * (P + ROW_PAD) * c))
+    else:
+        forward = part(gates * units * (H + ROW_PAD) * s) + peep
+        backward = part((2 if full else 1) * units * (gates * H + ROW_PAD) * s)
     return max(forward, backward) + threads * c
 
 
@@ -207,8 +216,9 @@ def persistent_plan(spec, dtype, H, device):
 
     One block per SM at most, so every block is resident as a grid barrier
     needs: units = ⌈H / SMs⌉ per block, blocks = ⌈H / units⌉ (the last slice
-    partial when units does not divide H).  It fits when a block's weights
-    and partial sums fit the shared memory a block may have.
+    partial when units does not divide H); with proj_size P, proj_units =
+    ⌈P / blocks⌉ outputs per block.  It fits when a block's weights and
+    partial sums fit the shared memory a block may have.
     """
     why = persistent_support(spec)
     if why is None and not device.cooperative:
@@ -216,12 +226,14 @@ def persistent_plan(spec, dtype, H, device):
     if why is not None:
         return None, why
     units = max(1, math.ceil(H / device.sms))
-    shared = persistent_shared_bytes(spec, units, H, dtype, device.threads)
+    blocks = math.ceil(H / units)
+    proj_units = math.ceil(spec.proj_size / blocks) if isinstance(spec, LSTMSpec) else 0
+    shared = persistent_shared_bytes(spec, units, H, dtype, device.threads, proj_units)
     if shared > device.shared_per_block:
         return None, (f"hidden_size {H} in {np.dtype(dtype).name} needs {shared} bytes of shared memory per block "
                       f"({units} units on each of {device.sms} SMs), more than the {device.shared_per_block} "
                       f"{device.name} allows")
-    return PersistentPlan(math.ceil(H / units), units, device.threads, shared), None
+    return PersistentPlan(blocks, units, device.threads, shared, proj_units), None
 
 
 def row_threads(n):
@@ -265,25 +277,28 @@ class KernelOps:
         barrier = self.xp.zeros(1, dtype="uint32")  # the grid barrier's counter (kernels/persistent.cu)
         self.launcher(name, (plan.blocks, 1, 1), (plan.threads, 1, 1), (T, B, *args, barrier), shared=plan.shared)
 
-    def lstm_persistent_forward(self, plan, spec, xw, w_hh, w_ch, h0, c0, cs, y, h_last, gates, w_peep, zone_h,
-                                zone_c, rdrop, hd, lengths, hw, cw):
+    def lstm_persistent_forward(self, plan, spec, xw, w_hh, w_ch, w_hr, h0, c0, cs, y, ms, h_last, gates, w_peep,
+                                zone_h, zone_c, rdrop, hd, lengths, hw, cw):
         """A whole LSTM forward loop as one persistent launch (kernels/persistent.cu): cs is [T, B, H] in training
         (gates given), else [2, B, H] ping-pong; hd [2, B, H] holds d∘h0 in hd[0] (recurrent dropout); w_ch and cw
-        [B, 3H] with the full peephole."""
-        (T, B, H), training = y.shape, gates is not None
-        name = kernel_name("lstm_persistent_forward", y.dtype, spec, training)
-        self._launch_persistent(name, plan, T, B, H, plan.units, *scalars(spec, c0.dtype), xw, w_hh, w_ch, h0, c0, cs,
-                                y, h_last, gates, w_peep, zone_h, zone_c, rdrop, hd, lengths, hw, cw)
+        [B, 3H] with the full peephole; w_hr [P, H] and ms (h', [T or 1, B, H]) with proj_size P."""
+        T, B, H = xw.shape[0], xw.shape[1], c0.shape[1]
+        name = kernel_name("lstm_persistent_forward", y.dtype, spec, gates is not None)
+        self._launch_persistent(name, plan, T, B, H, spec.proj_size, plan.units, plan.proj_units,
+                                *scalars(spec, c0.dtype), xw, w_hh, w_ch, w_hr, h0, c0, cs, y, ms, h_last, gates,
+                                w_peep, zone_h, zone_c, rdrop, hd, lengths, hw, cw)
 
-    def lstm_persistent_backward(self, plan, spec, gates, c0, cs, dy, dcarry, drec, da, w_rec, w_peep, zone_h,
-                                 zone_c, rdrop, lengths):
+    def lstm_persistent_backward(self, plan, spec, gates, c0, cs, dy, dcarry, drec, da, w_rec, w_hh, w_hr, dhp,
+                                 w_peep, zone_h, zone_c, rdrop, lengths):
         """A whole LSTM backward loop as one persistent launch; dcarry [2, B, 2H] and drec [2, B, n_rec] as the
         step loop leaves them (drec[0] = da[0] w_rec), w_rec [4H, n_rec] the step loop's (W_hh, or [W_hh | W_ch]
-        with the full peephole)."""
+        with the full peephole; projected: [W_ch] or None).  With proj_size P: w_hh [4H, P], w_hr [P, H] in the
+        compute dtype, and dhp [T, B, P] the step loop's dy (made dh in place); dh0 is the caller's GEMM."""
         T, B, H = cs.shape
         name = kernel_name("lstm_persistent_backward", da.dtype, spec)
-        self._launch_persistent(name, plan, T, B, H, plan.units, *scalars(spec, c0.dtype), gates, c0, cs, dy, dcarry,
-                                drec.shape[-1], drec, da, w_rec, w_peep, zone_h, zone_c, rdrop, lengths)
+        self._launch_persistent(name, plan, T, B, H, spec.proj_size, plan.units, plan.proj_units,
+                                *scalars(spec, c0.dtype), gates, c0, cs, dy, dcarry, drec.shape[-1], drec, da, w_rec,
+                                w_hh, w_hr, dhp, w_peep, zone_h, zone_c, rdrop, lengths)
 
     def gru_persistent_forward(self, plan, spec, xw, w_hh, b_hn, h0, y, h_last, gates, zone_h, rdrop, hd, lengths,
                                gh):

@@ -455,9 +455,9 @@ def lstm_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=Non
     if b.rdrop is not None:
         b.hd[...] = _dropped(spec, b.rdrop, b.h0)
     if plan is not None:
-        ops.lstm_persistent_forward(plan, spec, b.xw, b.w_hh, b.w_ch, b.h0, b.c0, b.cs, b.y, b.h_last, b.gates,
-                                    b.w_peep, b.zone_h, b.zone_c, b.rdrop, _double_buffered(xp, b.hd), b.lengths,
-                                    b.hw, b.cw)
+        ops.lstm_persistent_forward(plan, spec, b.xw, b.w_hh, b.w_ch, b.w_hr, b.h0, b.c0, b.cs, b.y, b.ms, b.h_last,
+                                    b.gates, b.w_peep, b.zone_h, b.zone_c, b.rdrop, _double_buffered(xp, b.hd),
+                                    b.lengths, b.hw, b.cw)
     else:
         _run(slot, ops, _projected_lstm_forward_steps if P else _lstm_forward_steps, b, T, spec, training)
     if P:
@@ -578,8 +578,9 @@ def lstm_backward(ops, xp, ctx, dy, dstates):
     g.dcarry[T % 2, :, :H], g.dcarry[T % 2, :, H:] = (0 if P else dhT), dcT
     g.drec[T % 2] = 0
     if ctx.plan is not None:
-        ops.lstm_persistent_backward(ctx.plan, ctx.spec, ctx.gates, ctx.c0, ctx.cs, g.dy, g.dcarry, g.drec, g.da,
-                                     w_rec, ctx.w_peep, ctx.zone_h, ctx.zone_c, ctx.rdrop, ctx.lengths)
+        ops.lstm_persistent_backward(ctx.plan, ctx.spec, ctx.gates, ctx.c0, ctx.cs, None if P else g.dy, g.dcarry,
+                                     g.drec, g.da, w_rec, ctx.w_hh if P else None, g.w_hr, g.dhp, ctx.w_peep, ctx.zone_h,
+                                     ctx.zone_c, ctx.rdrop, ctx.lengths)
     else:
         _run(slot, ops, _projected_lstm_backward_steps if P else _lstm_backward_steps, ctx, g, w_rec, T)
     da, dt = g.da, x.dtype

@@ -55,6 +55,20 @@ def test_persistent_kernels_match_the_reference(poisoned_host, spec, dtype):
             assert dtypes == {np.dtype(dtype)}
 
 
+@pytest.mark.host
+@pytest.mark.parametrize("peephole", [None, "full"])
+def test_projected_outputs_sliced_over_the_blocks(poisoned_host, peephole):
+    """proj_size 11 at H = 13 on the host's 8 SMs: 7 blocks, 2 outputs each for the first five, 1 for the sixth,
+    none for the seventh, which still meets every grid barrier."""
+    spec = LSTMSpec(peephole, proj_size=11)
+    plan, _ = _host.ops().persistent_plan(spec, "float64", 13)
+    assert (plan.blocks, plan.units, plan.proj_units) == (7, 2, 2)
+    for dtype in ("float64", "float32"):
+        p = verify.problem(spec, dtype=dtype, **_kwargs(SHAPES[0], True))
+        err, _ = verify.backend_error(p, poisoned_host, persistent=True)
+        assert err <= verify.BOUNDS[dtype], dtype
+
+
 def _forward(p, backend, persistent, training):
     fwd = verify.public_functions(p.spec)[0]
     y, states, ctx = fwd(p.x, p.params, *p.states.values(), lengths=p.lengths, **p.spec.kwargs(), backend=backend,
@@ -130,13 +144,25 @@ def test_the_standard_size_plan():
                                                                    None)
 
 
+def test_a_projected_plan_slices_the_outputs_too():
+    """proj_size P: ⌈P / blocks⌉ outputs a block.  The forward holds W_hh's rows (P + 1 long) and W_hr's (H + 1),
+    the backward W_hh's columns (4H + 1) and W_hr's (P + 1, compute dtype); a block takes the larger."""
+    plan, _ = persistent_plan(LSTMSpec(proj_size=200), "float32", 512, HOPPER)
+    part = lambda n: -(-n // 16) * 16  # noqa: E731
+    forward = part(16 * 201 * 4) + part(2 * 513 * 4)
+    backward = part(2 * 2049 * 4) + part(4 * 201 * 4)
+    assert plan == PersistentPlan(128, 4, 256, max(forward, backward) + 1024, 2)
+    owned = [p for k in range(plan.blocks) for p in range(k * plan.proj_units, min((k + 1) * plan.proj_units, 200))]
+    assert owned == list(range(200))
+
+
 def test_a_device_without_cooperative_launch_has_no_plan():
     plan, why = persistent_plan(GRUSpec(), "float32", 64, HOPPER._replace(cooperative=False))
     assert plan is None and "cannot launch cooperative kernels" in why
 
 
-@pytest.mark.parametrize("cell,flag", [(LSTMSpec(proj_size=2), "proj_size"), (LSTMSpec(layer_norm=True), "layer_norm"),
-                                       (GRUSpec(layer_norm=True), "layer_norm")], ids=str)
+@pytest.mark.parametrize("cell,flag", [(LSTMSpec(layer_norm=True), "layer_norm"), (GRUSpec(layer_norm=True), "layer_norm")],
+                         ids=str)
 def test_variants_without_persistent_kernels_say_which_flag(cell, flag):
     plan, why = persistent_plan(cell, "float32", 64, HOPPER)
     assert plan is None and why.startswith(flag)
@@ -191,12 +217,20 @@ def test_graphs_and_persistent_together_run_the_persistent_kernels_eagerly():
 
 
 PLAIN, RESET_BEFORE = [LSTMSpec(), GRUSpec()], [GRUSpec(reset_after=False)]
+# at H = 33 on 7 blocks, 11 outputs of 2 a block: the sixth block owns 1, the seventh none
+PROJECTED = [LSTMSpec(proj_size=11), LSTMSpec("full", proj_size=11)]
+SLICE = "n = max(0, min(units, H - j0));"
 BROKEN = {  # what each edit of kernels/persistent.cu breaks, and the variants that show it
-    "forward grid barrier": ("grid_sync(barrier);  // y[t]", ";  // y[t]", PLAIN),
+    "forward grid barrier": ("grid_sync(barrier);  // y[t]", ";  // y[t]", PLAIN + PROJECTED),
     "backward grid barrier": ("grid_sync(barrier);  // d[t]", ";  // d[t]", PLAIN),
     "block barrier before the units": ("__syncthreads();  // hw's columns", ";  // hw's columns", PLAIN),
-    "slice boundary": ("n = min(units, H - j0);", "n = min(units - 1, H - j0);", PLAIN + RESET_BEFORE),
-    "last partial slice": ("n = min(units, H - j0);", "n = H - j0 < units ? 1 : units;", PLAIN + RESET_BEFORE),
+    "slice boundary": (SLICE, "n = max(0, min(units - 1, H - j0));", PLAIN + RESET_BEFORE + PROJECTED),
+    "last partial slice": (SLICE, "n = H - j0 <= 0 ? 0 : H - j0 < units ? 1 : units;",
+                           PLAIN + RESET_BEFORE + PROJECTED),
+    # the projection: y[t] whole before step t + 1, dh whole before dh W_hr, da[t] whole before step t − 1
+    "projection: y barrier": ("grid_sync(barrier);  // projected y[t]", ";  //", PROJECTED),
+    "projection: dh barrier": ("grid_sync(barrier);  // dh[t] is whole", ";", PROJECTED),
+    "projection: step barrier (backward)": ("grid_sync(barrier);  // da[t] is whole", ";  //", PROJECTED),
     # d∘h_t written over d∘h_{t−1}, which blocks that run later in the step still read
     "one buffer for d∘h": ("rdrop, hd == nullptr ? nullptr : hd + ((t + 1) % 2) * BH,",
                            "rdrop, hd == nullptr ? nullptr : hd + (t % 2) * BH,", [LSTMSpec(recurrent_dropout=0.25)]),
