@@ -203,8 +203,8 @@ def persistent_shared_bytes(spec, units, H, dtype, threads, proj_units=0):
     peep = part(3 * units * (H + ROW_PAD) * c if full else 0)
     if P:
         forward = part(gates * units * (P + ROW_PAD) * s) + part(proj_units * (H + ROW_PAD) * s) + peep
-        backward = (part(proj_units * (gates * H + ROW_PAD) * s) + part(units * (gates * H + ROW_PAD) * s if full else 0)
-                    + part(units * (P + ROW_PAD) * c))
+        backward = (part(proj_units * (gates * H + ROW_PAD) * s)
+                    + part(units * (gates * H + ROW_PAD) * s if full else 0) + part(units * (P + ROW_PAD) * c))
     else:
         forward = part(gates * units * (H + ROW_PAD) * s) + peep
         backward = part((2 if full else 1) * units * (gates * H + ROW_PAD) * s)

@@ -579,8 +579,8 @@ def lstm_backward(ops, xp, ctx, dy, dstates):
     g.drec[T % 2] = 0
     if ctx.plan is not None:
         ops.lstm_persistent_backward(ctx.plan, ctx.spec, ctx.gates, ctx.c0, ctx.cs, None if P else g.dy, g.dcarry,
-                                     g.drec, g.da, w_rec, ctx.w_hh if P else None, g.w_hr, g.dhp, ctx.w_peep, ctx.zone_h,
-                                     ctx.zone_c, ctx.rdrop, ctx.lengths)
+                                     g.drec, g.da, w_rec, ctx.w_hh if P else None, g.w_hr, g.dhp, ctx.w_peep,
+                                     ctx.zone_h, ctx.zone_c, ctx.rdrop, ctx.lengths)
     else:
         _run(slot, ops, _projected_lstm_backward_steps if P else _lstm_backward_steps, ctx, g, w_rec, T)
     da, dt = g.da, x.dtype

@@ -161,8 +161,8 @@ def test_a_device_without_cooperative_launch_has_no_plan():
     assert plan is None and "cannot launch cooperative kernels" in why
 
 
-@pytest.mark.parametrize("cell,flag", [(LSTMSpec(layer_norm=True), "layer_norm"), (GRUSpec(layer_norm=True), "layer_norm")],
-                         ids=str)
+@pytest.mark.parametrize("cell,flag", [(LSTMSpec(layer_norm=True), "layer_norm"),
+                                       (GRUSpec(layer_norm=True), "layer_norm")], ids=str)
 def test_variants_without_persistent_kernels_say_which_flag(cell, flag):
     plan, why = persistent_plan(cell, "float32", 64, HOPPER)
     assert plan is None and why.startswith(flag)
