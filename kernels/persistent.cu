@@ -147,6 +147,12 @@ __device__ __forceinline__ void load_columns(T* __restrict__ cols, const T* __re
   }
 }
 
+// f(b, j) for each of the block's B·n units (b, j0 + jl), its threads striding over them.
+template <typename F>
+__device__ __forceinline__ void for_each_unit(const int B, const int j0, const int n, F f) {
+  for (int p = threadIdx.x; p < B * n; p += blockDim.x) f(p / n, j0 + p % n);
+}
+
 // The forward's loop over T steps for a cell of G gates: unit(t, b, j) is the cell's pointwise step of unit (b, j).
 // E = 3 (the LSTM's full peephole): c_in(t), the c before step t [B, H], against its rows of W_ch too, into cw.
 // P > 0 (the LSTM's projection, h = W_hr h'): h is P wide, the units write h' into m_out(t) [B, H], and after a
@@ -180,7 +186,7 @@ __device__ __forceinline__ void persistent_forward(const int T, const int B, con
       block_dots(c_in(t), H, B, sh.c, H + ROW_PAD, E * n, H, sh.partial,
                  [&](const int b, const int r, const C v) { cw[b * E * H + (r / n) * H + j0 + r % n] = v; });
     __syncthreads();  // hw's columns of this block are whole
-    for (int p = threadIdx.x; p < B * n; p += blockDim.x) unit(t, p / n, j0 + p % n);
+    for_each_unit(B, j0, n, [&](const int b, const int j) { unit(t, b, j); });
     grid_sync(barrier);  // y[t] (and d∘y[t], c[t]; projected: h') are whole
     if (P > 0) {
       S* y_t = y + (long long)t * B * P;
@@ -215,7 +221,7 @@ __device__ __forceinline__ void persistent_backward(const int T, const int B, co
   };
   for (int t = T - 1; t >= 0; --t) {
     if (t + 1 < T) product(t + 1, drec + ((t + 1) % 2) * B * n_rec);
-    for (int p = threadIdx.x; p < B * n; p += blockDim.x) unit(t, p / n, j0 + p % n);
+    for_each_unit(B, j0, n, [&](const int b, const int j) { unit(t, b, j); });
     grid_sync(barrier);  // d[t] is whole for the product of step t − 1
   }
   if (T > 0) product(0, drec);
@@ -262,7 +268,7 @@ __device__ __forceinline__ void persistent_projected_backward(const int T, const
     block_dots(dh, P, B, sh.c, P + ROW_PAD, n, P, sh.partial,
                [&](const int b, const int c, const C v) { drec_t[b * n_rec + j0 + c] = v; });
     __syncthreads();
-    for (int p = threadIdx.x; p < B * n; p += blockDim.x) unit(t, p / n, j0 + p % n);
+    for_each_unit(B, j0, n, [&](const int b, const int j) { unit(t, b, j); });
     grid_sync(barrier);  // da[t] is whole for the product of step t − 1
   }
   if (w_c != nullptr && T > 0) dc_part(0, drec);
@@ -454,16 +460,18 @@ __global__ void gru_rb_persistent_forward(const int T, const int B, const int H,
     block_dots(h_in, H, B, sh.w, H + ROW_PAD, 2 * n, H, sh.partial,
                [&](const int b, const int r, const C v) { ghrz[b * 2 * H + (r / n) * H + j0 + r % n] = v; });
     __syncthreads();
-    for (int p = threadIdx.x; p < B * n; p += blockDim.x)
-      gru_rz_unit<S, C>(p / n, j0 + p % n, H, xw + t * 3 * BH, ghrz, h_in, gates_t, rh_t);
+    for_each_unit(B, j0, n, [&](const int b, const int j) {
+      gru_rz_unit<S, C>(b, j, H, xw + t * 3 * BH, ghrz, h_in, gates_t, rh_t);
+    });
     grid_sync(barrier);  // r∘h is whole
     block_dots(rh_t, H, B, sh.w + 2 * n * (H + ROW_PAD), H + ROW_PAD, n, H, sh.partial,
                [&](const int b, const int r, const C v) { ghn[b * H + j0 + r] = v; });
     __syncthreads();
-    for (int p = threadIdx.x; p < B * n; p += blockDim.x)
-      gru_n_unit<S, C, ZONEOUT>(t, p / n, j0 + p % n, H, zoneout_h, rdrop_scale, xw + t * 3 * BH, ghn, h_prev,
-                                y + t * BH, h_last, gates_t, zone_h == nullptr ? nullptr : zone_h + t * BH, rdrop,
+    for_each_unit(B, j0, n, [&](const int b, const int j) {
+      gru_n_unit<S, C, ZONEOUT>(t, b, j, H, zoneout_h, rdrop_scale, xw + t * 3 * BH, ghn, h_prev, y + t * BH, h_last,
+                                gates_t, zone_h == nullptr ? nullptr : zone_h + t * BH, rdrop,
                                 rdrop == nullptr ? nullptr : hd + ((t + 1) % 2) * BH, lengths);
+    });
     grid_sync(barrier);  // h' of step t (y[t], d∘y[t]) is whole
   }
 }
@@ -497,19 +505,19 @@ __global__ void gru_rb_persistent_backward(const int T, const int B, const int H
     const int nxt = (t + 1) % 2, cur = t % 2;
     const S* h_prev = t == 0 ? h0 : y + (t - 1) * BH;
     const S* dg_t = dg + t * 3 * BH;
-    for (int p = threadIdx.x; p < B * n; p += blockDim.x)
-      gru_n_backward_unit<S, C, ZONEOUT>(t, p / n, j0 + p % n, H, zoneout_h, rdrop_scale, gates + t * 3 * BH, h_prev,
-                                         dy + t * BH, dcarry + nxt * BH, drec + nxt * BH, dcarry + cur * BH,
-                                         dg + t * 3 * BH, zone_h == nullptr ? nullptr : zone_h + t * BH, rdrop,
-                                         lengths);
+    for_each_unit(B, j0, n, [&](const int b, const int j) {
+      gru_n_backward_unit<S, C, ZONEOUT>(t, b, j, H, zoneout_h, rdrop_scale, gates + t * 3 * BH, h_prev, dy + t * BH,
+                                         dcarry + nxt * BH, drec + nxt * BH, dcarry + cur * BH, dg + t * 3 * BH,
+                                         zone_h == nullptr ? nullptr : zone_h + t * BH, rdrop, lengths);
+    });
     grid_sync(barrier);  // da_n is whole
     block_dots(dg_t + 2 * H, GH, B, sh.w + 2 * H, GH + ROW_PAD, n, H, sh.partial,
                [&](const int b, const int c, const C v) { drh[b * H + j0 + c] = v; });
     __syncthreads();
-    for (int p = threadIdx.x; p < B * n; p += blockDim.x)
-      gru_rz_backward_unit<S, C>(t, p / n, j0 + p % n, H, rdrop_scale, gates + t * 3 * BH,
-                                 hd != nullptr ? hd + t * BH : h_prev, drh, dcarry + cur * BH, dg + t * 3 * BH, rdrop,
-                                 lengths);
+    for_each_unit(B, j0, n, [&](const int b, const int j) {
+      gru_rz_backward_unit<S, C>(t, b, j, H, rdrop_scale, gates + t * 3 * BH, hd != nullptr ? hd + t * BH : h_prev, drh,
+                                 dcarry + cur * BH, dg + t * 3 * BH, rdrop, lengths);
+    });
     grid_sync(barrier);  // da_r is whole
     block_dots(dg_t, GH, B, sh.w, GH + ROW_PAD, n, 2 * H, sh.partial,
                [&](const int b, const int c, const C v) { drec[cur * BH + b * H + j0 + c] = v; });
