@@ -14,7 +14,9 @@ variant row is the worst over one step, a sequence, a sequence with
 Then every kernel instantiation compiled with NVRTC for sm_80 and sm_90.
 """
 
+import concurrent.futures
 import functools
+import os
 import re
 import shutil
 
@@ -87,8 +89,6 @@ def backend_rows(backend, match=""):
     graphs, tf32, persistent = GraphCache() if "graphs" in kind else None, "tf32" in kind, "persistent" in kind
     tier = _tier(backend)
     for spec in (s for s in verify.VARIANTS if match in str(s)):
-        if persistent and _kernels.persistent_support(spec) is not None:
-            continue
         for dtype in ("float32",) if tf32 else ("float64", "float32", "float16", "bfloat16"):
             worst = 0.0
             for m in _MODES[1:] if persistent else _MODES:
@@ -118,7 +118,9 @@ def nvrtc_report(arch):
 
     Needs cuda-bindings and an NVRTC library (the `nvrtc` extra); no GPU.
     Raises RuntimeError with NVRTC's log if the compile fails.  A process
-    compiles each program text once per architecture (the tests ask often).
+    compiles each program text once per architecture (the tests ask often),
+    the instantiations split over one NVRTC program per CPU, compiled side by
+    side (NVRTC releases the GIL).
     """
     return dict(_nvrtc_report(arch, _kernels.program_source(), tuple(_kernels.instantiations()),
                               _kernels.nvrtc_options()))
@@ -126,6 +128,13 @@ def nvrtc_report(arch):
 
 @functools.lru_cache(maxsize=4)
 def _nvrtc_report(arch, source, names, options):
+    parts = max(1, min(len(names), len(os.sched_getaffinity(0))))
+    with concurrent.futures.ThreadPoolExecutor(parts) as pool:  # every part-th name: the heavy kernels spread out
+        reports = pool.map(lambda p: _nvrtc_compile(arch, source, names[p::parts], options), range(parts))
+        return {name: row for report in reports for name, row in report.items()}
+
+
+def _nvrtc_compile(arch, source, names, options):
     from cuda.bindings import nvrtc
 
     err, prog = nvrtc.nvrtcCreateProgram(source.encode(), b"rnncells.cu", 0, [], [])
