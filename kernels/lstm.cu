@@ -146,6 +146,31 @@ __global__ void lstm_forward_step(const int t, const int B, const int H, const C
       c_next, y, h_last, gates, w_peep, zone_h, zone_c, rdrop, h_drop, lengths);
 }
 
+// The LayerNorm LSTM's unit (b, j) once its row's c' statistics (mean, r = 1/√(σ² + ε)) are known: ĉ (kept when
+// TRAINING), h' = o∘tanh(γ_c∘ĉ + β_c) and the commit; the gates are recomputed.  lstm_ln_forward_step's last pass,
+// and the persistent kernel's.
+template <typename S, typename C, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT, bool TRAINING>
+__device__ __forceinline__ void lstm_ln_forward_unit(const int t, const int b, const int j, const int H,
+                                                     const C cell_clip, const C zoneout_h, const C zoneout_c,
+                                                     const C rdrop_scale, const C mean, const C r,
+                                                     const S* __restrict__ xw, const C* __restrict__ hw,
+                                                     const S* __restrict__ h_prev, const C* __restrict__ c_prev,
+                                                     C* __restrict__ c_next, S* __restrict__ y,
+                                                     S* __restrict__ h_last, S* __restrict__ gates,
+                                                     const unsigned char* __restrict__ zone_h,
+                                                     const unsigned char* __restrict__ zone_c,
+                                                     const unsigned char* __restrict__ rdrop, S* __restrict__ h_drop,
+                                                     const int* __restrict__ lengths, const S* __restrict__ gamma_c,
+                                                     const S* __restrict__ beta_c, S* __restrict__ c_hat) {
+  const LSTMUnit<C> u = lstm_unit<S, C, PEEPHOLE_NONE, SIGMOID_CANDIDATE, CLIP>(b, j, H, cell_clip, xw, hw, nullptr,
+                                                                                c_prev[b * H + j], nullptr);
+  const C c_n = (u.c1 - mean) * r;
+  if constexpr (TRAINING) c_hat[b * H + j] = S(c_n);
+  const C h1 = u.o * tanh(C(gamma_c[j]) * c_n + C(beta_c[j]));
+  lstm_commit<S, C, ZONEOUT, TRAINING>(t, b, j, H, zoneout_h, zoneout_c, rdrop_scale, u, h1, h_prev, c_prev, c_next,
+                                       y, h_last, gates, zone_h, zone_c, rdrop, h_drop, lengths);
+}
+
 // lstm_forward_step with c' normalised (layer_norm, which takes no peephole): one block per item b, three passes
 // over its units: Σc', then Σ(c' − μ)², then each unit's ĉ and h'.  The first pass parks c' in c_next, which the
 // third overwrites with the state; each thread reads back only the units it wrote.  The third recomputes the gates
@@ -185,14 +210,10 @@ __global__ void lstm_ln_forward_step(const int t, const int B, const int H, cons
   }
   const C mean = block_sum(sum, shared) / C(H);
   const C r = block_rstd(c_next + b * H, H, mean, eps, shared);  // each thread reads back the units it parked
-  for (int j = threadIdx.x; j < H; j += blockDim.x) {
-    const LSTMUnit<C> u = unit(j);
-    const C c_n = (u.c1 - mean) * r;
-    if constexpr (TRAINING) c_hat[b * H + j] = S(c_n);
-    const C h1 = u.o * tanh(C(gamma_c[j]) * c_n + C(beta_c[j]));
-    lstm_commit<S, C, ZONEOUT, TRAINING>(t, b, j, H, zoneout_h, zoneout_c, rdrop_scale, u, h1, h_prev, c_prev,
-                                         c_next, y, h_last, gates, zone_h, zone_c, rdrop, h_drop, lengths);
-  }
+  for (int j = threadIdx.x; j < H; j += blockDim.x)
+    lstm_ln_forward_unit<S, C, SIGMOID_CANDIDATE, CLIP, ZONEOUT, TRAINING>(
+        t, b, j, H, cell_clip, zoneout_h, zoneout_c, rdrop_scale, mean, r, xw, hw, h_prev, c_prev, c_next, y, h_last,
+        gates, zone_h, zone_c, rdrop, h_drop, lengths, gamma_c, beta_c, c_hat);
   if (TRAINING && threadIdx.x == 0) rstd_c[b] = r;
 }
 
@@ -327,6 +348,60 @@ __global__ void lstm_backward_step(const int t, const int B, const int H, const 
       dy, dcarry, drec, dcarry_out, da, w_peep, zone_h, zone_c, rdrop, lengths);
 }
 
+// The LayerNorm LSTM's backward, unit (b, j) of an item past its length: its gradient passes through, dn = 0.
+template <typename S, typename C>
+__device__ __forceinline__ void lstm_ln_pass_through(const int b, const int j, const int H, const C rdrop_scale,
+                                                     const C* __restrict__ dcarry, const C* __restrict__ drec,
+                                                     const unsigned char* __restrict__ rdrop,
+                                                     C* __restrict__ dcarry_out, S* __restrict__ da,
+                                                     S* __restrict__ dn) {
+  C dh_in, dc_in;
+  lstm_incoming<C, PEEPHOLE_NONE>(b, j, H, H, rdrop_scale, dcarry, drec, rdrop, dh_in, dc_in);
+  lstm_pass_through(b, j, H, dh_in, dc_in, dcarry_out, da);
+  dn[b * H + j] = S(C(0));
+}
+
+// The LayerNorm LSTM's backward, unit (b, j) of an active item: its LSTMUnitGrad, tanh(n) and dn = dh∘o∘(1 − tanh²n).
+template <typename S, typename C, bool CLIP, bool ZONEOUT>
+__device__ __forceinline__ LSTMUnitGrad<C> lstm_ln_unit_grad(
+    const int b, const int j, const int H, const C cell_clip, const C zoneout_h, const C zoneout_c,
+    const C rdrop_scale, const S* __restrict__ gates, const C* __restrict__ c_prev, const C* __restrict__ c_next,
+    const S* __restrict__ dy, const C* __restrict__ dcarry, const C* __restrict__ drec,
+    const unsigned char* __restrict__ zone_h, const unsigned char* __restrict__ zone_c,
+    const unsigned char* __restrict__ rdrop, const S* __restrict__ c_hat, const S* __restrict__ gamma_c,
+    const S* __restrict__ beta_c, C& tn, C& dn) {
+  C dh_in, dc_in;
+  lstm_incoming<C, PEEPHOLE_NONE>(b, j, H, H, rdrop_scale, dcarry, drec, rdrop, dh_in, dc_in);
+  const LSTMUnitGrad<C> u = lstm_unit_grad<S, C, CLIP, ZONEOUT>(b, j, H, cell_clip, zoneout_h, zoneout_c, dh_in,
+                                                                dc_in, gates, c_prev, c_next, dy, zone_h, zone_c);
+  tn = tanh(C(gamma_c[j]) * C(c_hat[b * H + j]) + C(beta_c[j]));
+  dn = u.dh * u.o * (C(1) - tn * tn);
+  return u;
+}
+
+// ... then its dc' and gates, given its row's mean(dĉ), mean(dĉ∘ĉ) (dĉ = γ_c∘dn) and r = 1/√(σ² + ε):
+// lstm_ln_backward_step's second pass, and the persistent kernel's.  dn is recomputed rather than kept.
+template <typename S, typename C, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT>
+__device__ __forceinline__ void lstm_ln_backward_unit(
+    const int b, const int j, const int H, const C cell_clip, const C zoneout_h, const C zoneout_c,
+    const C rdrop_scale, const C mean_d, const C mean_dx, const C r, const S* __restrict__ gates,
+    const C* __restrict__ c_prev, const C* __restrict__ c_next, const S* __restrict__ dy, const C* __restrict__ dcarry,
+    const C* __restrict__ drec, C* __restrict__ dcarry_out, S* __restrict__ da,
+    const unsigned char* __restrict__ zone_h, const unsigned char* __restrict__ zone_c,
+    const unsigned char* __restrict__ rdrop, const S* __restrict__ c_hat, const S* __restrict__ gamma_c,
+    const S* __restrict__ beta_c) {
+  C tn, dn_j;
+  const LSTMUnitGrad<C> u = lstm_ln_unit_grad<S, C, CLIP, ZONEOUT>(b, j, H, cell_clip, zoneout_h, zoneout_c,
+                                                                   rdrop_scale, gates, c_prev, c_next, dy, dcarry,
+                                                                   drec, zone_h, zone_c, rdrop, c_hat, gamma_c,
+                                                                   beta_c, tn, dn_j);
+  const C da_o = u.dh * tn * u.o * (C(1) - u.o);
+  const C d_hat = C(gamma_c[j]) * dn_j;
+  const C dc = u.dc_new + layer_norm_input_grad(d_hat, C(c_hat[b * H + j]), mean_d, mean_dx, r);
+  lstm_gate_grads<S, C, PEEPHOLE_NONE, SIGMOID_CANDIDATE, CLIP>(b, j, H, cell_clip, u, dc, da_o, nullptr, dcarry_out,
+                                                                da);
+}
+
 // lstm_backward_step with c' normalised (layer_norm): one block per item b, two passes over its units: dn and the
 // row's Σγ_c∘dn and Σγ_c∘dn∘ĉ, then each unit's dc' and gates.  The second recomputes dn rather than keeping it.
 template <typename S, typename C, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT>
@@ -353,42 +428,24 @@ __global__ void lstm_ln_backward_step(const int t, const int B, const int H, con
   __shared__ C shared[LN_THREADS];
   const int b = blockIdx.x;
   if (!is_active(lengths, t, b)) {  // the whole block: one item
-    for (int j = threadIdx.x; j < H; j += blockDim.x) {
-      C dh_in, dc_in;
-      lstm_incoming<C, PEEPHOLE_NONE>(b, j, H, H, rdrop_scale, dcarry, drec, rdrop, dh_in, dc_in);
-      lstm_pass_through(b, j, H, dh_in, dc_in, dcarry_out, da);
-      dn[b * H + j] = S(C(0));
-    }
+    for (int j = threadIdx.x; j < H; j += blockDim.x)
+      lstm_ln_pass_through(b, j, H, rdrop_scale, dcarry, drec, rdrop, dcarry_out, da, dn);
     return;
   }
-  // unit j's LSTMUnitGrad, tanh(n) and dn
-  auto unit = [&](const int j, C& tn, C& dn_j) {
-    C dh_in, dc_in;
-    lstm_incoming<C, PEEPHOLE_NONE>(b, j, H, H, rdrop_scale, dcarry, drec, rdrop, dh_in, dc_in);
-    const LSTMUnitGrad<C> u = lstm_unit_grad<S, C, CLIP, ZONEOUT>(b, j, H, cell_clip, zoneout_h, zoneout_c, dh_in,
-                                                                  dc_in, gates, c_prev, c_next, dy, zone_h, zone_c);
-    tn = tanh(C(gamma_c[j]) * C(c_hat[b * H + j]) + C(beta_c[j]));
-    dn_j = u.dh * u.o * (C(1) - tn * tn);
-    return u;
-  };
   C sum_d = C(0), sum_dx = C(0);
   for (int j = threadIdx.x; j < H; j += blockDim.x) {
     C tn, dn_j;
-    unit(j, tn, dn_j);
+    lstm_ln_unit_grad<S, C, CLIP, ZONEOUT>(b, j, H, cell_clip, zoneout_h, zoneout_c, rdrop_scale, gates, c_prev,
+                                           c_next, dy, dcarry, drec, zone_h, zone_c, rdrop, c_hat, gamma_c, beta_c, tn,
+                                           dn_j);
     dn[b * H + j] = S(dn_j);
     const C d_hat = C(gamma_c[j]) * dn_j;
     sum_d += d_hat;
     sum_dx += d_hat * C(c_hat[b * H + j]);
   }
   const C mean_d = block_sum(sum_d, shared) / C(H), mean_dx = block_sum(sum_dx, shared) / C(H);
-  const C r = rstd_c[b];
-  for (int j = threadIdx.x; j < H; j += blockDim.x) {
-    C tn, dn_j;
-    const LSTMUnitGrad<C> u = unit(j, tn, dn_j);
-    const C da_o = u.dh * tn * u.o * (C(1) - u.o);
-    const C d_hat = C(gamma_c[j]) * dn_j;
-    const C dc = u.dc_new + layer_norm_input_grad(d_hat, C(c_hat[b * H + j]), mean_d, mean_dx, r);
-    lstm_gate_grads<S, C, PEEPHOLE_NONE, SIGMOID_CANDIDATE, CLIP>(b, j, H, cell_clip, u, dc, da_o, nullptr,
-                                                                  dcarry_out, da);
-  }
+  for (int j = threadIdx.x; j < H; j += blockDim.x)
+    lstm_ln_backward_unit<S, C, SIGMOID_CANDIDATE, CLIP, ZONEOUT>(
+        b, j, H, cell_clip, zoneout_h, zoneout_c, rdrop_scale, mean_d, mean_dx, rstd_c[b], gates, c_prev, c_next, dy,
+        dcarry, drec, dcarry_out, da, zone_h, zone_c, rdrop, c_hat, gamma_c, beta_c);
 }

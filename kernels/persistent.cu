@@ -153,11 +153,132 @@ __device__ __forceinline__ void for_each_unit(const int B, const int j0, const i
   for (int p = threadIdx.x; p < B * n; p += blockDim.x) f(p / n, j0 + p % n);
 }
 
+// --- layer_norm: a row's statistics over every block ---------------------------------------------------------------
+// A row b of h W_hhᵀ [B, G·H] (or of c' [B, H]) spans every block.  Each block writes what its own values of the row
+// contribute to parts [blocks, B, 2]; after a grid barrier every block combines all blocks' parts in block order, so
+// every block gets the same bits, and every run.  A block's LayerNorm work is per row (a thread each: for_each_row),
+// on its few units of the row.
+
+// f(b) for each row b < B, a thread each; the same thread takes row b in every call.
+template <typename F>
+__device__ __forceinline__ void for_each_row(const int B, F f) {
+  for (int b = threadIdx.x; b < B; b += blockDim.x) f(b);
+}
+
+// part = {mean, M2 = Σ(x − mean)²} of x(0) … x(n − 1), in two passes (never Σx² − n·mean², which cancels).
+template <typename C, typename X>
+__device__ __forceinline__ void moments_part(const int n, X x, C* part) {
+  C sum = C(0);
+  for (int k = 0; k < n; ++k) sum += x(k);
+  const C mean = sum / C(n);
+  C m2 = C(0);
+  for (int k = 0; k < n; ++k) m2 += (x(k) - mean) * (x(k) - mean);
+  part[0] = mean;
+  part[1] = m2;
+}
+
+// Row b's mean and 1/√(σ² + ε) from every block's moments_part, block k's over per_unit values of each of its
+// units: Chan et al.'s pairwise update (M2 = M2_a + M2_b + δ²·n_a·n_b / n), in block order.
+template <typename C>
+__device__ __forceinline__ void merged_moments(const C* __restrict__ parts, const int b, const int B,
+                                               const int per_unit, const int units, const int H, const C eps,
+                                               C& mean, C& rstd) {
+  C n_a = C(0), mean_a = C(0), m2_a = C(0);
+  for (int k = 0; k < int(gridDim.x); ++k) {
+    const C n_b = C(per_unit * min(units, H - k * units)), n = n_a + n_b;  // every block owns a unit
+    const C delta = parts[(k * B + b) * 2] - mean_a;
+    mean_a += delta * (n_b / n);
+    m2_a += parts[(k * B + b) * 2 + 1] + delta * delta * (n_a * n_b / n);
+    n_a = n;
+  }
+  mean = mean_a;
+  rstd = C(1) / sqrt(m2_a / n_a + eps);
+}
+
+// Row b's two sums from every block's part, in block order.
+template <typename C>
+__device__ __forceinline__ void merged_sums(const C* __restrict__ parts, const int b, const int B, C& s0, C& s1) {
+  s0 = s1 = C(0);
+  for (int k = 0; k < int(gridDim.x); ++k) {
+    s0 += parts[(k * B + b) * 2];
+    s1 += parts[(k * B + b) * 2 + 1];
+  }
+}
+
+// layernorm.cu's layer_norm_forward of x [B, G·H] (h W_hhᵀ), for this block's G·n columns of each row: x ← γ∘x̂,
+// x̂ kept in x_hat and 1/√(σ² + ε) in rstd (by block 0) where given.  One grid barrier; called by every thread.
+template <typename S, typename C>
+__device__ __forceinline__ void normalise_rows(const int B, const int H, const int G, const int units, const int j0,
+                                               const int n, const C eps,
+                                               C* __restrict__ x,              // [B, G·H]
+                                               const S* __restrict__ gamma,    // [G·H]
+                                               S* __restrict__ x_hat,          // [B, G·H], or null
+                                               C* __restrict__ rstd,           // [B], or null
+                                               C* __restrict__ parts,          // [blocks, B, 2]
+                                               unsigned int* barrier) {
+  auto col = [&](const int r) { return (r / n) * H + j0 + r % n; };  // the block's r-th column, r < G·n
+  __syncthreads();  // x's columns of this block are whole
+  for_each_row(B, [&](const int b) {
+    moments_part(G * n, [&](const int r) { return x[b * G * H + col(r)]; }, parts + (blockIdx.x * B + b) * 2);
+  });
+  grid_sync(barrier);  // every block's part of every row
+  for_each_row(B, [&](const int b) {
+    C mean, r;
+    merged_moments(parts, b, B, G, units, H, eps, mean, r);
+    for (int k = 0; k < G * n; ++k) {
+      const int i = b * G * H + col(k);
+      const C xh = (x[i] - mean) * r;
+      if (x_hat != nullptr) x_hat[i] = S(xh);
+      x[i] = C(gamma[col(k)]) * xh;
+    }
+    if (rstd != nullptr && blockIdx.x == 0) rstd[b] = r;
+  });
+  __syncthreads();  // x normalised for the block's units
+}
+
+// layernorm.cu's layer_norm_backward for this block's G·n columns of each row: dx = (dx̂ − mean(dx̂) −
+// x̂∘mean(dx̂∘x̂))·r, dx̂ = γ∘dy, the means over the whole row.  One grid barrier; called by every thread.
+template <typename S, typename C>
+__device__ __forceinline__ void normalise_rows_backward(const int B, const int H, const int G, const int j0,
+                                                        const int n,
+                                                        const S* __restrict__ dy,     // [B, G·H]
+                                                        const S* __restrict__ x_hat,  // [B, G·H]
+                                                        const C* __restrict__ rstd,   // [B]
+                                                        const S* __restrict__ gamma,  // [G·H]
+                                                        S* __restrict__ dx,           // [B, G·H]
+                                                        C* __restrict__ parts,        // [blocks, B, 2]
+                                                        unsigned int* barrier) {
+  auto col = [&](const int r) { return (r / n) * H + j0 + r % n; };
+  __syncthreads();  // dy's columns of this block are whole
+  for_each_row(B, [&](const int b) {
+    C sum_d = C(0), sum_dx = C(0);
+    for (int k = 0; k < G * n; ++k) {
+      const int i = b * G * H + col(k);
+      const C d_hat = C(gamma[col(k)]) * C(dy[i]);
+      sum_d += d_hat;
+      sum_dx += d_hat * C(x_hat[i]);
+    }
+    parts[(blockIdx.x * B + b) * 2] = sum_d;
+    parts[(blockIdx.x * B + b) * 2 + 1] = sum_dx;
+  });
+  grid_sync(barrier);  // every block's sums of every row
+  for_each_row(B, [&](const int b) {
+    C sum_d, sum_dx;
+    merged_sums(parts, b, B, sum_d, sum_dx);
+    const C mean_d = sum_d / C(G * H), mean_dx = sum_dx / C(G * H);
+    for (int k = 0; k < G * n; ++k) {
+      const int i = b * G * H + col(k);
+      dx[i] = S(layer_norm_input_grad(C(gamma[col(k)]) * C(dy[i]), C(x_hat[i]), mean_d, mean_dx, rstd[b]));
+    }
+  });
+}
+
 // The forward's loop over T steps for a cell of G gates: unit(t, b, j) is the cell's pointwise step of unit (b, j).
 // E = 3 (the LSTM's full peephole): c_in(t), the c before step t [B, H], against its rows of W_ch too, into cw.
 // P > 0 (the LSTM's projection, h = W_hr h'): h is P wide, the units write h' into m_out(t) [B, H], and after a
 // grid barrier the block's proj_units rows of W_hr give its columns of y[t]; a second grid barrier.
-template <int G, int E, typename S, typename C, typename CIn, typename Unit, typename MOut>
+// normalise(t, j0, n) runs between the product and the units (the LayerNorm GRU's normalise_rows of hw).
+template <int G, int E, typename S, typename C, typename CIn, typename Unit, typename MOut, typename Normalise>
 __device__ __forceinline__ void persistent_forward(const int T, const int B, const int H, const int P, const int units,
                                                    const int proj_units,
                                                    const S* __restrict__ w_hh,  // [G·H, P or H]
@@ -168,7 +289,8 @@ __device__ __forceinline__ void persistent_forward(const int T, const int B, con
                                                    const S* __restrict__ hd,    // [2, B, H] d∘h, or null
                                                    C* __restrict__ hw,          // [B, G·H] h_in W_hhᵀ
                                                    C* __restrict__ cw,          // [B, E·H] c W_chᵀ (E > 0)
-                                                   unsigned int* barrier, CIn c_in, Unit unit, MOut m_out) {
+                                                   unsigned int* barrier, CIn c_in, Unit unit, MOut m_out,
+                                                   Normalise normalise) {
   const int K = P > 0 ? P : H;  // h's width
   int j0, n, p0, m;
   block_slice(units, H, j0, n);
@@ -186,6 +308,7 @@ __device__ __forceinline__ void persistent_forward(const int T, const int B, con
       block_dots(c_in(t), H, B, sh.c, H + ROW_PAD, E * n, H, sh.partial,
                  [&](const int b, const int r, const C v) { cw[b * E * H + (r / n) * H + j0 + r % n] = v; });
     __syncthreads();  // hw's columns of this block are whole
+    normalise(t, j0, n);
     for_each_unit(B, j0, n, [&](const int b, const int j) { unit(t, b, j); });
     grid_sync(barrier);  // y[t] (and d∘y[t], c[t]; projected: h') are whole
     if (P > 0) {
@@ -200,14 +323,15 @@ __device__ __forceinline__ void persistent_forward(const int T, const int B, con
 // The backward's loop over steps T−1 … 0 for a cell of G gates: unit(t, b, j) is the cell's pointwise backward of
 // unit (b, j), reading drec[(t + 1) % 2]; d is what the recurrent GEMM multiplies, [T, B, G·H], and w_rec its
 // weights [G·H, n_rec]: W_hh (n_rec = H), or the LSTM's [W_hh | W_ch] with the full peephole (n_rec = 2H), whose
-// columns j and H + j this block takes.
-template <int G, typename S, typename C, typename Unit>
+// columns j and H + j this block takes.  after(t, j0, n) runs after the units (the LayerNorm GRU's
+// normalise_rows_backward, which makes d[t]).
+template <int G, typename S, typename C, typename Unit, typename After>
 __device__ __forceinline__ void persistent_backward(const int T, const int B, const int H, const int units,
                                                     const int n_rec,
                                                     const S* __restrict__ w_rec,  // [G·H, n_rec]
                                                     const S* __restrict__ d,      // [T, B, G·H]
                                                     C* __restrict__ drec,         // [2, B, n_rec] d w_rec, ping-pong
-                                                    unsigned int* barrier, Unit unit) {
+                                                    unsigned int* barrier, Unit unit, After after) {
   const int GH = G * H, parts = n_rec / H;
   int j0, n;
   block_slice(units, H, j0, n);
@@ -222,6 +346,7 @@ __device__ __forceinline__ void persistent_backward(const int T, const int B, co
   for (int t = T - 1; t >= 0; --t) {
     if (t + 1 < T) product(t + 1, drec + ((t + 1) % 2) * B * n_rec);
     for_each_unit(B, j0, n, [&](const int b, const int j) { unit(t, b, j); });
+    after(t, j0, n);
     grid_sync(barrier);  // d[t] is whole for the product of step t − 1
   }
   if (T > 0) product(0, drec);
@@ -315,7 +440,7 @@ __global__ void lstm_persistent_forward(const int T, const int B, const int H, c
   };
   constexpr int E = PEEPHOLE == PEEPHOLE_FULL ? 3 : 0;  // W_ch's rows i, f, o
   persistent_forward<4, E>(T, B, H, P, units, proj_units, w_hh, w_ch, w_hr, h0, y, rdrop == nullptr ? nullptr : hd, hw,
-                           cw, barrier, c_in, unit, m_out);
+                           cw, barrier, c_in, unit, m_out, [](int, int, int) {});
 }
 
 template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT>
@@ -356,7 +481,169 @@ __global__ void lstm_persistent_backward(const int T, const int B, const int H, 
     persistent_projected_backward(T, B, H, P, units, proj_units, w_hh, w_hr, w_rec, da, dhp, n_rec, drec, barrier,
                                   unit);
   else
-    persistent_backward<4>(T, B, H, units, n_rec, w_rec, da, drec, barrier, unit);
+    persistent_backward<4>(T, B, H, units, n_rec, w_rec, da, drec, barrier, unit, [](int, int, int) {});
+}
+
+// The LayerNorm LSTM (layer_norm, no peephole): h W_hhᵀ normalised over its row's 4H values, and c' over its H before
+// the output's tanh, each row's statistics over every block (normalise_rows, then moments_part and merged_moments
+// for c').  forward, step t: hw = h_in W_hhᵀ for its 4·n rows; normalise_rows (grid_sync); each row's c' of its units
+// parked in c_next, their moments; grid_sync; lstm_ln_forward_unit for its units, the row's statistics merged;
+// grid_sync.  Three grid barriers a step; parts [2, blocks, B, 2]: h W_hhᵀ's, then the c' ones (two, so that no block
+// writes one before every block has read it).
+template <typename S, typename C, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT, bool TRAINING>
+__global__ void lstm_ln_persistent_forward(const int T, const int B, const int H, const int units, const C cell_clip,
+                                           const C zoneout_h, const C zoneout_c, const C rdrop_scale, const C eps,
+                                           const S* __restrict__ xw,        // [T, B, 4H] LN(x Wihᵀ)∘γ_x + biases
+                                           const S* __restrict__ w_hh,      // [4H, H]
+                                           const S* __restrict__ ln_h,      // [4H] h W_hhᵀ's gain
+                                           const S* __restrict__ h0,        // [B, H]
+                                           const C* __restrict__ c0,        // [B, H]
+                                           C* __restrict__ cs,              // [T, B, H] ([2, B, H] inference)
+                                           S* __restrict__ y,               // [T, B, H]
+                                           S* __restrict__ h_last,          // [B, H], or null
+                                           S* __restrict__ gates,           // [T, B, 4H] when TRAINING
+                                           const unsigned char* __restrict__ zone_h,  // [T, B, H], or null
+                                           const unsigned char* __restrict__ zone_c,  // [T, B, H], or null
+                                           const unsigned char* __restrict__ rdrop,   // [B, H], or null
+                                           S* __restrict__ hd,              // [2, B, H] d∘h (with rdrop)
+                                           const int* __restrict__ lengths, // [B], or null
+                                           const S* __restrict__ gamma_c,   // [H] c's gain
+                                           const S* __restrict__ beta_c,    // [H] c's shift
+                                           S* __restrict__ h_hat,           // [T, B, 4H] ĥ when TRAINING
+                                           C* __restrict__ rstd_h,          // [T, B] when TRAINING
+                                           S* __restrict__ c_hat,           // [T, B, H] ĉ when TRAINING
+                                           C* __restrict__ rstd_c,          // [T, B] when TRAINING
+                                           C* __restrict__ hw,              // [B, 4H] scratch
+                                           C* __restrict__ parts,           // [2, blocks, B, 2] scratch
+                                           unsigned int* barrier            // [1] zeroed
+) {
+  const long long BH = (long long)B * H;
+  int j0, n;
+  block_slice(units, H, j0, n);
+  const Shared<S, C> sh = shared_parts<S, C>(4 * n * (H + ROW_PAD), 0, 0);
+  load_rows(sh.w, w_hh, 4, j0, n, H, H);
+  __syncthreads();
+  C* parts_c = parts + gridDim.x * B * 2;  // the c' statistics, apart from h W_hhᵀ's
+  for (int t = 0; t < T; ++t) {
+    const C* c_prev = t == 0 ? c0 : cs + (TRAINING ? t - 1 : (t + 1) % 2) * BH;
+    C* c_next = cs + (TRAINING ? t : t % 2) * BH;
+    const S* h_prev = t == 0 ? h0 : y + (t - 1) * BH;
+    const S* xw_t = xw + t * 4 * BH;
+    block_dots(rdrop != nullptr ? hd + (t % 2) * BH : h_prev, H, B, sh.w, H + ROW_PAD, 4 * n, H, sh.partial,
+               [&](const int b, const int r, const C v) { hw[b * 4 * H + (r / n) * H + j0 + r % n] = v; });
+    normalise_rows<S, C>(B, H, 4, units, j0, n, eps, hw, ln_h, TRAINING ? h_hat + t * 4 * BH : nullptr,
+                         TRAINING ? rstd_h + t * B : nullptr, parts, barrier);
+    for_each_row(B, [&](const int b) {  // c' of the row's units parked in c_next (lstm_ln_forward_step's first pass)
+      C* c1 = c_next + b * H + j0;
+      for (int k = 0; k < n; ++k)
+        c1[k] = lstm_unit<S, C, PEEPHOLE_NONE, SIGMOID_CANDIDATE, CLIP>(b, j0 + k, H, cell_clip, xw_t, hw, nullptr,
+                                                                        c_prev[b * H + j0 + k], nullptr).c1;
+      moments_part(n, [&](const int k) { return c1[k]; }, parts_c + (blockIdx.x * B + b) * 2);
+    });
+    grid_sync(barrier);  // every block's part of the c' statistics
+    for_each_row(B, [&](const int b) {
+      C mean, r;
+      merged_moments(parts_c, b, B, 1, units, H, eps, mean, r);
+      for (int j = j0; j < j0 + n; ++j)
+        lstm_ln_forward_unit<S, C, SIGMOID_CANDIDATE, CLIP, ZONEOUT, TRAINING>(
+            t, b, j, H, cell_clip, zoneout_h, zoneout_c, rdrop_scale, mean, r, xw_t, hw, h_prev, c_prev, c_next,
+            y + t * BH, h_last, TRAINING ? gates + t * 4 * BH : nullptr, zone_h == nullptr ? nullptr : zone_h + t * BH,
+            zone_c == nullptr ? nullptr : zone_c + t * BH, rdrop, rdrop == nullptr ? nullptr : hd + ((t + 1) % 2) * BH,
+            lengths, gamma_c, beta_c, TRAINING ? c_hat + t * BH : nullptr);
+      if (TRAINING && blockIdx.x == 0) rstd_c[t * B + b] = r;
+    });
+    grid_sync(barrier);  // LN y[t] (and d∘y[t]) are whole for step t + 1
+  }
+}
+
+// backward, step t = T−1 … 0: drec[(t+1) % 2] from da_raw[t + 1] (the gradient of h W_hhᵀ before its
+// normalisation) against its columns of W_hh; each row's dn of its units and their Σγ_c∘dn, Σγ_c∘dn∘ĉ; grid_sync;
+// lstm_ln_backward_unit with the row's merged sums; normalise_rows_backward (grid_sync) of da[t] into da_raw[t];
+// grid_sync.  Three grid barriers a step; after step 0, drec[0] from da_raw[0] (dh0's GEMM part).
+template <typename S, typename C, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT>
+__global__ void lstm_ln_persistent_backward(const int T, const int B, const int H, const int units, const C cell_clip,
+                                            const C zoneout_h, const C zoneout_c, const C rdrop_scale,
+                                            const S* __restrict__ gates,     // [T, B, 4H] i f g o
+                                            const C* __restrict__ c0,        // [B, H]
+                                            const C* __restrict__ cs,        // [T, B, H]
+                                            const S* __restrict__ dy,        // [T, B, H]
+                                            C* __restrict__ dcarry,          // [2, B, 2H] d[h | c], ping-pong
+                                            C* __restrict__ drec,            // [2, B, H] da_raw W_hh, ping-pong
+                                            S* __restrict__ da,              // [T, B, 4H]
+                                            S* __restrict__ da_raw,          // [T, B, 4H] before LN
+                                            const S* __restrict__ w_hh,      // [4H, H]
+                                            const S* __restrict__ ln_h,      // [4H]
+                                            const S* __restrict__ h_hat,     // [T, B, 4H]
+                                            const C* __restrict__ rstd_h,    // [T, B]
+                                            const S* __restrict__ c_hat,     // [T, B, H]
+                                            const C* __restrict__ rstd_c,    // [T, B]
+                                            const S* __restrict__ gamma_c,   // [H]
+                                            const S* __restrict__ beta_c,    // [H]
+                                            S* __restrict__ dn,              // [T, B, H] d(γ_c∘ĉ + β_c)
+                                            const unsigned char* __restrict__ zone_h,  // [T, B, H], or null
+                                            const unsigned char* __restrict__ zone_c,  // [T, B, H], or null
+                                            const unsigned char* __restrict__ rdrop,   // [B, H], or null
+                                            const int* __restrict__ lengths, // [B], or null
+                                            C* __restrict__ parts,           // [2, blocks, B, 2] scratch
+                                            unsigned int* barrier            // [1] zeroed
+) {
+  const long long BH = (long long)B * H;
+  const int GH = 4 * H;
+  int j0, n;
+  block_slice(units, H, j0, n);
+  const Shared<S, C> sh = shared_parts<S, C>(n * (GH + ROW_PAD), 0, 0);
+  load_columns(sh.w, w_hh, GH, H, 1, j0, n, H);
+  __syncthreads();
+  auto product = [&](const int t, C* out) {  // out[:, j0 + jl] = da_raw[t] W_hh[:, j0 + jl]
+    block_dots(da_raw + (long long)t * B * GH, GH, B, sh.w, GH + ROW_PAD, n, GH, sh.partial,
+               [&](const int b, const int c, const C v) { out[b * H + j0 + c] = v; });
+    __syncthreads();
+  };
+  C* parts_c = parts + gridDim.x * B * 2;  // dn's sums, apart from da's
+  for (int t = T - 1; t >= 0; --t) {
+    const int nxt = (t + 1) % 2, cur = t % 2;
+    if (t + 1 < T) product(t + 1, drec + nxt * BH);
+    const C* c_prev = t == 0 ? c0 : cs + (t - 1) * BH;
+    const S *gates_t = gates + t * 4 * BH, *c_hat_t = c_hat + t * BH, *dy_t = dy + t * BH;
+    const unsigned char* zone_h_t = zone_h == nullptr ? nullptr : zone_h + t * BH;
+    const unsigned char* zone_c_t = zone_c == nullptr ? nullptr : zone_c + t * BH;
+    for_each_row(B, [&](const int b) {  // dn and the row's sums (lstm_ln_backward_step's first pass)
+      C sum_d = C(0), sum_dx = C(0);
+      if (is_active(lengths, t, b))
+        for (int j = j0; j < j0 + n; ++j) {
+          C tn, dn_j;
+          lstm_ln_unit_grad<S, C, CLIP, ZONEOUT>(b, j, H, cell_clip, zoneout_h, zoneout_c, rdrop_scale, gates_t, c_prev,
+                                                 cs + t * BH, dy_t, dcarry + nxt * 2 * BH, drec + nxt * BH, zone_h_t,
+                                                 zone_c_t, rdrop, c_hat_t, gamma_c, beta_c, tn, dn_j);
+          dn[t * BH + b * H + j] = S(dn_j);
+          const C d_hat = C(gamma_c[j]) * dn_j;
+          sum_d += d_hat;
+          sum_dx += d_hat * C(c_hat_t[b * H + j]);
+        }
+      parts_c[(blockIdx.x * B + b) * 2] = sum_d;
+      parts_c[(blockIdx.x * B + b) * 2 + 1] = sum_dx;
+    });
+    grid_sync(barrier);  // every block's part of the rows' sums
+    for_each_row(B, [&](const int b) {
+      if (!is_active(lengths, t, b)) {
+        for (int j = j0; j < j0 + n; ++j)
+          lstm_ln_pass_through(b, j, H, rdrop_scale, dcarry + nxt * 2 * BH, drec + nxt * BH, rdrop,
+                               dcarry + cur * 2 * BH, da + t * 4 * BH, dn + t * BH);
+        return;
+      }
+      C sum_d, sum_dx;
+      merged_sums(parts_c, b, B, sum_d, sum_dx);
+      for (int j = j0; j < j0 + n; ++j)
+        lstm_ln_backward_unit<S, C, SIGMOID_CANDIDATE, CLIP, ZONEOUT>(
+            b, j, H, cell_clip, zoneout_h, zoneout_c, rdrop_scale, sum_d / C(H), sum_dx / C(H), rstd_c[t * B + b],
+            gates_t, c_prev, cs + t * BH, dy_t, dcarry + nxt * 2 * BH, drec + nxt * BH, dcarry + cur * 2 * BH,
+            da + t * 4 * BH, zone_h_t, zone_c_t, rdrop, c_hat_t, gamma_c, beta_c);
+    });
+    normalise_rows_backward<S, C>(B, H, 4, j0, n, da + t * 4 * BH, h_hat + t * 4 * BH, rstd_h + t * B, ln_h,
+                                  da_raw + t * 4 * BH, parts, barrier);
+    grid_sync(barrier);  // LN da_raw[t] is whole for the product of step t − 1
+  }
+  if (T > 0) product(0, drec);
 }
 
 template <typename S, typename C, bool ZONEOUT, bool TRAINING>
@@ -374,9 +661,19 @@ __global__ void gru_persistent_forward(const int T, const int B, const int H, co
                                        S* __restrict__ hd,              // [2, B, H] d∘h (with rdrop; hd[0] = d∘h0)
                                        const int* __restrict__ lengths, // [B], or null
                                        C* __restrict__ gh,              // [B, 3H] scratch
+                                       const C eps,                     // layer_norm's ε
+                                       const S* __restrict__ ln_h,      // [3H] h W_hhᵀ's gain (layer_norm), or null
+                                       S* __restrict__ h_hat,           // [T, B, 3H] ĥ (layer_norm, TRAINING)
+                                       C* __restrict__ rstd_h,          // [T, B] its 1/√(σ² + ε) (ditto)
+                                       C* __restrict__ parts,           // [blocks, B, 2] scratch (layer_norm)
                                        unsigned int* barrier            // [1] zeroed
 ) {
   const long long BH = (long long)B * H;
+  auto normalise = [&](const int t, const int j0, const int n) {  // layer_norm: gh ← LN(gh)∘γ_h
+    if (ln_h != nullptr)
+      normalise_rows<S, C>(B, H, 3, units, j0, n, eps, gh, ln_h, TRAINING ? h_hat + t * 3 * BH : nullptr,
+                           TRAINING ? rstd_h + t * B : nullptr, parts, barrier);
+  };
   auto unit = [&](const int t, const int b, const int j) {
     gru_forward_unit<S, C, ZONEOUT, TRAINING>(t, b, j, H, zoneout_h, rdrop_scale, xw + t * 3 * BH, gh, b_hn,
                                               t == 0 ? h0 : y + (t - 1) * BH, y + t * BH, h_last,
@@ -388,7 +685,7 @@ __global__ void gru_persistent_forward(const int T, const int B, const int H, co
   auto no_m = [](const int) { return static_cast<const S*>(nullptr); };
   persistent_forward<3, 0>(T, B, H, 0, units, 0, w_hh, static_cast<const C*>(nullptr), static_cast<const S*>(nullptr),
                            h0, y, rdrop == nullptr ? nullptr : hd, gh, static_cast<C*>(nullptr), barrier, no_c, unit,
-                           no_m);
+                           no_m, normalise);
 }
 
 template <typename S, typename C, bool ZONEOUT>
@@ -406,9 +703,19 @@ __global__ void gru_persistent_backward(const int T, const int B, const int H, c
                                         const unsigned char* __restrict__ zone_h,  // [T, B, H], or null
                                         const unsigned char* __restrict__ rdrop,   // [B, H], or null
                                         const int* __restrict__ lengths, // [B], or null
+                                        const S* __restrict__ ln_h,      // [3H] (layer_norm), or null
+                                        const S* __restrict__ h_hat,     // [T, B, 3H] (layer_norm)
+                                        const C* __restrict__ rstd_h,    // [T, B] (layer_norm)
+                                        S* __restrict__ dgh_raw,         // [T, B, 3H] dgh before LN (layer_norm)
+                                        C* __restrict__ parts,           // [blocks, B, 2] scratch (layer_norm)
                                         unsigned int* barrier            // [1] zeroed
 ) {
   const long long BH = (long long)B * H;
+  auto after = [&](const int t, const int j0, const int n) {  // layer_norm: the gradient of h W_hhᵀ before it
+    if (ln_h != nullptr)
+      normalise_rows_backward<S, C>(B, H, 3, j0, n, dgh + t * 3 * BH, h_hat + t * 3 * BH, rstd_h + t * B, ln_h,
+                                    dgh_raw + t * 3 * BH, parts, barrier);
+  };
   auto unit = [&](const int t, const int b, const int j) {
     const int nxt = (t + 1) % 2, cur = t % 2;
     gru_backward_unit<S, C, ZONEOUT>(t, b, j, H, zoneout_h, rdrop_scale, gates + t * 4 * BH,
@@ -416,7 +723,7 @@ __global__ void gru_persistent_backward(const int T, const int B, const int H, c
                                      drec + nxt * BH, dcarry + cur * BH, dgi + t * 3 * BH, dgh + t * 3 * BH,
                                      zone_h == nullptr ? nullptr : zone_h + t * BH, rdrop, lengths);
   };
-  persistent_backward<3>(T, B, H, units, H, w_hh, dgh, drec, barrier, unit);
+  persistent_backward<3>(T, B, H, units, H, w_hh, ln_h != nullptr ? dgh_raw : dgh, drec, barrier, unit, after);
 }
 
 // The GRU with the reset before its GEMM (reset_after=False, Cho et al.): r∘h must be whole before (r∘h) W_hnᵀ,

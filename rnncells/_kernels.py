@@ -23,7 +23,7 @@ import numpy as np
 
 from ._cublas import OP_N, OP_T
 from ._dtypes import BFLOAT16, FLOAT16, compute
-from .variants import GRUSpec, LSTMSpec
+from .variants import LAYER_NORM_EPS, GRUSpec, LSTMSpec
 
 SOURCES = ("lstm.cu", "gru.cu", "reduce.cu", "layernorm.cu", "persistent.cu")
 BLOCK = 256  # threads per block for every pointwise kernel
@@ -106,8 +106,9 @@ _LAYER_NORM = ("layer_norm_forward", "layer_norm_backward")
 # one block per row, meeting at __syncthreads()
 BARRIER_KERNELS = (*_LAYER_NORM, "lstm_ln_forward_step", "lstm_ln_backward_step")
 # one cooperative launch a sequence, every block resident, meeting at grid_sync() too
-COOPERATIVE_KERNELS = ("lstm_persistent_forward", "lstm_persistent_backward", "gru_persistent_forward",
-                       "gru_persistent_backward", "gru_rb_persistent_forward", "gru_rb_persistent_backward")
+COOPERATIVE_KERNELS = ("lstm_persistent_forward", "lstm_persistent_backward", "lstm_ln_persistent_forward",
+                       "lstm_ln_persistent_backward", "gru_persistent_forward", "gru_persistent_backward",
+                       "gru_rb_persistent_forward", "gru_rb_persistent_backward")
 
 
 def instantiations():
@@ -129,8 +130,9 @@ def instantiations():
 def _persistent_instantiations(dtype):
     names = []
     for spec in LSTMSpec.every():
-        names += [kernel_name("lstm_persistent_forward", dtype, spec, training) for training in (True, False)]
-        names.append(kernel_name("lstm_persistent_backward", dtype, spec))
+        for kernel in ("lstm", "lstm_ln") if spec.peephole is None else ("lstm",):  # layer_norm: no peephole
+            names += [kernel_name(f"{kernel}_persistent_forward", dtype, spec, training) for training in (True, False)]
+            names.append(kernel_name(f"{kernel}_persistent_backward", dtype, spec))
     for spec in {s.template_args(): s for s in GRUSpec.every()}.values():
         for kernel in ("gru_persistent", "gru_rb_persistent"):  # reset after, and before
             names += [kernel_name(f"{kernel}_forward", dtype, spec, training) for training in (True, False)]
@@ -181,13 +183,6 @@ class PersistentPlan(NamedTuple):
     proj_units: int = 0
 
 
-def persistent_support(spec):
-    """None when the persistent kernels run the variant, else why they do not (a phrase naming the flag)."""
-    if spec.layer_norm:
-        return "layer_norm (its row statistics span every block)"
-    return None
-
-
 def persistent_shared_bytes(spec, units, H, dtype, threads, proj_units=0):
     """A persistent block's dynamic shared memory, the larger of its forward's and its backward's
     (kernels/persistent.cu): its weights, G·units·H in the storage dtype (the backward's twice that with the full
@@ -220,11 +215,8 @@ def persistent_plan(spec, dtype, H, device):
     ⌈P / blocks⌉ outputs per block.  It fits when a block's weights and
     partial sums fit the shared memory a block may have.
     """
-    why = persistent_support(spec)
-    if why is None and not device.cooperative:
-        why = f"{device.name} cannot launch cooperative kernels"
-    if why is not None:
-        return None, why
+    if not device.cooperative:
+        return None, f"{device.name} cannot launch cooperative kernels"
     units = max(1, math.ceil(H / device.sms))
     blocks = math.ceil(H / units)
     proj_units = math.ceil(spec.proj_size / blocks) if isinstance(spec, LSTMSpec) else 0
@@ -301,12 +293,35 @@ class KernelOps:
                                 w_hh, w_hr, dhp, w_peep, zone_h, zone_c, rdrop, lengths)
 
     def gru_persistent_forward(self, plan, spec, xw, w_hh, b_hn, h0, y, h_last, gates, zone_h, rdrop, hd, lengths,
-                               gh):
-        """A whole GRU (reset_after) forward loop as one persistent launch; hd as in lstm_persistent_forward."""
+                               gh, ln_h, h_hat, rstd_h):
+        """A whole GRU (reset_after) forward loop as one persistent launch; hd as in lstm_persistent_forward;
+        layer_norm: ln_h [3H] the gain of h W_hhᵀ's normalisation, h_hat [T, B, 3H] and rstd_h [T, B] (training)."""
         T, B, H = y.shape
         name = kernel_name("gru_persistent_forward", y.dtype, spec, gates is not None)
         self._launch_persistent(name, plan, T, B, H, plan.units, *scalars(spec, gh.dtype), xw, w_hh, b_hn, h0, y,
-                                h_last, gates, zone_h, rdrop, hd, lengths, gh)
+                                h_last, gates, zone_h, rdrop, hd, lengths, gh, gh.dtype.type(LAYER_NORM_EPS), ln_h,
+                                h_hat, rstd_h, self._row_parts(plan, B, 1, gh.dtype, ln_h))
+
+    def lstm_ln_persistent_forward(self, plan, spec, xw, w_hh, ln_h, h0, c0, cs, y, h_last, gates, zone_h, zone_c,
+                                   rdrop, hd, lengths, gamma_c, beta_c, h_hat, rstd_h, c_hat, rstd_c, hw):
+        """A whole LayerNorm LSTM forward loop as one persistent launch; cs and hd as in lstm_persistent_forward,
+        h_hat, rstd_h, c_hat, rstd_c the normalisations' x̂ and 1/√(σ² + ε), kept in training."""
+        T, B, H = y.shape
+        name = kernel_name("lstm_ln_persistent_forward", y.dtype, spec, gates is not None)
+        eps = c0.dtype.type(LAYER_NORM_EPS)
+        self._launch_persistent(name, plan, T, B, H, plan.units, *scalars(spec, c0.dtype), eps, xw, w_hh, ln_h, h0, c0,
+                                cs, y, h_last, gates, zone_h, zone_c, rdrop, hd, lengths, gamma_c, beta_c, h_hat,
+                                rstd_h, c_hat, rstd_c, hw, self._row_parts(plan, B, 2, c0.dtype, ln_h))
+
+    def lstm_ln_persistent_backward(self, plan, spec, gates, c0, cs, dy, dcarry, drec, da, da_raw, w_hh, ln_h, h_hat,
+                                    rstd_h, c_hat, rstd_c, gamma_c, beta_c, dn, zone_h, zone_c, rdrop, lengths):
+        """A whole LayerNorm LSTM backward loop as one persistent launch: da [T, B, 4H] the gradient of the
+        normalised h W_hhᵀ (and of xw), da_raw [T, B, 4H] of h W_hhᵀ itself, dn [T, B, H] of γ_c∘ĉ + β_c."""
+        T, B, H = cs.shape
+        name = kernel_name("lstm_ln_persistent_backward", da.dtype, spec)
+        self._launch_persistent(name, plan, T, B, H, plan.units, *scalars(spec, c0.dtype), gates, c0, cs, dy, dcarry,
+                                drec, da, da_raw, w_hh, ln_h, h_hat, rstd_h, c_hat, rstd_c, gamma_c, beta_c, dn,
+                                zone_h, zone_c, rdrop, lengths, self._row_parts(plan, B, 2, c0.dtype, ln_h))
 
     def gru_rb_persistent_forward(self, plan, spec, training, xw, w_hh, h0, y, h_last, gates, rh, zone_h, rdrop, hd,
                                   lengths, ghrz, ghn):
@@ -327,12 +342,19 @@ class KernelOps:
                                 dcarry, drec, dg, w_hh, drh, zone_h, rdrop, lengths)
 
     def gru_persistent_backward(self, plan, spec, gates, h0, y, dy, dcarry, drec, dgi, dgh, w_hh, zone_h, rdrop,
-                                lengths):
-        """A whole GRU (reset_after) backward loop as one persistent launch."""
+                                lengths, ln_h, h_hat, rstd_h, dgh_raw):
+        """A whole GRU (reset_after) backward loop as one persistent launch; layer_norm: dgh_raw [T, B, 3H] the
+        gradient of h W_hhᵀ before its normalisation (dgh the normalised one's), which the recurrence multiplies."""
         T, B, H = y.shape
         name = kernel_name("gru_persistent_backward", y.dtype, spec)
         self._launch_persistent(name, plan, T, B, H, plan.units, *scalars(spec, dcarry.dtype), gates, h0, y, dy,
-                                dcarry, drec, dgi, dgh, w_hh, zone_h, rdrop, lengths)
+                                dcarry, drec, dgi, dgh, w_hh, zone_h, rdrop, lengths, ln_h, h_hat, rstd_h, dgh_raw,
+                                self._row_parts(plan, B, 1, dcarry.dtype, ln_h))
+
+    def _row_parts(self, plan, B, count, dtype, ln_h):
+        """layer_norm's scratch for rows' statistics across blocks, [count, blocks, B, 2] (kernels/persistent.cu),
+        or None without layer_norm."""
+        return None if ln_h is None else self.xp.empty((count, plan.blocks, B, 2), dtype=dtype)
 
     def capture(self, loop):
         """The backend's graph of loop(self), as a function that replays it (see rnncells._graphs)."""

@@ -454,7 +454,11 @@ def lstm_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=Non
         b.h_last[...] = b.h0
     if b.rdrop is not None:
         b.hd[...] = _dropped(spec, b.rdrop, b.h0)
-    if plan is not None:
+    if plan is not None and spec.layer_norm:
+        ops.lstm_ln_persistent_forward(plan, spec, b.xw, b.w_hh, b.ln_h, b.h0, b.c0, b.cs, b.y, b.h_last, b.gates,
+                                       b.zone_h, b.zone_c, b.rdrop, _double_buffered(xp, b.hd), b.lengths, b.gamma_c,
+                                       b.beta_c, b.h_hat, b.rstd_h, b.c_hat, b.rstd_c, b.hw)
+    elif plan is not None:
         ops.lstm_persistent_forward(plan, spec, b.xw, b.w_hh, b.w_ch, b.w_hr, b.h0, b.c0, b.cs, b.y, b.ms, b.h_last,
                                     b.gates, b.w_peep, b.zone_h, b.zone_c, b.rdrop, _double_buffered(xp, b.hd),
                                     b.lengths, b.hw, b.cw)
@@ -577,7 +581,11 @@ def lstm_backward(ops, xp, ctx, dy, dstates):
     w_rec = g.w_rec if full else (None if P else ctx.w_hh)
     g.dcarry[T % 2, :, :H], g.dcarry[T % 2, :, H:] = (0 if P else dhT), dcT
     g.drec[T % 2] = 0
-    if ctx.plan is not None:
+    if ctx.plan is not None and layer_norm:
+        ops.lstm_ln_persistent_backward(ctx.plan, ctx.spec, ctx.gates, ctx.c0, ctx.cs, g.dy, g.dcarry, g.drec, g.da,
+                                        g.da_raw, ctx.w_hh, ctx.ln_h, ctx.h_hat, ctx.rstd_h, ctx.c_hat, ctx.rstd_c,
+                                        ctx.gamma_c, ctx.beta_c, g.dn, ctx.zone_h, ctx.zone_c, ctx.rdrop, ctx.lengths)
+    elif ctx.plan is not None:
         ops.lstm_persistent_backward(ctx.plan, ctx.spec, ctx.gates, ctx.c0, ctx.cs, None if P else g.dy, g.dcarry,
                                      g.drec, g.da, w_rec, ctx.w_hh if P else None, g.w_hr, g.dhp, ctx.w_peep,
                                      ctx.zone_h, ctx.zone_c, ctx.rdrop, ctx.lengths)
@@ -709,7 +717,7 @@ def gru_forward(ops, xp, spec, x, p, states, lengths, training=True, graphs=None
         b.hd[...] = _dropped(spec, b.rdrop, b.h0)
     if plan is not None and reset_after:
         ops.gru_persistent_forward(plan, spec, b.xw, b.w_hh, b.b_hn, b.h0, b.y, b.h_last, b.gates, b.zone_h, b.rdrop,
-                                   _double_buffered(xp, b.hd), b.lengths, b.gh)
+                                   _double_buffered(xp, b.hd), b.lengths, b.gh, b.ln_h, b.h_hat, b.rstd_h)
     elif plan is not None:
         ops.gru_rb_persistent_forward(plan, spec, training, b.xw, b.w_hh, b.h0, b.y, b.h_last, b.gates, b.rh, b.zone_h,
                                       b.rdrop, _double_buffered(xp, b.hd), b.lengths, b.ghrz, b.ghn)
@@ -781,7 +789,8 @@ def gru_backward(ops, xp, ctx, dy, dstates):
         _dropped_inputs(ctx.spec, g, ctx.h0, ctx.y, ctx.rdrop)
     if ctx.plan is not None and ctx.spec.reset_after:
         ops.gru_persistent_backward(ctx.plan, ctx.spec, ctx.gates, ctx.h0, ctx.y, g.dy, g.dcarry, g.drec, g.dg, g.dgh,
-                                    ctx.w_hh, ctx.zone_h, ctx.rdrop, ctx.lengths)
+                                    ctx.w_hh, ctx.zone_h, ctx.rdrop, ctx.lengths, ctx.ln_h, ctx.h_hat, ctx.rstd_h,
+                                    g.dgh_raw)
     elif ctx.plan is not None:
         ops.gru_rb_persistent_backward(ctx.plan, ctx.spec, ctx.gates, ctx.h0, ctx.y, g.hd, g.dy, g.dcarry, g.drec,
                                        g.dg, ctx.w_hh, g.drh, ctx.zone_h, ctx.rdrop, ctx.lengths)

@@ -48,14 +48,15 @@ def poisoned_numpy():
 
 @pytest.fixture
 def edited_host_ops(tmp_path):
-    """build(file, line, edited, dtype=None): KernelOps on NumPy running the kernels built for the CPU from a copy
-    of kernels/ in which `line`, found exactly once in `file`, reads `edited` (only the instantiations whose
-    storage is `dtype`, if given: a quarter of the compile); persistent plans as for "cuda-host"."""
+    """build(file, line, edited, dtype=None, only=None): KernelOps on NumPy running the kernels built for the CPU
+    from a copy of kernels/ in which `line`, found exactly once in `file`, reads `edited` (only the instantiations
+    whose storage is `dtype`, if given: a quarter of the compile, and of those only the ones `only(name)` takes);
+    persistent plans as for "cuda-host"."""
 
-    def build(file, line, edited, dtype=None):
+    def build(file, line, edited, dtype=None, only=lambda name: True):
         storage = None if dtype is None else _kernels.TYPES[np.dtype(dtype)][0]
         names = None if dtype is None else [n for n in _kernels.instantiations() if n.split("<")[1].split(",")[0]
-                                            == storage]
+                                            == storage and only(n)]
         for f in _kernels.kernel_dir().iterdir():
             if f.suffix in (".cu", ".cuh", ".h"):
                 text = f.read_text()

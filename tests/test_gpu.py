@@ -118,13 +118,17 @@ PERSISTENT_MODES = [
 @gpu
 @pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
 def test_persistent_kernels_match_the_reference_on_the_gpu(spec, dtype):
-    from rnncells._kernels import persistent_support
+    import cupy
 
-    if persistent_support(spec) is not None:
-        pytest.skip(f"the persistent kernels do not run {persistent_support(spec)}")
+    from rnncells import _cupy, _kernels
+
     for m in PERSISTENT_MODES:
+        if verify.expansive(spec) and m["T"] > 6:  # the same blocks over 3 steps (see verify.expansive)
+            m = {**m, "T": 3}
         p = verify.problem(spec, dtype=dtype, **m)
-        if dtype == "float64" and m["H"] == 1024:
+        plan, _ = _kernels.persistent_plan(spec, dtype, m["H"], _cupy.device(cupy.cuda.Device().id))
+        if plan is None:  # float64 at H = 1024 (but for a projection, whose W_hh is [4H, P])
+            assert dtype == "float64" and m["H"] == 1024
             with pytest.raises(ValueError, match="needs .* bytes of shared memory per block"):
                 verify.run(verify.on_device(p), "cupy", persistent=True)
             continue

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from rnncells import _backends, _host, _kernels, api, verify
-from rnncells._kernels import HOPPER, PersistentPlan, persistent_plan, persistent_support
+from rnncells._kernels import HOPPER, PersistentPlan, persistent_plan
 from rnncells.variants import GRUSpec, LSTMSpec
 
 SHAPES = [
@@ -39,14 +39,8 @@ def _kwargs(shape, lengths):
 @pytest.mark.host
 @pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16"])
 def test_persistent_kernels_match_the_reference(poisoned_host, spec, dtype):
-    """Every variant the persistent kernels run, forward and backward, with and without lengths, against the
-    float64 reference at the dtype's bound; every other is refused by name."""
-    why = persistent_support(spec)
-    if why is not None:
-        p = verify.problem(spec, dtype=dtype)
-        with pytest.raises(ValueError, match=rf"persistent=True: {why.split()[0]}"):
-            verify.run(p, poisoned_host, persistent=True)
-        return
+    """Every variant, forward and backward, with and without lengths, against the float64 reference at the dtype's
+    bound."""
     for shape in SHAPES:
         for lengths in (False, True):
             p = verify.problem(spec, dtype=dtype, **_kwargs(shape, lengths))
@@ -80,8 +74,6 @@ def _forward(p, backend, persistent, training):
 def test_inference_runs_the_persistent_kernels_and_gives_the_training_outputs(poisoned_host, spec):
     """training=False: no gates kept, c in two ping-pong rows; the outputs are today's loops' up to the order of the
     GEMMs' sums, and, where training draws no masks, the training forward's."""
-    if persistent_support(spec) is not None:
-        pytest.skip(f"the persistent kernels do not run {persistent_support(spec)}")
     for shape in SHAPES:
         p = verify.problem(spec, **_kwargs(shape, True))
         got, ctx = _forward(p, poisoned_host, True, training=False)
@@ -161,13 +153,6 @@ def test_a_device_without_cooperative_launch_has_no_plan():
     assert plan is None and "cannot launch cooperative kernels" in why
 
 
-@pytest.mark.parametrize("cell,flag", [(LSTMSpec(layer_norm=True), "layer_norm"),
-                                       (GRUSpec(layer_norm=True), "layer_norm")], ids=str)
-def test_variants_without_persistent_kernels_say_which_flag(cell, flag):
-    plan, why = persistent_plan(cell, "float32", 64, HOPPER)
-    assert plan is None and why.startswith(flag)
-
-
 # --- the persistent= argument ---------------------------------------------------------------------------------------
 
 
@@ -178,8 +163,6 @@ def test_auto_takes_the_persistent_kernels_up_to_the_batch_limit():
         p = verify.problem(spec, T=2, B=B, H=4)
         _, ctx = _forward(p, "cuda-host", "auto", training=True)
         assert (ctx.inner.plan is not None) == taken, B
-    _, ctx = _forward(verify.problem(LSTMSpec(layer_norm=True), T=2, B=1, H=4), "cuda-host", "auto", training=True)
-    assert ctx.inner.plan is None  # a variant without persistent kernels runs today's loops
     _, ctx = _forward(verify.problem(spec, T=2, B=1, H=4), "numpy", "auto", training=True)
     assert ctx.inner.plan is None
 
@@ -219,10 +202,11 @@ def test_graphs_and_persistent_together_run_the_persistent_kernels_eagerly():
 PLAIN, RESET_BEFORE = [LSTMSpec(), GRUSpec()], [GRUSpec(reset_after=False)]
 # at H = 33 on 7 blocks, 11 outputs of 2 a block: the sixth block owns 1, the seventh none
 PROJECTED = [LSTMSpec(proj_size=11), LSTMSpec("full", proj_size=11)]
+LN_LSTM, LN_GRU = [LSTMSpec(layer_norm=True)], [GRUSpec(layer_norm=True)]
 SLICE = "n = max(0, min(units, H - j0));"
 BROKEN = {  # what each edit of kernels/persistent.cu breaks, and the variants that show it
-    "forward grid barrier": ("grid_sync(barrier);  // y[t]", ";  // y[t]", PLAIN + PROJECTED),
-    "backward grid barrier": ("grid_sync(barrier);  // d[t]", ";  // d[t]", PLAIN),
+    "forward grid barrier": ("grid_sync(barrier);  // y[t]", ";  // y[t]", PLAIN + PROJECTED + LN_GRU),
+    "backward grid barrier": ("grid_sync(barrier);  // d[t]", ";  // d[t]", PLAIN + LN_GRU),
     "block barrier before the units": ("__syncthreads();  // hw's columns", ";  // hw's columns", PLAIN),
     "slice boundary": (SLICE, "n = max(0, min(units - 1, H - j0));", PLAIN + RESET_BEFORE + PROJECTED),
     "last partial slice": (SLICE, "n = H - j0 <= 0 ? 0 : H - j0 < units ? 1 : units;",
@@ -231,6 +215,18 @@ BROKEN = {  # what each edit of kernels/persistent.cu breaks, and the variants t
     "projection: y barrier": ("grid_sync(barrier);  // projected y[t]", ";  //", PROJECTED),
     "projection: dh barrier": ("grid_sync(barrier);  // dh[t] is whole", ";", PROJECTED),
     "projection: step barrier (backward)": ("grid_sync(barrier);  // da[t] is whole", ";  //", PROJECTED),
+    # layer_norm: every block's part of a row's statistics written before any block combines them, and read before
+    # any block writes the next ones
+    "layer_norm: h W_hhᵀ's statistics barrier": ("grid_sync(barrier);  // every block's part of every row", ";",
+                                                 LN_LSTM + LN_GRU),
+    "layer_norm: c' statistics barrier": ("grid_sync(barrier);  // every block's part of the c'", ";  //", LN_LSTM),
+    "layer_norm: forward step barrier": ("grid_sync(barrier);  // LN y[t]", ";  //", LN_LSTM),
+    "layer_norm: one buffer for both statistics": ("C* parts_c = parts + gridDim.x * B * 2;  // the c'",
+                                                   "C* parts_c = parts;  //", LN_LSTM),
+    "layer_norm: dn's sums barrier": ("grid_sync(barrier);  // every block's part of the rows' sums", ";", LN_LSTM),
+    "layer_norm: da's sums barrier": ("grid_sync(barrier);  // every block's sums of every row", ";",
+                                      LN_LSTM + LN_GRU),
+    "layer_norm: backward step barrier": ("grid_sync(barrier);  // LN da_raw[t]", ";  //", LN_LSTM),
     # d∘h_t written over d∘h_{t−1}, which blocks that run later in the step still read
     "one buffer for d∘h": ("rdrop, hd == nullptr ? nullptr : hd + ((t + 1) % 2) * BH,",
                            "rdrop, hd == nullptr ? nullptr : hd + (t % 2) * BH,", [LSTMSpec(recurrent_dropout=0.25)]),
@@ -242,6 +238,13 @@ BROKEN = {  # what each edit of kernels/persistent.cu breaks, and the variants t
 }
 
 
+def _persistent_run(name):
+    """Whether a persistent run launches the instantiation: the persistent kernels, and the row and column kernels
+    around them (the input's normalisation, the bias gradients)."""
+    return _kernels.cooperative(name) or name.split("<")[0] in ("column_partial_sums", "column_totals",
+                                                                "layer_norm_forward", "layer_norm_backward")
+
+
 @pytest.mark.host
 @pytest.mark.parametrize("edit", list(BROKEN))
 def test_the_host_emulation_catches_a_broken_persistent_kernel(edited_host_ops, poisoned_numpy, edit):
@@ -250,7 +253,7 @@ def test_the_host_emulation_catches_a_broken_persistent_kernel(edited_host_ops, 
     a block's fibers read what a block barrier would have waited for, or units go unwritten (NaN-poisoned).  The
     partial slice's edit gives the right result where every slice is whole (H = 40)."""
     line, edited, specs = BROKEN[edit]
-    ops = edited_host_ops("persistent.cu", line, edited, "float64")
+    ops = edited_host_ops("persistent.cu", line, edited, "float64", only=_persistent_run)
     broken = _backends.Orchestrated("cuda-host", lambda tf32: ops, poisoned_numpy)
     for spec in specs:
         p = verify.problem(spec, T=4, B=3, H=33)
