@@ -22,6 +22,8 @@
 //   backward  dh[t][:, p] += da[t + 1] · W_hh[:, p] for its m outputs (dh [T, B, P] the caller's dy, lengths applied
 //             and dhT added); grid_sync(); drec[(t+1) % 2][:, j] = dh[t] · W_hr[:, j] for its units (FULL: and
 //             [:, H + j] = da[t + 1] · W_ch's column j); the units; grid_sync()
+// layer_norm: a row's statistics span every block; each block writes its part, and after a grid barrier every block
+// combines all parts in block order (normalise_rows; the LayerNorm LSTM's kernels below).
 // Shared memory (dynamic; rnncells/_kernels.py's persistent_shared_bytes), each part from a 16-byte boundary:
 //   w        [G·n, H + 1] rows of W_hh (forward), or [n, G·H + 1] its columns, transposed ([2n, G·H + 1] when
 //            FULL: backward), in S; each row one longer than its values (ROW_PAD), against bank conflicts;

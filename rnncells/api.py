@@ -28,8 +28,9 @@ refused there (the NumPy backend has no such limit).
 the GPU holding its slice of W_hh in shared memory for all T steps, on
 "cupy" and "cuda-host" (where every block's threads run as fibers).
 False (the default, until a GPU has measured the kernels) runs today's
-loops; True runs the persistent kernels or raises ValueError saying why
-not (a variant they do not cover yet, weights too large for the device);
+loops; True runs the persistent kernels (every variant) or raises
+ValueError saying why not (a backend without them, weights too large for
+the device, a device without cooperative launch);
 "auto" runs them where they can and batch <= 16, else today's loops.  The
 backward follows its forward's choice.
 

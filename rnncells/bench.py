@@ -6,9 +6,8 @@ The implementations, timed side by side in one process on one device:
                   backend of NumPy arrays ("cpu": small steps' loops compiled)
   rnncells eager  (GPU only) the same without graphs: one launch per kernel and GEMM
   rnncells persistent  (GPU only) persistent=True: each step loop one launch of the
-                  persistent kernels; "-" where they do not run the variant or the
-                  weights do not fit the device (`persistent_ratio` is torch.nn's time
-                  over this one's)
+                  persistent kernels; "-" where the weights do not fit the device
+                  (`persistent_ratio` is torch.nn's time over this one's)
   torch.nn        torch.nn.LSTM / GRU (cuDNN on a GPU)
   torch loop      a Python loop over torch.nn.LSTMCell / GRUCell: the lower anchor
 Modes: "forward" (inference, nothing saved) and "train" (forward + backward,
