@@ -31,6 +31,10 @@
 //   x        projected: [m, H + 1] rows of W_hr (forward), or [n, 4H + 1] columns of W_ch (backward, FULL), in S
 //   c        [3·n, H + 1] rows of W_ch in C (forward, FULL); projected backward: [n, P + 1] columns of W_hr in C
 //   partial  [blockDim.x] C, the split dot products' partial sums
+// No pointer the launch writes through may be read through one that could also be a `const __restrict__` parameter:
+// NVVM then reads it with ld.global.nc, through the read-only data cache, which is not coherent with the launch's
+// writes, and a later step would read a stale state.  So h0 and c0, which the loops choose between and y, d∘h or c
+// at each step, are not `__restrict__` here (tests/test_persistent.py checks every kernel's PTX for such reads).
 // A block has B·G·n (or B·n) dot products; when that is fewer than its threads, `split` threads share each, every
 // one summing each split-th term, and the first adds their partial sums in order.  Every sum runs in a fixed order,
 // so every run gives the same bits.
@@ -286,7 +290,7 @@ __device__ __forceinline__ void persistent_forward(const int T, const int B, con
                                                    const S* __restrict__ w_hh,  // [G·H, P or H]
                                                    const C* __restrict__ w_ch,  // [E·H, H] (E > 0)
                                                    const S* __restrict__ w_hr,  // [P, H] (P > 0)
-                                                   const S* __restrict__ h0,    // [B, P or H]
+                                                   const S* h0,                 // [B, P or H]
                                                    S* __restrict__ y,           // [T, B, P or H]
                                                    const S* __restrict__ hd,    // [2, B, H] d∘h, or null
                                                    C* __restrict__ hw,          // [B, G·H] h_in W_hhᵀ
@@ -409,8 +413,8 @@ __global__ void lstm_persistent_forward(const int T, const int B, const int H, c
                                         const S* __restrict__ w_hh,      // [4H, P or H]
                                         const C* __restrict__ w_ch,      // [3H, H] (i f o) when FULL
                                         const S* __restrict__ w_hr,      // [P, H] when P > 0
-                                        const S* __restrict__ h0,        // [B, P or H]
-                                        const C* __restrict__ c0,        // [B, H]
+                                        const S* h0,                     // [B, P or H]
+                                        const C* c0,                     // [B, H]
                                         C* __restrict__ cs,              // [T, B, H] c after each step (inference:
                                                                          //  [2, B, H], ping-pong)
                                         S* __restrict__ y,               // [T, B, P or H]
@@ -450,7 +454,7 @@ __global__ void lstm_persistent_backward(const int T, const int B, const int H, 
                                          const int proj_units, const C cell_clip,
                                          const C zoneout_h, const C zoneout_c, const C rdrop_scale,
                                          const S* __restrict__ gates,     // [T, B, 4H] i f g o
-                                         const C* __restrict__ c0,        // [B, H]
+                                         const C* c0,                     // [B, H]
                                          const C* __restrict__ cs,        // [T, B, H]
                                          const S* __restrict__ dy,        // [T, B, H], or null when P > 0
                                          C* __restrict__ dcarry,          // [2, B, 2H] d[h | c], ping-pong
@@ -498,8 +502,8 @@ __global__ void lstm_ln_persistent_forward(const int T, const int B, const int H
                                            const S* __restrict__ xw,        // [T, B, 4H] LN(x Wihᵀ)∘γ_x + biases
                                            const S* __restrict__ w_hh,      // [4H, H]
                                            const S* __restrict__ ln_h,      // [4H] h W_hhᵀ's gain
-                                           const S* __restrict__ h0,        // [B, H]
-                                           const C* __restrict__ c0,        // [B, H]
+                                           const S* h0,                     // [B, H]
+                                           const C* c0,                     // [B, H]
                                            C* __restrict__ cs,              // [T, B, H] ([2, B, H] inference)
                                            S* __restrict__ y,               // [T, B, H]
                                            S* __restrict__ h_last,          // [B, H], or null
@@ -566,7 +570,7 @@ template <typename S, typename C, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOU
 __global__ void lstm_ln_persistent_backward(const int T, const int B, const int H, const int units, const C cell_clip,
                                             const C zoneout_h, const C zoneout_c, const C rdrop_scale,
                                             const S* __restrict__ gates,     // [T, B, 4H] i f g o
-                                            const C* __restrict__ c0,        // [B, H]
+                                            const C* c0,                     // [B, H]
                                             const C* __restrict__ cs,        // [T, B, H]
                                             const S* __restrict__ dy,        // [T, B, H]
                                             C* __restrict__ dcarry,          // [2, B, 2H] d[h | c], ping-pong
@@ -654,7 +658,7 @@ __global__ void gru_persistent_forward(const int T, const int B, const int H, co
                                        const S* __restrict__ xw,        // [T, B, 3H] x Wihᵀ + b_ih + [b_hr, b_hz, 0]
                                        const S* __restrict__ w_hh,      // [3H, H]
                                        const S* __restrict__ b_hn,      // [H]
-                                       const S* __restrict__ h0,        // [B, H]
+                                       const S* h0,                     // [B, H]
                                        S* __restrict__ y,               // [T, B, H]
                                        S* __restrict__ h_last,          // [B, H], or null
                                        S* __restrict__ gates,           // [T, B, 4H] when TRAINING
@@ -694,7 +698,7 @@ template <typename S, typename C, bool ZONEOUT>
 __global__ void gru_persistent_backward(const int T, const int B, const int H, const int units, const C zoneout_h,
                                         const C rdrop_scale,
                                         const S* __restrict__ gates,     // [T, B, 4H] r z n (gh_n + b_hn)
-                                        const S* __restrict__ h0,        // [B, H]
+                                        const S* h0,                     // [B, H]
                                         const S* __restrict__ y,         // [T, B, H]
                                         const S* __restrict__ dy,        // [T, B, H]
                                         C* __restrict__ dcarry,          // [2, B, H] dh, ping-pong
@@ -741,7 +745,7 @@ __global__ void gru_rb_persistent_forward(const int T, const int B, const int H,
                                           const C rdrop_scale,
                                           const S* __restrict__ xw,        // [T, B, 3H] x Wihᵀ + b_ih + b_hh
                                           const S* __restrict__ w_hh,      // [3H, H]
-                                          const S* __restrict__ h0,        // [B, H]
+                                          const S* h0,                     // [B, H]
                                           S* __restrict__ y,               // [T, B, H]
                                           S* __restrict__ h_last,          // [B, H], or null
                                           S* __restrict__ gates,           // [T, B, 3H] r z n ([1, B, 3H] inference)
@@ -789,7 +793,7 @@ template <typename S, typename C, bool ZONEOUT>
 __global__ void gru_rb_persistent_backward(const int T, const int B, const int H, const int units,
                                            const C zoneout_h, const C rdrop_scale,
                                            const S* __restrict__ gates,     // [T, B, 3H] r z n
-                                           const S* __restrict__ h0,        // [B, H]
+                                           const S* h0,                     // [B, H]
                                            const S* __restrict__ y,         // [T, B, H]
                                            const S* __restrict__ hd,        // [T, B, H] each step's d∘h, or null
                                            const S* __restrict__ dy,        // [T, B, H]

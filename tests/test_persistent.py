@@ -7,6 +7,7 @@ gives 7 blocks of 2 units, the last of 1.  Edited builds show that a missing
 barrier or a wrong slice boundary gives wrong results here.
 """
 
+import re
 import subprocess
 import sys
 
@@ -294,6 +295,75 @@ def test_the_host_emulation_reports_a_grid_barrier_that_not_every_block_reaches(
     r = subprocess.run([sys.executable, "-c", DEADLOCK_SCRIPT], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode != 0, r.stdout
     assert "deadlock: 384 of 448 threads wait at grid_sync(), 64 have ended" in r.stderr
+
+
+# --- what a GPU could read stale: the non-coherent loads ------------------------------------------------------------
+
+
+def _entry_ptx(name, kernel_dir):
+    """The PTX of one instantiation's entry (NVRTC, compute_90), built from the sources in kernel_dir."""
+    from cuda.bindings import nvrtc
+
+    _, prog = nvrtc.nvrtcCreateProgram(_kernels.program_source().encode(), b"rnncells.cu", 0, [], [])
+    nvrtc.nvrtcAddNameExpression(prog, name.encode())
+    options = [o for o in _kernels.nvrtc_options() if o != f"--include-path={_kernels.kernel_dir()}"]
+    options = ["--gpu-architecture=compute_90", f"--include-path={kernel_dir}", *options]
+    assert nvrtc.nvrtcCompileProgram(prog, len(options), [o.encode() for o in options])[0] == 0
+    size = nvrtc.nvrtcGetPTXSize(prog)[1]
+    ptx = b" " * size
+    nvrtc.nvrtcGetPTX(prog, ptx)
+    entry = ".entry " + nvrtc.nvrtcGetLoweredName(prog, name.encode())[1].decode()
+    body = ptx.decode()[ptx.decode().index(entry):]
+    return body[: body.index("\n}\n")]
+
+
+def _stale_reads(body):
+    """The parameters that the entry both writes and may read with ld.global.nc: the read-only data cache, which
+    is not coherent with the launch's own writes (nor another block's), so a persistent kernel could read there
+    what a buffer held before.  Which parameters an address may derive from is traced back through the
+    registers' definitions, every path at once (an over-estimate, never an under-estimate); a load whose address
+    it cannot trace counts as reading every parameter."""
+    params = {m[1]: int(m[2]) for m in re.finditer(r"ld\.param\.u64\s+(%rd\d+), \[\w+_param_(\d+)\];", body)}
+    defs = {}
+    for m in re.finditer(r"\b([a-z][\w.]*)\s+(%rd\d+), ([^;]+);", body):
+        if not m[1].startswith(("ld.global", "ld.shared")):
+            defs.setdefault(m[2], []).extend(re.findall(r"%rd\d+", m[3]))
+
+    def origin(reg, seen):
+        if reg in params:
+            return {params[reg]}
+        seen.add(reg)
+        return set().union(*(origin(r, seen) for r in defs.get(reg, ()) if r not in seen))
+
+    address = r"\[(%rd\d+)(?:\+-?\d+)?\]"
+    stored = set().union(*(origin(m[1], set()) for m in re.finditer(r"(?:st|atom|red)\.global[\w.]*\s+" + address,
+                                                                     body)))
+    read = [origin(m[1], set()) for m in re.finditer(r"ld\.global\.nc[\w.]*\s+[^\[]+" + address, body)]
+    return set().union(*(r or set(params.values()) for r in read)) & stored
+
+
+def test_no_persistent_kernel_reads_a_buffer_it_writes_through_the_read_only_cache():
+    """NVVM reads a pointer that may be a `const __restrict__` parameter through the read-only data cache
+    (ld.global.nc), even when the pointer may also be a buffer the launch writes (h0 or y[t − 1]; c0 or c[t − 1]):
+    on a GPU the persistent kernels would then read stale states.  So h0 and c0 are not `__restrict__` there; every
+    cooperative instantiation (float32) is checked, and the check fails with h0 `__restrict__` again."""
+    pytest.importorskip("cuda.bindings.nvrtc")
+    names = [n for n in _kernels.instantiations() if _kernels.cooperative(n) and "<float, float" in n]
+    assert {n: _stale_reads(_entry_ptx(n, _kernels.kernel_dir())) for n in names} == {n: set() for n in names}
+
+
+def test_the_stale_read_check_finds_h0_restrict(tmp_path):
+    pytest.importorskip("cuda.bindings.nvrtc")
+    for f in _kernels.kernel_dir().iterdir():
+        if f.suffix in (".cu", ".cuh", ".h"):
+            text = f.read_text()
+            if f.name == "persistent.cu":
+                line = "const S* h0,                     // [B, P or H]"  # lstm_persistent_forward's
+                assert text.count(line) == 1
+                text = text.replace(line, "const S* __restrict__ h0,        // [B, P or H]")
+            (tmp_path / f.name).write_text(text)
+    name = "lstm_persistent_forward<float, float, 0, false, false, false, true>"
+    assert _stale_reads(_entry_ptx(name, tmp_path)) == {17, 25}  # y and d∘h, which h_in may be, as h0
 
 
 # --- the objects and the adapter --------------------------------------------------------------------------------------
