@@ -279,6 +279,29 @@ __device__ __forceinline__ void normalise_rows_backward(const int B, const int H
   });
 }
 
+// The block's slice [j0, j0 + n) and its G·n rows of w [G·H, H] in shared memory, loaded: a forward's start.
+template <typename S, typename C>
+__device__ __forceinline__ Shared<S, C> own_rows(const S* __restrict__ w, const int G, const int units, const int H,
+                                                 int& j0, int& n) {
+  block_slice(units, H, j0, n);
+  const Shared<S, C> sh = shared_parts<S, C>(G * n * (H + ROW_PAD), 0, 0);
+  load_rows(sh.w, w, G, j0, n, H, H);
+  __syncthreads();
+  return sh;
+}
+
+// The block's slice [j0, j0 + n) and its columns j of w [GH, parts·H] (each of its parts' H), transposed, in shared
+// memory, loaded: a backward's start.
+template <typename S, typename C>
+__device__ __forceinline__ Shared<S, C> own_columns(const S* __restrict__ w, const int GH, const int parts,
+                                                    const int units, const int H, int& j0, int& n) {
+  block_slice(units, H, j0, n);
+  const Shared<S, C> sh = shared_parts<S, C>(parts * n * (GH + ROW_PAD), 0, 0);
+  load_columns(sh.w, w, GH, parts * H, parts, j0, n, H);
+  __syncthreads();
+  return sh;
+}
+
 // The forward's loop over T steps for a cell of G gates: unit(t, b, j) is the cell's pointwise step of unit (b, j).
 // E = 3 (the LSTM's full peephole): c_in(t), the c before step t [B, H], against its rows of W_ch too, into cw.
 // P > 0 (the LSTM's projection, h = W_hr h'): h is P wide, the units write h' into m_out(t) [B, H], and after a
@@ -340,10 +363,7 @@ __device__ __forceinline__ void persistent_backward(const int T, const int B, co
                                                     unsigned int* barrier, Unit unit, After after) {
   const int GH = G * H, parts = n_rec / H;
   int j0, n;
-  block_slice(units, H, j0, n);
-  const Shared<S, C> sh = shared_parts<S, C>(parts * n * (GH + ROW_PAD), 0, 0);
-  load_columns(sh.w, w_rec, GH, n_rec, parts, j0, n, H);
-  __syncthreads();
+  const Shared<S, C> sh = own_columns<S, C>(w_rec, GH, parts, units, H, j0, n);
   auto product = [&](const int t, C* out) {  // out[:, p·H + j0 + jl] = d[t] w_rec[:, p·H + j0 + jl]
     block_dots(d + (long long)t * B * GH, GH, B, sh.w, GH + ROW_PAD, parts * n, GH, sh.partial,
                [&](const int b, const int c, const C v) { out[b * n_rec + (c / n) * H + j0 + c % n] = v; });
@@ -525,10 +545,7 @@ __global__ void lstm_ln_persistent_forward(const int T, const int B, const int H
 ) {
   const long long BH = (long long)B * H;
   int j0, n;
-  block_slice(units, H, j0, n);
-  const Shared<S, C> sh = shared_parts<S, C>(4 * n * (H + ROW_PAD), 0, 0);
-  load_rows(sh.w, w_hh, 4, j0, n, H, H);
-  __syncthreads();
+  const Shared<S, C> sh = own_rows<S, C>(w_hh, 4, units, H, j0, n);
   C* parts_c = parts + gridDim.x * B * 2;  // the c' statistics, apart from h W_hhᵀ's
   for (int t = 0; t < T; ++t) {
     const C* c_prev = t == 0 ? c0 : cs + (TRAINING ? t - 1 : (t + 1) % 2) * BH;
@@ -596,10 +613,7 @@ __global__ void lstm_ln_persistent_backward(const int T, const int B, const int 
   const long long BH = (long long)B * H;
   const int GH = 4 * H;
   int j0, n;
-  block_slice(units, H, j0, n);
-  const Shared<S, C> sh = shared_parts<S, C>(n * (GH + ROW_PAD), 0, 0);
-  load_columns(sh.w, w_hh, GH, H, 1, j0, n, H);
-  __syncthreads();
+  const Shared<S, C> sh = own_columns<S, C>(w_hh, GH, 1, units, H, j0, n);
   auto product = [&](const int t, C* out) {  // out[:, j0 + jl] = da_raw[t] W_hh[:, j0 + jl]
     block_dots(da_raw + (long long)t * B * GH, GH, B, sh.w, GH + ROW_PAD, n, GH, sh.partial,
                [&](const int b, const int c, const C v) { out[b * H + j0 + c] = v; });
@@ -760,10 +774,7 @@ __global__ void gru_rb_persistent_forward(const int T, const int B, const int H,
 ) {
   const long long BH = (long long)B * H;
   int j0, n;
-  block_slice(units, H, j0, n);
-  const Shared<S, C> sh = shared_parts<S, C>(3 * n * (H + ROW_PAD), 0, 0);
-  load_rows(sh.w, w_hh, 3, j0, n, H, H);
-  __syncthreads();
+  const Shared<S, C> sh = own_rows<S, C>(w_hh, 3, units, H, j0, n);
   for (int t = 0; t < T; ++t) {
     const int s = TRAINING ? t : 0;
     const S* h_prev = t == 0 ? h0 : y + (t - 1) * BH;
@@ -810,10 +821,7 @@ __global__ void gru_rb_persistent_backward(const int T, const int B, const int H
   const long long BH = (long long)B * H;
   const int GH = 3 * H;
   int j0, n;
-  block_slice(units, H, j0, n);
-  const Shared<S, C> sh = shared_parts<S, C>(n * (GH + ROW_PAD), 0, 0);
-  load_columns(sh.w, w_hh, GH, H, 1, j0, n, H);
-  __syncthreads();
+  const Shared<S, C> sh = own_columns<S, C>(w_hh, GH, 1, units, H, j0, n);
   for (int t = T - 1; t >= 0; --t) {
     const int nxt = (t + 1) % 2, cur = t % 2;
     const S* h_prev = t == 0 ? h0 : y + (t - 1) * BH;
