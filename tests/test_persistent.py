@@ -239,11 +239,19 @@ BROKEN = {  # what each edit of kernels/persistent.cu breaks, and the variants t
 }
 
 
-def _persistent_run(name):
-    """Whether a persistent run launches the instantiation: the persistent kernels, and the row and column kernels
-    around them (the input's normalisation, the bias gradients)."""
-    return _kernels.cooperative(name) or name.split("<")[0] in ("column_partial_sums", "column_totals",
-                                                                "layer_norm_forward", "layer_norm_backward")
+def _persistent_run(specs, dtype):
+    """The instantiations a training run of `specs` with persistent=True launches: their persistent kernels, and
+    the row and column kernels around them (the input's normalisation, the bias gradients)."""
+    names = {_kernels.kernel_name(k, dtype) for k in ("column_partial_sums", "column_totals", "layer_norm_forward",
+                                                         "layer_norm_backward")}
+    for spec in specs:
+        if spec.cell == "lstm":
+            kernel = "lstm_ln_persistent" if spec.layer_norm else "lstm_persistent"
+        else:
+            kernel = "gru_persistent" if spec.reset_after else "gru_rb_persistent"
+        names |= {_kernels.kernel_name(f"{kernel}_forward", dtype, spec, True),
+                  _kernels.kernel_name(f"{kernel}_backward", dtype, spec)}
+    return names
 
 
 @pytest.mark.host
@@ -254,7 +262,7 @@ def test_the_host_emulation_catches_a_broken_persistent_kernel(edited_host_ops, 
     a block's fibers read what a block barrier would have waited for, or units go unwritten (NaN-poisoned).  The
     partial slice's edit gives the right result where every slice is whole (H = 40)."""
     line, edited, specs = BROKEN[edit]
-    ops = edited_host_ops("persistent.cu", line, edited, "float64", only=_persistent_run)
+    ops = edited_host_ops("persistent.cu", line, edited, "float64", only=_persistent_run(specs, "float64").__contains__)
     broken = _backends.Orchestrated("cuda-host", lambda tf32: ops, poisoned_numpy)
     for spec in specs:
         p = verify.problem(spec, T=4, B=3, H=33)
