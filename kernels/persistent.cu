@@ -34,7 +34,8 @@
 // No pointer the launch writes through may be read through one that could also be a `const __restrict__` parameter:
 // NVVM then reads it with ld.global.nc, through the read-only data cache, which is not coherent with the launch's
 // writes, and a later step would read a stale state.  So h0 and c0, which the loops choose between and y, d∘h or c
-// at each step, are not `__restrict__` here (tests/test_persistent.py checks every kernel's PTX for such reads).
+// at each step, are not `__restrict__` here (tests/test_persistent.py checks every kernel's PTX for such reads);
+// nor, in the loops below, are the buffers that their units also write through the kernel's own pointers.
 // A block has B·G·n (or B·n) dot products; when that is fewer than its threads, `split` threads share each, every
 // one summing each split-th term, and the first adds their partial sums in order.  Every sum runs in a fixed order,
 // so every run gives the same bits.
@@ -314,10 +315,10 @@ __device__ __forceinline__ void persistent_forward(const int T, const int B, con
                                                    const C* __restrict__ w_ch,  // [E·H, H] (E > 0)
                                                    const S* __restrict__ w_hr,  // [P, H] (P > 0)
                                                    const S* h0,                 // [B, P or H]
-                                                   S* __restrict__ y,           // [T, B, P or H]
-                                                   const S* __restrict__ hd,    // [2, B, H] d∘h, or null
-                                                   C* __restrict__ hw,          // [B, G·H] h_in W_hhᵀ
-                                                   C* __restrict__ cw,          // [B, E·H] c W_chᵀ (E > 0)
+                                                   S* y,                        // [T, B, P or H]
+                                                   const S* hd,                 // [2, B, H] d∘h, or null
+                                                   C* hw,                       // [B, G·H] h_in W_hhᵀ
+                                                   C* cw,                       // [B, E·H] c W_chᵀ (E > 0)
                                                    unsigned int* barrier, CIn c_in, Unit unit, MOut m_out,
                                                    Normalise normalise) {
   const int K = P > 0 ? P : H;  // h's width
@@ -358,8 +359,8 @@ template <int G, typename S, typename C, typename Unit, typename After>
 __device__ __forceinline__ void persistent_backward(const int T, const int B, const int H, const int units,
                                                     const int n_rec,
                                                     const S* __restrict__ w_rec,  // [G·H, n_rec]
-                                                    const S* __restrict__ d,      // [T, B, G·H]
-                                                    C* __restrict__ drec,         // [2, B, n_rec] d w_rec, ping-pong
+                                                    const S* d,                   // [T, B, G·H]
+                                                    C* drec,                      // [2, B, n_rec] d w_rec, ping-pong
                                                     unsigned int* barrier, Unit unit, After after) {
   const int GH = G * H, parts = n_rec / H;
   int j0, n;
@@ -388,10 +389,10 @@ __device__ __forceinline__ void persistent_projected_backward(const int T, const
                                                               const S* __restrict__ w_hh,  // [4H, P]
                                                               const C* __restrict__ w_hr,  // [P, H]
                                                               const S* __restrict__ w_c,   // [4H, H] (FULL), or null
-                                                              const S* __restrict__ da,    // [T, B, 4H]
-                                                              C* __restrict__ dhp,         // [T, B, P] dy, made dh
+                                                              const S* da,                 // [T, B, 4H]
+                                                              C* dhp,                      // [T, B, P] dy, made dh
                                                               const int n_rec,
-                                                              C* __restrict__ drec,  // [2, B, n_rec] dh' (| dc part)
+                                                              C* drec,               // [2, B, n_rec] dh' (| dc part)
                                                               unsigned int* barrier, Unit unit) {
   const int GH = 4 * H;
   int j0, n, p0, m;
