@@ -48,10 +48,10 @@ def poisoned_numpy():
 
 @pytest.fixture
 def edited_host_ops(tmp_path):
-    """build(file, line, edited, dtype=None, only=None): KernelOps on NumPy running the kernels built for the CPU
-    from a copy of kernels/ in which `line`, found exactly once in `file`, reads `edited` (only the instantiations
-    whose storage is `dtype`, if given: a quarter of the compile, and of those only the ones `only(name)` takes);
-    persistent plans as for "cuda-host"."""
+    """build(file, line, edited, dtype=None, only=every name): KernelOps on NumPy running the kernels built for the
+    CPU from a copy of kernels/ in which `line`, found exactly once in `file`, reads `edited` (only the
+    instantiations whose storage is `dtype`, if given: a quarter of the compile, and of those only the ones
+    `only(name)` takes; `only` applies with a dtype); persistent plans as for "cuda-host"."""
 
     def build(file, line, edited, dtype=None, only=lambda name: True):
         storage = None if dtype is None else _kernels.TYPES[np.dtype(dtype)][0]
