@@ -1,8 +1,10 @@
 """The CuPy backend: the kernels of kernels/ on the current device, cuBLAS for the GEMMs.
 
-Everything runs on CuPy's current stream.  Kernels compile once per device
-(NVRTC through RawModule with name expressions); launch failures raise from
-CuPy.  The step loops allocate nothing: every GEMM of a forward and backward
+Everything runs on CuPy's current stream.  Each instantiation compiles on
+its first launch on a device (NVRTC through RawModule, a module of its own,
+which CuPy keeps in its disk cache), so a call waits for the few kernels it
+launches (~0.1-0.5 s each), not for all of them (minutes); launch failures
+raise from CuPy.  The step loops allocate nothing: every GEMM of a forward and backward
 (the input projection, each step's recurrent product, the weight gradients
 and dx) goes through `gemm`, which writes into a preallocated buffer through
 cuBLAS with explicit leading dimensions (strided views such as dg[t, :, 2H:]
@@ -26,25 +28,19 @@ from ._dtypes import HALVES
 WORKSPACE_BYTES = 32 << 20
 
 
-def _launched(cooperative):
-    """The instantiations launched ordinarily (cooperative=False) or cooperatively (the persistent kernels)."""
-    return [n for n in _kernels.instantiations() if _kernels.cooperative(n) == cooperative]
-
-
-@functools.lru_cache(maxsize=None)
-def _module(device_id, cooperative=False):
-    """The instantiations of one kind of launch, compiled for one device: CuPy launches every function of a
-    module made with enable_cooperative_groups through cuLaunchCooperativeKernel, so the persistent kernels have
-    a module of their own."""
-    del device_id  # the cache key: RawModule compiles for the current device
-    return cupy.RawModule(code=_kernels.program_source(), options=_kernels.nvrtc_options(),
-                          name_expressions=_launched(cooperative), enable_cooperative_groups=cooperative)
-
-
 @functools.lru_cache(maxsize=None)
 def _function(device_id, name):
-    """One instantiation's kernel, looked up once per device rather than on every launch."""
-    return _module(device_id, _kernels.cooperative(name)).get_function(name)
+    """One instantiation's kernel on one device, compiled and loaded on first use.
+
+    A module per instantiation: one module of all of them took minutes of
+    NVRTC (single-threaded) before a process's first launch.  A module made
+    with enable_cooperative_groups has every function launched through
+    cuLaunchCooperativeKernel, which is what the persistent kernels need.
+    """
+    del device_id  # the cache key: RawModule compiles for the current device
+    module = cupy.RawModule(code=_kernels.program_source(), options=_kernels.nvrtc_options(), name_expressions=[name],
+                            enable_cooperative_groups=_kernels.cooperative(name))
+    return module.get_function(name)
 
 
 @functools.lru_cache(maxsize=None)
@@ -139,26 +135,35 @@ def _cublas_gemm(op_b, op_a, m, n, k, b, ldb, a, lda, beta, out, ldc, *, tf32, w
 def capture(ops, loop):
     """CUDA stream capture of loop(ops) on a side stream; returns the launch of its graph on the current stream.
 
-    Every kernel, the cuBLAS handle and the workspace are made first: no
-    allocation or module load may happen inside a capture.  The captured
-    GEMMs use the workspace of the stream the graph is replayed on (the graph
-    key includes that stream), so a replay and the eager GEMMs around it
-    share one workspace, in stream order.
+    No module may load inside a capture, and kernels load on first use: so
+    a first capture with a launcher that only notes each kernel's name
+    (a capture runs nothing, and its graph is dropped), then every kernel
+    noted is loaded, then the capture that is kept.  The cuBLAS handle and
+    the workspace are made before either.  The captured GEMMs use the
+    workspace of the stream the graph is replayed on (the graph key includes
+    that stream), so a replay and the eager GEMMs around it share one
+    workspace, in stream order.
     """
     device, replay = cupy.cuda.Device().id, cupy.cuda.get_current_stream()
-    for name in _launched(cooperative=False):  # the persistent kernels run eagerly, never in a graph
-        _function(device, name)
     _handle(device)
     gemm = functools.partial(ops.gemm, workspace=_workspace(device, replay.ptr))
-    captured = _kernels.KernelOps(ops.launcher, cupy, gemm)
+    launched = []
+    _captured(lambda name, *args, **kw: launched.append(name), gemm, loop)
+    for name in dict.fromkeys(launched):
+        _function(device, name)
+    return _captured(ops.launcher, gemm, loop).launch
+
+
+def _captured(launcher, gemm, loop):
+    """The graph of loop(ops) captured on a side stream, its kernels launched through `launcher`."""
     stream = cupy.cuda.Stream(non_blocking=True)
     with stream:
         stream.begin_capture()
         try:
-            loop(captured)
+            loop(_kernels.KernelOps(launcher, cupy, gemm))
         finally:
             graph = stream.end_capture()
-    return graph.launch
+    return graph
 
 
 @functools.lru_cache(maxsize=None)

@@ -173,3 +173,76 @@ def test_every_cupy_launch_passes_what_the_kernel_takes(spec):
                 assert a == 0, (name, k)  # a null pointer, pointer-wide
             else:
                 assert a.dtype == kinds[param], (name, k, a.dtype)
+
+
+@pytest.mark.parametrize("cooperative", [False, True])
+def test_an_instantiation_compiles_alone_in_a_module_of_its_kind(cooperative, monkeypatch):
+    """A first launch waits for its own kernel, not every instantiation's; a persistent kernel's module is made for
+    cooperative launches (CuPy launches every function of such a module through cuLaunchCooperativeKernel)."""
+    made = []
+
+    class Module:
+        def __init__(self, **kw):
+            made.append(kw)
+
+        def get_function(self, name):
+            return name
+
+    name = next(n for n in _kernels.instantiations() if _kernels.cooperative(n) == cooperative)
+    monkeypatch.setattr(cupy, "RawModule", Module)
+    _cupy._function.cache_clear()
+    try:
+        assert _cupy._function(0, name) == name and _cupy._function(0, name) == name
+    finally:
+        _cupy._function.cache_clear()
+    assert made == [dict(code=_kernels.program_source(), options=_kernels.nvrtc_options(), name_expressions=[name],
+                         enable_cooperative_groups=cooperative)]  # once: the second launch finds it loaded
+
+
+def test_a_capture_loads_the_kernels_its_loop_launches_before_capturing(monkeypatch):
+    """No module may load inside a stream capture, and kernels load on first use: `capture` loads exactly the
+    kernels the loop launches, outside any capture, and the graph it keeps has every launch."""
+    capturing, loaded, launched = [False], [], []
+
+    class Stream:  # the side stream's capture, as a flag
+        def __init__(self, non_blocking):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def begin_capture(self):
+            capturing[0] = True
+
+        def end_capture(self):
+            capturing[0] = False
+            return type("Graph", (), {"launch": "replay"})()
+
+    def function(device_id, name):
+        if name not in loaded:
+            assert not capturing[0], f"{name} loaded inside a capture"
+            loaded.append(name)
+        return lambda grid, block, args, shared_mem: launched.append((name, capturing[0]))
+
+    class Device:
+        id = 0
+
+    monkeypatch.setattr(cupy.cuda, "Stream", Stream)
+    monkeypatch.setattr(cupy.cuda, "Device", Device)
+    monkeypatch.setattr(cupy.cuda, "get_current_stream", lambda: type("S", (), {"ptr": 7})())
+    monkeypatch.setattr(_cupy, "_function", function)
+    monkeypatch.setattr(_cupy, "_handle", lambda device: None)
+    monkeypatch.setattr(_cupy, "_workspace", lambda device, stream: None)
+    names = [n for n in _kernels.instantiations() if not _kernels.cooperative(n)][:3]
+
+    def loop(ops):
+        for name in names + names[:1]:
+            ops.launcher(name, (1, 1, 1), (32, 1, 1), (3,))
+
+    ops = _kernels.KernelOps(_cupy._launch, cupy, gemm=lambda a, b, out, accumulate=False, workspace=None: None)
+    assert _cupy.capture(ops, loop) == "replay"
+    assert loaded == names
+    assert launched == [(n, True) for n in names + names[:1]]
