@@ -1,38 +1,49 @@
 #!/usr/bin/env bash
-# The GPU work of a session, for a machine with no network and at most 10 minutes a command
-# (device tool: `run`, command `bash bench/gpu_session.sh STAGE [bench args]`).
-#   check    probe, install, smoke script, the gpu-marked suite, compute-sanitizer memcheck and racecheck (~8 min)
-#   bench    probe, install, rnncells bench with the given args, e.g. --cell lstm --group standard
-#   profile  probe, install, ncu on training steps of the standard LSTM configuration
-# Each step runs under its own timeout and writes one file under $OUT; a stage leaves at most
-# 8 files there, and summary.txt (one line a step) is printed last.  Never touches the card's settings.
+# A GPU session's work on a machine with no network, sized for a lease of about 15 minutes of device time (its
+# start included) and one command of at most 10 minutes (device tool: `run`, timeout_s 600):
+#   bash bench/gpu_session.sh            the lease's plan, most telling first:
+#                                        smoke suite bench-standard memcheck racecheck bench-small
+#   bash bench/gpu_session.sh STEP...    those steps, in that order; also bench-large, bench-variants, profile
+# The plan takes a fresh machine's first call (timeout_s 600); if the machine is still warm and status leaves
+# 3 minutes or more, a second call can take DEADLINE=<seconds left - 60> and one more step, then give_back.
+# Each step runs under its own cap, cut to what is left of DEADLINE seconds (default 540) from the start, and is
+# skipped with under 30 s left: the command ends, its summary printed last, inside the tool's limit.  Steps write
+# under $OUT, at most 8 files with the plan (summary.txt: the probe, then a line a step; smoke.log, suite.log,
+# bench.log, a JSON record per bench step, sanitizer.log, ncu.txt).  The checkout runs from PYTHONPATH: nothing is
+# installed.  Never touches the card's settings.
 set -uo pipefail
-stage=${1:?usage: bash bench/gpu_session.sh check|bench|profile [bench args...]}
-shift
 OUT=${OUT:-gpu-out}
+DEADLINE=${DEADLINE:-540}
+PY=${PYTHON:-python3}  # the GPU machine's python3 holds CuPy and torch; it may have no `python`
 mkdir -p "$OUT"
 summary="$OUT/summary.txt"
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 note() { echo "$*" | tee -a "$summary"; }
-# step NAME SECONDS LOG COMMAND...: run one step under its timeout, its output to LOG, a line to the summary
-step() {
-  local name=$1 limit=$2 log=$3 start=$SECONDS
+
+# run NAME CAP LOG COMMAND...: one step under min(CAP, what is left), its output to LOG, a line to the summary
+run() {
+  local name=$1 cap=$2 log=$3 start=$SECONDS
   shift 3
-  timeout --kill-after=10 "$limit" "$@" >>"$log" 2>&1
-  local rc=$?
-  local what="exit $rc"
-  [ "$rc" -eq 124 ] && what="TIMED OUT after ${limit}s"
+  local left=$((DEADLINE - SECONDS - 10))
+  if [ "$left" -lt 30 ]; then
+    note "$name: skipped (${left}s left of ${DEADLINE}s)"
+    return 0
+  fi
+  local limit=$((cap < left ? cap : left))
+  echo "=== $name" >>"$log"
+  timeout --kill-after=10 "$limit" bash -c '"$@"' _ "$@" >>"$log" 2>&1  # bash: a command or an exported function
+  local rc=$? what
+  what="exit $rc"
+  [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && what="TIMED OUT after ${limit}s"
   note "$name: $what ($((SECONDS - start))s; $(tail -n 1 "$log"))"
-  return "$rc"
 }
 
-# 1. probe (versions, driver, cuDNN, and which tools are here)
 probe() {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  python - <<'EOF'
+  "$PY" - <<'EOF'
 import importlib, platform
 print("python", platform.python_version())
-for m in ("numpy", "cupy", "torch", "pytest", "pytest_benchmark", "cuda.pathfinder", "matplotlib", "ml_dtypes"):
+for m in ("numpy", "cupy", "torch", "pytest", "xdist", "pytest_timeout", "matplotlib", "ml_dtypes"):
     try:
         print(m, getattr(importlib.import_module(m), "__version__", "present"))
     except Exception as e:
@@ -42,56 +53,83 @@ try:
     print("cuda runtime", cupy.cuda.runtime.runtimeGetVersion(), "driver", cupy.cuda.runtime.driverGetVersion())
     import torch
     print("torch cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version())
-except Exception as e:
-    print("probe:", type(e).__name__, e)
-try:  # NVRTC compiles the half-precision kernels against these headers
-    import sys
-    sys.path.insert(0, ".")
-    from rnncells._kernels import cuda_include_dir
+    from rnncells._kernels import cuda_include_dir  # NVRTC compiles the half-precision kernels against these
     print("cuda_fp16.h in", cuda_include_dir())
 except Exception as e:
-    print("cuda headers:", type(e).__name__, e)
+    print("probe:", type(e).__name__, e)
 EOF
   for tool in nvcc compute-sanitizer ncu; do echo "$tool: $(command -v "$tool" || echo MISSING)"; done
 }
-export -f probe
-step probe 30 "$OUT/probe.txt" bash -c probe
 
-# 2. install without network; a checkout on PYTHONPATH works too
-if ! step install 90 "$OUT/install.log" pip install --no-build-isolation --no-deps -e .; then
-  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-  note "install: falling back to PYTHONPATH=$PYTHONPATH"
-fi
+# The gpu-marked tests, spread over 8 processes where pytest-xdist is there (each compiles the kernels it launches;
+# CuPy's disk cache shares them), each test cut at 120 s where pytest-timeout is (a hung kernel ends its process,
+# and xdist starts another), and the session ended in time to print its summary where --session-timeout exists.
+suite() {
+  local args=(-o addopts="" -q -rfE -p no:cacheprovider -m gpu)
+  "$PY" -c "import xdist" 2>/dev/null && args+=(-n 8)
+  if "$PY" -c "import pytest_timeout" 2>/dev/null; then
+    args+=(--timeout 120 --timeout-method thread)
+    "$PY" -m pytest --help 2>/dev/null | grep -q -- --session-timeout && args+=(--session-timeout "$(($1 - 30))")
+  fi
+  "$PY" -m pytest "${args[@]}" tests
+}
 
-case "$stage" in
-check)
-  step smoke 120 "$OUT/smoke.log" python bench/smoke.py
-  step "gpu suite" 240 "$OUT/gpu-suite.log" \
-    python -m pytest -o addopts="" -q -rfE -m gpu --junitxml="$OUT/gpu-suite.xml" tests
-  for target in cupy "cupy graphs" "cupy persistent"; do
-    step "memcheck $target" 120 "$OUT/sanitizer.log" \
-      compute-sanitizer --tool memcheck --error-exitcode 99 python bench/sanitize_target.py "$target"
-  done
-  # the kernels whose threads share memory and meet at __syncthreads(): layernorm.cu's and lstm_ln_*_step
-  step "racecheck layer_norm" 120 "$OUT/sanitizer.log" \
-    compute-sanitizer --tool racecheck --error-exitcode 99 python bench/sanitize_target.py cupy layer_norm=True
-  # the persistent kernels' shared weights and partial sums (the sigmoid candidate's rows: both peepholes, all flags)
-  step "racecheck persistent" 120 "$OUT/sanitizer.log" \
-    compute-sanitizer --tool racecheck --error-exitcode 99 python bench/sanitize_target.py "cupy persistent" \
-    candidate=sigmoid
-  ;;
-bench)
-  step bench 540 "$OUT/bench.log" python -m rnncells bench --out "$OUT" --plot "$OUT/ratios.png" "$@"
-  tail -n 40 "$OUT/bench.log"
-  ;;
-profile)
-  step ncu 400 "$OUT/ncu.txt" ncu --target-processes all --launch-skip 200 --launch-count 60 \
-    --section SpeedOfLight --section MemoryWorkloadAnalysis python bench/profile_target.py
-  ;;
-*)
-  echo "unknown stage $stage" >&2
-  exit 2
-  ;;
-esac
+bench() {  # bench GROUP [rnncells bench args]: one group's rows, a JSON record under $OUT
+  "$PY" -m rnncells bench --device cuda --group "$@" --out "$OUT"
+}
+
+sanitize() {  # sanitize TOOL TARGET [MATCH]: the rows of one backend under compute-sanitizer, float32
+  compute-sanitizer --tool "$1" --error-exitcode 99 "$PY" bench/sanitize_target.py "$2" "${3:-}" float32
+}
+
+step() {
+  case "$1" in
+  smoke) run smoke 120 "$OUT/smoke.log" "$PY" bench/smoke.py ;;
+  suite)
+    local left=$((DEADLINE - SECONDS - 10))
+    run "gpu suite" 240 "$OUT/suite.log" suite "$((left < 240 ? left : 240))"
+    ;;
+  bench-standard) run "bench standard" 200 "$OUT/bench.log" bench standard ;;
+  bench-small) run "bench small batch" 400 "$OUT/bench.log" bench small --precision fp32 ;;
+  bench-large) run "bench large" 200 "$OUT/bench.log" bench large ;;
+  bench-variants) run "bench variants" 300 "$OUT/bench.log" bench variants --precision fp32 ;;
+  memcheck)  # every variant, forward and backward: eager, graphed, persistent
+    for target in cupy "cupy graphs" "cupy persistent"; do
+      run "memcheck $target" 60 "$OUT/sanitizer.log" sanitize memcheck "$target"
+    done
+    ;;
+  racecheck)  # the kernels whose threads share memory: layernorm.cu's, lstm_ln_*_step, the persistent kernels
+    run "racecheck layer_norm" 60 "$OUT/sanitizer.log" sanitize racecheck cupy layer_norm=True
+    run "racecheck persistent" 60 "$OUT/sanitizer.log" sanitize racecheck "cupy persistent" candidate=sigmoid
+    ;;
+  profile)  # --clock-control none: ncu would otherwise lock the clocks to base
+    run profile 300 "$OUT/ncu.txt" ncu --clock-control none --target-processes all --launch-skip 200 --launch-count 60 \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis "$PY" bench/profile_target.py
+    ;;
+  *)
+    echo "unknown step $1" >&2
+    return 2
+    ;;
+  esac
+}
+export -f probe suite bench sanitize
+export PY OUT
+
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(smoke suite bench-standard memcheck racecheck bench-small)
+for s in "${steps[@]}"; do
+  case "$s" in
+  smoke | suite | bench-standard | bench-small | bench-large | bench-variants | memcheck | racecheck | profile) ;;
+  *)
+    echo "unknown step $s (steps: smoke suite bench-standard bench-small bench-large bench-variants memcheck" \
+      "racecheck profile)" >&2
+    exit 2
+    ;;
+  esac
+done
+timeout 60 bash -c probe >>"$summary" 2>&1
+for s in "${steps[@]}"; do step "$s"; done
+files=$(find "$OUT" -type f | wc -l)
+[ "$files" -gt 8 ] && note "warning: $files files under $OUT; the device tool brings back 8"
 echo "---"
 cat "$summary"

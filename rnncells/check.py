@@ -73,9 +73,9 @@ def _tier(backend):
     return 3 if backend.startswith("cupy") else 2
 
 
-def backend_rows(backend, match=""):
+def backend_rows(backend, match="", dtypes=None):
     """Yield the rows of one backend against the reference: every variant (whose name contains `match`), in every
-    dtype (float32 only with tf32).
+    dtype (float32 only with tf32), or in those of `dtypes` (names) it has.
 
     `backend` is a backend's name, optionally followed by " graphs" (a
     GraphCache), " tf32" (float32 only, tf32=True) or " persistent"
@@ -89,12 +89,13 @@ def backend_rows(backend, match=""):
     graphs, tf32, persistent = GraphCache() if "graphs" in kind else None, "tf32" in kind, "persistent" in kind
     tier = _tier(backend)
     for spec in (s for s in verify.VARIANTS if match in str(s)):
-        for dtype in ("float32",) if tf32 else ("float64", "float32", "float16", "bfloat16"):
+        every = ("float32",) if tf32 else ("float64", "float32", "float16", "bfloat16")
+        for dtype in (d for d in every if dtypes is None or d in dtypes):
             worst = 0.0
             for m in _MODES[1:] if persistent else _MODES:
                 p = verify.problem(spec, dtype=dtype, **m)
-                err, dtypes = verify.backend_error(p, name, graphs, tf32, persistent)
-                worst = verify.worst_of([worst, err if dtypes == {np.dtype(dtype)} else float("inf")])
+                err, stored = verify.backend_error(p, name, graphs, tf32, persistent)
+                worst = verify.worst_of([worst, err if stored == {np.dtype(dtype)} else float("inf")])
             bound = verify.BOUNDS["float32-tf32" if tf32 else dtype]
             yield tier, str(spec), dtype, f"{backend} vs reference", worst, bound
 

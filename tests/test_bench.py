@@ -89,16 +89,20 @@ def test_cuda_without_a_gpu_is_refused(capsys, monkeypatch):
     assert "no CUDA GPU" in capsys.readouterr().err
 
 
-@pytest.mark.host
-def test_the_sanitizer_target_script_runs_every_variant_on_the_host_kernels():
+def test_the_sanitizer_target_script_runs_every_variant():
+    """As bench/gpu_session.sh runs it under memcheck (no match, float32), here on the NumPy backend (its rows on
+    the host kernels are `rnncells check`'s, tested with the kernels)."""
     import subprocess
     import sys
     from pathlib import Path
 
     script = Path(__file__).resolve().parent.parent / "bench" / "sanitize_target.py"
-    r = subprocess.run([sys.executable, str(script), "cuda-host"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, str(script), "numpy", "", "float32"], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.count(" ok") == 4 * len(verify.VARIANTS) and "FAIL" not in r.stdout  # four dtypes each
+    lines = r.stdout.splitlines()
+    assert len(lines) == len(verify.VARIANTS)
+    for line, spec in zip(lines, verify.VARIANTS):
+        assert line.startswith(str(spec)) and line.split()[-3] == "float32" and line.endswith(" ok"), line
 
 
 def test_the_sanitizer_target_can_run_the_variants_a_name_matches():
@@ -109,19 +113,21 @@ def test_the_sanitizer_target_can_run_the_variants_a_name_matches():
     assert [(what, dtype) for _, what, dtype, *_ in rows] == [
         (str(s), d) for s in verify.VARIANTS if s.layer_norm for d in ("float64", "float32", "float16", "bfloat16")]
     assert all(err <= bound for *_, err, bound in rows)
+    some = list(check.backend_rows("numpy", "layer_norm=True", ["bfloat16", "float32"]))  # in the rows' order
+    assert [(what, dtype) for _, what, dtype, *_ in some] == [
+        (str(s), d) for s in verify.VARIANTS if s.layer_norm for d in ("float32", "bfloat16")]
 
 
 @pytest.mark.host
 def test_the_persistent_sanitizer_target_runs_the_variants_the_persistent_kernels_run():
     """racecheck's persistent rows (bench/gpu_session.sh), here on the host kernels: the sigmoid candidate's
-    variants, every dtype."""
+    variants, in float32 as racecheck runs them."""
     from rnncells import check
 
-    rows = list(check.backend_rows("cuda-host persistent", "candidate=sigmoid"))
+    rows = list(check.backend_rows("cuda-host persistent", "candidate=sigmoid", ["float32"]))
     want = [s for s in verify.VARIANTS if "candidate=sigmoid" in str(s)]
     assert len(want) >= 3  # both peepholes, and every flag at once
-    assert [(what, dtype) for _, what, dtype, *_ in rows] == [
-        (str(s), d) for s in want for d in ("float64", "float32", "float16", "bfloat16")]
+    assert [(what, dtype) for _, what, dtype, *_ in rows] == [(str(s), "float32") for s in want]
     assert all(err <= bound for *_, err, bound in rows)
 
 
@@ -229,27 +235,59 @@ def test_the_smoke_script_reports_every_item_even_when_each_fails():
     assert len(lines) == n + 1 and all("FAIL" in line for line in lines[:-1])
 
 
-def test_the_gpu_session_script_runs_its_steps_in_order_into_at_most_8_files(tmp_path):
-    """The check stage with stand-ins for pip, nvidia-smi and compute-sanitizer (no GPU, nothing installed)."""
+PLAN = ["smoke", "gpu suite", "bench standard", "memcheck cupy", "memcheck cupy graphs", "memcheck cupy persistent",
+        "racecheck layer_norm", "racecheck persistent", "bench small batch"]
+
+
+def _stand_ins(tmp_path):
+    """PATH with stand-ins for nvidia-smi and compute-sanitizer (which runs the program it wraps)."""
     import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool, body in (("nvidia-smi", "echo no GPU here; exit 9"), ("compute-sanitizer", 'shift 4; exec "$@"')):
+        (bin_dir / tool).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / tool).chmod(0o755)
+    return f"{bin_dir}:{os.environ['PATH']}"
+
+
+def _summary(tmp_path):
+    lines = (tmp_path / "out" / "summary.txt").read_text().splitlines()
+    return [line for line in lines if line.split(":")[0] in PLAN]
+
+
+def test_the_gpu_session_script_runs_its_plan_in_order_into_at_most_8_files(tmp_path):
+    """The lease's plan with no GPU: every step runs and fails fast but the suite (all skipped), in order, each a
+    line in the summary, which is printed last; at most 8 files come back, named as the device tool allows."""
+    import re
     import shutil
+    import sys
 
     if shutil.which("timeout") is None:
         pytest.skip("needs coreutils' timeout")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    for tool, body in (("pip", "echo pip $*"), ("nvidia-smi", "echo no GPU here; exit 9"),
-                       ("compute-sanitizer", 'shift 4; exec "$@"')):
-        (bin_dir / tool).write_text(f"#!/bin/sh\n{body}\n")
-        (bin_dir / tool).chmod(0o755)
-    r = _run_script(["check"], tmp_path, PATH=f"{bin_dir}:{os.environ['PATH']}")
+    r = _run_script([], tmp_path, PATH=_stand_ins(tmp_path), PYTHON=sys.executable)
+    steps = _summary(tmp_path)
+    assert [line.split(":")[0] for line in steps] == PLAN, r.stdout + r.stderr
+    outcomes = {line.split(":")[0]: line.split(": ", 1)[1] for line in steps}
+    assert outcomes["gpu suite"].startswith("exit 0") and "skipped" in outcomes["gpu suite"]  # the gpu tests skip
+    assert all(re.match(r"exit [1-9]", v) for k, v in outcomes.items() if k != "gpu suite"), outcomes  # no GPU
+    files = list((tmp_path / "out").iterdir())
+    assert len(files) <= 8 and all(re.fullmatch(r"[\w.-]+", f.name) and f.is_file() for f in files)
+    assert r.stdout.rstrip().endswith(steps[-1])
+
+
+def test_the_gpu_session_script_skips_what_its_deadline_leaves_no_time_for(tmp_path):
+    import shutil
+    import sys
+
+    if shutil.which("timeout") is None:
+        pytest.skip("needs coreutils' timeout")
+    r = _run_script(["suite", "profile"], tmp_path, PATH=_stand_ins(tmp_path), PYTHON=sys.executable, DEADLINE="35")
     summary = (tmp_path / "out" / "summary.txt").read_text().splitlines()
-    steps = ["probe", "install", "smoke", "gpu suite", "memcheck cupy", "memcheck cupy graphs",
-             "memcheck cupy persistent", "racecheck layer_norm", "racecheck persistent"]
-    assert [line.split(":")[0] for line in summary] == steps, r.stdout + r.stderr
-    assert summary[2].startswith("smoke: exit 1") and summary[3].startswith("gpu suite: exit 0")  # all skipped
-    assert len(list((tmp_path / "out").iterdir())) <= 8
-    assert r.stdout.rstrip().endswith(summary[-1])
+    assert [line.split(":")[0] for line in summary if " skipped (" in line] == ["gpu suite", "profile"], r.stdout
+    assert r.returncode == 0 and r.stdout.rstrip().endswith(summary[-1])
+    r = _run_script(["suite", "no-such-step"], tmp_path)
+    assert r.returncode == 2 and "unknown step no-such-step" in r.stderr
 
 
 def test_a_variant_row_times_our_variant(monkeypatch):
