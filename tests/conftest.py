@@ -6,7 +6,8 @@ A test that takes an argument `spec` runs once per cell variant (`rnncells.verif
 `kernel_backend` once per backend that launches the CUDA kernels: "cuda-host" (marked `host`) and "cupy" (`gpu`);
 one that takes `cpu_backend` once per fast backend on NumPy arrays: "numpy", "cpu" and "cuda-host" (both `host`).
 `poisoned_numpy` is NumPy with NaN-filled `empty`, for backends whose every output element must be written.
-`edited_host_ops` builds the kernels for the CPU with one line of one source edited, for tests that a check fails.
+`edited_host_ops` builds the kernels for the CPU with one line of one source edited, for tests that a check fails;
+`host_launches` names the instantiations a run launches, so that such a build can compile only those.
 """
 
 import shutil
@@ -68,6 +69,24 @@ def edited_host_ops(tmp_path):
         return _kernels.KernelOps(launcher, np, _numpy.gemm, device=lambda: _host.HOST_DEVICE)
 
     return build
+
+
+@pytest.fixture
+def host_launches():
+    """launches(run): the instantiations run(ops) launches, `ops` the host kernels behind a launcher that notes
+    each name (for edited_host_ops' `only`)."""
+
+    def launches(run):
+        host, names = _host.ops(), set()
+
+        def note(name, *args, **kw):
+            names.add(name)
+            host.launcher(name, *args, **kw)
+
+        run(_kernels.KernelOps(note, np, _numpy.gemm, device=lambda: _host.HOST_DEVICE))
+        return names
+
+    return launches
 
 
 def pytest_collection_modifyitems(config, items):

@@ -239,33 +239,20 @@ BROKEN = {  # what each edit of kernels/persistent.cu breaks, and the variants t
 }
 
 
-def _persistent_run(specs, dtype):
-    """The instantiations a training run of `specs` with persistent=True launches: their persistent kernels, and
-    the row and column kernels around them (the input's normalisation, the bias gradients)."""
-    names = {_kernels.kernel_name(k, dtype) for k in ("column_partial_sums", "column_totals", "layer_norm_forward",
-                                                         "layer_norm_backward")}
-    for spec in specs:
-        if spec.cell == "lstm":
-            kernel = "lstm_ln_persistent" if spec.layer_norm else "lstm_persistent"
-        else:
-            kernel = "gru_persistent" if spec.reset_after else "gru_rb_persistent"
-        names |= {_kernels.kernel_name(f"{kernel}_forward", dtype, spec, True),
-                  _kernels.kernel_name(f"{kernel}_backward", dtype, spec)}
-    return names
-
-
 @pytest.mark.host
 @pytest.mark.parametrize("edit", list(BROKEN))
-def test_the_host_emulation_catches_a_broken_persistent_kernel(edited_host_ops, poisoned_numpy, edit):
+def test_the_host_emulation_catches_a_broken_persistent_kernel(edited_host_ops, host_launches, poisoned_numpy, edit):
     """Each edit gives a result off the reference on the host at H = 33 (7 blocks of 5 units, the last of 3): a
     block, running alone between grid barriers, reads what another has not written yet or has already overwritten,
     a block's fibers read what a block barrier would have waited for, or units go unwritten (NaN-poisoned).  The
     partial slice's edit gives the right result where every slice is whole (H = 40)."""
     line, edited, specs = BROKEN[edit]
-    ops = edited_host_ops("persistent.cu", line, edited, "float64", only=_persistent_run(specs, "float64").__contains__)
+    problems = [verify.problem(spec, T=4, B=3, H=33) for spec in specs]
+    launched = host_launches(lambda ops: [verify.run(p, _backends.Orchestrated("cuda-host", lambda tf32: ops, np),
+                                                     persistent=True) for p in problems])
+    ops = edited_host_ops("persistent.cu", line, edited, "float64", only=launched.__contains__)
     broken = _backends.Orchestrated("cuda-host", lambda tf32: ops, poisoned_numpy)
-    for spec in specs:
-        p = verify.problem(spec, T=4, B=3, H=33)
+    for spec, p in zip(specs, problems):
         with np.errstate(invalid="ignore"):
             err, _ = verify.backend_error(p, broken, persistent=True)
         assert not err <= 1e-6, (edit, spec)  # NaN fails too
