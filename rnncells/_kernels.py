@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import importlib.resources
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import NamedTuple
@@ -49,14 +50,16 @@ def kernel_dir():
 
 def cuda_include_dir():
     """Where cuda_fp16.h and cuda_bf16.h are, which NVRTC needs for the half-precision kernels: the CUDA
-    runtime wheel's headers (nvidia-cuda-runtime), or a CUDA toolkit's (CUDA_HOME, nvcc's, /usr/local/cuda)."""
-    try:
+    runtime wheel's headers (nvidia-cuda-runtime), or a CUDA toolkit's (CUDA_HOME, CUDA_PATH, nvcc's,
+    /usr/local/cuda), the first that has them."""
+    try:  # cuda-pathfinder finds the toolkit's headers from 1.2.3 on; an older one may not know "cudart"
         from cuda.pathfinder import find_nvidia_header_directory
 
         candidates = [find_nvidia_header_directory("cudart")]
-    except ImportError:
+    except Exception:
         candidates = []
     nvcc = shutil.which("nvcc")
+    candidates += [os.environ.get(v) and os.path.join(os.environ[v], "include") for v in ("CUDA_HOME", "CUDA_PATH")]
     candidates += [nvcc and str(Path(nvcc).resolve().parent.parent / "include"), "/usr/local/cuda/include"]
     for d in candidates:
         if d and (Path(d) / "cuda_fp16.h").is_file():

@@ -49,6 +49,25 @@ def _templates():
 STORAGE_COMPUTE = {("float", "float"), ("double", "double"), ("__half", "float"), ("__nv_bfloat16", "float")}
 
 
+@pytest.mark.parametrize("variable", ["CUDA_HOME", "CUDA_PATH"])
+def test_the_cuda_headers_are_found_in_the_toolkit_a_variable_names(variable, tmp_path, monkeypatch):
+    """Where cuda-pathfinder fails (an older one does not know the toolkit's headers) and no nvcc is on the PATH,
+    CUDA_HOME or CUDA_PATH names the toolkit, as the error message tells users."""
+    import types
+
+    def unknown(libname):
+        raise RuntimeError(f"UNKNOWN libname={libname!r}")
+
+    (tmp_path / "include").mkdir()
+    (tmp_path / "include" / "cuda_fp16.h").write_text("")
+    monkeypatch.setitem(sys.modules, "cuda.pathfinder", types.SimpleNamespace(find_nvidia_header_directory=unknown))
+    monkeypatch.setattr(_kernels.shutil, "which", lambda name: None)
+    for v in ("CUDA_HOME", "CUDA_PATH"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setenv(variable, str(tmp_path))
+    assert _kernels.cuda_include_dir() == str(tmp_path / "include")
+
+
 def test_instantiations_cover_every_kernel_variant_and_dtype():
     """Checked against the kernel sources, not against the name helpers: every kernel of kernels/*.cu is
     instantiated for each storage type with every combination of its variant parameters' values."""
