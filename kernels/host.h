@@ -9,7 +9,8 @@
 // until all have reached it, as on a GPU, and a missing one shows as a wrong
 // result on every run.  The persistent kernels (persistent.cu), whose blocks
 // also meet at grid_sync(), run with `launch_cooperative`: every thread of
-// every block a fiber at once, each block with its own dynamic shared memory.
+// every block a fiber at once, each block with its own dynamic shared memory,
+// NaN-filled at the launch (a GPU's holds whatever was there before).
 // Tolerances must still allow for FMA contraction and libm-vs-CUDA math.
 // __half and __nv_bfloat16 are storage types here, as the kernels use them:
 // conversions to and from float, rounding to nearest even as CUDA's do.
@@ -170,9 +171,13 @@ class Fibers {
 
   // `blocks` blocks of `block` threads at once, each with `shared_bytes` of dynamic shared memory
   Fibers(unsigned blocks, dim3 block, std::size_t shared_bytes, std::function<void()> body)
-      : per_block_(block.x * block.y * block.z), n_(blocks * per_block_), block_(block), shared_bytes_(shared_bytes),
-        body_(std::move(body)), fibers_(n_), stacks_(new char[n_ * STACK]), shared_(blocks * shared_bytes),
-        wait_(n_), block_ids_(blocks) {}
+      : per_block_(block.x * block.y * block.z), n_(blocks * per_block_), block_(block), body_(std::move(body)),
+        fibers_(n_), stacks_(new char[n_ * STACK]), shared_(blocks), wait_(n_), block_ids_(blocks) {
+    for (auto& memory : shared_) {  // NaN in every float type: a GPU's shared memory starts with what was there
+      memory.reset(new unsigned char[shared_bytes]);
+      std::memset(memory.get(), 0xFF, shared_bytes);
+    }
+  }
 
   void run(const std::vector<dim3>& block_ids) {  // every thread of these blocks from its start to its end
     block_ids_ = block_ids;
@@ -227,7 +232,7 @@ class Fibers {
         const unsigned t = k - first;
         threadIdx = {t % block_.x, (t / block_.x) % block_.y, t / (block_.x * block_.y)};
         blockIdx = block_ids_[q];
-        dynamic_shared = shared_.data() + q * shared_bytes_;
+        dynamic_shared = shared_[q].get();
         swapcontext(&scheduler_, &fibers_[k]);
       }
       bool at_block = false, at_grid = false;
@@ -251,12 +256,13 @@ class Fibers {
 
   const unsigned per_block_, n_;
   const dim3 block_;
-  const std::size_t shared_bytes_;
   std::function<void()> body_;
   ucontext_t scheduler_;
   std::vector<ucontext_t> fibers_;
   std::unique_ptr<char[]> stacks_;     // uninitialised: a fiber's stack is written before it is read
-  std::vector<unsigned char> shared_;  // [blocks, shared_bytes] each block's dynamic shared memory
+  // [blocks][shared_bytes] each block's dynamic shared memory, an allocation of its own so that AddressSanitizer
+  // sees a block's overrun (into the next block's memory, were they one)
+  std::vector<std::unique_ptr<unsigned char[]>> shared_;
   std::vector<Wait> wait_;
   std::vector<dim3> block_ids_;
   unsigned current_ = 0;

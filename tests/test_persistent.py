@@ -261,6 +261,21 @@ def test_the_host_emulation_catches_a_broken_persistent_kernel(edited_host_ops, 
             assert verify.backend_error(p, broken, persistent=True)[0] <= verify.BOUNDS["float64"]
 
 
+@pytest.mark.host
+def test_the_host_emulations_shared_memory_starts_as_nan(edited_host_ops, host_launches):
+    """A GPU's shared memory holds whatever was there: a dot product one past its row, into the row's padding, which
+    nothing writes, comes out NaN on the host too, with buffers that are not poisoned (zeros would hide it)."""
+    dot = "for (int k = part; k < K; k += split) sum += C(a_row[k]) * C(w_row[k]);"
+    problems = [verify.problem(spec, T=4, B=3, H=40) for spec in PLAIN]
+    launched = host_launches(lambda ops: [verify.run(p, _backends.Orchestrated("cuda-host", lambda tf32: ops, np),
+                                                     persistent=True) for p in problems])
+    ops = edited_host_ops("persistent.cu", dot, dot.replace("k < K;", "k <= K;"), "float64",
+                          only=launched.__contains__)
+    for p in problems:
+        err, _ = verify.backend_error(p, _backends.Orchestrated("cuda-host", lambda tf32: ops, np), persistent=True)
+        assert np.isnan(err), p.spec
+
+
 DEADLOCK_SCRIPT = """
 import pathlib, sys
 import numpy as np
