@@ -75,6 +75,12 @@ __device__ __forceinline__ void block_slice(const int units, const int H, int& j
   n = max(0, min(units, H - j0));
 }
 
+// The block's r-th column of a row of G·H (gate r / n, unit j0 + r % n), r < G·n: where the block's rows of a
+// weight come from, and where its values of a row of gates go.
+__device__ __forceinline__ int block_column(const int r, const int n, const int H, const int j0) {
+  return (r / n) * H + j0 + r % n;
+}
+
 // The block's shared memory, in order, each part from a 16-byte boundary: its weights in S (n_w values), more in S
 // (n_x: the projection's), more in C (n_c: the full peephole's, or the projection's in the backward), the partial
 // sums, one per thread in C.
@@ -138,7 +144,7 @@ __device__ __forceinline__ void load_rows(T* __restrict__ rows, const T* __restr
                                           const int j0, const int n, const int H, const int K) {
   for (int idx = threadIdx.x; idx < gates * n * K; idx += blockDim.x) {
     const int r = idx / K, k = idx % K;
-    rows[r * (K + ROW_PAD) + k] = W[(long long)((r / n) * H + j0 + r % n) * K + k];
+    rows[r * (K + ROW_PAD) + k] = W[(long long)block_column(r, n, H, j0) * K + k];
   }
 }
 
@@ -150,7 +156,7 @@ __device__ __forceinline__ void load_columns(T* __restrict__ cols, const T* __re
                                              const int H) {
   for (int idx = threadIdx.x; idx < parts * n * K; idx += blockDim.x) {
     const int c = idx / K, k = idx % K;
-    cols[c * (K + ROW_PAD) + k] = W[(long long)k * n_rec + (c / n) * H + j0 + c % n];
+    cols[c * (K + ROW_PAD) + k] = W[(long long)k * n_rec + block_column(c, n, H, j0)];
   }
 }
 
@@ -223,20 +229,20 @@ __device__ __forceinline__ void normalise_rows(const int B, const int H, const i
                                                C* __restrict__ rstd,           // [B], or null
                                                C* __restrict__ parts,          // [blocks, B, 2]
                                                unsigned int* barrier) {
-  auto col = [&](const int r) { return (r / n) * H + j0 + r % n; };  // the block's r-th column, r < G·n
   __syncthreads();  // x's columns of this block are whole
   for_each_row(B, [&](const int b) {
-    moments_part(G * n, [&](const int r) { return x[b * G * H + col(r)]; }, parts + (blockIdx.x * B + b) * 2);
+    const C* row = x + b * G * H;
+    moments_part(G * n, [&](const int r) { return row[block_column(r, n, H, j0)]; }, parts + (blockIdx.x * B + b) * 2);
   });
   grid_sync(barrier);  // every block's part of every row
   for_each_row(B, [&](const int b) {
     C mean, r;
     merged_moments(parts, b, B, G, units, H, eps, mean, r);
     for (int k = 0; k < G * n; ++k) {
-      const int i = b * G * H + col(k);
+      const int col = block_column(k, n, H, j0), i = b * G * H + col;
       const C xh = (x[i] - mean) * r;
       if (x_hat != nullptr) x_hat[i] = S(xh);
-      x[i] = C(gamma[col(k)]) * xh;
+      x[i] = C(gamma[col]) * xh;
     }
     if (rstd != nullptr && blockIdx.x == 0) rstd[b] = r;
   });
@@ -255,13 +261,12 @@ __device__ __forceinline__ void normalise_rows_backward(const int B, const int H
                                                         S* __restrict__ dx,           // [B, G·H]
                                                         C* __restrict__ parts,        // [blocks, B, 2]
                                                         unsigned int* barrier) {
-  auto col = [&](const int r) { return (r / n) * H + j0 + r % n; };
   __syncthreads();  // dy's columns of this block are whole
   for_each_row(B, [&](const int b) {
     C sum_d = C(0), sum_dx = C(0);
     for (int k = 0; k < G * n; ++k) {
-      const int i = b * G * H + col(k);
-      const C d_hat = C(gamma[col(k)]) * C(dy[i]);
+      const int col = block_column(k, n, H, j0), i = b * G * H + col;
+      const C d_hat = C(gamma[col]) * C(dy[i]);
       sum_d += d_hat;
       sum_dx += d_hat * C(x_hat[i]);
     }
@@ -274,8 +279,8 @@ __device__ __forceinline__ void normalise_rows_backward(const int B, const int H
     merged_sums(parts, b, B, sum_d, sum_dx);
     const C mean_d = sum_d / C(G * H), mean_dx = sum_dx / C(G * H);
     for (int k = 0; k < G * n; ++k) {
-      const int i = b * G * H + col(k);
-      dx[i] = S(layer_norm_input_grad(C(gamma[col(k)]) * C(dy[i]), C(x_hat[i]), mean_d, mean_dx, rstd[b]));
+      const int col = block_column(k, n, H, j0), i = b * G * H + col;
+      dx[i] = S(layer_norm_input_grad(C(gamma[col]) * C(dy[i]), C(x_hat[i]), mean_d, mean_dx, rstd[b]));
     }
   });
 }
@@ -333,10 +338,10 @@ __device__ __forceinline__ void persistent_forward(const int T, const int B, con
   for (int t = 0; t < T; ++t) {
     const S* h_in = hd != nullptr ? hd + (t % 2) * B * H : (t == 0 ? h0 : y + (long long)(t - 1) * B * K);
     block_dots(h_in, K, B, sh.w, K + ROW_PAD, G * n, K, sh.partial,
-               [&](const int b, const int r, const C v) { hw[b * G * H + (r / n) * H + j0 + r % n] = v; });
+               [&](const int b, const int r, const C v) { hw[b * G * H + block_column(r, n, H, j0)] = v; });
     if constexpr (E > 0)
       block_dots(c_in(t), H, B, sh.c, H + ROW_PAD, E * n, H, sh.partial,
-                 [&](const int b, const int r, const C v) { cw[b * E * H + (r / n) * H + j0 + r % n] = v; });
+                 [&](const int b, const int r, const C v) { cw[b * E * H + block_column(r, n, H, j0)] = v; });
     __syncthreads();  // hw's columns of this block are whole
     normalise(t, j0, n);
     for_each_unit(B, j0, n, [&](const int b, const int j) { unit(t, b, j); });
@@ -367,7 +372,7 @@ __device__ __forceinline__ void persistent_backward(const int T, const int B, co
   const Shared<S, C> sh = own_columns<S, C>(w_rec, GH, parts, units, H, j0, n);
   auto product = [&](const int t, C* out) {  // out[:, p·H + j0 + jl] = d[t] w_rec[:, p·H + j0 + jl]
     block_dots(d + (long long)t * B * GH, GH, B, sh.w, GH + ROW_PAD, parts * n, GH, sh.partial,
-               [&](const int b, const int c, const C v) { out[b * n_rec + (c / n) * H + j0 + c % n] = v; });
+               [&](const int b, const int c, const C v) { out[b * n_rec + block_column(c, n, H, j0)] = v; });
     __syncthreads();
   };
   for (int t = T - 1; t >= 0; --t) {
@@ -554,7 +559,7 @@ __global__ void lstm_ln_persistent_forward(const int T, const int B, const int H
     const S* h_prev = t == 0 ? h0 : y + (t - 1) * BH;
     const S* xw_t = xw + t * 4 * BH;
     block_dots(rdrop != nullptr ? hd + (t % 2) * BH : h_prev, H, B, sh.w, H + ROW_PAD, 4 * n, H, sh.partial,
-               [&](const int b, const int r, const C v) { hw[b * 4 * H + (r / n) * H + j0 + r % n] = v; });
+               [&](const int b, const int r, const C v) { hw[b * 4 * H + block_column(r, n, H, j0)] = v; });
     normalise_rows<S, C>(B, H, 4, units, j0, n, eps, hw, ln_h, TRAINING ? h_hat + t * 4 * BH : nullptr,
                          TRAINING ? rstd_h + t * B : nullptr, parts, barrier);
     for_each_row(B, [&](const int b) {  // c' of the row's units parked in c_next (lstm_ln_forward_step's first pass)
@@ -783,7 +788,7 @@ __global__ void gru_rb_persistent_forward(const int T, const int B, const int H,
     S* gates_t = gates + s * 3 * BH;
     S* rh_t = rh + s * BH;
     block_dots(h_in, H, B, sh.w, H + ROW_PAD, 2 * n, H, sh.partial,
-               [&](const int b, const int r, const C v) { ghrz[b * 2 * H + (r / n) * H + j0 + r % n] = v; });
+               [&](const int b, const int r, const C v) { ghrz[b * 2 * H + block_column(r, n, H, j0)] = v; });
     __syncthreads();
     for_each_unit(B, j0, n, [&](const int b, const int j) {
       gru_rz_unit<S, C>(b, j, H, xw + t * 3 * BH, ghrz, h_in, gates_t, rh_t);
