@@ -166,6 +166,20 @@ __device__ __forceinline__ void for_each_unit(const int B, const int j0, const i
   for (int p = threadIdx.x; p < B * n; p += blockDim.x) f(p / n, j0 + p % n);
 }
 
+// persistent_forward's c_in or m_out where the cell has no full peephole or no projection: no buffer.
+template <typename T>
+__device__ __forceinline__ auto no_buffer() {
+  return [](const int) { return static_cast<const T*>(nullptr); };
+}
+
+// A step loop's pointwise phase that is unit(t, b, j) for each of the block's units.
+template <typename Unit>
+__device__ __forceinline__ auto each_unit(const int B, Unit unit) {
+  return [=](const int t, const int j0, const int n) {
+    for_each_unit(B, j0, n, [&](const int b, const int j) { unit(t, b, j); });
+  };
+}
+
 // --- layer_norm: a row's statistics over every block ---------------------------------------------------------------
 // A row b of h W_hhᵀ [B, G·H] (or of c' [B, H]) spans every block.  Each block writes what its own values of the row
 // contribute to parts [blocks, B, 2]; after a grid barrier every block combines all blocks' parts in block order, so
@@ -308,12 +322,13 @@ __device__ __forceinline__ Shared<S, C> own_columns(const S* __restrict__ w, con
   return sh;
 }
 
-// The forward's loop over T steps for a cell of G gates: unit(t, b, j) is the cell's pointwise step of unit (b, j).
+// The forward's loop over T steps for a cell of G gates: step(t, j0, n) is the cell's pointwise phase for the
+// block's units [j0, j0 + n), called by every thread once hw's columns of the block are whole (each_unit for most
+// cells; the LayerNorm cells normalise hw's rows first, across blocks).
 // E = 3 (the LSTM's full peephole): c_in(t), the c before step t [B, H], against its rows of W_ch too, into cw.
 // P > 0 (the LSTM's projection, h = W_hr h'): h is P wide, the units write h' into m_out(t) [B, H], and after a
 // grid barrier the block's proj_units rows of W_hr give its columns of y[t]; a second grid barrier.
-// normalise(t, j0, n) runs between the product and the units (the LayerNorm GRU's normalise_rows of hw).
-template <int G, int E, typename S, typename C, typename CIn, typename Unit, typename MOut, typename Normalise>
+template <int G, int E, typename S, typename C, typename CIn, typename Step, typename MOut>
 __device__ __forceinline__ void persistent_forward(const int T, const int B, const int H, const int P, const int units,
                                                    const int proj_units,
                                                    const S* __restrict__ w_hh,  // [G·H, P or H]
@@ -324,8 +339,7 @@ __device__ __forceinline__ void persistent_forward(const int T, const int B, con
                                                    const S* hd,                 // [2, B, H] d∘h, or null
                                                    C* hw,                       // [B, G·H] h_in W_hhᵀ
                                                    C* cw,                       // [B, E·H] c W_chᵀ (E > 0)
-                                                   unsigned int* barrier, CIn c_in, Unit unit, MOut m_out,
-                                                   Normalise normalise) {
+                                                   unsigned int* barrier, CIn c_in, Step step, MOut m_out) {
   const int K = P > 0 ? P : H;  // h's width
   int j0, n, p0, m;
   block_slice(units, H, j0, n);
@@ -343,8 +357,7 @@ __device__ __forceinline__ void persistent_forward(const int T, const int B, con
       block_dots(c_in(t), H, B, sh.c, H + ROW_PAD, E * n, H, sh.partial,
                  [&](const int b, const int r, const C v) { cw[b * E * H + block_column(r, n, H, j0)] = v; });
     __syncthreads();  // hw's columns of this block are whole
-    normalise(t, j0, n);
-    for_each_unit(B, j0, n, [&](const int b, const int j) { unit(t, b, j); });
+    step(t, j0, n);
     grid_sync(barrier);  // y[t] (and d∘y[t], c[t]; projected: h') are whole
     if (P > 0) {
       S* y_t = y + (long long)t * B * P;
@@ -472,7 +485,7 @@ __global__ void lstm_persistent_forward(const int T, const int B, const int H, c
   };
   constexpr int E = PEEPHOLE == PEEPHOLE_FULL ? 3 : 0;  // W_ch's rows i, f, o
   persistent_forward<4, E>(T, B, H, P, units, proj_units, w_hh, w_ch, w_hr, h0, y, rdrop == nullptr ? nullptr : hd, hw,
-                           cw, barrier, c_in, unit, m_out, [](int, int, int) {});
+                           cw, barrier, c_in, each_unit(B, unit), m_out);
 }
 
 template <typename S, typename C, int PEEPHOLE, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT>
@@ -518,10 +531,10 @@ __global__ void lstm_persistent_backward(const int T, const int B, const int H, 
 
 // The LayerNorm LSTM (layer_norm, no peephole): h W_hhᵀ normalised over its row's 4H values, and c' over its H before
 // the output's tanh, each row's statistics over every block (normalise_rows, then moments_part and merged_moments
-// for c').  forward, step t: hw = h_in W_hhᵀ for its 4·n rows; normalise_rows (grid_sync); each row's c' of its units
-// parked in c_next, their moments; grid_sync; lstm_ln_forward_unit for its units, the row's statistics merged;
-// grid_sync.  Three grid barriers a step; parts [2, blocks, B, 2]: h W_hhᵀ's, then the c' ones (two, so that no block
-// writes one before every block has read it).
+// for c').  forward, persistent_forward's loop, step t: hw = h_in W_hhᵀ for its 4·n rows; then its step: normalise_rows
+// (grid_sync); each row's c' of its units parked in c_next, their moments; grid_sync; lstm_ln_forward_unit for its
+// units, the row's statistics merged; then the loop's grid_sync.  Three grid barriers a step; parts [2, blocks, B, 2]:
+// h W_hhᵀ's, then the c' ones (two, so that no block writes one before every block has read it).
 template <typename S, typename C, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT, bool TRAINING>
 __global__ void lstm_ln_persistent_forward(const int T, const int B, const int H, const int units, const C cell_clip,
                                            const C zoneout_h, const C zoneout_c, const C rdrop_scale, const C eps,
@@ -550,16 +563,11 @@ __global__ void lstm_ln_persistent_forward(const int T, const int B, const int H
                                            unsigned int* barrier            // [1] zeroed
 ) {
   const long long BH = (long long)B * H;
-  int j0, n;
-  const Shared<S, C> sh = own_rows<S, C>(w_hh, 4, units, H, j0, n);
   C* parts_c = parts + gridDim.x * B * 2;  // the c' statistics, apart from h W_hhᵀ's
-  for (int t = 0; t < T; ++t) {
+  auto step = [&](const int t, const int j0, const int n) {
     const C* c_prev = t == 0 ? c0 : cs + (TRAINING ? t - 1 : (t + 1) % 2) * BH;
     C* c_next = cs + (TRAINING ? t : t % 2) * BH;
-    const S* h_prev = t == 0 ? h0 : y + (t - 1) * BH;
     const S* xw_t = xw + t * 4 * BH;
-    block_dots(rdrop != nullptr ? hd + (t % 2) * BH : h_prev, H, B, sh.w, H + ROW_PAD, 4 * n, H, sh.partial,
-               [&](const int b, const int r, const C v) { hw[b * 4 * H + block_column(r, n, H, j0)] = v; });
     normalise_rows<S, C>(B, H, 4, units, j0, n, eps, hw, ln_h, TRAINING ? h_hat + t * 4 * BH : nullptr,
                          TRAINING ? rstd_h + t * B : nullptr, parts, barrier);
     for_each_row(B, [&](const int b) {  // c' of the row's units parked in c_next (lstm_ln_forward_step's first pass)
@@ -575,14 +583,17 @@ __global__ void lstm_ln_persistent_forward(const int T, const int B, const int H
       merged_moments(parts_c, b, B, 1, units, H, eps, mean, r);
       for (int j = j0; j < j0 + n; ++j)
         lstm_ln_forward_unit<S, C, SIGMOID_CANDIDATE, CLIP, ZONEOUT, TRAINING>(
-            t, b, j, H, cell_clip, zoneout_h, zoneout_c, rdrop_scale, mean, r, xw_t, hw, h_prev, c_prev, c_next,
-            y + t * BH, h_last, TRAINING ? gates + t * 4 * BH : nullptr, zone_h == nullptr ? nullptr : zone_h + t * BH,
+            t, b, j, H, cell_clip, zoneout_h, zoneout_c, rdrop_scale, mean, r, xw_t, hw,
+            t == 0 ? h0 : y + (t - 1) * BH, c_prev, c_next, y + t * BH, h_last,
+            TRAINING ? gates + t * 4 * BH : nullptr, zone_h == nullptr ? nullptr : zone_h + t * BH,
             zone_c == nullptr ? nullptr : zone_c + t * BH, rdrop, rdrop == nullptr ? nullptr : hd + ((t + 1) % 2) * BH,
             lengths, gamma_c, beta_c, TRAINING ? c_hat + t * BH : nullptr);
       if (TRAINING && blockIdx.x == 0) rstd_c[t * B + b] = r;
     });
-    grid_sync(barrier);  // LN y[t] (and d∘y[t]) are whole for step t + 1
-  }
+  };
+  persistent_forward<4, 0>(T, B, H, 0, units, 0, w_hh, static_cast<const C*>(nullptr), static_cast<const S*>(nullptr),
+                           h0, y, rdrop == nullptr ? nullptr : hd, hw, static_cast<C*>(nullptr), barrier,
+                           no_buffer<C>(), step, no_buffer<S>());
 }
 
 // backward, step t = T−1 … 0: drec[(t+1) % 2] from da_raw[t + 1] (the gradient of h W_hhᵀ before its
@@ -695,11 +706,6 @@ __global__ void gru_persistent_forward(const int T, const int B, const int H, co
                                        unsigned int* barrier            // [1] zeroed
 ) {
   const long long BH = (long long)B * H;
-  auto normalise = [&](const int t, const int j0, const int n) {  // layer_norm: gh ← LN(gh)∘γ_h
-    if (ln_h != nullptr)
-      normalise_rows<S, C>(B, H, 3, units, j0, n, eps, gh, ln_h, TRAINING ? h_hat + t * 3 * BH : nullptr,
-                           TRAINING ? rstd_h + t * B : nullptr, parts, barrier);
-  };
   auto unit = [&](const int t, const int b, const int j) {
     gru_forward_unit<S, C, ZONEOUT, TRAINING>(t, b, j, H, zoneout_h, rdrop_scale, xw + t * 3 * BH, gh, b_hn,
                                               t == 0 ? h0 : y + (t - 1) * BH, y + t * BH, h_last,
@@ -707,11 +713,15 @@ __global__ void gru_persistent_forward(const int T, const int B, const int H, co
                                               zone_h == nullptr ? nullptr : zone_h + t * BH, rdrop,
                                               hd == nullptr ? nullptr : hd + ((t + 1) % 2) * BH, lengths);
   };
-  auto no_c = [](const int) { return static_cast<const C*>(nullptr); };
-  auto no_m = [](const int) { return static_cast<const S*>(nullptr); };
+  auto step = [&](const int t, const int j0, const int n) {  // layer_norm: gh ← LN(gh)∘γ_h first
+    if (ln_h != nullptr)
+      normalise_rows<S, C>(B, H, 3, units, j0, n, eps, gh, ln_h, TRAINING ? h_hat + t * 3 * BH : nullptr,
+                           TRAINING ? rstd_h + t * B : nullptr, parts, barrier);
+    for_each_unit(B, j0, n, [&](const int b, const int j) { unit(t, b, j); });
+  };
   persistent_forward<3, 0>(T, B, H, 0, units, 0, w_hh, static_cast<const C*>(nullptr), static_cast<const S*>(nullptr),
-                           h0, y, rdrop == nullptr ? nullptr : hd, gh, static_cast<C*>(nullptr), barrier, no_c, unit,
-                           no_m, normalise);
+                           h0, y, rdrop == nullptr ? nullptr : hd, gh, static_cast<C*>(nullptr), barrier,
+                           no_buffer<C>(), step, no_buffer<S>());
 }
 
 template <typename S, typename C, bool ZONEOUT>

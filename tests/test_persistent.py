@@ -206,7 +206,7 @@ PROJECTED = [LSTMSpec(proj_size=11), LSTMSpec("full", proj_size=11)]
 LN_LSTM, LN_GRU = [LSTMSpec(layer_norm=True)], [GRUSpec(layer_norm=True)]
 SLICE = "n = max(0, min(units, H - j0));"
 BROKEN = {  # what each edit of kernels/persistent.cu breaks, and the variants that show it
-    "forward grid barrier": ("grid_sync(barrier);  // y[t]", ";  // y[t]", PLAIN + PROJECTED + LN_GRU),
+    "forward grid barrier": ("grid_sync(barrier);  // y[t]", ";  // y[t]", PLAIN + PROJECTED + LN_LSTM + LN_GRU),
     "backward grid barrier": ("grid_sync(barrier);  // d[t]", ";  // d[t]", PLAIN + LN_GRU),
     "block barrier before the units": ("__syncthreads();  // hw's columns", ";  // hw's columns", PLAIN),
     "slice boundary": (SLICE, "n = max(0, min(units - 1, H - j0));", PLAIN + RESET_BEFORE + PROJECTED),
@@ -221,7 +221,6 @@ BROKEN = {  # what each edit of kernels/persistent.cu breaks, and the variants t
     "layer_norm: h W_hhᵀ's statistics barrier": ("grid_sync(barrier);  // every block's part of every row", ";",
                                                  LN_LSTM + LN_GRU),
     "layer_norm: c' statistics barrier": ("grid_sync(barrier);  // every block's part of the c'", ";  //", LN_LSTM),
-    "layer_norm: forward step barrier": ("grid_sync(barrier);  // LN y[t]", ";  //", LN_LSTM),
     "layer_norm: one buffer for both statistics": ("C* parts_c = parts + gridDim.x * B * 2;  // the c'",
                                                    "C* parts_c = parts;  //", LN_LSTM),
     "layer_norm: dn's sums barrier": ("grid_sync(barrier);  // every block's part of the rows' sums", ";", LN_LSTM),
