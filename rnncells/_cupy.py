@@ -4,11 +4,11 @@ Everything runs on CuPy's current stream.  Each instantiation compiles on
 its first launch on a device (NVRTC through RawModule, a module of its own,
 which CuPy keeps in its disk cache), so a call waits for the few kernels it
 launches (~0.1-0.5 s each), not for all of them (minutes); launch failures
-raise from CuPy.  The step loops allocate nothing: every GEMM of a forward and backward
-(the input projection, each step's recurrent product, the weight gradients
-and dx) goes through `gemm`, which writes into a preallocated buffer through
-cuBLAS with explicit leading dimensions (strided views such as dg[t, :, 2H:]
-need no copy).  cuBLAS is called through `rnncells._cublas`, not CuPy's
+raise from CuPy.  The step loops allocate nothing: every GEMM of a forward
+and backward (the input projection, each step's recurrent product, the
+weight gradients and dx) goes through `gemm`, which writes into a
+preallocated buffer through cuBLAS with explicit leading dimensions
+(strided views such as dg[t, :, 2H:] need no copy).  cuBLAS is called through `rnncells._cublas`, not CuPy's
 wrappers, because those refuse to run while a stream is being captured into
 a CUDA graph.
 
