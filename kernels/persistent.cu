@@ -368,18 +368,18 @@ __device__ __forceinline__ void persistent_forward(const int T, const int B, con
   }
 }
 
-// The backward's loop over steps T−1 … 0 for a cell of G gates: unit(t, b, j) is the cell's pointwise backward of
-// unit (b, j), reading drec[(t + 1) % 2]; d is what the recurrent GEMM multiplies, [T, B, G·H], and w_rec its
-// weights [G·H, n_rec]: W_hh (n_rec = H), or the LSTM's [W_hh | W_ch] with the full peephole (n_rec = 2H), whose
-// columns j and H + j this block takes.  after(t, j0, n) runs after the units (the LayerNorm GRU's
-// normalise_rows_backward, which makes d[t]).
-template <int G, typename S, typename C, typename Unit, typename After>
+// The backward's loop over steps T−1 … 0 for a cell of G gates: step(t, j0, n) is the cell's pointwise backward for
+// the block's units [j0, j0 + n), reading drec[(t + 1) % 2], called by every thread (each_unit for most cells; the
+// LayerNorm cells' also normalise d[t]'s rows, across blocks); d is what the recurrent GEMM multiplies, [T, B, G·H],
+// and w_rec its weights [G·H, n_rec]: W_hh (n_rec = H), or the LSTM's [W_hh | W_ch] with the full peephole
+// (n_rec = 2H), whose columns j and H + j this block takes.
+template <int G, typename S, typename C, typename Step>
 __device__ __forceinline__ void persistent_backward(const int T, const int B, const int H, const int units,
                                                     const int n_rec,
                                                     const S* __restrict__ w_rec,  // [G·H, n_rec]
                                                     const S* d,                   // [T, B, G·H]
                                                     C* drec,                      // [2, B, n_rec] d w_rec, ping-pong
-                                                    unsigned int* barrier, Unit unit, After after) {
+                                                    unsigned int* barrier, Step step) {
   const int GH = G * H, parts = n_rec / H;
   int j0, n;
   const Shared<S, C> sh = own_columns<S, C>(w_rec, GH, parts, units, H, j0, n);
@@ -390,8 +390,7 @@ __device__ __forceinline__ void persistent_backward(const int T, const int B, co
   };
   for (int t = T - 1; t >= 0; --t) {
     if (t + 1 < T) product(t + 1, drec + ((t + 1) % 2) * B * n_rec);
-    for_each_unit(B, j0, n, [&](const int b, const int j) { unit(t, b, j); });
-    after(t, j0, n);
+    step(t, j0, n);
     grid_sync(barrier);  // d[t] is whole for the product of step t − 1
   }
   if (T > 0) product(0, drec);
@@ -526,7 +525,7 @@ __global__ void lstm_persistent_backward(const int T, const int B, const int H, 
     persistent_projected_backward(T, B, H, P, units, proj_units, w_hh, w_hr, w_rec, da, dhp, n_rec, drec, barrier,
                                   unit);
   else
-    persistent_backward<4>(T, B, H, units, n_rec, w_rec, da, drec, barrier, unit, [](int, int, int) {});
+    persistent_backward<4>(T, B, H, units, n_rec, w_rec, da, drec, barrier, each_unit(B, unit));
 }
 
 // The LayerNorm LSTM (layer_norm, no peephole): h W_hhᵀ normalised over its row's 4H values, and c' over its H before
@@ -596,10 +595,11 @@ __global__ void lstm_ln_persistent_forward(const int T, const int B, const int H
                            no_buffer<C>(), step, no_buffer<S>());
 }
 
-// backward, step t = T−1 … 0: drec[(t+1) % 2] from da_raw[t + 1] (the gradient of h W_hhᵀ before its
-// normalisation) against its columns of W_hh; each row's dn of its units and their Σγ_c∘dn, Σγ_c∘dn∘ĉ; grid_sync;
-// lstm_ln_backward_unit with the row's merged sums; normalise_rows_backward (grid_sync) of da[t] into da_raw[t];
-// grid_sync.  Three grid barriers a step; after step 0, drec[0] from da_raw[0] (dh0's GEMM part).
+// backward, persistent_backward's loop, step t = T−1 … 0: drec[(t+1) % 2] from da_raw[t + 1] (the gradient of
+// h W_hhᵀ before its normalisation) against its columns of W_hh; then its step: each row's dn of its units and their
+// Σγ_c∘dn, Σγ_c∘dn∘ĉ; grid_sync; lstm_ln_backward_unit with the row's merged sums; normalise_rows_backward
+// (grid_sync) of da[t] into da_raw[t]; then the loop's grid_sync.  Three grid barriers a step; after step 0, drec[0]
+// from da_raw[0] (dh0's GEMM part).
 template <typename S, typename C, bool SIGMOID_CANDIDATE, bool CLIP, bool ZONEOUT>
 __global__ void lstm_ln_persistent_backward(const int T, const int B, const int H, const int units, const C cell_clip,
                                             const C zoneout_h, const C zoneout_c, const C rdrop_scale,
@@ -628,18 +628,9 @@ __global__ void lstm_ln_persistent_backward(const int T, const int B, const int 
                                             unsigned int* barrier            // [1] zeroed
 ) {
   const long long BH = (long long)B * H;
-  const int GH = 4 * H;
-  int j0, n;
-  const Shared<S, C> sh = own_columns<S, C>(w_hh, GH, 1, units, H, j0, n);
-  auto product = [&](const int t, C* out) {  // out[:, j0 + jl] = da_raw[t] W_hh[:, j0 + jl]
-    block_dots(da_raw + (long long)t * B * GH, GH, B, sh.w, GH + ROW_PAD, n, GH, sh.partial,
-               [&](const int b, const int c, const C v) { out[b * H + j0 + c] = v; });
-    __syncthreads();
-  };
   C* parts_c = parts + gridDim.x * B * 2;  // dn's sums, apart from da's
-  for (int t = T - 1; t >= 0; --t) {
+  auto step = [&](const int t, const int j0, const int n) {
     const int nxt = (t + 1) % 2, cur = t % 2;
-    if (t + 1 < T) product(t + 1, drec + nxt * BH);
     const C* c_prev = t == 0 ? c0 : cs + (t - 1) * BH;
     const S *gates_t = gates + t * 4 * BH, *c_hat_t = c_hat + t * BH, *dy_t = dy + t * BH;
     const unsigned char* zone_h_t = zone_h == nullptr ? nullptr : zone_h + t * BH;
@@ -678,9 +669,8 @@ __global__ void lstm_ln_persistent_backward(const int T, const int B, const int 
     });
     normalise_rows_backward<S, C>(B, H, 4, j0, n, da + t * 4 * BH, h_hat + t * 4 * BH, rstd_h + t * B, ln_h,
                                   da_raw + t * 4 * BH, parts, barrier);
-    grid_sync(barrier);  // LN da_raw[t] is whole for the product of step t − 1
-  }
-  if (T > 0) product(0, drec);
+  };
+  persistent_backward<4>(T, B, H, units, H, w_hh, da_raw, drec, barrier, step);
 }
 
 template <typename S, typename C, bool ZONEOUT, bool TRAINING>
@@ -717,7 +707,7 @@ __global__ void gru_persistent_forward(const int T, const int B, const int H, co
     if (ln_h != nullptr)
       normalise_rows<S, C>(B, H, 3, units, j0, n, eps, gh, ln_h, TRAINING ? h_hat + t * 3 * BH : nullptr,
                            TRAINING ? rstd_h + t * B : nullptr, parts, barrier);
-    for_each_unit(B, j0, n, [&](const int b, const int j) { unit(t, b, j); });
+    each_unit(B, unit)(t, j0, n);
   };
   persistent_forward<3, 0>(T, B, H, 0, units, 0, w_hh, static_cast<const C*>(nullptr), static_cast<const S*>(nullptr),
                            h0, y, rdrop == nullptr ? nullptr : hd, gh, static_cast<C*>(nullptr), barrier,
@@ -747,11 +737,6 @@ __global__ void gru_persistent_backward(const int T, const int B, const int H, c
                                         unsigned int* barrier            // [1] zeroed
 ) {
   const long long BH = (long long)B * H;
-  auto after = [&](const int t, const int j0, const int n) {  // layer_norm: the gradient of h W_hhᵀ before it
-    if (ln_h != nullptr)
-      normalise_rows_backward<S, C>(B, H, 3, j0, n, dgh + t * 3 * BH, h_hat + t * 3 * BH, rstd_h + t * B, ln_h,
-                                    dgh_raw + t * 3 * BH, parts, barrier);
-  };
   auto unit = [&](const int t, const int b, const int j) {
     const int nxt = (t + 1) % 2, cur = t % 2;
     gru_backward_unit<S, C, ZONEOUT>(t, b, j, H, zoneout_h, rdrop_scale, gates + t * 4 * BH,
@@ -759,7 +744,13 @@ __global__ void gru_persistent_backward(const int T, const int B, const int H, c
                                      drec + nxt * BH, dcarry + cur * BH, dgi + t * 3 * BH, dgh + t * 3 * BH,
                                      zone_h == nullptr ? nullptr : zone_h + t * BH, rdrop, lengths);
   };
-  persistent_backward<3>(T, B, H, units, H, w_hh, ln_h != nullptr ? dgh_raw : dgh, drec, barrier, unit, after);
+  auto step = [&](const int t, const int j0, const int n) {  // layer_norm: then the gradient of h W_hhᵀ before it
+    each_unit(B, unit)(t, j0, n);
+    if (ln_h != nullptr)
+      normalise_rows_backward<S, C>(B, H, 3, j0, n, dgh + t * 3 * BH, h_hat + t * 3 * BH, rstd_h + t * B, ln_h,
+                                    dgh_raw + t * 3 * BH, parts, barrier);
+  };
+  persistent_backward<3>(T, B, H, units, H, w_hh, ln_h != nullptr ? dgh_raw : dgh, drec, barrier, step);
 }
 
 // The GRU with the reset before its GEMM (reset_after=False, Cho et al.): r∘h must be whole before (r∘h) W_hnᵀ,

@@ -207,7 +207,7 @@ LN_LSTM, LN_GRU = [LSTMSpec(layer_norm=True)], [GRUSpec(layer_norm=True)]
 SLICE = "n = max(0, min(units, H - j0));"
 BROKEN = {  # what each edit of kernels/persistent.cu breaks, and the variants that show it
     "forward grid barrier": ("grid_sync(barrier);  // y[t]", ";  // y[t]", PLAIN + PROJECTED + LN_LSTM + LN_GRU),
-    "backward grid barrier": ("grid_sync(barrier);  // d[t]", ";  // d[t]", PLAIN + LN_GRU),
+    "backward grid barrier": ("grid_sync(barrier);  // d[t]", ";  // d[t]", PLAIN + LN_LSTM + LN_GRU),
     "block barrier before the units": ("__syncthreads();  // hw's columns", ";  // hw's columns", PLAIN),
     "slice boundary": (SLICE, "n = max(0, min(units - 1, H - j0));", PLAIN + RESET_BEFORE + PROJECTED),
     "last partial slice": (SLICE, "n = H - j0 <= 0 ? 0 : H - j0 < units ? 1 : units;",
@@ -226,7 +226,6 @@ BROKEN = {  # what each edit of kernels/persistent.cu breaks, and the variants t
     "layer_norm: dn's sums barrier": ("grid_sync(barrier);  // every block's part of the rows' sums", ";", LN_LSTM),
     "layer_norm: da's sums barrier": ("grid_sync(barrier);  // every block's sums of every row", ";",
                                       LN_LSTM + LN_GRU),
-    "layer_norm: backward step barrier": ("grid_sync(barrier);  // LN da_raw[t]", ";  //", LN_LSTM),
     # d∘h_t written over d∘h_{t−1}, which blocks that run later in the step still read
     "one buffer for d∘h": ("rdrop, hd == nullptr ? nullptr : hd + ((t + 1) % 2) * BH,",
                            "rdrop, hd == nullptr ? nullptr : hd + (t % 2) * BH,", [LSTMSpec(recurrent_dropout=0.25)]),
