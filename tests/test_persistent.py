@@ -237,6 +237,17 @@ BROKEN = {  # what each edit of kernels/persistent.cu breaks, and the variants t
 }
 
 
+def _on(ops, xp=np):
+    """The "cuda-host" backend running `ops` on arrays of `xp`."""
+    return _backends.Orchestrated("cuda-host", lambda tf32: ops, xp)
+
+
+def _edited(edited_host_ops, host_launches, problems, line, edited):
+    """persistent.cu built with `line` edited, in float64, only what the problems' persistent runs launch."""
+    launched = host_launches(lambda ops: [verify.run(p, _on(ops), persistent=True) for p in problems])
+    return edited_host_ops("persistent.cu", line, edited, "float64", only=launched.__contains__)
+
+
 @pytest.mark.host
 @pytest.mark.parametrize("edit", list(BROKEN))
 def test_the_host_emulation_catches_a_broken_persistent_kernel(edited_host_ops, host_launches, poisoned_numpy, edit):
@@ -246,10 +257,7 @@ def test_the_host_emulation_catches_a_broken_persistent_kernel(edited_host_ops, 
     partial slice's edit gives the right result where every slice is whole (H = 40)."""
     line, edited, specs = BROKEN[edit]
     problems = [verify.problem(spec, T=4, B=3, H=33) for spec in specs]
-    launched = host_launches(lambda ops: [verify.run(p, _backends.Orchestrated("cuda-host", lambda tf32: ops, np),
-                                                     persistent=True) for p in problems])
-    ops = edited_host_ops("persistent.cu", line, edited, "float64", only=launched.__contains__)
-    broken = _backends.Orchestrated("cuda-host", lambda tf32: ops, poisoned_numpy)
+    broken = _on(_edited(edited_host_ops, host_launches, problems, line, edited), poisoned_numpy)
     for spec, p in zip(specs, problems):
         with np.errstate(invalid="ignore"):
             err, _ = verify.backend_error(p, broken, persistent=True)
@@ -265,13 +273,9 @@ def test_the_host_emulations_shared_memory_starts_as_nan(edited_host_ops, host_l
     nothing writes, comes out NaN on the host too, with buffers that are not poisoned (zeros would hide it)."""
     dot = "for (int k = part; k < K; k += split) sum += C(a_row[k]) * C(w_row[k]);"
     problems = [verify.problem(spec, T=4, B=3, H=40) for spec in PLAIN]
-    launched = host_launches(lambda ops: [verify.run(p, _backends.Orchestrated("cuda-host", lambda tf32: ops, np),
-                                                     persistent=True) for p in problems])
-    ops = edited_host_ops("persistent.cu", dot, dot.replace("k < K;", "k <= K;"), "float64",
-                          only=launched.__contains__)
+    unpoisoned = _on(_edited(edited_host_ops, host_launches, problems, dot, dot.replace("k < K;", "k <= K;")))
     for p in problems:
-        err, _ = verify.backend_error(p, _backends.Orchestrated("cuda-host", lambda tf32: ops, np), persistent=True)
-        assert np.isnan(err), p.spec
+        assert np.isnan(verify.backend_error(p, unpoisoned, persistent=True)[0]), p.spec
 
 
 DEADLOCK_SCRIPT = """
