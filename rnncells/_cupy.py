@@ -8,9 +8,9 @@ raise from CuPy.  The step loops allocate nothing: every GEMM of a forward
 and backward (the input projection, each step's recurrent product, the
 weight gradients and dx) goes through `gemm`, which writes into a
 preallocated buffer through cuBLAS with explicit leading dimensions
-(strided views such as dg[t, :, 2H:] need no copy).  cuBLAS is called through `rnncells._cublas`, not CuPy's
-wrappers, because those refuse to run while a stream is being captured into
-a CUDA graph.
+(strided views such as dg[t, :, 2H:] need no copy).  cuBLAS is called
+through `rnncells._cublas`, not CuPy's wrappers, because those refuse to
+run while a stream is being captured into a CUDA graph.
 
 TF32 is decided per call (`tf32=` of the public functions) and reaches every
 GEMM through `ops(tf32)`; no environment variable is read.

@@ -88,8 +88,8 @@ def backend_rows(backend, match="", dtypes=None):
     name, *kind = backend.split()
     graphs, tf32, persistent = GraphCache() if "graphs" in kind else None, "tf32" in kind, "persistent" in kind
     tier = _tier(backend)
+    every = ("float32",) if tf32 else ("float64", "float32", "float16", "bfloat16")
     for spec in (s for s in verify.VARIANTS if match in str(s)):
-        every = ("float32",) if tf32 else ("float64", "float32", "float16", "bfloat16")
         for dtype in (d for d in every if dtypes is None or d in dtypes):
             worst = 0.0
             for m in _MODES[1:] if persistent else _MODES:
