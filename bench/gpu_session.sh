@@ -20,7 +20,8 @@ summary="$OUT/summary.txt"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 note() { echo "$*" | tee -a "$summary"; }
 
-# run NAME CAP LOG COMMAND...: one step under min(CAP, what is left), its output to LOG, a line to the summary
+# run NAME CAP LOG COMMAND...: one step under min(CAP, what is left) seconds, which it finds in STEP_LIMIT, its
+# output to LOG, a line to the summary
 run() {
   local name=$1 cap=$2 log=$3 start=$SECONDS
   shift 3
@@ -31,7 +32,7 @@ run() {
   fi
   local limit=$((cap < left ? cap : left))
   echo "=== $name" >>"$log"
-  timeout --kill-after=10 "$limit" bash -c '"$@"' _ "$@" >>"$log" 2>&1  # bash: a command or an exported function
+  STEP_LIMIT=$limit timeout --kill-after=10 "$limit" bash -c '"$@"' _ "$@" >>"$log" 2>&1  # a command or a function
   local rc=$? what
   what="exit $rc"
   [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ] && what="TIMED OUT after ${limit}s"
@@ -69,7 +70,8 @@ suite() {
   "$PY" -c "import xdist" 2>/dev/null && args+=(-n 8)
   if "$PY" -c "import pytest_timeout" 2>/dev/null; then
     args+=(--timeout 120 --timeout-method thread)
-    "$PY" -m pytest --help 2>/dev/null | grep -q -- --session-timeout && args+=(--session-timeout "$(($1 - 30))")
+    local session=$((STEP_LIMIT > 60 ? STEP_LIMIT - 30 : STEP_LIMIT / 2))  # time left to print the summary
+    "$PY" -m pytest --help 2>/dev/null | grep -q -- --session-timeout && args+=(--session-timeout "$session")
   fi
   "$PY" -m pytest "${args[@]}" tests
 }
@@ -85,10 +87,7 @@ sanitize() {  # sanitize TOOL TARGET [MATCH]: the rows of one backend under comp
 step() {
   case "$1" in
   smoke) run smoke 120 "$OUT/smoke.log" "$PY" bench/smoke.py ;;
-  suite)
-    local left=$((DEADLINE - SECONDS - 10))
-    run "gpu suite" 240 "$OUT/suite.log" suite "$((left < 240 ? left : 240))"
-    ;;
+  suite) run "gpu suite" 240 "$OUT/suite.log" suite ;;
   bench-standard) run "bench standard" 200 "$OUT/bench.log" bench standard ;;
   bench-small) run "bench small batch" 400 "$OUT/bench.log" bench small --precision fp32 ;;
   bench-large) run "bench large" 200 "$OUT/bench.log" bench large ;;
